@@ -1,0 +1,202 @@
+"""`seqlab train | eval | sample | list`: plain functions behind argparse.
+
+User errors (unknown names, bad configs, missing or corrupt checkpoints) print one line
+`seqlab: error: ...` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from seqlab.config import ExperimentConfig, load_config, parse_value
+from seqlab.errors import ConfigError, SeqlabError
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """`--model.d_model 256 --train.lr=1e-3` -> {"model.d_model": 256, "train.lr": 0.001}."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise ConfigError(
+                f"unrecognised argument {token!r}; overrides look like --section.key VALUE"
+            )
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"override {token} needs a value")
+            key, value = token[2:], tokens[i + 1]
+            i += 2
+        overrides[key] = parse_value(value)
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from seqlab.train import train
+
+    out = Path(args.out)
+    source = args.config
+    if args.resume and source is None and (out / "config.yaml").is_file():
+        source = out / "config.yaml"
+    config = load_config(source if source is not None else "default", overrides)
+    summary = train(config, out, resume=args.resume)
+    if summary.get("world_size", 1) == 1 or _is_rank_zero():
+        print(json.dumps({k: v for k, v in summary.items() if k != "param_fingerprints"}))
+    return 0
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run_config(run_dir: Path) -> ExperimentConfig:
+    from seqlab.errors import CheckpointError
+
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir}: not a run or model directory (no config.yaml)")
+    try:
+        return load_config(run_dir / "config.yaml")
+    except ConfigError as err:
+        raise CheckpointError(f"{run_dir / 'config.yaml'}: {err}") from None
+
+
+def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import torch
+
+    from seqlab.data.tasks import SPLITS, build_task
+    from seqlab.io import load
+    from seqlab.objectives import build_objective
+
+    if args.split not in SPLITS:
+        raise SeqlabError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
+    run_dir = Path(args.run)
+    config = _run_config(run_dir)
+    model = load(run_dir)
+    task = build_task(config)
+    objective = build_objective(config.objective.name, **config.objective.options)
+    torch.manual_seed(args.seed)
+    metrics = task.evaluate(model, objective, split=args.split, max_tokens=args.max_tokens)
+    print(json.dumps({"split": args.split, "objective": objective.name, **metrics}))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from seqlab.data.tokenizers import load_tokenizer
+    from seqlab.io import load
+    from seqlab.sampling import generate
+
+    run_dir = Path(args.run)
+    config = _run_config(run_dir)
+    model = load(run_dir)
+    tokenizer = load_tokenizer(config.data.tokenizer, run_dir)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise SeqlabError("--prompt must not be empty")
+    greedy = args.sampler == "greedy" or args.temperature == 0
+    options: dict[str, Any] = {}
+    if not greedy:
+        options = {
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "seed": args.seed,
+        }
+    out = generate(
+        model,
+        [ids],
+        max_new_tokens=args.max_new_tokens,
+        sampler="greedy" if greedy else args.sampler,
+        **options,
+    )
+    print(tokenizer.decode(out.tokens[0].tolist()))
+    rate = (out.tokens.shape[1] - len(ids)) / max(out.seconds, 1e-9)
+    print(
+        f"[{args.max_new_tokens} tokens, {out.nfe} forward passes, {rate:.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import seqlab.data.tasks  # noqa: F401
+    import seqlab.mixers  # noqa: F401
+    import seqlab.objectives  # noqa: F401
+    import seqlab.sampling  # noqa: F401
+    from seqlab.config import list_presets
+    from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+
+    if args.what == "presets":
+        for name in list_presets():
+            print(name)
+        return 0
+    registry = {"mixers": MIXERS, "objectives": OBJECTIVES, "tasks": TASKS, "samplers": SAMPLERS}[
+        args.what
+    ]
+    width = max((len(n) for n in registry.names()), default=0)
+    for entry in registry.entries():
+        print(f"{entry.name:<{width}}  {entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqlab",
+        description="Train, evaluate, sample and compare sequence models.",
+        epilog="Config overrides: --section.key VALUE, e.g. --model.d_model 256.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (torchrun-aware)")
+    p.add_argument("--config", help="YAML file or preset name (default: the 'default' preset)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="NLL / bits per byte of a trained run on a split")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed for stochastic objectives")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="continue a text prompt with a trained run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--sampler", default="sample")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("list", help="list registered components")
+    p.add_argument("what", choices=["mixers", "objectives", "tasks", "samplers", "presets"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+        if overrides and args.command not in ("train",):
+            raise ConfigError(f"seqlab {args.command} takes no config overrides")
+        return args.func(args, overrides)
+    except SeqlabError as err:
+        print(f"seqlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqlab: interrupted", file=sys.stderr)
+        return 130

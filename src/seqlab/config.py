@@ -1,0 +1,339 @@
+"""Plain dataclass configs, YAML load/save, dotted overrides and validation with clear messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqlab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: embed -> [Block(mixer, mlp)] x n_layers -> norm -> head.
+
+    `layers` names one mixer per layer (a hybrid such as [gla, gla, attention]); when it is
+    given it fixes `n_layers`. `mixer_options` maps a mixer name to its keyword arguments.
+    """
+
+    mixer: str = "attention"
+    layers: list[str] | None = None
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    vocab_size: int = 256
+    mlp_ratio: float = 4.0
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    window: int | None = None
+    init_std: float = 0.02
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            if not self.layers:
+                raise ConfigError("model.layers must name at least one mixer")
+            self.n_layers = len(self.layers)
+        checks = [
+            (self.d_model > 0, f"model.d_model must be positive, got {self.d_model}"),
+            (self.n_layers > 0, f"model.n_layers must be positive, got {self.n_layers}"),
+            (self.n_heads > 0, f"model.n_heads must be positive, got {self.n_heads}"),
+            (self.vocab_size > 1, f"model.vocab_size must be > 1, got {self.vocab_size}"),
+            (self.mlp_ratio >= 0, f"model.mlp_ratio must be >= 0, got {self.mlp_ratio}"),
+            (
+                self.d_model % self.n_heads == 0,
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads "
+                f"({self.n_heads})",
+            ),
+            (
+                self.n_kv_heads is None
+                or (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0),
+                f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads "
+                f"({self.n_kv_heads})",
+            ),
+            (
+                self.window is None or self.window > 0,
+                f"model.window must be positive, got {self.window}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def layer_names(self) -> list[str]:
+        return list(self.layers) if self.layers is not None else [self.mixer] * self.n_layers
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class ObjectiveConfig:
+    """A generation paradigm by name; every other key is passed to its factory."""
+
+    name: str = "ar"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """A task by name (`text` reads the `data` section); other keys go to its generator."""
+
+    name: str = "text"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from and how it becomes tokens."""
+
+    corpus: str = "stdlib"
+    path: str | None = None
+    seq_len: int = 128
+    tokenizer: str = "byte"
+    vocab_size: int = 4096
+    cache_dir: str | None = None
+    text_field: str = "text"
+    hf_split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise ConfigError(f"data.seq_len must be positive, got {self.seq_len}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing schedule."""
+
+    steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tokens: int = 65536
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ["steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"]
+        for name in positive + ["log_every", "keep_checkpoints", "eval_tokens"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup < 0:
+            raise ConfigError(f"train.warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run: model x objective x task/data x training schedule."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_OPEN_SECTIONS = (ObjectiveConfig, TaskConfig)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: YAML syntax, plus plain numbers such as 1e-3."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting lossless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, naming the valid keys when one is unknown."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    if cls in _OPEN_SECTIONS:
+        options = dict(data.pop("options", None) or {})
+        options.update({k: v for k, v in data.items() if k not in names})
+        data = {k: v for k, v in data.items() if k in names}
+        kwargs["options"] = options
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; valid keys: "
+                + ", ".join(f"{prefix}{n}" for n in names)
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, tp, dotted)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data form of a config dataclass; open sections are flattened back."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, dict | list):
+            value = yaml.safe_load(yaml.safe_dump(value))
+        if isinstance(config, _OPEN_SECTIONS) and f.name == "options":
+            out.update(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`model.d_model` -> data['model']['d_model']) in a raw config mapping."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _preset_dir() -> Path:
+    return Path(__file__).parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+
+
+def read_config_mapping(source: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Raw mapping from a YAML path or a preset name (None: the built-in defaults)."""
+    if source is None:
+        return {}
+    path = Path(source)
+    if not path.exists():
+        preset = _preset_dir() / f"{source}.yaml"
+        if not preset.exists():
+            raise ConfigError(
+                f"config {str(source)!r} is neither a file nor a preset; presets: "
+                + ", ".join(list_presets())
+            )
+        path = preset
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """ExperimentConfig from a YAML file or preset name, with dotted overrides applied."""
+    data = apply_overrides(read_config_mapping(source), overrides or {})
+    return from_dict(ExperimentConfig, data)
+
+
+def save_config(config: Any, path: str | os.PathLike[str]) -> None:
+    """Write a config as YAML atomically."""
+    from seqlab.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,88 @@
+"""The Task interface: seeded batches with disjoint splits, and how a model is scored on it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from seqlab.objectives.base import NLL, Batch
+
+if TYPE_CHECKING:
+    from seqlab.config import ExperimentConfig
+    from seqlab.model import Model
+    from seqlab.objectives.base import Objective
+
+SPLITS = ("train", "validation", "test")
+
+
+class Task(ABC):
+    """A source of batches and a scorer.
+
+    `batch(split, step, ...)` is a pure function of (seed, split, step): resuming at step k
+    sees exactly the batches an uninterrupted run would, and rank r of a world of n takes
+    rows r·B .. (r+1)·B of the same global batch.
+    """
+
+    name: str
+    vocab_size: int
+    seq_len: int
+
+    @abstractmethod
+    def batch(
+        self,
+        split: str,
+        step: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Batch:
+        """A training batch of `batch_size` sequences."""
+
+    @abstractmethod
+    def eval_batches(
+        self, split: str, batch_size: int, max_tokens: int | None = None
+    ) -> Iterator[Batch]:
+        """Deterministic evaluation batches over (a prefix of) the split."""
+
+    def bytes_per_token(self, split: str) -> float | None:
+        """UTF-8 bytes per token for bits-per-byte; None for tasks that are not text."""
+        return None
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: Model,
+        objective: Objective,
+        *,
+        split: str = "validation",
+        batch_size: int = 16,
+        max_tokens: int | None = None,
+    ) -> dict[str, float]:
+        """NLL in nats per scored token (and bits per byte for text) over the split."""
+        was_training = model.training
+        model.eval()
+        total = NLL(0.0, 0, objective.bound)
+        device = model.device
+        for batch in self.eval_batches(split, batch_size, max_tokens):
+            total = total + objective.nll(model, batch.to(device))
+        model.train(was_training)
+        metrics = {"nll": total.per_token, "tokens": total.tokens, "bound": total.bound}
+        bytes_per_token = self.bytes_per_token(split)
+        if bytes_per_token is not None:
+            metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
+        return metrics
+
+
+def build_task(config: ExperimentConfig) -> Task:
+    """The task named by `config.task` (tasks marked `uses_data` also read `config.data`)."""
+    import seqlab.data.tasks  # noqa: F401  (registers the built-in tasks)
+    from seqlab.registry import TASKS, build_with_options
+
+    entry = TASKS.get(config.task.name)
+    args = (config.data,) if entry.meta.get("uses_data") else ()
+    return build_with_options(TASKS, config.task.name, *args, **config.task.options)

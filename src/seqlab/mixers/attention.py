@@ -1,0 +1,169 @@
+"""Multi-head softmax attention with grouped-query heads, rotary positions and a KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.config import ModelConfig
+from seqlab.errors import ConfigError, ShapeError
+from seqlab.mixers.base import Layout, Mixer, check_input
+from seqlab.ops.attention import (
+    apply_rotary,
+    block_causal_mask,
+    rotary_angles,
+    scaled_dot_product_attention,
+)
+from seqlab.registry import MIXERS
+
+
+@dataclass
+class KVCache:
+    """Decode state: keys/values `[B, T_cache, H_kv, D]`, their positions `[B, T_cache]`
+    (−1 marks padding no query may read), and the next position of each row `[B]`."""
+
+    k: Tensor
+    v: Tensor
+    positions: Tensor
+    offset: Tensor
+
+
+class Attention(Mixer):
+    """o = softmax(q kᵀ / √D + mask) v with rotary positions on q and k.
+
+    `n_kv_heads < n_heads` shares each key/value head across a group of query heads.
+    `window` limits causal reads to the last `window` positions (the cache is trimmed to it).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        rope_theta: float = 10000.0,
+        window: int | None = None,
+        qk_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.n_heads = d_model, n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = d_model // n_heads
+        if self.head_dim % 2:
+            raise ConfigError(f"attention head_dim must be even for rotary, got {self.head_dim}")
+        self.rope_theta, self.window = rope_theta, window
+        kv_dim = self.n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(d_model, d_model + 2 * kv_dim, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        state: KVCache | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, KVCache | None]:
+        check_input(x, self.d_model)
+        b, t, _ = x.shape
+        kv_dim = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
+        q = self.q_norm(q.view(b, t, self.n_heads, self.head_dim))
+        k = self.k_norm(k.view(b, t, self.n_kv_heads, self.head_dim))
+        v = v.view(b, t, self.n_kv_heads, self.head_dim)
+        positions = self._positions(positions, state, b, t, x.device)
+        cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta, dtype=q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        if state is None:
+            if layout.is_causal and self.window is None:
+                o = scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                mask = self._mask(positions, positions, layout, n_cached=0)
+                o = scaled_dot_product_attention(q, k, v, mask=mask)
+            return self.out(o.reshape(b, t, self.d_model)), None
+
+        k_all = torch.cat([state.k, k], dim=1)
+        v_all = torch.cat([state.v, v], dim=1)
+        k_pos = torch.cat([state.positions, positions], dim=1)
+        mask = self._mask(positions, k_pos, layout, n_cached=state.k.shape[1])
+        o = scaled_dot_product_attention(q, k_all, v_all, mask=mask)
+        if self.window is not None and k_all.shape[1] > self.window:
+            k_all, v_all, k_pos = (s[:, -self.window :] for s in (k_all, v_all, k_pos))
+        new_state = KVCache(k_all, v_all, k_pos, positions[:, -1] + 1)
+        return self.out(o.reshape(b, t, self.d_model)), new_state
+
+    def _positions(
+        self, positions: Tensor | None, state: KVCache | None, b: int, t: int, device: torch.device
+    ) -> Tensor:
+        if positions is None:
+            start = state.offset if state is not None else torch.zeros(b, dtype=torch.long,
+                                                                      device=device)
+            return start[:, None] + torch.arange(t, device=device)
+        if positions.dim() == 1:
+            positions = positions[None].expand(b, -1)
+        if positions.shape != (b, t):
+            raise ShapeError(f"positions must have shape [{t}] or [{b}, {t}], got "
+                             f"{list(positions.shape)}")
+        return positions.to(device)
+
+    def _mask(self, q_pos: Tensor, k_pos: Tensor, layout: Layout, n_cached: int) -> Tensor:
+        """Boolean `[B, 1, T_q, T_k]`: cached keys are readable (unless padding or outside the
+        window); among the new tokens the layout decides."""
+        t = q_pos.shape[1]
+        valid = (k_pos >= 0)[:, None, :]
+        if layout.kind == "causal":
+            new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device).tril()
+        elif layout.kind == "bidirectional":
+            new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device)
+        else:
+            new = block_causal_mask(t, layout.block_size, device=q_pos.device)
+        cached = torch.ones(t, n_cached, dtype=torch.bool, device=q_pos.device)
+        mask = torch.cat([cached, new], dim=1)[None] & valid
+        if self.window is not None and layout.kind == "causal":
+            mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < self.window
+        return mask[:, None]
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        shape = (batch_size, 0, self.n_kv_heads, self.head_dim)
+        empty = torch.zeros(shape, device=device, dtype=dtype or torch.float32)
+        return KVCache(
+            empty,
+            empty.clone(),
+            torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+            torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        kept = seq_len if self.window is None else min(seq_len, self.window)
+        return 2 * self.n_kv_heads * self.head_dim * kept
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """Forward FLOPs per token of q·kᵀ and p·v, averaged over a causal sequence."""
+        context = (seq_len + 1) / 2 if self.window is None else min(self.window, (seq_len + 1) / 2)
+        return 4.0 * self.d_model * context
+
+
+@MIXERS.register(
+    "attention",
+    description="softmax attention (GQA, rotary, sliding window, KV cache)",
+    family="attention",
+    layouts=("causal", "bidirectional", "block_causal"),
+    state="kv_cache",
+    options=("qk_norm",),
+)
+def build_attention(config: ModelConfig, layer: int, **options: object) -> Attention:
+    return Attention(
+        config.d_model,
+        config.n_heads,
+        n_kv_heads=config.n_kv_heads,
+        rope_theta=config.rope_theta,
+        window=config.window,
+        **options,
+    )

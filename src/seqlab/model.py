@@ -1,0 +1,163 @@
+"""The model: embed -> [Block(mixer, mlp)] x N -> norm -> head, with state threading.
+
+Each Block is pre-norm: x + mixer(norm(x)), then x + SwiGLU(norm(x)). A per-layer mixer
+pattern (`ModelConfig.layers`) builds hybrids. The decode state is a tuple with one entry
+per layer, each whatever that layer's mixer returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.config import ModelConfig
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
+from seqlab.mixers.base import Layout, Mixer
+
+ModelState = tuple
+
+
+class SwiGLU(nn.Module):
+    """y = W_down (silu(W_gate x) ⊙ W_up x) with hidden width mlp_ratio · d_model."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def build_mixer(name: str, config: ModelConfig, layer: int) -> Mixer:
+    """Instantiate mixer `name` for `layer`, passing `config.mixer_options[name]` as kwargs."""
+    import seqlab.mixers  # noqa: F401  (registers the built-in mixers)
+    from seqlab.registry import MIXERS, build_with_options
+
+    return build_with_options(MIXERS, name, config, layer, **config.mixer_options.get(name, {}))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, mixer_name: str) -> None:
+        super().__init__()
+        self.mixer_name = mixer_name
+        self.mixer_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = build_mixer(mixer_name, config, layer)
+        hidden = int(round(config.mlp_ratio * config.d_model))
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps) if hidden else None
+        self.mlp = SwiGLU(config.d_model, hidden) if hidden else None
+
+    def forward(
+        self, x: Tensor, state: object, layout: Layout, positions: Tensor | None
+    ) -> tuple[Tensor, object]:
+        mixed, state = self.mixer(self.mixer_norm(x), state, layout=layout, positions=positions)
+        x = x + mixed
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+class Model(nn.Module):
+    """Token ids `[B, T]` -> logits `[B, T, vocab]`, threading each layer's state."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from seqlab.registry import MIXERS
+
+        self.config = config
+        names = config.layer_names()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i, n) for i, n in enumerate(names))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.tied = config.tie_embeddings
+        if self.tied:
+            self.head.weight = self.embed.weight
+        self.layouts = set.intersection(
+            *(set(MIXERS.get(n).meta.get("layouts", ("causal",))) for n in names)
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        nn.init.normal_(self.embed.weight, std=std)
+        if not self.tied:
+            nn.init.normal_(self.head.weight, std=std)
+        for block in self.blocks:
+            block.mixer.init_weights(std, out_std)
+            if block.mlp is not None:
+                nn.init.normal_(block.mlp.gate_up.weight, std=std)
+                nn.init.normal_(block.mlp.down.weight, std=out_std)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: ModelState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, ModelState | None]:
+        """Logits `[B, T, vocab]` and the new state (None when `state` is None)."""
+        self._check(tokens, state, layout)
+        x = self.embed(tokens)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, layer_state = block(x, None if state is None else state[i], layout, positions)
+            new_states.append(layer_state)
+        logits = self.head(self.norm(x))
+        return logits, (None if state is None else tuple(new_states))
+
+    def _check(self, tokens: Tensor, state: ModelState | None, layout: Layout) -> None:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ShapeError(
+                f"tokens must be an integer tensor of shape [B, T], got {tuple(tokens.shape)} "
+                f"{tokens.dtype}"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ShapeError(
+                f"token ids must lie in [0, {self.config.vocab_size}), got range "
+                f"[{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        if layout.kind not in self.layouts:
+            raise SeqlabError(
+                f"layout {layout.kind!r} is not supported by mixers {self.config.layer_names()}; "
+                f"supported: {sorted(self.layouts)}"
+            )
+        if state is not None and len(state) != len(self.blocks):
+            raise ShapeError(f"state must hold {len(self.blocks)} layer states, got {len(state)}")
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> ModelState:
+        device = device or self.embed.weight.device
+        dtype = dtype or self.embed.weight.dtype
+        return tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks)
+
+    def state_size(self, seq_len: int) -> int:
+        """Numbers kept per sequence to decode after `seq_len` tokens, all layers."""
+        return sum(b.mixer.state_size(seq_len) for b in self.blocks)
+
+    def num_params(self, *, embeddings: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if embeddings else total - self.embed.weight.numel()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Analytic forward FLOPs per token: 2 per matmul weight plus the mixers' own work."""
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 2.0 * matmul + sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+
+def build_model(config: ModelConfig) -> Model:
+    """The public constructor: `build_model(ModelConfig(mixer="attention", d_model=128, ...))`."""
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(f"build_model takes a ModelConfig, got {type(config).__name__}")
+    return Model(config)

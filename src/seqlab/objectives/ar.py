@@ -1,0 +1,52 @@
+"""Autoregressive next-token prediction: -Σ_t log p(x_{t+1} | x_{≤t}) over scored positions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqlab.mixers.base import Layout
+from seqlab.model import Model
+from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.registry import OBJECTIVES
+
+
+class Autoregressive(Objective):
+    """Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets."""
+
+    name = "ar"
+    bound = False
+    layout = Layout.CAUSAL
+
+    def token_nll(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Per-target NLL `[B, L-1]` (nats) and the float mask of scored targets."""
+        logits, _ = model(batch.tokens[:, :-1], layout=self.layout)
+        targets = batch.tokens[:, 1:]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        mask = (
+            torch.ones_like(targets, dtype=nll.dtype)
+            if batch.mask is None
+            else (batch.mask[:, 1:].to(nll.dtype))
+        )
+        return nll.view_as(targets), mask
+
+    def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        nll, mask = self.token_nll(model, batch)
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"nll": loss.detach().item()}
+
+    def nll(self, model: Model, batch: Batch) -> NLL:
+        nll, mask = self.token_nll(model, batch)
+        nats = (nll.detach().double() * mask.double()).sum()
+        return NLL(float(nats), int(mask.sum()), bound=False)
+
+
+@OBJECTIVES.register(
+    "ar",
+    description="autoregressive next-token cross-entropy (exact NLL)",
+    layout="causal",
+    bound=False,
+)
+def build_ar() -> Autoregressive:
+    return Autoregressive()

@@ -1,0 +1,75 @@
+"""The Objective interface (a generation paradigm) and the batch it consumes."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from seqlab.errors import ShapeError
+from seqlab.mixers.base import Layout
+from seqlab.model import Model
+
+
+@dataclass
+class Batch:
+    """Token sequences `[B, L]`; `mask` `[B, L]` marks the positions whose prediction is
+    scored (None: all); `condition` `[B]` holds optional class labels for guidance."""
+
+    tokens: Tensor
+    mask: Tensor | None = None
+    condition: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 2:
+            raise ShapeError(f"batch tokens must have shape [B, L], got {list(self.tokens.shape)}")
+        if self.mask is not None and self.mask.shape != self.tokens.shape:
+            raise ShapeError(
+                f"batch mask must have the tokens' shape {list(self.tokens.shape)}, "
+                f"got {list(self.mask.shape)}"
+            )
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(move(self.tokens), move(self.mask), move(self.condition))
+
+
+@dataclass
+class NLL:
+    """A summed negative log-likelihood in nats over `tokens` scored positions.
+
+    `bound` is True when the value is an upper bound (a diffusion ELBO), printed as "≤".
+    """
+
+    nats: float
+    tokens: int
+    bound: bool = False
+
+    @property
+    def per_token(self) -> float:
+        return self.nats / max(self.tokens, 1)
+
+    def __add__(self, other: NLL) -> NLL:
+        return NLL(self.nats + other.nats, self.tokens + other.tokens, self.bound or other.bound)
+
+    def bits_per_byte(self, bytes_per_token: float) -> float:
+        return self.nats / (self.tokens * bytes_per_token * math.log(2))
+
+
+class Objective(ABC):
+    """A paradigm: noise process x per-position schedule x context layout (x sampler)."""
+
+    name: str
+    bound: bool = False
+    layout: Layout = Layout.CAUSAL
+
+    @abstractmethod
+    def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Training loss (a scalar to minimise) and metrics to log."""
+
+    @abstractmethod
+    def nll(self, model: Model, batch: Batch) -> NLL:
+        """Summed NLL in nats of the batch's scored tokens (exact, or a bound)."""

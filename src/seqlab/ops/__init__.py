@@ -1,0 +1,1 @@
+"""Functional kernels: each file holds the fast form and its plain step-by-step reference."""

@@ -1,0 +1,376 @@
+"""Gated linear attention: chunked parallel form and its step-by-step recurrent reference.
+
+Per batch element and head, with S_0 the initial state (zeros by default):
+
+    S_t = diag(exp g_t) S_{t-1} + k_t v_tᵀ        S_t: [K, V]
+    o_t = scale · S_tᵀ q_t                          o_t: [V]
+
+g is the log decay (≤ 0): per key ``[B,T,H,K]`` (GLA), one scalar per head ``[B,T,H]``
+(RetNet, Mamba2/SSD) or ``None`` (plain linear attention, no decay).
+
+Unrolled, with G_t = Σ_{r≤t} g_r (per key):
+
+    o_t = scale · Σ_{s≤t} (q_t ⊙ exp(G_t − G_s))ᵀ k_s · v_s + scale · (q_t ⊙ exp(G_t))ᵀ S_0
+
+The chunked form evaluates this equation with exponents that are all differences G_t − G_s with
+s ≤ t, hence ≤ 0, so strong decay underflows to zero instead of overflowing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["gated_linear_attention"]
+
+_MODES = ("chunk", "recurrent")
+
+
+def gated_linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """Gated linear attention ``S_t = diag(exp g_t) S_{t-1} + k_t v_tᵀ``, ``o_t = scale·S_tᵀ q_t``.
+
+    Args:
+        q: queries ``[B, T, H, K]``.
+        k: keys ``[B, T, H, K]``.
+        v: values ``[B, T, H, V]``.
+        g: log decay (≤ 0) applied before adding token t: ``[B, T, H, K]`` (per key),
+            ``[B, T, H]`` (one scalar per head) or ``None`` (no decay).
+        scale: query scale, default ``K ** -0.5``.
+        initial_state: ``S_0`` of shape ``[B, H, K, V]``, default zeros.
+        output_final_state: also return ``S_T``.
+        mode: ``"chunk"`` (parallel within chunks, recurrent across chunks) or ``"recurrent"``
+            (a plain loop over time steps; the reference).
+        chunk_size: chunk length for ``mode="chunk"``, a positive power of two.
+
+    Returns:
+        ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in q's dtype; ``final_state`` is ``S_T``
+        of shape ``[B, H, K, V]`` in float32 (float64 for float64 inputs), or ``None`` unless
+        ``output_final_state``.
+    """
+    _check_inputs(q, k, v, g, initial_state, mode, chunk_size)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    inputs = (q, k, v) if g is None else (q, k, v, g)
+    acc = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    scale = K**-0.5 if scale is None else scale
+
+    qs = q.to(acc) * scale
+    k_, v_ = k.to(acc), v.to(acc)
+    g_ = None if g is None else g.to(acc)
+    if initial_state is None:
+        state = torch.zeros(B, H, K, V, dtype=acc, device=q.device)
+    else:
+        state = initial_state.to(acc)
+
+    if T == 0:
+        o = qs.new_zeros(B, 0, H, V)
+    elif mode == "recurrent":
+        o, state = _recurrent(qs, k_, v_, g_, state)
+    else:
+        o, state = _chunked(qs, k_, v_, g_, state, chunk_size)
+    return o.to(q.dtype), (state if output_final_state else None)
+
+
+def _check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    initial_state: Tensor | None,
+    mode: str,
+    chunk_size: int,
+) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    if q.dim() != 4:
+        raise ValueError(f"q must have shape [B,T,H,K], got {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have shape [B,T,H,K]={tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v must have shape [B,T,H,V] with [B,T,H]={(B, T, H)}, got {tuple(v.shape)}"
+        )
+    if g is not None and g.shape not in ((B, T, H, K), (B, T, H)):
+        raise ValueError(
+            f"g must have shape [B,T,H,K]={(B, T, H, K)} or [B,T,H]={(B, T, H)}, "
+            f"got {tuple(g.shape)}"
+        )
+    expected_state = (B, H, K, v.shape[-1])
+    if initial_state is not None and initial_state.shape != expected_state:
+        raise ValueError(
+            f"initial_state must have shape [B,H,K,V]={expected_state}, "
+            f"got {tuple(initial_state.shape)}"
+        )
+
+
+def _recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Step-by-step reference; q is pre-scaled, all inputs ``[B,T,H,*]``, state ``[B,H,K,V]``."""
+    if g is None:
+        decay = None
+    elif g.dim() == 3:
+        decay = g.exp()[..., None, None]
+    else:
+        decay = g.exp()[..., None]
+    # unbind, not q[:, t]: each indexing op's backward would materialise a full [B,T,...] grad.
+    decays = [None] * q.shape[1] if decay is None else decay.unbind(1)
+    outputs = []
+    for q_t, k_t, v_t, decay_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decays, strict=True):
+        kv = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        state = kv + (state if decay_t is None else state * decay_t)
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, state))
+    return torch.stack(outputs, dim=1), state
+
+
+def _to_chunks(x: Tensor, chunk: int) -> Tensor:
+    """``[B, T, H, D]`` → contiguous ``[B, H, N, chunk, D]``, zero-padding T up to ``N·chunk``."""
+    B, T, H, D = x.shape
+    n = -(-T // chunk)
+    return F.pad(x.transpose(1, 2), (0, 0, 0, n * chunk - T)).reshape(B, H, n, chunk, D)
+
+
+def _chunked(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """Chunked form; q is pre-scaled, inputs ``[B,T,H,*]``, state ``[B,H,K,V]``.
+
+    Padding (k = v = 0, g = 0) after the last token leaves the final state unchanged.
+    """
+    T = q.shape[1]
+    chunk = min(chunk_size, 1 << (T - 1).bit_length())
+    q, k, v = (_to_chunks(x, chunk) for x in (q, k, v))
+    G = None
+    if g is not None:
+        G = _to_chunks(g if g.dim() == 4 else g.unsqueeze(-1), chunk).cumsum(-2)
+    o, state = _ChunkedGLA.apply(q, k, v, G, state)
+    return o.flatten(2, 3)[:, :, :T].transpose(1, 2), state
+
+
+class _ChunkedGLA(torch.autograd.Function):
+    """Chunked gated linear attention with a hand-written backward.
+
+    Inputs per chunk n (leading dims ``[B, H, N]``): q, k ``[C, K]`` (q pre-scaled), v ``[C, V]``,
+    G ``[C, K]`` (per-key) or ``[C, 1]`` (scalar) cumulative log decay restarted at the chunk
+    start (so G ≤ 0), or None; S_0 ``[B, H, K, V]``. With A the causal intra-chunk scores
+    ``A_ts = Σ_k q_tk k_sk exp(G_tk − G_sk)`` (s ≤ t):
+
+        o_n = A v + (q ⊙ exp G) E_n,      E_n = S_{n-1} (the state entering chunk n)
+        S_n = diag(exp G_C) S_{n-1} + (k ⊙ exp(G_C − G))ᵀ v
+
+    Outputs o ``[B, H, N, C, V]`` and S_N ``[B, H, K, V]``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        G: Tensor | None,
+        state: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        A = _intra_scores(q, k, G)
+        q_in, k_out, decay, exp_G, exp_G_to_end = q, k, None, None, None
+        if G is not None:
+            exp_G = G.exp()
+            exp_G_to_end = (G[..., -1:, :] - G).exp_()
+            q_in, k_out, decay = q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT
+        entering, state = _scan(k_out.mT @ v, decay, state)
+        o = A @ v
+        o += q_in @ entering
+        ctx.save_for_backward(q, k, v, G, A, entering, exp_G, exp_G_to_end)
+        return o, state
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, d_o: Tensor, d_state: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        q, k, v, G, A, entering, exp_G, exp_G_to_end = ctx.saved_tensors
+        q_in, k_out, decay = q, k, None
+        if G is not None:
+            q_in, k_out, decay = q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT
+        d_chunk_kv, d_state = _scan_backward(q_in.mT @ d_o, d_state, decay)
+        dv = A.mT @ d_o
+        dv += k_out @ d_chunk_kv
+        dq = d_o @ entering.mT  # gradient of q_in
+        dk = v @ d_chunk_kv.mT  # gradient of k_out
+        dG = None
+        if G is not None:
+            d_decay = (d_chunk_kv * entering).sum_to_size(decay.shape)
+            from_k = dk * k_out
+            dG = dq * q_in - from_k
+            dG[..., -1:, :] += from_k.sum(-2, keepdim=True)
+            dG = dG.sum_to_size(G.shape)
+            dG[..., -1:, :] += (d_decay * decay).mT
+            dq *= exp_G
+            dk *= exp_G_to_end
+        _intra_scores_backward(d_o @ v.mT, q, k, G, A, dq, dk, dG)
+        return dq, dk, dv, dG, d_state
+
+
+def _scan(chunk_kv: Tensor, decay: Tensor | None, state: Tensor) -> tuple[Tensor, Tensor]:
+    """State recurrence across chunks ``S_n = decay_n ⊙ S_{n-1} + chunk_kv_n``.
+
+    Shapes: chunk_kv ``[B,H,N,K,V]``, decay ``[B,H,N,K,1]`` or ``[B,H,N,1,1]`` (None: no
+    decay), state S_0 ``[B,H,K,V]``. Returns the states entering each chunk ``[B,H,N,K,V]``
+    and S_N.
+    """
+    if decay is None:
+        entering = torch.cat((state.unsqueeze(2), chunk_kv[:, :, :-1]), dim=2).cumsum(2)
+        return entering, entering[:, :, -1] + chunk_kv[:, :, -1]
+    entering = torch.empty_like(chunk_kv)
+    state = state.clone()
+    for n in range(chunk_kv.shape[2]):
+        entering[:, :, n] = state
+        state.mul_(decay[:, :, n]).add_(chunk_kv[:, :, n])
+    return entering, state
+
+
+def _scan_backward(
+    d_entering: Tensor, d_state: Tensor, decay: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Reverse of ``_scan``: gradients of chunk_kv (= of each S_n) ``[B,H,N,K,V]`` and of S_0."""
+    if decay is None:
+        later = torch.cat((d_entering[:, :, 1:], d_state.unsqueeze(2)), dim=2)
+        d_chunk_kv = later.flip(2).cumsum(2).flip(2)
+        return d_chunk_kv, d_chunk_kv[:, :, 0] + d_entering[:, :, 0]
+    d_chunk_kv = torch.empty_like(d_entering)
+    d_state = d_state.clone()
+    for n in reversed(range(d_entering.shape[2])):
+        d_chunk_kv[:, :, n] = d_state
+        d_state.mul_(decay[:, :, n]).add_(d_entering[:, :, n])
+    return d_chunk_kv, d_state
+
+
+def _intra_scores(q: Tensor, k: Tensor, G: Tensor | None) -> Tensor:
+    """Causal intra-chunk scores ``A_ts = Σ_k q_tk k_sk exp(G_tk − G_sk)`` for s ≤ t, else 0.
+
+    Shapes: q, k ``[..., C, K]``, G ``[..., C, K]``, ``[..., C, 1]`` or None; returns
+    ``[..., C, C]``. Scalar decay uses one masked [C, C] decay matrix. Per-key decay tiles the
+    strict lower triangle by recursive halving: at half-width m = C/2, C/4, ..., 1 every block
+    of 2m positions splits into halves, and the later half (rows t) meets the earlier half
+    (columns s) through the reference r = last position of the earlier half,
+    ``exp(G_t − G_s) = exp(G_t − G_r) · exp(G_r − G_s)`` with both factors ≤ 1. Each level is
+    one [C/2, K] @ [K, C/2] matmul per chunk whose block-diagonal [m, m] tiles are kept.
+    """
+    if G is None:
+        return (q @ k.mT).tril_()
+    if G.shape[-1] == 1:
+        return (q @ k.mT).mul_(_decay_matrix(G))
+    A = q.new_zeros(*q.shape[:-1], q.shape[-2])
+    A.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
+    for m in _half_widths(q.shape[-2]):
+        rows, cols, _, _ = _level_operands(q, k, G, m)
+        _tiles_in_square(A, m).copy_(
+            _tiles_in_level(rows.flatten(-3, -2) @ cols.flatten(-3, -2).mT, m)
+        )
+    return A
+
+
+def _intra_scores_backward(
+    dA: Tensor,
+    q: Tensor,
+    k: Tensor,
+    G: Tensor | None,
+    A: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dG: Tensor | None,
+) -> None:
+    """Add the gradients of ``_intra_scores`` given dA ``[..., C, C]`` into dq, dk, dG in place."""
+    if G is None:
+        dA.tril_()
+        dq += dA @ k
+        dk += dA.mT @ q
+        return
+    if G.shape[-1] == 1:
+        d_log_decay = dA * A
+        dG += d_log_decay.sum(-1, keepdim=True) - d_log_decay.sum(-2).unsqueeze(-1)
+        dA *= _decay_matrix(G)
+        dq += dA @ k
+        dk += dA.mT @ q
+        return
+    d_diag = dA.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+    dq += d_diag * k
+    dk += d_diag * q
+    half = q.shape[-2] // 2
+    for m in _half_widths(q.shape[-2]):
+        rows, cols, row_decay, col_decay = _level_operands(q, k, G, m)
+        d_level = dA.new_zeros(*dA.shape[:-2], half, half)
+        _tiles_in_level(d_level, m).copy_(_tiles_in_square(dA, m))
+        d_rows = (d_level @ cols.flatten(-3, -2)).unflatten(-2, rows.shape[-3:-1])
+        d_cols = (d_level.mT @ rows.flatten(-3, -2)).unflatten(-2, cols.shape[-3:-1])
+        _, dq_late = _halves(dq, m)
+        dk_early, _ = _halves(dk, m)
+        dG_early, dG_late = _halves(dG, m)
+        dq_late += d_rows * row_decay
+        dk_early += d_cols * col_decay
+        from_rows, from_cols = d_rows * rows, d_cols * cols
+        dG_late += from_rows
+        dG_early -= from_cols
+        dG_early[..., -1:, :] += (from_cols - from_rows).sum(-2, keepdim=True)
+
+
+def _decay_matrix(G: Tensor) -> Tensor:
+    """``D_ts = exp(G_t − G_s)`` for s ≤ t, else 0; G ``[..., C, 1]`` → ``[..., C, C]``."""
+    C = G.shape[-2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    return (G - G.mT).masked_fill_(~causal, float("-inf")).exp_()
+
+
+def _half_widths(chunk: int) -> list[int]:
+    """Half-widths chunk/2, chunk/4, ..., 1 of the recursive halving levels."""
+    return [chunk >> level for level in range(1, chunk.bit_length())]
+
+
+def _halves(x: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Views ``[..., C/(2m), m, D]`` of the earlier and later halves of each 2m-block of x."""
+    blocks = x.unflatten(-2, (x.shape[-2] // (2 * m), 2, m))
+    return blocks[..., 0, :, :], blocks[..., 1, :, :]
+
+
+def _level_operands(
+    q: Tensor, k: Tensor, G: Tensor, m: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rows ``q_t ⊙ exp(G_t − G_r)`` (later halves), columns ``k_s ⊙ exp(G_r − G_s)`` (earlier
+    halves) of halving level m, and the two decay factors; all ``[..., C/(2m), m, K]``."""
+    _, q_late = _halves(q, m)
+    k_early, _ = _halves(k, m)
+    G_early, G_late = _halves(G, m)
+    G_ref = G_early[..., -1:, :]
+    row_decay = (G_late - G_ref).exp_()
+    col_decay = (G_ref - G_early).exp_()
+    return q_late * row_decay, k_early * col_decay, row_decay, col_decay
+
+
+def _tiles_in_square(A: Tensor, m: int) -> Tensor:
+    """View ``[..., m, m, C/(2m)]`` of the level-m tiles (later half × earlier half of each
+    2m-block) of a ``[..., C, C]`` matrix."""
+    blocks = A.shape[-1] // (2 * m)
+    grid = A.unflatten(-2, (blocks, 2, m)).unflatten(-1, (blocks, 2, m))
+    return grid[..., 1, :, :, 0, :].diagonal(dim1=-4, dim2=-2)
+
+
+def _tiles_in_level(X: Tensor, m: int) -> Tensor:
+    """View ``[..., m, m, C/(2m)]`` of the diagonal [m, m] blocks of a ``[..., C/2, C/2]``
+    level product (rows: later halves, columns: earlier halves)."""
+    blocks = X.shape[-1] // m
+    return X.unflatten(-2, (blocks, m)).unflatten(-1, (blocks, m)).diagonal(dim1=-4, dim2=-2)

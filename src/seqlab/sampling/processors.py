@@ -1,0 +1,80 @@
+"""Logits processors with the Hugging Face protocol `(input_ids, scores) -> scores`.
+
+`input_ids` is `[B, T]` (everything generated so far, prompt included) and `scores` the
+next-token logits `[B, V]`; a processor returns new logits. A list of processors applies
+in order, so a user's own callable plugs in beside these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+LogitsProcessor = Callable[[Tensor, Tensor], Tensor]
+
+
+class Temperature:
+    """scores / T (T > 0)."""
+
+    def __init__(self, temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return scores / self.temperature
+
+
+class TopK:
+    """Keep the k largest logits per row, −inf elsewhere."""
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"top_k must be >= 1, got {k}")
+        self.k = k
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        k = min(self.k, scores.shape[-1])
+        threshold = scores.topk(k, dim=-1).values[..., -1:]
+        return scores.masked_fill(scores < threshold, -torch.inf)
+
+
+class TopP:
+    """Nucleus: keep the smallest set of tokens whose probability reaches p (at least one)."""
+
+    def __init__(self, p: float) -> None:
+        if not 0 < p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= self.p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        return scores.masked_fill(drop, -torch.inf)
+
+
+def apply_processors(
+    processors: Sequence[LogitsProcessor], input_ids: Tensor, scores: Tensor
+) -> Tensor:
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores
+
+
+def sampling_processors(
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> list[LogitsProcessor]:
+    """The usual sampling filters, in the order Hugging Face applies them."""
+    processors: list[LogitsProcessor] = []
+    if temperature != 1.0:
+        processors.append(Temperature(temperature))
+    if top_k is not None:
+        processors.append(TopK(top_k))
+    if top_p is not None and top_p < 1.0:
+        processors.append(TopP(top_p))
+    return processors

@@ -1,0 +1,139 @@
+"""Training checkpoints: written atomically, verified by checksum, resumed exactly.
+
+Layout of `RUN/checkpoints/`: one directory `step-XXXXXXXX/` per checkpoint holding
+`model.safetensors`, `optimizer.safetensors` and `state.json` (step, optimizer
+hyper-parameters, sha256 of each tensor file), plus a file `latest` naming the newest.
+A checkpoint is built in `step-XXXXXXXX.tmp/` and renamed into place, then `latest` is
+replaced atomically, so a run killed at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqlab.errors import CheckpointError
+from seqlab.io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def checkpoint_root(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    model_tensors: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    extra: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
+    save_tensors(model_tensors, tmp / "model.safetensors")
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    files = {name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.safetensors")}
+    atomic_write_json(
+        tmp / "state.json", {"step": step, "optimizer": opt_meta, "extra": extra, "sha256": files}
+    )
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write_text(root / "latest", final.name + "\n")
+    for old in sorted(root.glob("step-????????"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint directory, or None if the run has none."""
+    root = checkpoint_root(run_dir)
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which is missing")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+    """Read and verify a checkpoint directory; damage raises CheckpointError."""
+    path = Path(path)
+    state = read_json(path / "state.json")
+    for name, expected in state.get("sha256", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: file not found")
+        if _sha256(file) != expected:
+            raise CheckpointError(f"{file}: checksum mismatch, the file is truncated or corrupt")
+    model = load_tensors(path / "model.safetensors", device)
+    optimizer = unflatten_optimizer(
+        load_tensors(path / "optimizer.safetensors", device), state["optimizer"]
+    )
+    return Checkpoint(int(state["step"]), model, optimizer, state.get("extra", {}))

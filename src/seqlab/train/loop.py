@@ -1,0 +1,260 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, eval, checkpoints, DDP.
+
+Every optimizer step is a pure function of (seed, step): its global batch comes from
+`task.batch(..., step)`, split into the same rows whatever the number of processes and
+accumulation micro-steps, and the global RNG is reseeded from (seed, step, rank) before the
+step, so a run resumed from a checkpoint replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from seqlab.config import ExperimentConfig, TrainConfig, save_config
+from seqlab.data.tasks import Task, build_task
+from seqlab.errors import ConfigError, SeqlabError
+from seqlab.io import atomic_write_json, model_state, save
+from seqlab.model import Model, build_model
+from seqlab.objectives import Objective, build_objective
+from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from seqlab.train.dist import (
+    DistInfo,
+    barrier,
+    gather_objects,
+    init_distributed,
+    mean_across,
+    shutdown,
+)
+from seqlab.train.logging import MetricsLogger
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to `min_lr_ratio · lr`."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(config.steps - config.warmup, 1)
+    progress = min((step - config.warmup) / span, 1.0)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms, biases or per-channel vectors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def param_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class RunParts:
+    config: ExperimentConfig
+    task: Task
+    model: Model
+    objective: Objective
+
+
+def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunParts:
+    """Task, model (its vocabulary taken from the task) and objective for a config."""
+    main_first = info is not None and info.distributed
+    if main_first and not info.is_main:
+        barrier(info)
+    task = build_task(config)
+    if main_first and info.is_main:
+        barrier(info)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, vocab_size=task.vocab_size)
+    )
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    objective = build_objective(config.objective.name, **config.objective.options)
+    return RunParts(config, task, model, objective)
+
+
+def train(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train `config` into `out_dir`; returns the run summary (also written to summary.json)."""
+    info = init_distributed(config.train.device)
+    try:
+        return _train(config, Path(out_dir), info, resume, progress)
+    finally:
+        shutdown(info)
+
+
+def _train(
+    config: ExperimentConfig, out: Path, info: DistInfo, resume: bool, progress: bool | None
+) -> dict[str, Any]:
+    tc = config.train
+    micro, remainder = divmod(tc.batch_size, info.world_size * tc.grad_accum)
+    if remainder or micro == 0:
+        raise ConfigError(
+            f"train.batch_size ({tc.batch_size}) must be a positive multiple of processes x "
+            f"train.grad_accum ({info.world_size} x {tc.grad_accum})"
+        )
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    elif info.distributed and info.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+    existing = latest_checkpoint(out)
+    if resume and existing is None:
+        raise SeqlabError(f"{out}: no checkpoint to resume from")
+    if not resume and existing is not None:
+        raise SeqlabError(
+            f"{out} already holds a training run ({existing.name}); pass --resume to continue "
+            "it or choose another --out"
+        )
+
+    parts = build_run(config, info)
+    config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
+    model.to(info.device)
+    optimizer = build_optimizer(model, tc)
+    start, elapsed_before = 0, 0.0
+    if existing is not None:
+        checkpoint = load_checkpoint(existing, info.device)
+        model.load_state_dict(checkpoint.model, strict=False)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        start, elapsed_before = checkpoint.step, float(checkpoint.extra.get("seconds", 0.0))
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        tokenizer = getattr(task, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save(out)
+    logger = MetricsLogger(out, resume_step=start if resume else None, enabled=info.is_main)
+
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    tokens_per_step = tc.batch_size * task.seq_len
+    hide_bar = True if not info.is_main else (None if progress is None else not progress)
+    bar = tqdm(total=tc.steps, initial=start, disable=hide_bar, desc="train", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    loss_value = float("nan")
+    evaluation: dict[str, Any] = {}
+    model.train()
+    for step in range(start, tc.steps):
+        lr = lr_at(step, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(step_seed(tc.seed, step, info.rank))
+        loss_value = 0.0
+        for m in range(tc.grad_accum):
+            batch = task.batch(
+                "train",
+                step,
+                micro,
+                seed=tc.seed,
+                rank=info.rank * tc.grad_accum + m,
+                world_size=info.world_size * tc.grad_accum,
+            ).to(info.device)
+            sync = m == tc.grad_accum - 1 or not info.distributed
+            with contextlib.nullcontext() if sync else net.no_sync():
+                loss, _ = objective.loss(net, batch)
+                (loss / tc.grad_accum).backward()
+            loss_value += loss.item() / tc.grad_accum
+        if not math.isfinite(loss_value):
+            raise SeqlabError(
+                f"training diverged at step {step + 1}: loss is {loss_value}; "
+                "lower train.lr or raise train.warmup"
+            )
+        grad_norm = (
+            float(nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            if tc.grad_clip > 0
+            else float("nan")
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        is_last = done == tc.steps
+        seconds = elapsed_before + time.perf_counter() - t0
+        if done % tc.log_every == 0 or done % tc.eval_every == 0 or is_last:
+            record = {
+                "step": done,
+                "loss": mean_across(info, loss_value),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": done * tokens_per_step,
+                "seconds": round(seconds, 3),
+            }
+            if done % tc.eval_every == 0 or is_last:
+                if info.is_main:
+                    evaluation = task.evaluate(
+                        model, objective, split="validation", max_tokens=tc.eval_tokens
+                    )
+                    record.update({f"val_{k}": v for k, v in evaluation.items()})
+                barrier(info)
+            logger.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if done % tc.checkpoint_every == 0 or is_last:
+            if info.is_main:
+                save_checkpoint(
+                    out,
+                    done,
+                    model_state(model),
+                    optimizer.state_dict(),
+                    {"seconds": seconds},
+                    keep=tc.keep_checkpoints,
+                )
+            barrier(info)
+        bar.update(1)
+    bar.close()
+    logger.close()
+
+    final_loss = mean_across(info, loss_value) if start < tc.steps else None
+    fingerprints = gather_objects(info, param_fingerprint(model))
+    seq_len = task.seq_len
+    summary = {
+        "steps": tc.steps,
+        "world_size": info.world_size,
+        "final_loss": final_loss,
+        "validation": evaluation,
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(embeddings=False),
+        "state_size": model.state_size(seq_len),
+        "flops_per_token": model.flops_per_token(seq_len),
+        "train_tokens": tc.steps * tokens_per_step,
+        "train_flops": 3.0 * model.flops_per_token(seq_len) * tc.steps * tokens_per_step,
+        "seconds": round(elapsed_before + time.perf_counter() - t0, 3),
+        "param_fingerprints": fingerprints,
+    }
+    if info.is_main:
+        save(model, out, config)
+        atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from seqlab.config import ExperimentConfig, TrainConfig, from_dict
+from seqlab.errors import ConfigError, SeqlabError
+from seqlab.train import train
+from seqlab.train.logging import read_metrics
+from seqlab.train.loop import lr_at
+from tests.helpers import tiny_config, write_corpus
+
+
+def config_for(tmp_path, **train_options):
+    corpus = write_corpus(tmp_path / "corpus")
+    return from_dict(ExperimentConfig, tiny_config(corpus, tmp_path / "cache", train=train_options))
+
+
+def test_lr_warmup_then_cosine_to_floor():
+    config = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(10, config) == pytest.approx(1.0)
+    assert lr_at(55, config) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(100, config) == pytest.approx(0.1)
+    assert all(lr_at(s, config) >= lr_at(s + 1, config) for s in range(10, 100))
+
+
+def test_training_lowers_loss_and_logs_every_step(tmp_path):
+    config = config_for(tmp_path, steps=40, lr=1e-2, eval_every=20)
+    summary = train(config, tmp_path / "run", progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 41))
+    assert all("loss" in r and math.isfinite(r["loss"]) for r in records)
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"]
+    assert {"val_nll", "val_bits_per_byte"} <= set(records[19]) and "val_nll" not in records[18]
+    assert summary["validation"]["nll"] == records[-1]["val_nll"]
+    assert summary["train_tokens"] == 40 * 4 * 33
+    assert summary["train_flops"] == pytest.approx(3 * summary["flops_per_token"] * 40 * 4 * 33)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    full = train(config_for(tmp_path, steps=3, grad_accum=1), tmp_path / "a", progress=False)
+    accum = train(config_for(tmp_path, steps=3, grad_accum=2), tmp_path / "b", progress=False)
+    assert accum["final_loss"] == pytest.approx(full["final_loss"], rel=1e-5)
+
+
+def test_batch_must_divide_into_micro_batches(tmp_path):
+    with pytest.raises(ConfigError, match="multiple"):
+        train(config_for(tmp_path, batch_size=5, grad_accum=2), tmp_path / "r", progress=False)
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    config = config_for(tmp_path, steps=5)
+    train(config, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(SeqlabError, match="--resume"):
+        train(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    with pytest.raises(SeqlabError, match="no checkpoint"):
+        train(config_for(tmp_path), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_divergence_is_reported(tmp_path):
+    config = config_for(tmp_path, steps=30, lr=1e6, warmup=0, grad_clip=0.0)
+    with pytest.raises(SeqlabError, match="diverged"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_tensorboard_events_written(tmp_path):
+    train(config_for(tmp_path, steps=3), tmp_path / "run", progress=False)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_same_seed_same_result(tmp_path):
+    a = train(config_for(tmp_path, steps=4), tmp_path / "a", progress=False)
+    b = train(config_for(tmp_path, steps=4), tmp_path / "b", progress=False)
+    assert a["param_fingerprints"] == b["param_fingerprints"]
+    torch.testing.assert_close(a["final_loss"], b["final_loss"])
