@@ -1,4 +1,4 @@
-"""`seqlab train | eval | sample | list`: plain functions behind argparse.
+"""`seqlab train | eval | sample | compare | list`: plain functions behind argparse.
 
 User errors (unknown names, bad configs, missing or corrupt checkpoints) print one line
 `seqlab: error: ...` and exit with code 2.
@@ -127,6 +127,18 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from seqlab.harness.compare import compare
+    from seqlab.harness.grid import load_compare_config
+
+    config = load_compare_config(args.experiment)
+    out = Path(args.out or Path("runs") / config.name)
+    compare(config, out, workers=args.workers)
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.csv'}, plots: {out / 'plots'}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     import seqlab.data.tasks  # noqa: F401
     import seqlab.mixers  # noqa: F401
@@ -135,8 +147,10 @@ def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from seqlab.config import list_presets
     from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
 
-    if args.what == "presets":
-        for name in list_presets():
+    if args.what in ("presets", "experiments"):
+        from seqlab.harness.grid import list_experiments
+
+        for name in list_presets() if args.what == "presets" else list_experiments():
             print(name)
         return 0
     registry = {"mixers": MIXERS, "objectives": OBJECTIVES, "tasks": TASKS, "samplers": SAMPLERS}[
@@ -180,8 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("compare", help="train a grid of runs at equal budget, rank them")
+    p.add_argument("experiment", nargs="?", default="quickstart",
+                   help="comparison YAML or built-in experiment (default: quickstart)")
+    p.add_argument("--out", help="output directory (default: runs/<name>)")
+    p.add_argument("--workers", type=int, default=None, help="parallel training processes")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("list", help="list registered components")
-    p.add_argument("what", choices=["mixers", "objectives", "tasks", "samplers", "presets"])
+    p.add_argument("what", choices=["mixers", "objectives", "tasks", "samplers", "presets",
+                                    "experiments"])
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -70,14 +70,19 @@ class Attention(Mixer):
     ) -> tuple[Tensor, KVCache | None]:
         check_input(x, self.d_model)
         b, t, _ = x.shape
-        kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
-        q = self.q_norm(q.view(b, t, self.n_heads, self.head_dim))
-        k = self.k_norm(k.view(b, t, self.n_kv_heads, self.head_dim))
-        v = v.view(b, t, self.n_kv_heads, self.head_dim)
+        h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qk, v = self.qkv(x).split([self.d_model + h_kv * d, h_kv * d], dim=-1)
+        v = v.view(b, t, h_kv, d)
         positions = self._positions(positions, state, b, t, x.device)
-        cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta, dtype=q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        cos, sin = rotary_angles(positions, d, self.rope_theta, dtype=qk.dtype)
+        if isinstance(self.q_norm, nn.Identity):
+            # q and k heads side by side: one rotary pass over both, then views into it
+            qk = apply_rotary(qk.view(b, t, h + h_kv, d), cos, sin)
+            q, k = qk.split([h, h_kv], dim=2)
+        else:
+            q, k = qk.split([self.d_model, h_kv * d], dim=-1)
+            q = apply_rotary(self.q_norm(q.view(b, t, h, d)), cos, sin)
+            k = apply_rotary(self.k_norm(k.view(b, t, h_kv, d)), cos, sin)
 
         if state is None:
             if layout.is_causal and self.window is None:
@@ -100,12 +105,15 @@ class Attention(Mixer):
     def _positions(
         self, positions: Tensor | None, state: KVCache | None, b: int, t: int, device: torch.device
     ) -> Tensor:
+        """Positions `[B, T]`; `[1, T]` when every row shares them and no cache is kept, so
+        rotary angles and masks are formed once and broadcast over the batch."""
         if positions is None:
-            start = state.offset if state is not None else torch.zeros(b, dtype=torch.long,
-                                                                      device=device)
-            return start[:, None] + torch.arange(t, device=device)
-        if positions.dim() == 1:
-            positions = positions[None].expand(b, -1)
+            if state is None:
+                return torch.arange(t, device=device)[None]
+            return state.offset[:, None] + torch.arange(t, device=device)
+        if positions.dim() == 1 and positions.shape[0] == t:
+            positions = positions[None] if state is None else positions[None].expand(b, -1)
+            return positions.to(device)
         if positions.shape != (b, t):
             raise ShapeError(f"positions must have shape [{t}] or [{b}, {t}], got "
                              f"{list(positions.shape)}")

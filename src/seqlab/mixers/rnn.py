@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.mixers.base import Layout, Mixer, check_input
+from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import log_space_scan
 from seqlab.registry import MIXERS
 
@@ -47,26 +48,37 @@ def log_g(x: Tensor) -> Tensor:
 
 @dataclass
 class MinGRUState:
-    """The hidden state `h [B, hidden]`, positive (zero before the first token)."""
+    """The hidden state `h [B, hidden]`, positive (zero before the first token), and the
+    short conv's last d_conv − 1 inputs `[B, d_conv − 1, d_model]` (None without a conv)."""
 
     h: Tensor
+    conv: Tensor | None = None
 
 
 class MinGRU(Mixer):
-    """minGRU (Feng et al., "Were RNNs All We Needed?", 2024), then an output projection.
+    """minGRU (Feng et al., "Were RNNs All We Needed?", 2024) behind a short causal conv.
 
-    z_t = σ(W_z x_t + b_z), h̃_t = g(W_h x_t + b_h), h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t,
-    y_t = W_out h_t. The gates read only x_t, so the recurrence is linear in h and runs as a
-    parallel scan in log space: log(1 − z_t) = −softplus(k_t), log z_t = −softplus(−k_t),
-    and g > 0 keeps h positive, so log h̃_t exists.
+    x̃ = conv(x) (depthwise, `d_conv` taps; identity when d_conv = 0), then
+    z_t = σ(W_z x̃_t + b_z), h̃_t = g(W_h x̃_t + b_h), h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t,
+    y_t = W_out h_t, with g(v) = v + 1/2 (v ≥ 0), σ(v) (v < 0) so that h stays positive.
+    The gates read only the input, so the recurrence is linear in h and runs as a parallel
+    scan in log space: log(1 − z_t) = −softplus(k_t), log z_t = −softplus(−k_t), log g(·).
     Shapes: x `[B, T, d_model]`, h `[B, T, hidden]` with hidden = expand · d_model.
-    Bidirectional layout: the same cell also scans the reversed sequence; the two are summed.
+
+    The conv is not in the paper (d_conv = 0 gives its cell exactly). A minGRU channel is a
+    positive moving average, so reading "the token k steps back" needs differences of
+    averages with large weights; the conv gives each gate the last few tokens directly, as
+    in Mamba's and Griffin's recurrent blocks.
+    Bidirectional layout: the same conv and cell also run over the reversed sequence; summed.
     """
 
-    def __init__(self, d_model: int, *, expand: int = 1) -> None:
+    def __init__(self, d_model: int, *, expand: int = 1, d_conv: int = 4) -> None:
         super().__init__()
         check_expand(expand, "mingru")
+        if not isinstance(d_conv, int) or d_conv < 0:
+            raise ConfigError(f"mingru d_conv must be a non-negative integer, got {d_conv!r}")
         self.d_model, self.hidden = d_model, expand * d_model
+        self.conv = ShortConv(d_model, d_conv, activation=None) if d_conv else None
         self.proj = nn.Linear(d_model, 2 * self.hidden)
         self.out = nn.Linear(self.hidden, d_model, bias=False)
 
@@ -80,35 +92,44 @@ class MinGRU(Mixer):
     ) -> tuple[Tensor, MinGRUState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "mingru")
-        k, pre = self.proj(x).to(state_dtype(x.dtype)).chunk(2, dim=-1)
+        h, new_state = self._recur(x, state)
+        if layout.kind == "bidirectional":
+            h = h + self._recur(x.flip(1), None)[0].flip(1)
+        return self.out(h.to(x.dtype)), new_state
+
+    def _recur(self, x: Tensor, state: MinGRUState | None) -> tuple[Tensor, MinGRUState | None]:
+        """h `[B, T, hidden]` (float32, or float64 for float64 inputs) and the new state."""
+        conv_state = None
+        if self.conv is not None:
+            x, conv_state = self.conv(x, None if state is None else state.conv)
+        dtype = state_dtype(x.dtype)
+        k, pre = self.proj(x).to(dtype).chunk(2, dim=-1)
         log_a, log_b = -F.softplus(k), -F.softplus(-k) + log_g(pre)
         if state is None:
-            h, _ = log_space_scan(log_a, log_b)
-            if layout.kind == "bidirectional":
-                h = h + log_space_scan(log_a.flip(1), log_b.flip(1))[0].flip(1)
-            new_state = None
-        else:
-            h, log_h_last = log_space_scan(
-                log_a, log_b, initial_log_state=state.h.to(log_a.dtype).log(),
-                output_final_state=True,
-            )
-            new_state = MinGRUState(log_h_last.exp())
-        return self.out(h.to(x.dtype)), new_state
+            return log_space_scan(log_a, log_b)[0], None
+        h, log_h_last = log_space_scan(
+            log_a, log_b, initial_log_state=state.h.to(dtype).log(), output_final_state=True
+        )
+        return h, MinGRUState(log_h_last.exp(),
+                              None if conv_state is None else conv_state.to(dtype))
 
     def init_state(
         self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> MinGRUState:
         weight = self.out.weight
-        return MinGRUState(torch.zeros(batch_size, self.hidden, device=device or weight.device,
-                                       dtype=state_dtype(dtype or weight.dtype)))
+        device, dtype = device or weight.device, state_dtype(dtype or weight.dtype)
+        conv = None if self.conv is None else self.conv.init_state(batch_size, device=device,
+                                                                   dtype=dtype)
+        return MinGRUState(torch.zeros(batch_size, self.hidden, device=device, dtype=dtype), conv)
 
     def state_size(self, seq_len: int) -> int:
-        return self.hidden
+        return self.hidden + (0 if self.conv is None else self.conv.state_size())
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per hidden unit: two softplus and log g (~4 each) and the log-space scan's
-        cumsum, logcumsumexp and logaddexp (~8)."""
-        return 20.0 * self.hidden
+        cumsum, logcumsumexp and logaddexp (~8); plus the conv's 2 · d_conv per input channel."""
+        conv = 0 if self.conv is None else 2.0 * self.conv.kernel_size * self.d_model
+        return 20.0 * self.hidden + conv
 
 
 @dataclass
@@ -201,7 +222,7 @@ class FusedRNN(Mixer):
     family="rnn",
     layouts=("causal", "bidirectional"),
     state="fixed",
-    options=("expand",),
+    options=("expand", "d_conv"),
 )
 def build_mingru(config: ModelConfig, layer: int, **options: object) -> MinGRU:
     return MinGRU(config.d_model, **options)

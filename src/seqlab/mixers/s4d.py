@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import Layout, Mixer, check_input
-from seqlab.mixers.rnn import check_scan_layout, state_dtype
+from seqlab.mixers.rnn import check_expand, check_scan_layout, state_dtype
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -93,14 +93,18 @@ class DiagonalSSM(nn.Module):
 class S4D(Mixer):
     """A gated S4D block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)).
 
-    SSM(u)_t = Σ_{s≤t} K_{t−s} ⊙ u_s with each channel's kernel from `DiagonalSSM`, computed
-    in training by FFT (`fft_conv`) and at decode time by the recurrence
-    h_t = Ā h_{t−1} + B̄ u_t, SSM(u)_t = 2 Re(Σ_n C_n h_t,n) (`diagonal_scan`, complex).
+    SSM(u)_t = Σ_{s≤t} K_{t−s} ⊙ u_s, each channel's kernel from `DiagonalSSM`; equivalently
+    the recurrence h_t = Ā h_{t−1} + B̄ u_t, SSM(u)_t = 2 Re(Σ_n C_n h_t,n).
     Shapes: x `[B, T, d_model]`, u, z `[B, T, d_inner]` (d_inner = expand · d_model),
     state h `[B, d_inner, d_state/2]` complex, i.e. d_state real numbers per channel.
 
-    Bidirectional layout: a second, separately parameterised SSM reads the future, entering
-    as the anti-causal half of a two-sided kernel (lags 1 … T, so the present is counted once).
+    The causal form runs in chunks of `chunk_size` steps: inside a chunk the convolution with
+    K_0 … K_{C−1} (a masked Toeplitz product), across chunks the recurrence on the states at
+    chunk boundaries (decay Ā^C). It is exactly causal, which an FFT is not (its rounding
+    reaches every output), and the same code continues from a carried state (T = 1 decodes).
+    The bidirectional layout convolves by FFT (`fft_conv`) with a two-sided kernel whose
+    anti-causal half comes from a second, separately parameterised SSM (lags 1 … T, so the
+    present is counted once).
     """
 
     def __init__(
@@ -112,17 +116,20 @@ class S4D(Mixer):
         init: str = "lin",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        chunk_size: int = 64,
     ) -> None:
         super().__init__()
         if init not in S4D_INITS:
             raise ConfigError(f"s4d init must be one of {S4D_INITS}, got {init!r}")
         if d_state < 2 or d_state % 2:
             raise ConfigError(f"s4d d_state must be a positive even number, got {d_state}")
-        if expand < 1:
-            raise ConfigError(f"s4d expand must be >= 1, got {expand}")
+        check_expand(expand, "s4d")
         if not 0 < dt_min <= dt_max:
             raise ConfigError(f"s4d needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        if chunk_size < 1:
+            raise ConfigError(f"s4d chunk_size must be positive, got {chunk_size}")
         self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
+        self.chunk_size = chunk_size
         ssm_options = {"init": init, "dt_min": dt_min, "dt_max": dt_max}
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.ssm = DiagonalSSM(self.d_inner, d_state, **ssm_options)
@@ -147,29 +154,51 @@ class S4D(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "s4d")
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        if state is None:
-            y, new_state = self._convolve(u, bidirectional=layout.kind == "bidirectional"), None
+        if layout.kind == "bidirectional":
+            steps = u.shape[1]
+            kernel = torch.stack([self.ssm.kernel(steps), self.ssm_reverse.kernel(steps + 1)[1:]])
+            y, new_state = fft_conv(u, kernel, bidirectional=True)[0], None
+        elif state is None:
+            y, new_state = self._causal(u, None)[0], None
         else:
-            y, new_state = self._recur(u, state)
+            h0 = torch.view_as_complex(state.h.to(state_dtype(u.dtype)).contiguous())
+            y, h_last = self._causal(u, h0)
+            new_state = S4DState(torch.view_as_real(h_last))
         y = F.gelu(y + self.D * u) * torch.sigmoid(z)
         return self.out(y), new_state
 
-    def _convolve(self, u: Tensor, *, bidirectional: bool) -> Tensor:
-        steps = u.shape[1]
-        if not bidirectional:
-            return fft_conv(u, self.ssm.kernel(steps))[0]
-        kernel = torch.stack([self.ssm.kernel(steps), self.ssm_reverse.kernel(steps + 1)[1:]])
-        return fft_conv(u, kernel, bidirectional=True)[0]
-
-    def _recur(self, u: Tensor, state: S4DState) -> tuple[Tensor, S4DState]:
-        dtype = state_dtype(u.dtype)
+    def _causal(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """SSM(u) `[B, T, d_inner]` from state `h0` (zero when None), and the final state
+        `[B, d_inner, d_state/2]` (complex) when `h0` is given."""
+        batch, steps, channels = u.shape
+        size = min(self.chunk_size, steps)
+        n_chunks = -(-steps // size)
+        chunks = F.pad(u, (0, 0, 0, n_chunks * size - steps)).unflatten(1, (n_chunks, size))
         dt_a, b_bar, c = self.ssm.discretize()
-        h0 = torch.view_as_complex(state.h.to(dtype).contiguous())
-        h, h_last = diagonal_scan(
-            dt_a.exp(), b_bar * u.to(dtype)[..., None], initial_state=h0, output_final_state=True
+        powers = torch.exp(dt_a[..., None] * torch.arange(size + 1, device=u.device))
+        lag = torch.arange(size, device=u.device)
+        lag = lag[:, None] - lag[None, :]
+        kernel = self.ssm.kernel(size)
+        toeplitz = torch.where((lag >= 0)[..., None], kernel[lag.clamp(min=0)], 0.0)
+        y = torch.einsum("tsd,bksd->bktd", toeplitz, chunks)
+
+        if h0 is None:
+            if n_chunks == 1:
+                return y[:, 0], None
+            h0 = b_bar.new_zeros(batch, channels, b_bar.shape[-1])
+        # Ā^{C−1−s} B̄: what input s of a chunk leaves in the state at the chunk's end.
+        into_state = b_bar[..., None] * powers[..., :size].flip(-1)
+        totals = torch.einsum("bksd,dns->bkdn", chunks.to(b_bar.dtype), into_state)
+        ends, _ = diagonal_scan(powers[..., size], totals, initial_state=h0)
+        starts = torch.cat([h0[:, None], ends[:, :-1]], dim=1)
+        from_state = torch.einsum("bkdn,dnt->bktd", starts, c[..., None] * powers[..., 1:])
+        y = (y + 2 * from_state.real).flatten(1, 2)[:, :steps]
+
+        tail = steps - (n_chunks - 1) * size
+        h_last = powers[..., tail] * starts[:, -1] + torch.einsum(
+            "bsd,dns->bdn", chunks[:, -1, :tail].to(b_bar.dtype), into_state[..., size - tail :]
         )
-        y = 2 * torch.einsum("btcn,cn->btc", h, c).real
-        return y.to(u.dtype), S4DState(torch.view_as_real(h_last).to(dtype))
+        return y, h_last
 
     def init_state(
         self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -184,11 +213,10 @@ class S4D(Mixer):
         return self.d_inner * self.d_state
 
     def mixing_flops(self, seq_len: int) -> float:
-        """FFT convolution per token and channel: forward and inverse real FFTs of size
-        n ≈ 2T (2.5 n log2 n each) plus the spectral product (3n), over T tokens; then the
-        skip, GELU and gate (~10)."""
-        n = 2 * seq_len
-        return self.d_inner * ((5 * n * math.log2(n) + 3 * n) / seq_len + 10)
+        """Per token and channel, in the chunked causal form: the in-chunk Toeplitz product
+        (2C, C = min(chunk_size, T)), writing and reading the chunk-boundary states (complex,
+        ~8 per state number each way), then the skip, GELU and gate (~10)."""
+        return self.d_inner * (2.0 * min(self.chunk_size, seq_len) + 8.0 * self.d_state + 10.0)
 
 
 @MIXERS.register(
@@ -197,7 +225,7 @@ class S4D(Mixer):
     family="ssm",
     layouts=("causal", "bidirectional"),
     state="fixed",
-    options=("expand", "d_state", "init", "dt_min", "dt_max"),
+    options=("expand", "d_state", "init", "dt_min", "dt_max", "chunk_size"),
 )
 def build_s4d(config: ModelConfig, layer: int, **options: object) -> S4D:
     return S4D(config.d_model, **options)

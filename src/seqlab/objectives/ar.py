@@ -23,7 +23,8 @@ class Autoregressive(Objective):
         """Per-target NLL `[B, L-1]` (nats) and the float mask of scored targets."""
         logits, _ = model(batch.tokens[:, :-1], layout=self.layout)
         targets = batch.tokens[:, 1:]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         mask = (
             torch.ones_like(targets, dtype=nll.dtype)
             if batch.mask is None
@@ -35,6 +36,16 @@ class Autoregressive(Objective):
         nll, mask = self.token_nll(model, batch)
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
         return loss, {"nll": loss.detach().item()}
+
+    def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits, _ = model(batch.tokens[:, :-1], layout=self.layout)
+        predictions = batch.tokens.clone()
+        predictions[:, 1:] = logits.argmax(dim=-1)
+        scored = torch.ones_like(batch.tokens, dtype=torch.bool)
+        scored[:, 0] = False
+        if batch.mask is not None:
+            scored &= batch.mask
+        return predictions, scored
 
     def nll(self, model: Model, batch: Batch) -> NLL:
         nll, mask = self.token_nll(model, batch)

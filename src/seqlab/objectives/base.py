@@ -73,3 +73,12 @@ class Objective(ABC):
     @abstractmethod
     def nll(self, model: Model, batch: Batch) -> NLL:
         """Summed NLL in nats of the batch's scored tokens (exact, or a bound)."""
+
+    @abstractmethod
+    def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The model's single-pass best guess for every scored token.
+
+        Returns `(predictions [B, L], scored [B, L] bool)` aligned with `batch.tokens`: for AR
+        the argmax of the next-token logits given the true prefix (teacher forcing); for
+        diffusion the argmax at the scored positions with all of them noised at once.
+        """

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# `enable_gqa` (PyTorch >= 2.5) lets SDPA read a shared key/value head without repeating it.
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 
 def causal_mask(
     t_q: int, t_k: int | None = None, *, window: int | None = None, device: torch.device | None = None
@@ -73,11 +76,17 @@ def scaled_dot_product_attention(
     attention), mask boolean broadcastable to `[B, H, T_q, T_k]`. Returns `[B, T_q, H, D]`.
     """
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    options = {}
     if k.shape[1] != q.shape[1]:
-        repeat = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(repeat, dim=1)
-        v = v.repeat_interleave(repeat, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+        if _SDPA_GQA:  # the kernel indexes the shared key/value head: no repeated copies
+            options["enable_gqa"] = True
+        else:
+            repeat = q.shape[1] // k.shape[1]
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **options
+    )
     return out.transpose(1, 2)
 
 
@@ -106,7 +115,44 @@ def rotary_angles(
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+D/2}) of `x [B, T, H, D]` by angles `cos/sin [B or 1, T, D]`."""
+    """Rotate pairs (x_i, x_{i+D/2}) of `x [B, T, H, D]` by angles `cos/sin [B or 1, T, D]`.
+
+    out = x · cos + rotate_half(x) · sin with rotate_half(x) = [−x_2, x_1]. The fast form
+    (a fused autograd function, bitwise equal to the plain expression forward and backward)
+    runs when cos/sin are constants of x's dtype; otherwise the plain expression does.
+    """
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    if cos.dtype == sin.dtype == x.dtype and not (cos.requires_grad or sin.requires_grad):
+        return _Rotary.apply(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return x * cos + rotated * sin
+
+
+class _Rotary(torch.autograd.Function):
+    """x · cos + [−x_2, x_1] · sin without the autograd graph of neg/cat/slices.
+
+    Its gradient is the inverse rotation, g · cos + [g_2 · sin_2, −g_1 · sin_1]: the same
+    products and sums autograd forms for the plain expression, so the results are bitwise equal.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # type: ignore[override]
+        half = x.shape[-1] // 2
+        rotated = torch.empty_like(x)
+        torch.neg(x[..., half:], out=rotated[..., :half])
+        rotated[..., half:] = x[..., :half]
+        out = x * cos
+        out += rotated.mul_(sin)
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        grad_sin = grad * sin
+        grad_x = grad * cos
+        grad_x[..., :half] += grad_sin[..., half:]
+        grad_x[..., half:] -= grad_sin[..., :half]
+        return grad_x, None, None

@@ -94,29 +94,31 @@ def _check_inputs(
     chunk_size: int,
 ) -> None:
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
     if q.dim() != 4:
-        raise ValueError(f"q must have shape [B,T,H,K], got {tuple(q.shape)}")
+        raise ValueError(f"q must have shape [B,T,H,K] (4 dims), got {_fmt(q.shape)}")
     B, T, H, K = q.shape
     if k.shape != q.shape:
-        raise ValueError(f"k must have shape [B,T,H,K]={tuple(q.shape)}, got {tuple(k.shape)}")
+        raise ValueError(f"k must have shape [B,T,H,K]={_fmt(q.shape)}, got {_fmt(k.shape)}")
     if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must have shape [B,T,H,V] with [B,T,H]={(B, T, H)}, got {tuple(v.shape)}"
-        )
+        raise ValueError(f"v must have shape [B,T,H,V]=({B},{T},{H},V), got {_fmt(v.shape)}")
     if g is not None and g.shape not in ((B, T, H, K), (B, T, H)):
         raise ValueError(
-            f"g must have shape [B,T,H,K]={(B, T, H, K)} or [B,T,H]={(B, T, H)}, "
-            f"got {tuple(g.shape)}"
+            f"g must have shape [B,T,H,K]={_fmt((B, T, H, K))} or [B,T,H]={_fmt((B, T, H))}, "
+            f"got {_fmt(g.shape)}"
         )
-    expected_state = (B, H, K, v.shape[-1])
-    if initial_state is not None and initial_state.shape != expected_state:
+    state_shape = (B, H, K, v.shape[-1])
+    if initial_state is not None and initial_state.shape != state_shape:
         raise ValueError(
-            f"initial_state must have shape [B,H,K,V]={expected_state}, "
-            f"got {tuple(initial_state.shape)}"
+            f"initial_state must have shape [B,H,K,V]={_fmt(state_shape)}, "
+            f"got {_fmt(initial_state.shape)}"
         )
+
+
+def _fmt(shape: tuple[int, ...] | torch.Size) -> str:
+    return f"({','.join(map(str, shape))})"
 
 
 def _recurrent(
@@ -143,7 +145,8 @@ def _to_chunks(x: Tensor, chunk: int) -> Tensor:
     """``[B, T, H, D]`` → contiguous ``[B, H, N, chunk, D]``, zero-padding T up to ``N·chunk``."""
     B, T, H, D = x.shape
     n = -(-T // chunk)
-    return F.pad(x.transpose(1, 2), (0, 0, 0, n * chunk - T)).reshape(B, H, n, chunk, D)
+    x = F.pad(x.transpose(1, 2), (0, 0, 0, n * chunk - T))
+    return x.reshape(B, H, n, chunk, D).contiguous()
 
 
 def _chunked(
@@ -204,6 +207,7 @@ class _ChunkedGLA(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, d_o: Tensor, d_state: Tensor
     ) -> tuple[Tensor | None, ...]:
         q, k, v, G, A, entering, exp_G, exp_G_to_end = ctx.saved_tensors
+        d_o = d_o.contiguous()
         q_in, k_out, decay = q, k, None
         if G is not None:
             q_in, k_out, decay = q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT
@@ -212,17 +216,20 @@ class _ChunkedGLA(torch.autograd.Function):
         dv += k_out @ d_chunk_kv
         dq = d_o @ entering.mT  # gradient of q_in
         dk = v @ d_chunk_kv.mT  # gradient of k_out
-        dG = None
         if G is not None:
-            d_decay = (d_chunk_kv * entering).sum_to_size(decay.shape)
-            from_k = dk * k_out
-            dG = dq * q_in - from_k
-            dG[..., -1:, :] += from_k.sum(-2, keepdim=True)
-            dG = dG.sum_to_size(G.shape)
-            dG[..., -1:, :] += (d_decay * decay).mT
+            via_chunk_end = (dk * k_out).sum(-2, keepdim=True)
             dq *= exp_G
             dk *= exp_G_to_end
-        _intra_scores_backward(d_o @ v.mT, q, k, G, A, dq, dk, dG)
+        _intra_scores_backward(d_o @ v.mT, q, k, G, dq, dk)
+        if G is None:
+            return dq, dk, dv, None, d_state
+        # Every use of G_t (other than as the chunk end) is through q_t ⊙ exp(G_t) or
+        # k_t ⊙ exp(−G_t), and the halving reference points cancel, so ∂/∂G = q ⊙ dq − k ⊙ dk.
+        dG = q * dq - k * dk
+        dG[..., -1:, :] += via_chunk_end
+        dG = dG.sum_to_size(G.shape)
+        d_decay = (d_chunk_kv * entering).sum_to_size(decay.shape)
+        dG[..., -1:, :] += (d_decay * decay).mT
         return dq, dk, dv, dG, d_state
 
 
@@ -233,14 +240,13 @@ def _scan(chunk_kv: Tensor, decay: Tensor | None, state: Tensor) -> tuple[Tensor
     decay), state S_0 ``[B,H,K,V]``. Returns the states entering each chunk ``[B,H,N,K,V]``
     and S_N.
     """
-    if decay is None:
-        entering = torch.cat((state.unsqueeze(2), chunk_kv[:, :, :-1]), dim=2).cumsum(2)
-        return entering, entering[:, :, -1] + chunk_kv[:, :, -1]
     entering = torch.empty_like(chunk_kv)
     state = state.clone()
     for n in range(chunk_kv.shape[2]):
         entering[:, :, n] = state
-        state.mul_(decay[:, :, n]).add_(chunk_kv[:, :, n])
+        if decay is not None:
+            state *= decay[:, :, n]
+        state += chunk_kv[:, :, n]
     return entering, state
 
 
@@ -248,15 +254,13 @@ def _scan_backward(
     d_entering: Tensor, d_state: Tensor, decay: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Reverse of ``_scan``: gradients of chunk_kv (= of each S_n) ``[B,H,N,K,V]`` and of S_0."""
-    if decay is None:
-        later = torch.cat((d_entering[:, :, 1:], d_state.unsqueeze(2)), dim=2)
-        d_chunk_kv = later.flip(2).cumsum(2).flip(2)
-        return d_chunk_kv, d_chunk_kv[:, :, 0] + d_entering[:, :, 0]
     d_chunk_kv = torch.empty_like(d_entering)
     d_state = d_state.clone()
     for n in reversed(range(d_entering.shape[2])):
         d_chunk_kv[:, :, n] = d_state
-        d_state.mul_(decay[:, :, n]).add_(d_entering[:, :, n])
+        if decay is not None:
+            d_state *= decay[:, :, n]
+        d_state += d_entering[:, :, n]
     return d_chunk_kv, d_state
 
 
@@ -286,31 +290,20 @@ def _intra_scores(q: Tensor, k: Tensor, G: Tensor | None) -> Tensor:
 
 
 def _intra_scores_backward(
-    dA: Tensor,
-    q: Tensor,
-    k: Tensor,
-    G: Tensor | None,
-    A: Tensor,
-    dq: Tensor,
-    dk: Tensor,
-    dG: Tensor | None,
+    dA: Tensor, q: Tensor, k: Tensor, G: Tensor | None, dq: Tensor, dk: Tensor
 ) -> None:
-    """Add the gradients of ``_intra_scores`` given dA ``[..., C, C]`` into dq, dk, dG in place."""
-    if G is None:
-        dA.tril_()
-        dq += dA @ k
-        dk += dA.mT @ q
-        return
-    if G.shape[-1] == 1:
-        d_log_decay = dA * A
-        dG += d_log_decay.sum(-1, keepdim=True) - d_log_decay.sum(-2).unsqueeze(-1)
-        dA *= _decay_matrix(G)
+    """Add the q and k gradients of ``_intra_scores`` given dA ``[..., C, C]`` into dq, dk.
+
+    The G gradient follows from these (see ``_ChunkedGLA.backward``).
+    """
+    if G is None or G.shape[-1] == 1:
+        dA = dA.tril_() if G is None else dA.mul_(_decay_matrix(G))
         dq += dA @ k
         dk += dA.mT @ q
         return
     d_diag = dA.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
-    dq += d_diag * k
-    dk += d_diag * q
+    dq.addcmul_(d_diag, k)
+    dk.addcmul_(d_diag, q)
     half = q.shape[-2] // 2
     for m in _half_widths(q.shape[-2]):
         rows, cols, row_decay, col_decay = _level_operands(q, k, G, m)
@@ -318,15 +311,8 @@ def _intra_scores_backward(
         _tiles_in_level(d_level, m).copy_(_tiles_in_square(dA, m))
         d_rows = (d_level @ cols.flatten(-3, -2)).unflatten(-2, rows.shape[-3:-1])
         d_cols = (d_level.mT @ rows.flatten(-3, -2)).unflatten(-2, cols.shape[-3:-1])
-        _, dq_late = _halves(dq, m)
-        dk_early, _ = _halves(dk, m)
-        dG_early, dG_late = _halves(dG, m)
-        dq_late += d_rows * row_decay
-        dk_early += d_cols * col_decay
-        from_rows, from_cols = d_rows * rows, d_cols * cols
-        dG_late += from_rows
-        dG_early -= from_cols
-        dG_early[..., -1:, :] += (from_cols - from_rows).sum(-2, keepdim=True)
+        _halves(dq, m)[1].addcmul_(d_rows, row_decay)
+        _halves(dk, m)[0].addcmul_(d_cols, col_decay)
 
 
 def _decay_matrix(G: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ class Task(ABC):
     name: str
     vocab_size: int
     seq_len: int
+    scores_answers: bool = True
 
     @abstractmethod
     def batch(
@@ -55,26 +56,35 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(
-        self,
-        model: Model,
-        objective: Objective,
-        *,
-        split: str = "validation",
-        batch_size: int = 16,
-        max_tokens: int | None = None,
+        self, model: Model, objective: Objective, *, split: str = "validation",
+        batch_size: int = 16, max_tokens: int | None = None,
     ) -> dict[str, float]:
-        """NLL in nats per scored token (and bits per byte for text) over the split."""
+        """NLL in nats per scored token (bits per byte for text), and for tasks with answers
+        the token accuracy and exact-match rate of the objective's predictions."""
         was_training = model.training
         model.eval()
         total = NLL(0.0, 0, objective.bound)
+        correct = scored_total = exact = sequences = 0
         device = model.device
         for batch in self.eval_batches(split, batch_size, max_tokens):
-            total = total + objective.nll(model, batch.to(device))
+            batch = batch.to(device)
+            total = total + objective.nll(model, batch)
+            if self.scores_answers:
+                predictions, scored = objective.predict(model, batch)
+                hits = (predictions == batch.tokens) & scored
+                correct += int(hits.sum())
+                scored_total += int(scored.sum())
+                exact += int(((hits | ~scored).all(dim=1) & scored.any(dim=1)).sum())
+                sequences += int(scored.any(dim=1).sum())
         model.train(was_training)
-        metrics = {"nll": total.per_token, "tokens": total.tokens, "bound": total.bound}
+        metrics: dict[str, float] = {"nll": total.per_token, "tokens": total.tokens,
+                                     "bound": total.bound}
         bytes_per_token = self.bytes_per_token(split)
         if bytes_per_token is not None:
             metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
+        if self.scores_answers:
+            metrics["accuracy"] = correct / max(scored_total, 1)
+            metrics["exact_match"] = exact / max(sequences, 1)
         return metrics
 
 

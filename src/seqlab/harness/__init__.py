@@ -1,0 +1,1 @@
+"""The comparison harness: grids of runs at equal budgets, leaderboards, plots, benchmarks."""

@@ -1,0 +1,165 @@
+"""Comparison configs and their expansion into runs (grid point x learning rate x seed).
+
+A comparison YAML looks like
+
+    name: quickstart
+    base: {model: {d_model: 64}, train: {steps: 300}}   # an experiment config for every run
+    grid:                                               # axes: dotted keys or whole sections
+      model.mixer: [attention, gla]
+      task: [{name: mqar, num_kv_pairs: 8}, {name: text}]
+    lrs: [1.0e-3, 3.0e-3]                               # best per grid point on validation
+    seeds: [0, 1]                                       # mean ± std over seeds
+    metric: {mqar: accuracy, text: bits_per_byte}       # ranking metric per task (optional)
+    task_overrides: {text: {data.seq_len: 128}}         # extra dotted keys per task (optional)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqlab.config import (
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    read_config_mapping,
+    to_dict,
+)
+from seqlab.errors import ConfigError, SeqlabError
+
+HIGHER_IS_BETTER = {"accuracy": True, "exact_match": True, "dfa_valid": True,
+                    "nll": False, "bits_per_byte": False}
+
+
+@dataclass
+class CompareConfig:
+    name: str = "experiment"
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    lrs: list[float] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    metric: dict[str, str] = field(default_factory=dict)
+    task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: int = 1
+
+
+@dataclass
+class Run:
+    """One training run: a grid point at one learning rate and seed."""
+
+    point: dict[str, Any]
+    lr: float
+    seed: int
+    config: ExperimentConfig
+
+    @property
+    def point_id(self) -> str:
+        return run_slug(self.point)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.point_id}__lr{self.lr:g}__seed{self.seed}"
+
+
+def experiments_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def list_experiments() -> list[str]:
+    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
+def load_compare_config(source: str | os.PathLike[str]) -> CompareConfig:
+    """A comparison from a YAML path or a built-in experiment name (e.g. `quickstart`)."""
+    path = Path(source)
+    if not path.exists():
+        builtin = experiments_dir() / f"{source}.yaml"
+        if not builtin.exists():
+            raise ConfigError(f"comparison {str(source)!r} is neither a file nor a built-in "
+                              f"experiment; built-in: {', '.join(list_experiments())}")
+        path = builtin
+    data = read_config_mapping(path)
+    config = from_dict(CompareConfig, data)
+    for axis, values in config.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis} must be a non-empty list, got {values!r}")
+    return config
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        name = value.get("name", "")
+        rest = ",".join(f"{k}={_label(v)}" for k, v in value.items() if k != "name")
+        return f"{name}({rest})" if rest else str(name)
+    if isinstance(value, list):
+        return "+".join(_label(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_slug(point: dict[str, Any]) -> str:
+    text = "_".join(f"{axis.split('.')[-1]}-{_label(v)}" for axis, v in point.items()) or "base"
+    slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text)[:80]
+    digest = hashlib.sha1(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{slug}-{digest[:6]}"
+
+
+def point_labels(point: dict[str, Any]) -> dict[str, str]:
+    return {axis: _label(value) for axis, value in point.items()}
+
+
+def expand(config: CompareConfig) -> list[Run]:
+    """Every run of the comparison, each config validated before anything trains."""
+    base = read_config_mapping(None) | config.base
+    axes = list(config.grid)
+    runs = []
+    for values in itertools.product(*(config.grid[a] for a in axes)):
+        point = dict(zip(axes, values, strict=True))
+        data = apply_overrides(base, {a: v for a, v in point.items() if "." in a})
+        for axis, value in point.items():
+            if "." not in axis:
+                data[axis] = value
+        task_name = (data.get("task") or {}).get("name", "text")
+        data = apply_overrides(data, config.task_overrides.get(task_name, {}))
+        try:
+            experiment = from_dict(ExperimentConfig, data)
+            check_names(experiment)
+        except SeqlabError as err:
+            raise ConfigError(f"grid point {point_labels(point)}: {err}") from None
+        lrs = config.lrs or [experiment.train.lr]
+        for lr, seed in itertools.product(lrs, config.seeds):
+            cell = from_dict(ExperimentConfig, apply_overrides(
+                to_dict(experiment), {"train.lr": lr, "train.seed": seed}))
+            runs.append(Run(point, float(lr), int(seed), cell))
+    return runs
+
+
+def check_names(experiment: ExperimentConfig) -> None:
+    """Fail early on unknown mixer, objective or task names (before anything trains)."""
+    import seqlab.data.tasks  # noqa: F401
+    import seqlab.mixers  # noqa: F401
+    import seqlab.objectives  # noqa: F401
+    from seqlab.registry import MIXERS, OBJECTIVES, TASKS
+
+    for name in experiment.model.layer_names():
+        MIXERS.get(name)
+    OBJECTIVES.get(experiment.objective.name)
+    TASKS.get(experiment.task.name)
+
+
+def metric_for(config: CompareConfig, task_name: str, scores_answers: bool) -> str:
+    """The ranking metric of a task: configured, else accuracy or bits per byte."""
+    if task_name in config.metric:
+        return config.metric[task_name]
+    return "accuracy" if scores_answers else "bits_per_byte"
+
+
+def dump(config: CompareConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,147 @@
+"""Leaderboards (Markdown) and comparison plots (matplotlib PNGs)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig
+from seqlab.train.logging import read_metrics
+
+MODEL_AXES = ("model.mixer", "model.layers")
+
+
+def task_label(row: dict[str, Any]) -> str:
+    return str(row.get("grid:task", row["task"]))
+
+
+def group_by_task(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in results:
+        groups[task_label(row)].append(row)
+    return dict(groups)
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    metric = rows[0]["metric"]
+    higher = HIGHER_IS_BETTER.get(metric, False)
+
+    def key(row: dict[str, Any]) -> float:
+        score = row["score"]
+        if not math.isfinite(score):
+            return math.inf
+        return -score if higher else score
+
+    return sorted(rows, key=key)
+
+
+def human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _extra_axes(rows: list[dict[str, Any]]) -> list[str]:
+    axes = [k for k in rows[0] if k.startswith("grid:") and k != "grid:task"
+            and k[5:] not in MODEL_AXES]
+    return [a for a in axes if len({r[a] for r in rows}) > 1]
+
+
+def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -> str:
+    lines = [f"# {config.name}: leaderboard", ""]
+    lines.append(
+        "Every run has the same budget (steps x batch x sequence length); each row uses the "
+        "learning rate that was best on validation, and shows test metrics as mean ± std over "
+        f"{max(r['seeds'] for r in results)} seed(s). NLL is in nats per scored token "
+        "(≤ marks a bound)."
+    )
+    for label, rows in group_by_task(results).items():
+        rows = ranked(rows)
+        metric = rows[0]["metric"]
+        arrow = "↑" if HIGHER_IS_BETTER.get(metric, False) else "↓"
+        extras = _extra_axes(rows)
+        others = [m for m in ("nll", "accuracy", "exact_match", "bits_per_byte", "dfa_valid")
+                  if m != metric and f"test_{m}" in rows[0]]
+        header = (["rank", "backbone", "paradigm"] + [a[5:] for a in extras]
+                  + [f"{metric} {arrow}"] + others
+                  + ["params", "state size", "train FLOPs", "time (s)", "lr"])
+        lines += ["", f"## {label}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for i, row in enumerate(rows, 1):
+            bound = "≤ " if row.get("test_bound") else ""
+
+            def fmt(m: str, row: dict[str, Any] = row, bound: str = bound) -> str:
+                value, std = row.get(f"test_{m}", math.nan), row.get(f"test_{m}_std", 0.0)
+                prefix = bound if m in ("nll", "bits_per_byte") else ""
+                return f"{prefix}{value:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")
+
+            cells = ([str(i), row["backbone"], row["paradigm"]] + [str(row[a]) for a in extras]
+                     + [fmt(metric)] + [fmt(m) for m in others]
+                     + [human(row["params"]), human(row["state_size"]),
+                        human(row["train_flops"]), f"{row['seconds']:.1f}", f"{row['lr']:g}"])
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[Path]:
+    """PNG plots per task: metric vs d_model, vs state size, vs training FLOPs; loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, rows in group_by_task(results).items():
+        metric = rows[0]["metric"]
+        slug = "".join(c if c.isalnum() else "-" for c in label)[:60]
+        by_backbone: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_backbone[f"{row['backbone']}/{row['paradigm']}"].append(row)
+        for x_key, x_label, log in (("d_model", "d_model", False),
+                                    ("state_size", "state size (numbers per sequence)", True),
+                                    ("train_flops", "training FLOPs", True)):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for name, points in sorted(by_backbone.items()):
+                points = sorted(points, key=lambda r: r[x_key])
+                xs = [p[x_key] for p in points]
+                ys = [p["score"] for p in points]
+                errs = [p.get(f"test_{metric}_std", 0.0) for p in points]
+                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
+            if log:
+                ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(f"{label}: {metric} vs {x_label.split(' (')[0]}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = plot_dir / f"{slug}_{metric}_vs_{x_key}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in rows:
+            chosen = sorted((r for r in runs if r["point_id"] == row["point_id"]
+                             and r["lr"] == row["lr"]), key=lambda r: r["seed"])
+            if not chosen:
+                continue
+            records = read_metrics(out / "runs" / chosen[0]["run_id"] / "metrics.jsonl")
+            ax.plot([r["step"] for r in records], [r["loss"] for r in records],
+                    label=f"{row['backbone']}/{row['paradigm']} d={row['d_model']}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.set_title(f"{label}: training loss (best lr, first seed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plot_dir / f"{slug}_loss_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,131 @@
+"""The command line end to end on a tiny config, and every user-error path."""
+
+import json
+
+import pytest
+
+from seqlab.cli import main, parse_overrides
+from seqlab.errors import ConfigError
+from tests.helpers import run_cli, tiny_config, write_config, write_corpus
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = write_corpus(tmp / "corpus")
+    config = write_config(tmp / "c.yaml", tiny_config(corpus, tmp / "cache",
+                                                     train={"steps": 6, "checkpoint_every": 3}))
+    run = tmp / "run"
+    result = run_cli("train", "--config", str(config), "--out", str(run),
+                     "--model.d_model", "48", "--train.lr=1e-3", check=True)
+    return tmp, config, run, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `seqlab ARGS` in this process (fast); the subprocess path is covered separately."""
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seqlab: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_writes_resolved_config_and_applies_overrides(trained):
+    _, _, run, summary = trained
+    text = (run / "config.yaml").read_text()
+    assert "d_model: 48" in text and "lr: 0.001" in text
+    assert summary["steps"] == 6 and summary["params"] > 0
+    assert (run / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_eval_prints_one_json_object(cli, trained):
+    _, _, run, _ = trained
+    result = cli("eval", str(run), "--split", "validation")
+    metrics = json.loads(result.stdout)
+    assert {"nll", "bits_per_byte", "tokens"} <= set(metrics)
+    assert metrics["tokens"] > 0 and metrics["nll"] > 0
+
+
+def test_sample_prints_prompt_and_continuation(cli, trained):
+    _, _, run, _ = trained
+    args = ("sample", run, "--prompt", "def f(", "--max-new-tokens", "12", "--temperature",
+            "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "3")
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("def f(")
+    again = cli(*args)
+    assert again.stdout == result.stdout
+
+
+@pytest.mark.parametrize("what,expected", [("mixers", "attention"), ("objectives", "ar"),
+                                           ("tasks", "text"), ("presets", "default"),
+                                           ("samplers", "greedy")])
+def test_list(cli, what, expected):
+    assert expected in cli("list", what).stdout
+
+
+def test_unknown_names_list_valid_ones(cli, trained):
+    tmp, config, _, _ = trained
+    out = str(tmp / "new")
+    assert_user_error(cli("train", "--config", str(config), "--out", out,
+                              "--model.mixer", "nope"), "valid mixers:", "attention")
+    assert_user_error(cli("train", "--config", str(config), "--out", out,
+                              "--objective.name", "nope"), "valid objectives:", "ar")
+    assert_user_error(cli("train", "--config", str(config), "--out", out,
+                              "--task.name", "nope"), "valid tasks:", "text")
+    assert_user_error(cli("train", "--config", str(config), "--out", out,
+                              "--train.stpes", "3"), "train.steps")
+    assert_user_error(cli("train", "--config", "nope.yaml", "--out", out), "presets:")
+
+
+def test_existing_run_and_missing_checkpoints_are_user_errors(cli, trained):
+    tmp, config, run, _ = trained
+    assert_user_error(cli("train", "--config", str(config), "--out", str(run)), "--resume")
+    assert_user_error(cli("train", "--config", str(config), "--out", str(tmp / "x"),
+                              "--resume"), "no checkpoint")
+    assert_user_error(cli("eval", str(tmp / "missing")), "no config.yaml")
+    assert_user_error(cli("eval", str(run), "--split", "tset"), "valid splits")
+
+
+def test_corrupt_model_file_is_a_user_error(cli, trained, tmp_path):
+    _, _, run, _ = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((run / "config.yaml").read_text())
+    data = (run / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
+    assert_user_error(cli("eval", str(broken)), "corrupt")
+    (broken / "model.safetensors").unlink()
+    assert_user_error(cli("sample", str(broken), "--prompt", "x"), "not found")
+
+
+def test_user_error_exits_2_from_a_real_process(trained):
+    tmp, config, _, _ = trained
+    assert_user_error(run_cli("train", "--config", str(config), "--out", str(tmp / "y"),
+                              "--model.mixer", "nope"), "valid mixers:")
+
+
+def test_bad_override_syntax():
+    assert parse_overrides(["--model.d_model", "8", "--train.lr=0.5"]) == {
+        "model.d_model": 8, "train.lr": 0.5}
+    with pytest.raises(ConfigError, match="overrides look like"):
+        parse_overrides(["--steps", "3"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--train.steps"])
