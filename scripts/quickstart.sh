@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the built-in default: train the default model on the Python standard
-# library, evaluate it on the test split, and print a sample.
+# The main job on the built-in default: the `quickstart` comparison (several backbones trained
+# at equal budget on associative recall and on Python source), printed as a leaderboard.
+# Rerunning skips finished runs; extra arguments go to `seqlab compare`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 cd "$root"
-out="${1:-runs/quickstart}"
-if [ -f "$out/checkpoints/latest" ]; then
-  seqlab train --out "$out" --resume
-else
-  seqlab train --config default --out "$out"
-fi
-seqlab eval "$out" --split test
-seqlab sample "$out" --prompt "def " --max-new-tokens 200 --temperature 0.8 --top-k 40
+seqlab compare quickstart --out runs/quickstart "$@"

@@ -1,4 +1,4 @@
-"""`seqlab train | eval | sample | compare | list`: plain functions behind argparse.
+"""`seqlab train | eval | sample | compare | bench | list`: plain functions behind argparse.
 
 User errors (unknown names, bad configs, missing or corrupt checkpoints) print one line
 `seqlab: error: ...` and exit with code 2.
@@ -139,6 +139,34 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import seqlab.mixers  # noqa: F401
+    from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
+    from seqlab.harness.compare import write_csv
+    from seqlab.registry import MIXERS
+
+    mixers = args.mixers.split(",") if args.mixers else [
+        n for n in MIXERS.names() if "causal" in MIXERS.get(n).meta.get("layouts", ())]
+    for name in mixers:
+        MIXERS.get(name)
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+    except ValueError:
+        raise SeqlabError(f"--lengths must be integers separated by commas, got "
+                          f"{args.lengths!r}") from None
+    cells = [BenchCell(m, t, d_model=args.d_model, n_layers=args.layers,
+                       batch_size=args.batch_size, device=args.device, threads=args.threads)
+             for m in mixers for t in lengths]
+    rows = run_bench(cells)
+    out = Path(args.out)
+    write_csv(out / "bench.csv", rows)
+    plot_bench(rows, out / "bench.png")
+    print(bench_table(rows))
+    print(growth_summary(rows))
+    print(f"table: {out / 'bench.csv'}, plot: {out / 'bench.png'}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     import seqlab.data.tasks  # noqa: F401
     import seqlab.mixers  # noqa: F401
@@ -200,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: runs/<name>)")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="speed and memory of backbones across sequence lengths")
+    p.add_argument("--mixers", help="comma-separated mixers (default: every causal mixer)")
+    p.add_argument("--lengths", default="256,1024,4096")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/bench")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered components")
     p.add_argument("what", choices=["mixers", "objectives", "tasks", "samplers", "presets",

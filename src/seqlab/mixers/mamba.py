@@ -94,11 +94,17 @@ class Mamba(Mixer):
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
         if not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ConfigError(f"mamba dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
+            raise ConfigError(
+                f"mamba dt_rank must be 'auto' or a positive integer, got {dt_rank!r}"
+            )
         if d_state < 1 or d_conv < 1:
             raise ConfigError(f"mamba d_state and d_conv must be positive, got {d_state}, {d_conv}")
         if not 0 < dt_min <= dt_max:
             raise ConfigError(f"mamba needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        if not isinstance(negative_eigenvalues, bool):
+            raise ConfigError(
+                f"mamba negative_eigenvalues must be true or false, got {negative_eigenvalues!r}"
+            )
         self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
         self.dt_rank, self.dt_min, self.dt_max = dt_rank, dt_min, dt_max
         self.negative_eigenvalues = negative_eigenvalues
@@ -118,9 +124,10 @@ class Mamba(Mixer):
     @torch.no_grad()
     def _reset_structured(self) -> None:
         self.conv.reset_parameters()
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.empty_like(self.dt_proj.bias).uniform_(math.log(self.dt_min),
-                                                          math.log(self.dt_max))
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        dt = torch.empty_like(self.dt_proj.bias).uniform_(
+            math.log(self.dt_min), math.log(self.dt_max)
+        )
         dt = dt.exp().clamp(min=1e-4)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         n = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype)
@@ -165,7 +172,11 @@ class Mamba(Mixer):
         return y.to(u.dtype), new_state
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> MambaState:
         device = device or self.D.device
         dtype = state_dtype(dtype or self.D.dtype)
@@ -190,8 +201,7 @@ class Mamba(Mixer):
     family="ssm",
     layouts=("causal", "bidirectional"),
     state="fixed",
-    options=("expand", "d_state", "d_conv", "dt_rank", "negative_eigenvalues", "dt_min",
-             "dt_max"),
+    options=("expand", "d_state", "d_conv", "dt_rank", "negative_eigenvalues", "dt_min", "dt_max"),
 )
 def build_mamba(config: ModelConfig, layer: int, **options: object) -> Mamba:
     return Mamba(config.d_model, **options)

@@ -1,11 +1,13 @@
-"""Recurrent mixers: minGRU (log-space parallel scan), LSTM and GRU (torch's fused kernels).
+"""Recurrent mixers: minGRU (log-space parallel scan), LSTM and GRU (torch's fused kernels),
+LRU (complex diagonal scan).
 
-Also the two rules every scan-based mixer here and in `s4d`/`mamba` shares: which layouts a
-fixed-state recurrence serves, and the dtype its state is kept in.
+Also the rules that every scan-based mixer here and in `s4d`/`mamba` shares: which layouts a
+fixed-state recurrence serves, the dtype its state is kept in, and the `expand` option.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,7 @@ from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.mixers.base import Layout, Mixer, check_input
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.scan import log_space_scan
+from seqlab.ops.scan import diagonal_scan, log_space_scan
 from seqlab.registry import MIXERS
 
 
@@ -24,11 +26,13 @@ def check_scan_layout(layout: Layout, state: object, name: str) -> None:
     """A scan reads causally, or both ways (a forward plus a reversed scan, summed); a carried
     state can only be continued causally."""
     if layout.kind not in ("causal", "bidirectional"):
-        raise SeqlabError(f"{name} supports the causal and bidirectional layouts, "
-                          f"got {layout.kind!r}")
+        raise SeqlabError(
+            f"{name} supports the causal and bidirectional layouts, got {layout.kind!r}"
+        )
     if state is not None and not layout.is_causal:
-        raise SeqlabError(f"{name} continues from a state only in the causal layout, "
-                          f"got {layout.kind!r}")
+        raise SeqlabError(
+            f"{name} continues from a state only in the causal layout, got {layout.kind!r}"
+        )
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -110,16 +114,24 @@ class MinGRU(Mixer):
         h, log_h_last = log_space_scan(
             log_a, log_b, initial_log_state=state.h.to(dtype).log(), output_final_state=True
         )
-        return h, MinGRUState(log_h_last.exp(),
-                              None if conv_state is None else conv_state.to(dtype))
+        return h, MinGRUState(
+            log_h_last.exp(), None if conv_state is None else conv_state.to(dtype)
+        )
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> MinGRUState:
         weight = self.out.weight
         device, dtype = device or weight.device, state_dtype(dtype or weight.dtype)
-        conv = None if self.conv is None else self.conv.init_state(batch_size, device=device,
-                                                                   dtype=dtype)
+        conv = (
+            None
+            if self.conv is None
+            else self.conv.init_state(batch_size, device=device, dtype=dtype)
+        )
         return MinGRUState(torch.zeros(batch_size, self.hidden, device=device, dtype=dtype), conv)
 
     def state_size(self, seq_len: int) -> int:
@@ -199,11 +211,19 @@ class FusedRNN(Mixer):
         return self.out(h), new_state
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> RNNState:
         weight = self.out.weight
-        zeros = torch.zeros(batch_size, self.hidden, device=device or weight.device,
-                            dtype=state_dtype(dtype or weight.dtype))
+        zeros = torch.zeros(
+            batch_size,
+            self.hidden,
+            device=device or weight.device,
+            dtype=state_dtype(dtype or weight.dtype),
+        )
         return RNNState(zeros, zeros.clone() if self.cell == "lstm" else None)
 
     def state_size(self, seq_len: int) -> int:
@@ -250,3 +270,131 @@ def build_lstm(config: ModelConfig, layer: int, **options: object) -> FusedRNN:
 )
 def build_gru(config: ModelConfig, layer: int, **options: object) -> FusedRNN:
     return FusedRNN(config.d_model, cell="gru", **options)
+
+
+@dataclass
+class LRUState:
+    """The complex state stored as real pairs, `h [B, d_state, 2]`."""
+
+    h: Tensor
+
+
+class LRU(Mixer):
+    """Linear Recurrent Unit (Orvieto et al., "Resurrecting Recurrent Neural Networks for Long
+    Sequences", 2023).
+
+    λ = exp(−exp(ν) + i exp(θ)) (|λ| < 1 for any ν, θ), h_t = λ ⊙ h_{t−1} + γ ⊙ (B x_t),
+    y_t = Re(C h_t) + D ⊙ x_t, run with `diagonal_scan` on complex values.
+    Shapes: x `[B, T, d_model]`, h `[B, T, d_state]` complex.
+    B is `in_proj` (rows Re B, Im B) and C is `out` (columns Re C, −Im C), so C takes the
+    model's residual output scale; the rest is the paper's init: |λ| uniform on the ring
+    [r_min, r_max] (by area), arg λ ~ U[0, max_phase], γ = √(1 − |λ|²) (then trained, in
+    log space), B ~ CN(0, 1/d_model), D ~ N(0, 1).
+    Bidirectional layout: the same recurrence also scans the reversed sequence; the states
+    are summed before C.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int | None = None,
+        r_min: float = 0.0,
+        r_max: float = 1.0,
+        max_phase: float = 2 * math.pi,
+    ) -> None:
+        super().__init__()
+        d_state = d_state or d_model
+        if d_state < 1:
+            raise ConfigError(f"lru d_state must be positive, got {d_state}")
+        if not 0 <= r_min < r_max <= 1:
+            raise ConfigError(f"lru needs 0 <= r_min < r_max <= 1, got {r_min}, {r_max}")
+        self.d_model, self.d_state = d_model, d_state
+        self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
+        self.nu_log = nn.Parameter(torch.empty(d_state))
+        self.theta_log = nn.Parameter(torch.empty(d_state))
+        self.gamma_log = nn.Parameter(torch.empty(d_state))
+        self.in_proj = nn.Linear(d_model, 2 * d_state, bias=False)
+        self.D = nn.Parameter(torch.empty(d_model))
+        self.out = nn.Linear(2 * d_state, d_model, bias=False)
+        self._reset_structured()
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        super().init_weights(std, out_std)
+        self._reset_structured()
+
+    @torch.no_grad()
+    def _reset_structured(self) -> None:
+        # |λ|² uniform in [r_min², r_max²] is uniform by area on the ring; the clamp keeps
+        # log |λ| finite at the ends of the default ring [0, 1].
+        radius_sq = torch.rand_like(self.nu_log) * (self.r_max**2 - self.r_min**2) + self.r_min**2
+        radius_sq = radius_sq.clamp(1e-8, 1 - 1e-8)
+        self.nu_log.copy_(torch.log(-0.5 * torch.log(radius_sq)))
+        self.theta_log.copy_(torch.log(self.max_phase * torch.rand_like(self.theta_log) + 1e-8))
+        self.gamma_log.copy_(0.5 * torch.log1p(-radius_sq))
+        nn.init.normal_(self.in_proj.weight, std=(2 * self.d_model) ** -0.5)
+        nn.init.normal_(self.D)
+
+    def eigenvalues(self) -> Tensor:
+        """λ `[d_state]`, complex."""
+        return torch.exp(torch.complex(-self.nu_log.exp(), self.theta_log.exp()))
+
+    def forward(
+        self,
+        x: Tensor,
+        state: LRUState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, LRUState | None]:
+        check_input(x, self.d_model)
+        check_scan_layout(layout, state, "lru")
+        dtype = state_dtype(x.dtype)
+        re, im = self.in_proj(x).to(dtype).chunk(2, dim=-1)
+        inputs = self.gamma_log.exp().to(dtype) * torch.complex(re, im)
+        decay = self.eigenvalues().to(inputs.dtype)
+        h0 = None if state is None else torch.view_as_complex(state.h.to(dtype).contiguous())
+        h, h_last = diagonal_scan(
+            decay, inputs, initial_state=h0, output_final_state=state is not None
+        )
+        if layout.kind == "bidirectional":
+            h = h + diagonal_scan(decay, inputs.flip(1))[0].flip(1)
+        y = self.out(torch.cat([h.real, h.imag], dim=-1).to(x.dtype)) + self.D * x
+        return y, None if state is None else LRUState(torch.view_as_real(h_last))
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LRUState:
+        return LRUState(
+            torch.zeros(
+                batch_size,
+                self.d_state,
+                2,
+                device=device or self.D.device,
+                dtype=state_dtype(dtype or self.D.dtype),
+            )
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.d_state
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """Per complex state number: γ scaling and the scan's complex multiply-add (~10);
+        plus the D skip (2 per model channel)."""
+        return 10.0 * self.d_state + 2.0 * self.d_model
+
+
+@MIXERS.register(
+    "lru",
+    description="LRU: complex diagonal linear recurrence with ring init and γ normalisation",
+    family="rnn",
+    layouts=("causal", "bidirectional"),
+    state="fixed",
+    options=("d_state", "r_min", "r_max", "max_phase"),
+)
+def build_lru(config: ModelConfig, layer: int, **options: object) -> LRU:
+    return LRU(config.d_model, **options)

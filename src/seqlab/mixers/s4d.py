@@ -1,8 +1,9 @@
-"""S4D: a diagonal state-space model per channel, trained as a long convolution.
+"""S4D: a diagonal state-space model per channel, applied as a long convolution.
 
 Gu, Gupta, Goel, Ré, "On the Parameterization and Initialization of Diagonal State Space
-Models" (2022). Each channel holds a complex diagonal SSM whose kernel is computed by a
-Vandermonde product and applied with `fft_conv`; decoding runs the same SSM as a recurrence.
+Models" (2022). Each channel holds a complex diagonal SSM whose convolution kernel is a
+Vandermonde product. The causal form convolves inside chunks and carries the SSM state across
+them (exactly causal, and the same code decodes); the bidirectional form uses `fft_conv`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class DiagonalSSM(nn.Module):
         self.log_A_real.fill_(math.log(0.5))
         self.A_imag.copy_(imag.expand_as(self.A_imag))
         self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
-        self.B.zero_()[..., 0] = 1.0
+        self.B.zero_()
+        self.B[..., 0] = 1.0
         self.C.normal_(std=math.sqrt(0.5))
 
     def eigenvalues(self) -> Tensor:
@@ -182,7 +184,8 @@ class S4D(Mixer):
         toeplitz = torch.where((lag >= 0)[..., None], kernel[lag.clamp(min=0)], 0.0)
         y = torch.einsum("tsd,bksd->bktd", toeplitz, chunks)
 
-        if h0 is None:
+        carried = h0 is not None
+        if not carried:
             if n_chunks == 1:
                 return y[:, 0], None
             h0 = b_bar.new_zeros(batch, channels, b_bar.shape[-1])
@@ -193,6 +196,8 @@ class S4D(Mixer):
         starts = torch.cat([h0[:, None], ends[:, :-1]], dim=1)
         from_state = torch.einsum("bkdn,dnt->bktd", starts, c[..., None] * powers[..., 1:])
         y = (y + 2 * from_state.real).flatten(1, 2)[:, :steps]
+        if not carried:
+            return y, None
 
         tail = steps - (n_chunks - 1) * size
         h_last = powers[..., tail] * starts[:, -1] + torch.einsum(
@@ -201,7 +206,11 @@ class S4D(Mixer):
         return y, h_last
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> S4DState:
         dtype = state_dtype(dtype or self.D.dtype)
         device = device or self.D.device
@@ -214,14 +223,14 @@ class S4D(Mixer):
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per token and channel, in the chunked causal form: the in-chunk Toeplitz product
-        (2C, C = min(chunk_size, T)), writing and reading the chunk-boundary states (complex,
-        ~8 per state number each way), then the skip, GELU and gate (~10)."""
+        (2C, C = min(chunk_size, T)), writing and reading the chunk-boundary states (a complex
+        multiply-add, ~8, per complex mode each way: 8 · d_state), then skip, GELU, gate (~10)."""
         return self.d_inner * (2.0 * min(self.chunk_size, seq_len) + 8.0 * self.d_state + 10.0)
 
 
 @MIXERS.register(
     "s4d",
-    description="S4D diagonal state-space model (S4D-Lin/Inv init, FFT conv training)",
+    description="S4D diagonal state-space model (S4D-Lin/Inv init, long convolution)",
     family="ssm",
     layouts=("causal", "bidirectional"),
     state="fixed",

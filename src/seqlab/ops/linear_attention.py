@@ -66,21 +66,18 @@ def gated_linear_attention(
     inputs = (q, k, v) if g is None else (q, k, v, g)
     acc = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     scale = K**-0.5 if scale is None else scale
-
-    qs = q.to(acc) * scale
-    k_, v_ = k.to(acc), v.to(acc)
-    g_ = None if g is None else g.to(acc)
     if initial_state is None:
         state = torch.zeros(B, H, K, V, dtype=acc, device=q.device)
     else:
         state = initial_state.to(acc)
+    args = (q.to(acc) * scale, k.to(acc), v.to(acc), None if g is None else g.to(acc), state)
 
     if T == 0:
-        o = qs.new_zeros(B, 0, H, V)
+        o, state = q.new_zeros(B, 0, H, V), state.clone()
     elif mode == "recurrent":
-        o, state = _recurrent(qs, k_, v_, g_, state)
+        o, state = _recurrent(*args)
     else:
-        o, state = _chunked(qs, k_, v_, g_, state, chunk_size)
+        o, state = _chunked(*args, chunk_size)
     return o.to(q.dtype), (state if output_final_state else None)
 
 
@@ -145,7 +142,9 @@ def _to_chunks(x: Tensor, chunk: int) -> Tensor:
     """``[B, T, H, D]`` → contiguous ``[B, H, N, chunk, D]``, zero-padding T up to ``N·chunk``."""
     B, T, H, D = x.shape
     n = -(-T // chunk)
-    x = F.pad(x.transpose(1, 2), (0, 0, 0, n * chunk - T))
+    x = x.transpose(1, 2)
+    if n * chunk > T:
+        x = F.pad(x, (0, 0, 0, n * chunk - T))
     return x.reshape(B, H, n, chunk, D).contiguous()
 
 
@@ -190,11 +189,11 @@ class _ChunkedGLA(torch.autograd.Function):
         state: Tensor,
     ) -> tuple[Tensor, Tensor]:
         A = _intra_scores(q, k, G)
-        q_in, k_out, decay, exp_G, exp_G_to_end = q, k, None, None, None
+        exp_G = exp_G_to_end = None
         if G is not None:
             exp_G = G.exp()
             exp_G_to_end = (G[..., -1:, :] - G).exp_()
-            q_in, k_out, decay = q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT
+        q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
         entering, state = _scan(k_out.mT @ v, decay, state)
         o = A @ v
         o += q_in @ entering
@@ -208,9 +207,7 @@ class _ChunkedGLA(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         q, k, v, G, A, entering, exp_G, exp_G_to_end = ctx.saved_tensors
         d_o = d_o.contiguous()
-        q_in, k_out, decay = q, k, None
-        if G is not None:
-            q_in, k_out, decay = q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT
+        q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
         d_chunk_kv, d_state = _scan_backward(q_in.mT @ d_o, d_state, decay)
         dv = A.mT @ d_o
         dv += k_out @ d_chunk_kv
@@ -221,7 +218,7 @@ class _ChunkedGLA(torch.autograd.Function):
             dq *= exp_G
             dk *= exp_G_to_end
         _intra_scores_backward(d_o @ v.mT, q, k, G, dq, dk)
-        if G is None:
+        if G is None or not ctx.needs_input_grad[3]:
             return dq, dk, dv, None, d_state
         # Every use of G_t (other than as the chunk end) is through q_t ⊙ exp(G_t) or
         # k_t ⊙ exp(−G_t), and the halving reference points cancel, so ∂/∂G = q ⊙ dq − k ⊙ dk.
@@ -233,6 +230,15 @@ class _ChunkedGLA(torch.autograd.Function):
         return dq, dk, dv, dG, d_state
 
 
+def _inter_operands(
+    q: Tensor, k: Tensor, exp_G: Tensor | None, exp_G_to_end: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``q ⊙ exp G``, ``k ⊙ exp(G_C − G)`` and the chunk decay ``exp G_C`` as ``[..., K|1, 1]``."""
+    if exp_G is None:
+        return q, k, None
+    return q * exp_G, k * exp_G_to_end, exp_G[..., -1:, :].mT.contiguous()
+
+
 def _scan(chunk_kv: Tensor, decay: Tensor | None, state: Tensor) -> tuple[Tensor, Tensor]:
     """State recurrence across chunks ``S_n = decay_n ⊙ S_{n-1} + chunk_kv_n``.
 
@@ -241,27 +247,52 @@ def _scan(chunk_kv: Tensor, decay: Tensor | None, state: Tensor) -> tuple[Tensor
     and S_N.
     """
     entering = torch.empty_like(chunk_kv)
-    state = state.clone()
-    for n in range(chunk_kv.shape[2]):
-        entering[:, :, n] = state
-        if decay is not None:
-            state *= decay[:, :, n]
-        state += chunk_kv[:, :, n]
-    return entering, state
+    entering[:, :, 0] = state
+    final = torch.empty_like(state)
+    steps = zip(
+        entering.unbind(2),
+        _per_chunk(decay, chunk_kv.shape[2]),
+        chunk_kv.unbind(2),
+        [*entering.unbind(2)[1:], final],
+        strict=True,
+    )
+    for step in steps:
+        _decay_add(*step)
+    return entering, final
 
 
 def _scan_backward(
     d_entering: Tensor, d_state: Tensor, decay: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Reverse of ``_scan``: gradients of chunk_kv (= of each S_n) ``[B,H,N,K,V]`` and of S_0."""
+    """Reverse of ``_scan``: gradients of chunk_kv (= of each S_n) ``[B,H,N,K,V]`` and of S_0.
+
+    ``dS_{n-1} = dE_n + decay_n ⊙ dS_n``, starting from the gradient of S_N.
+    """
     d_chunk_kv = torch.empty_like(d_entering)
-    d_state = d_state.clone()
-    for n in reversed(range(d_entering.shape[2])):
-        d_chunk_kv[:, :, n] = d_state
-        if decay is not None:
-            d_state *= decay[:, :, n]
-        d_state += d_entering[:, :, n]
-    return d_chunk_kv, d_state
+    d_chunk_kv[:, :, -1] = d_state
+    d_initial = torch.empty_like(d_state)
+    steps = zip(
+        d_chunk_kv.unbind(2),
+        _per_chunk(decay, d_entering.shape[2]),
+        d_entering.unbind(2),
+        [d_initial, *d_chunk_kv.unbind(2)[:-1]],
+        strict=True,
+    )
+    for step in reversed(list(steps)):
+        _decay_add(*step)
+    return d_chunk_kv, d_initial
+
+
+def _per_chunk(decay: Tensor | None, n: int) -> list[Tensor | None] | tuple[Tensor, ...]:
+    return [None] * n if decay is None else decay.unbind(2)
+
+
+def _decay_add(x: Tensor, decay: Tensor | None, add: Tensor, out: Tensor) -> None:
+    """``out = decay ⊙ x + add`` (``x + add`` without decay), written into ``out``."""
+    if decay is None:
+        torch.add(add, x, out=out)
+    else:
+        torch.addcmul(add, x, decay, out=out)
 
 
 def _intra_scores(q: Tensor, k: Tensor, G: Tensor | None) -> Tensor:

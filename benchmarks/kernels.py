@@ -1,0 +1,232 @@
+"""Kernel and backbone speed for the linear-recurrent / state-space family (issue 3).
+
+Prints, measured side by side in one run:
+1. forward+backward time of each chunked/parallel kernel vs its step-by-step reference loop
+   and vs causal softmax attention of the same shape (B=1, H=4, D=64), at T in --lengths;
+2. decode time per token at context 512 vs 8192 for every fixed-state mixer (ratio ~1 = flat);
+3. training tokens/s of the seqlab `mamba2` model vs Hugging Face `Mamba2ForCausalLM` of the
+   same shape (needs `pip install transformers`; skipped with a message otherwise).
+
+    python benchmarks/kernels.py                     # everything
+    python benchmarks/kernels.py --only kernels --lengths 512,2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
+from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.ops.scan import diagonal_scan
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Callable]:
+    """Each case maps mode -> a closure running forward + backward once."""
+
+    def inputs():
+        q = torch.randn(b, t, h, d, requires_grad=True)
+        k = F.normalize(torch.randn(b, t, h, d), dim=-1).requires_grad_()
+        v = torch.randn(b, t, h, d, requires_grad=True)
+        return q, k, v
+
+    q, k, v = inputs()
+    g_key = F.logsigmoid(torch.randn(b, t, h, d) + 4).requires_grad_()
+    g_head = F.logsigmoid(torch.randn(b, t, h) + 4).requires_grad_()
+    beta = torch.rand(b, t, h).requires_grad_()
+    a = torch.rand(b, t, h * d).requires_grad_()
+    x = torch.randn(b, t, h * d, requires_grad=True)
+
+    def run(op):
+        def make(mode: str):
+            def go():
+                out = op(mode)
+                out[0].sum().backward()
+
+            return go
+
+        return make
+
+    return {
+        "linear_attention": run(lambda m: gated_linear_attention(q, k, v, mode=m)),
+        "gla (per-key decay)": run(lambda m: gated_linear_attention(q, k, v, g_key, mode=m)),
+        "retnet/mamba2 (scalar decay)": run(
+            lambda m: gated_linear_attention(q, k, v, g_head, mode=m)
+        ),
+        "delta_rule": run(lambda m: delta_rule(q, k, v, beta, mode=m)),
+        "gated_delta_rule": run(lambda m: gated_delta_rule(q, k, v, g_head, beta, mode=m)),
+        "diagonal_scan": run(
+            lambda m: diagonal_scan(a, x, mode="parallel" if m == "chunk" else "recurrent")
+        ),
+    }
+
+
+def attention_time(t: int, repeats: int, b: int = 1, h: int = 4, d: int = 64) -> float:
+    q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
+
+    def go():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    return median_seconds(go, repeats)
+
+
+def bench_kernels(lengths: list[int], max_loop_len: int, repeats: int) -> None:
+    print("## Kernels: forward+backward seconds (B=1, H=4, D=64, float32)\n")
+    print(
+        "| kernel | T | chunk/parallel | loop | loop / chunk | softmax attention | "
+        "attention / chunk |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for t in lengths:
+        attention = attention_time(t, repeats)
+        for name, make in kernel_cases(t).items():
+            fast = median_seconds(make("chunk"), repeats)
+            loop = (
+                median_seconds(make("recurrent"), max(1, repeats // 2))
+                if t <= max_loop_len
+                else float("nan")
+            )
+            print(
+                f"| {name} | {t} | {fast:.4f} | {loop:.3f} | {loop / fast:.1f}x | "
+                f"{attention:.4f} | {attention / fast:.1f}x |",
+                flush=True,
+            )
+
+
+def bench_decode(contexts: tuple[int, int], d_model: int) -> None:
+    import seqlab.mixers  # noqa: F401
+    from seqlab.harness.bench import BenchCell, run_bench
+    from seqlab.registry import MIXERS
+
+    fixed = [n for n in MIXERS.names() if MIXERS.get(n).meta.get("state") == "fixed"]
+    cells = [
+        BenchCell(name, t, d_model=d_model, n_layers=2, train_steps=0, decode_steps=64)
+        for name in fixed + ["attention"]
+        for t in contexts
+    ]
+    rows = run_bench(cells, progress=False)
+    print(
+        f"\n## Decode: ms per token after a context of {contexts[0]} vs {contexts[1]} "
+        f"(d_model {d_model}, 2 layers, batch 1)\n"
+    )
+    print(f"| backbone | ms/token @{contexts[0]} | ms/token @{contexts[1]} | ratio |")
+    print("|---|---|---|---|")
+    for name in fixed + ["attention"]:
+        short, long = (r for r in rows if r["mixer"] == name)
+        ratio = long["decode_ms_per_token"] / short["decode_ms_per_token"]
+        print(
+            f"| {name} | {short['decode_ms_per_token']:.3f} | "
+            f"{long['decode_ms_per_token']:.3f} | {ratio:.2f} |",
+            flush=True,
+        )
+
+
+def bench_mamba2_vs_hf(steps: int, seq_len: int, batch: int, d_model: int, layers: int) -> None:
+    try:
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+    except ImportError:
+        print("\n(transformers is not installed: pip install 'seqlab[bench]' for the HF row)")
+        return
+    from seqlab.config import ModelConfig
+    from seqlab.model import build_model
+
+    head_dim = 64
+    expand = 2
+    heads = expand * d_model // head_dim
+    seqlab_model = build_model(
+        ModelConfig(
+            mixer="mamba2",
+            d_model=d_model,
+            n_layers=layers,
+            n_heads=heads,
+            vocab_size=256,
+            mlp_ratio=0.0,
+        )
+    )
+    hf = Mamba2ForCausalLM(
+        Mamba2Config(
+            vocab_size=256,
+            hidden_size=d_model,
+            num_hidden_layers=layers,
+            num_heads=heads,
+            head_dim=head_dim,
+            expand=expand,
+            state_size=64,
+            n_groups=1,
+            conv_kernel=4,
+            chunk_size=64,
+            tie_word_embeddings=True,
+        )
+    )
+    tokens = torch.randint(0, 256, (batch, seq_len + 1))
+
+    def trainer(model, forward):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            logits = forward(model, tokens[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    ours = trainer(seqlab_model, lambda m, x: m(x)[0])
+    theirs = trainer(hf, lambda m, x: m(input_ids=x).logits)
+    times = {"seqlab": [], "hf": []}
+    ours()
+    theirs()
+    for _ in range(steps):
+        for name, fn in (("seqlab", ours), ("hf", theirs)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    rate = {k: batch * seq_len / statistics.median(v) for k, v in times.items()}
+    print(
+        f"\n## mamba2 training tokens/s vs HF Mamba2ForCausalLM (d_model {d_model}, "
+        f"{layers} layers, T {seq_len}, batch {batch}; seqlab params "
+        f"{seqlab_model.num_params():,}, HF params {sum(p.numel() for p in hf.parameters()):,})\n"
+    )
+    print(
+        f"seqlab {rate['seqlab']:.0f} tok/s, HF {rate['hf']:.0f} tok/s, ratio "
+        f"{rate['seqlab'] / rate['hf']:.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["kernels", "decode", "mamba2"])
+    parser.add_argument("--lengths", default="512,2048,8192")
+    parser.add_argument("--max-loop-len", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if args.only in (None, "kernels"):
+        bench_kernels([int(t) for t in args.lengths.split(",")], args.max_loop_len, args.repeats)
+    if args.only in (None, "decode"):
+        bench_decode((512, 8192), d_model=128)
+    if args.only in (None, "mamba2"):
+        bench_mamba2_vs_hf(steps=5, seq_len=256, batch=8, d_model=256, layers=4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Copying: the "Repeat After Me" string copy (`copy`) and the Mamba paper's `selective_copy`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqlab.data.tasks.synthetic import (
+    Example,
+    SyntheticTask,
+    check,
+    check_lengths,
+    split_lengths,
+)
+from seqlab.registry import TASKS
+
+BOS, SEP, EOS = 1, 2, 3
+
+
+@TASKS.register(
+    "copy",
+    description="copy a random string (Repeat After Me), tested on up to 3x longer strings",
+    kind="synthetic",
+)
+class Copy(SyntheticTask):
+    """String copying (Jelassi et al., "Repeat After Me"): ``$ x | x .``.
+
+    Ids: 0 PAD, 1 ``$`` (start), 2 ``|`` (separator), 3 ``.`` (end), alphabet symbols
+    ``4 .. alphabet_size + 3``. x is a uniform random string whose length is uniform in
+    ``min_len .. max_len`` (train, validation) or ``max_len + 1 .. test_max_len`` (test:
+    strictly longer, length extrapolation). Scored: the copy of x and the final ``.``. Rows
+    hold ``2 * len(x) + 3`` tokens, ``seq_len = 2 * test_max_len + 3``.
+
+    Example (x = ``c a b``, symbols a=4, b=5, c=6; scored tokens in brackets)::
+
+        $ c a b | [c] [a] [b] [.]   ->   1 6 4 5 2 [6] [4] [5] [3]
+    """
+
+    name = "copy"
+    test_is_longer = True
+
+    def __init__(
+        self,
+        min_len: int = 5,
+        max_len: int = 20,
+        test_max_len: int = 60,
+        alphabet_size: int = 26,
+        eval_examples: int = 512,
+    ) -> None:
+        check_lengths("copy", min_len, max_len, test_max_len)
+        check(
+            isinstance(alphabet_size, int) and alphabet_size >= 2,
+            f"copy: alphabet_size must be an integer >= 2, got {alphabet_size!r}",
+        )
+        self.lengths = (min_len, max_len, test_max_len)
+        self.alphabet_size = alphabet_size
+        self.vocab_size = alphabet_size + 4
+        self.seq_len = 2 * test_max_len + 3
+        super().__init__(eval_examples=eval_examples)
+
+    def sample(self, rng: np.random.Generator, split: str) -> Example:
+        low, high = split_lengths(split, *self.lengths)
+        n = int(rng.integers(low, high + 1))
+        x = 4 + rng.integers(0, self.alphabet_size, n)
+        tokens = np.concatenate([[BOS], x, [SEP], x, [EOS]])
+        scored = np.zeros(len(tokens), dtype=bool)
+        scored[n + 2 :] = True
+        return Example(tokens, scored)
+
+
+BLANK, COPY = 1, 2
+
+
+@TASKS.register(
+    "selective_copy",
+    description="selective copying (Mamba): output the content tokens scattered among blanks",
+    kind="synthetic",
+)
+class SelectiveCopy(SyntheticTask):
+    """Selective copying (Gu & Dao, Mamba): content tokens scattered among blanks, then a
+    marker after which the content tokens must be produced in order.
+
+    Ids: 0 PAD, 1 BLANK (noise), 2 COPY (marker), content symbols
+    ``3 .. alphabet_size + 2``. A row holds ``seq_len + 1`` tokens (``seq_len`` is the model's
+    input length): a region of ``seq_len - num_tokens`` positions where ``num_tokens`` uniform
+    random symbols sit at uniform random distinct positions and every other position is
+    BLANK, then COPY, then the symbols in order of appearance, all scored. Under AR the model
+    emits each symbol after COPY and the previous ones (the paper feeds one marker per output
+    instead). Test rows follow the training distribution (held-out examples).
+
+    Example (``seq_len=10, num_tokens=3``; symbols a=3, b=4; _ is BLANK; scored in brackets)::
+
+        _ b _ _ a _ a | [b] [a] [a]   ->   1 4 1 1 3 1 3 2 [4] [3] [3]
+    """
+
+    name = "selective_copy"
+
+    def __init__(
+        self,
+        seq_len: int = 64,
+        num_tokens: int = 8,
+        alphabet_size: int = 16,
+        eval_examples: int = 512,
+    ) -> None:
+        check(
+            isinstance(num_tokens, int)
+            and isinstance(seq_len, int)
+            and 1 <= num_tokens <= seq_len - num_tokens,
+            f"selective_copy: need integers 1 <= num_tokens <= seq_len - num_tokens, got "
+            f"seq_len={seq_len!r} num_tokens={num_tokens!r}",
+        )
+        check(
+            isinstance(alphabet_size, int) and alphabet_size >= 1,
+            f"selective_copy: alphabet_size must be a positive integer, got {alphabet_size!r}",
+        )
+        self.region = seq_len - num_tokens
+        self.num_tokens = num_tokens
+        self.alphabet_size = alphabet_size
+        self.vocab_size = alphabet_size + 3
+        self.seq_len = seq_len + 1
+        super().__init__(eval_examples=eval_examples)
+
+    def sample(self, rng: np.random.Generator, split: str) -> Example:
+        positions = np.sort(rng.permutation(self.region)[: self.num_tokens])
+        content = 3 + rng.integers(0, self.alphabet_size, self.num_tokens)
+        tokens = np.full(self.seq_len, BLANK, dtype=np.int64)
+        tokens[positions] = content
+        tokens[self.region] = COPY
+        tokens[self.region + 1 :] = content
+        scored = np.zeros(self.seq_len, dtype=bool)
+        scored[self.region + 1 :] = True
+        return Example(tokens, scored)

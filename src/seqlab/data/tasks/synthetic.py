@@ -1,0 +1,276 @@
+"""The shared base of the synthetic tasks: seeded generation, padding and a held-out partition.
+
+A synthetic task only says how to draw one example (`SyntheticTask.sample`); this module turns
+that into the `Task` contract:
+
+* **Rows.** Every example is a 1-D token array plus a boolean array marking its scored
+  (answer) positions. Rows are right-padded with `PAD` (id 0 in every task, never scored) to
+  the task's fixed `seq_len`, the longest row any split can produce. Under the AR objective
+  the scored position t is predicted from tokens < t, so every format puts the question
+  before its answer.
+* **Training batches** are a pure function of (seed, split, step): the global batch of
+  ``batch_size * world_size`` examples is drawn in order from
+  ``np.random.default_rng([seed, split_index, step])`` and rank r takes rows
+  ``r * batch_size .. (r + 1) * batch_size``. The last global batch is cached, so the
+  micro-steps of gradient accumulation draw it once.
+* **Evaluation sets** are fixed: ``eval_examples`` examples per split from a generator seeded
+  with a constant of its own (`EVAL_STREAM`), independent of the training seed, so every run
+  is scored on the same examples. ``max_tokens`` keeps a prefix of
+  ``max_tokens // seq_len`` rows.
+* **Splits.** ``train`` and ``validation`` follow the training distribution; ``test`` is the
+  task's evaluation distribution, which may be longer (length extrapolation).
+* **Disjointness by construction.** Every example has a partition key (its tokens unless the
+  task supplies another, e.g. RegBench's automaton) hashed with BLAKE2b into
+  `HOLDOUT_BUCKETS` buckets. Bucket 0 is held out: ``train`` only ever yields examples outside
+  it, ``validation`` and ``test`` only examples inside it (rejection sampling), so no
+  evaluation example can occur in training, for any seed and however small the example space.
+  Tasks whose test examples are all longer than every training example
+  (``test_is_longer = True``) are disjoint on the test split by length and skip the filter
+  there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seqlab.data.tasks.base import SPLITS, Task
+from seqlab.errors import ConfigError, DataError
+from seqlab.objectives.base import Batch
+
+if TYPE_CHECKING:
+    from seqlab.model import Model
+    from seqlab.objectives.base import Objective
+
+PAD = 0
+HOLDOUT_BUCKETS = 8
+EVAL_STREAM = 0x5E0_1AB
+MAX_DRAWS = 10_000
+
+T = TypeVar("T")
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise `ConfigError(message)` unless `condition` holds (option validation)."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def held_out(key: bytes) -> bool:
+    """Whether the example with partition key `key` belongs to the held-out evaluation part."""
+    digest = hashlib.blake2b(key, digest_size=8, person=b"seqlab-holdout").digest()
+    return int.from_bytes(digest, "little") % HOLDOUT_BUCKETS == 0
+
+
+@dataclass
+class Example:
+    """One example: `tokens` (int64), `scored` (bool, same length) marking its answers, an
+    optional `info` kept with evaluation sets for per-example metrics, and the partition
+    `key` (default: the tokens' bytes)."""
+
+    tokens: np.ndarray
+    scored: np.ndarray
+    info: Any = None
+    key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self.tokens = np.asarray(self.tokens, dtype=np.int64)
+        self.scored = np.asarray(self.scored, dtype=bool)
+        if self.key is None:
+            self.key = self.tokens.tobytes()
+
+
+@dataclass
+class EvalSet:
+    """A split's fixed evaluation examples, padded: `tokens`/`mask` `[N, seq_len]`."""
+
+    tokens: Tensor
+    mask: Tensor
+    infos: list[Any]
+
+
+@dataclass
+class Predictions:
+    """An objective's predictions on (a prefix of) an evaluation set, as `evaluate` sees them."""
+
+    tokens: Tensor
+    predictions: Tensor
+    scored: Tensor
+    infos: list[Any]
+
+
+class SyntheticTask(Task):
+    """A task whose examples are generated on the fly by `sample`; see the module docstring."""
+
+    test_is_longer: bool = False
+
+    def __init__(self, *, eval_examples: int) -> None:
+        check(
+            isinstance(eval_examples, int) and eval_examples >= 1,
+            f"{self.name}: eval_examples must be a positive integer, got {eval_examples!r}",
+        )
+        self.eval_examples = eval_examples
+        self._eval_sets: dict[str, EvalSet] = {}
+        self._last_batch: tuple[tuple[int, str, int, int], Tensor, Tensor] | None = None
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, split: str) -> Example:
+        """Draw one example of `split`'s distribution (``test`` may differ from the others)."""
+
+    def in_split(self, key: bytes, split: str) -> bool:
+        """Whether an example with partition key `key` may appear in `split`."""
+        if split == "test" and self.test_is_longer:
+            return True
+        return held_out(key) != (split == "train")
+
+    def first_in_split(self, split: str, draw: Callable[[], tuple[bytes, T]]) -> T:
+        """Call `draw` (returning a partition key and a value) until the key belongs to
+        `split`; the value of that draw."""
+        for _ in range(MAX_DRAWS):
+            key, value = draw()
+            if self.in_split(key, split):
+                return value
+        raise DataError(
+            f"{self.name}: no {split} example in {MAX_DRAWS} draws; the options leave too few "
+            "distinct examples to hold some out for evaluation"
+        )
+
+    def examples(self, rng: np.random.Generator, split: str, n: int) -> list[Example]:
+        """`n` examples of `split`, drawn in order from `rng`."""
+
+        def draw() -> tuple[bytes, Example]:
+            example = self.sample(rng, split)
+            return example.key, example
+
+        return [self.first_in_split(split, draw) for _ in range(n)]
+
+    def pad(self, examples: list[Example]) -> tuple[Tensor, Tensor]:
+        """Examples as `(tokens [n, seq_len] int64, mask [n, seq_len] bool)`, PAD-filled."""
+        tokens = np.full((len(examples), self.seq_len), PAD, dtype=np.int64)
+        mask = np.zeros((len(examples), self.seq_len), dtype=bool)
+        for row, example in enumerate(examples):
+            length = len(example.tokens)
+            if length > self.seq_len or len(example.scored) != length:
+                raise RuntimeError(
+                    f"{self.name} produced an example of {length} tokens and "
+                    f"{len(example.scored)} flags; rows hold seq_len={self.seq_len}"
+                )
+            tokens[row, :length] = example.tokens
+            mask[row, :length] = example.scored
+        return torch.from_numpy(tokens), torch.from_numpy(mask)
+
+    def batch(
+        self,
+        split: str,
+        step: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Batch:
+        split_index = _split_index(split)
+        if step < 0 or seed < 0:
+            raise ValueError(f"step and seed must be non-negative, got step={step} seed={seed}")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
+                f"rank={rank} world_size={world_size}"
+            )
+        key = (seed, split, step, batch_size * world_size)
+        if self._last_batch is None or self._last_batch[0] != key:
+            rng = np.random.default_rng([seed, split_index, step])
+            tokens, mask = self.pad(self.examples(rng, split, batch_size * world_size))
+            self._last_batch = (key, tokens, mask)
+        _, tokens, mask = self._last_batch
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        return Batch(tokens[rows].clone(), mask[rows].clone())
+
+    def eval_set(self, split: str) -> EvalSet:
+        """The split's fixed evaluation examples (generated once, then cached)."""
+        if split not in self._eval_sets:
+            rng = np.random.default_rng([EVAL_STREAM, _split_index(split), EVAL_STREAM])
+            examples = self.examples(rng, split, self.eval_examples)
+            tokens, mask = self.pad(examples)
+            self._eval_sets[split] = EvalSet(tokens, mask, [e.info for e in examples])
+        return self._eval_sets[split]
+
+    def eval_count(self, max_tokens: int | None) -> int:
+        """How many evaluation rows `max_tokens` allows (all when None)."""
+        if max_tokens is None:
+            return self.eval_examples
+        if max_tokens < self.seq_len:
+            raise ValueError(
+                f"max_tokens={max_tokens} is less than one example of seq_len={self.seq_len}"
+            )
+        return min(self.eval_examples, max_tokens // self.seq_len)
+
+    def eval_batches(
+        self, split: str, batch_size: int, max_tokens: int | None = None
+    ) -> Iterator[Batch]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        count = self.eval_count(max_tokens)
+        data = self.eval_set(split)
+        for start in range(0, count, batch_size):
+            rows = slice(start, min(start + batch_size, count))
+            yield Batch(data.tokens[rows].clone(), data.mask[rows].clone())
+
+    @torch.no_grad()
+    def eval_predictions(
+        self,
+        model: Model,
+        objective: Objective,
+        *,
+        split: str,
+        batch_size: int,
+        max_tokens: int | None,
+    ) -> Predictions:
+        """`objective.predict` over the rows `evaluate` scores, with their infos, for tasks
+        that report metrics beyond the base ones."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = [
+                objective.predict(model, batch.to(model.device))
+                for batch in self.eval_batches(split, batch_size, max_tokens)
+            ]
+        finally:
+            model.train(was_training)
+        count = self.eval_count(max_tokens)
+        data = self.eval_set(split)
+        return Predictions(
+            data.tokens[:count],
+            torch.cat([p.cpu() for p, _ in outputs]),
+            torch.cat([s.cpu() for _, s in outputs]),
+            data.infos[:count],
+        )
+
+
+def _split_index(split: str) -> int:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return SPLITS.index(split)
+
+
+def check_lengths(name: str, min_len: int, max_len: int, test_max_len: int) -> None:
+    """Validate the usual length options: 1 <= min_len <= max_len < test_max_len."""
+    check(
+        all(isinstance(v, int) for v in (min_len, max_len, test_max_len))
+        and 1 <= min_len <= max_len < test_max_len,
+        f"{name}: need integers 1 <= min_len <= max_len < test_max_len, got min_len={min_len} "
+        f"max_len={max_len} test_max_len={test_max_len}",
+    )
+
+
+def split_lengths(split: str, min_len: int, max_len: int, test_max_len: int) -> tuple[int, int]:
+    """The inclusive length range of `split`: training lengths, or for ``test`` the longer
+    ones ``max_len + 1 .. test_max_len``."""
+    return (max_len + 1, test_max_len) if split == "test" else (min_len, max_len)
