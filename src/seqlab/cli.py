@@ -83,7 +83,8 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     config = _run_config(run_dir)
     model = load(run_dir)
     task = build_task(config)
-    objective = build_objective(config.objective.name, **config.objective.options)
+    objective = build_objective(config.objective.name, task.vocab_size,
+                                **config.objective.options)
     torch.manual_seed(args.seed)
     metrics = task.evaluate(model, objective, split=args.split, max_tokens=args.max_tokens)
     print(json.dumps({"split": args.split, "objective": objective.name, **metrics}))

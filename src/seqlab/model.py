@@ -127,10 +127,21 @@ class Model(nn.Module):
         *,
         layout: Layout = Layout.CAUSAL,
         positions: Tensor | None = None,
+        input_embeddings: Tensor | None = None,
     ) -> tuple[Tensor, ModelState | None]:
-        """Logits `[B, T, vocab]` and the new state (None when `state` is None)."""
+        """Logits `[B, T, vocab]` and the new state (None when `state` is None).
+
+        `positions` `[T]` or `[B, T]` overrides the token positions that position-aware mixers
+        (rotary attention) use; `input_embeddings` `[B, T, d_model]` is added to the token
+        embeddings (e.g. the target-position encoding of any-order AR).
+        """
         self._check(tokens, state, layout)
         x = self.embed(tokens)
+        if input_embeddings is not None:
+            if input_embeddings.shape != x.shape:
+                raise ShapeError(f"input_embeddings must have shape {list(x.shape)}, got "
+                                 f"{list(input_embeddings.shape)}")
+            x = x + input_embeddings
         new_states = []
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, None if state is None else state[i], layout, positions)

@@ -93,6 +93,7 @@ def build_with_options(registry: Registry, name: str, *args: Any, **options: Any
                 + (", ".join(sorted(valid)) or "none")
             )
     try:
-        return entry.factory(*args, **options)
+        inspect.signature(entry.factory).bind(*args, **options)
     except TypeError as err:
         raise ConfigError(f"{registry.kind} {name!r}: bad options {options}: {err}") from None
+    return entry.factory(*args, **options)

@@ -107,3 +107,19 @@ def test_reorder_state_selects_rows():
 def test_wrong_input_shape_names_expected_shape():
     with pytest.raises(ShapeError, match=r"\[B, T, 32\]"):
         mixer()(torch.randn(2, 5, 31, dtype=torch.float64))
+
+
+def test_block_diffusion_layout_follows_mask_with_shared_positions():
+    from seqlab.ops.attention import block_diffusion_mask
+
+    m = mixer()
+    x = torch.randn(1, 8, 32, dtype=torch.float64, requires_grad=True)
+    positions = torch.cat([torch.arange(4), torch.arange(4)])
+    y, _ = m(x, layout=Layout.block_diffusion(2), positions=positions)
+    mask = block_diffusion_mask(4, 2)
+    for t in range(8):
+        (g,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        assert torch.equal(g[0].abs().sum(-1) > 0, mask[t])
+    # the clean half computes exactly a block-causal pass over x_0 alone
+    clean, _ = m(x[:, 4:], layout=Layout.block_causal(2))
+    torch.testing.assert_close(y[:, 4:], clean)

@@ -145,11 +145,38 @@ def test_per_head_gate_equals_per_key_gate_broadcast_over_keys() -> None:
     torch.testing.assert_close(g_head["g"], g_key["g"].sum(-1), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_explicit_scale_multiplies_default_scaled_output(mode: str) -> None:
+    inputs = _make_inputs("per_key", 2, 40, 2, 16, 8, with_state=True)
+    o_default, s_default = gated_linear_attention(**inputs, mode=mode, output_final_state=True)
+    o, s = gated_linear_attention(**inputs, mode=mode, scale=0.3, output_final_state=True)
+    torch.testing.assert_close(o, o_default * (0.3 / 16**-0.5), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(s, s_default, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("gate", ["per_key", "per_head"])
+def test_grads_with_fixed_gate_not_requiring_grad_match_recurrent(gate: str) -> None:
+    """RetNet-style fixed decays: only q, k, v, S_0 require grad."""
+    inputs = _make_inputs(gate, 2, 50, 2, 12, 20, with_state=True)
+    names = ("q", "k", "v", "initial_state")
+    grads = []
+    for mode in ("recurrent", "chunk"):
+        leaves = [inputs[n].clone().requires_grad_() for n in names]
+        q, k, v, h0 = leaves
+        o, s = gated_linear_attention(
+            q, k, v, inputs["g"], initial_state=h0, output_final_state=True, mode=mode
+        )
+        grads.append(torch.autograd.grad(o.sum() + s.sum(), leaves))
+    for name, got, expected in zip(names, grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("gate", ["per_key", "per_head"])
 def test_strong_decay_float32_chunk_is_finite_and_matches_float64(gate: str) -> None:
     """With log decay down to −5 per step the cumulative decay over a 64-chunk reaches ≈ −320,
     so any exp(−G) factor would overflow float32; outputs and gradients must stay finite."""
     inputs64 = _make_inputs(gate, 2, 200, 2, 32, 16, with_state=True, g_range=(-5.0, 0.0))
+    assert (inputs64["g"][:, :64].sum(1) < -88.8).all()  # exp(88.8) overflows float32
     inputs32 = {n: None if x is None else x.float() for n, x in inputs64.items()}
     o_ref, s_ref, g_ref = _outputs_and_grads(inputs64, mode="recurrent")
     o, s, grads = _outputs_and_grads(inputs32, mode="chunk", chunk_size=64)

@@ -66,7 +66,8 @@ def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
     model = load(run_dir)
     config = run.config
     task = build_task(config)
-    objective = build_objective(config.objective.name, **config.objective.options)
+    objective = build_objective(config.objective.name, task.vocab_size,
+                                **config.objective.options)
     torch.manual_seed(run.seed)
     test = task.evaluate(model, objective, split="test", max_tokens=config.train.eval_tokens)
     model_config = to_dict(config)

@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
-from seqlab.errors import ConfigError, ShapeError
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.mixers.base import Layout, Mixer, check_input
 from seqlab.ops.attention import (
     apply_rotary,
     block_causal_mask,
+    block_diffusion_mask,
     rotary_angles,
     scaled_dot_product_attention,
 )
@@ -128,8 +129,13 @@ class Attention(Mixer):
             new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device).tril()
         elif layout.kind == "bidirectional":
             new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device)
-        else:
+        elif layout.kind == "block_causal":
             new = block_causal_mask(t, layout.block_size, device=q_pos.device)
+        else:
+            if n_cached or t % 2:
+                raise SeqlabError("the block_diffusion layout takes the whole [x_t ; x_0] "
+                                  "sequence (even length) and no state")
+            new = block_diffusion_mask(t // 2, layout.block_size, device=q_pos.device)
         cached = torch.ones(t, n_cached, dtype=torch.bool, device=q_pos.device)
         mask = torch.cat([cached, new], dim=1)[None] & valid
         if self.window is not None and layout.kind == "causal":
@@ -162,7 +168,7 @@ class Attention(Mixer):
     "attention",
     description="softmax attention (GQA, rotary, sliding window, KV cache)",
     family="attention",
-    layouts=("causal", "bidirectional", "block_causal"),
+    layouts=("causal", "bidirectional", "block_causal", "block_diffusion"),
     state="kv_cache",
     options=("qk_norm",),
 )

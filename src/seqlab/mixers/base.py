@@ -25,7 +25,9 @@ class Layout:
     """Which positions each position may read.
 
     causal: s <= t. bidirectional: all. block_causal(b): blocks of b tokens see themselves
-    fully and every earlier block.
+    fully and every earlier block. block_diffusion(b): the input is the vectorised sequence
+    [x_t ; x_0] of length 2L (BD3-LM); noised blocks see themselves and earlier clean blocks,
+    clean blocks are block-causal (see `ops.attention.block_diffusion_mask`).
     """
 
     kind: str
@@ -40,6 +42,12 @@ class Layout:
             raise ValueError(f"block_size must be positive, got {block_size}")
         return Layout("block_causal", block_size)
 
+    @staticmethod
+    def block_diffusion(block_size: int) -> Layout:
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        return Layout("block_diffusion", block_size)
+
     @property
     def is_causal(self) -> bool:
         return self.kind == "causal"
@@ -48,7 +56,7 @@ class Layout:
 Layout.CAUSAL = Layout("causal")
 Layout.BIDIRECTIONAL = Layout("bidirectional")
 
-LAYOUT_KINDS = ("causal", "bidirectional", "block_causal")
+LAYOUT_KINDS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 
 
 class Mixer(nn.Module, ABC):

@@ -6,7 +6,9 @@ from seqlab.objectives.base import NLL, Batch, Objective
 __all__ = ["NLL", "Batch", "Objective", "build_objective"]
 
 
-def build_objective(name: str, **options: object) -> Objective:
+def build_objective(name: str, vocab_size: int | None = None, **options: object) -> Objective:
+    """The objective `name` with its options, bound to the data vocabulary if given."""
     from seqlab.registry import OBJECTIVES, build_with_options
 
-    return build_with_options(OBJECTIVES, name, **options)
+    objective = build_with_options(OBJECTIVES, name, **options)
+    return objective if vocab_size is None else objective.bind(vocab_size)

@@ -65,6 +65,17 @@ class Objective(ABC):
     name: str
     bound: bool = False
     layout: Layout = Layout.CAUSAL
+    extra_tokens: int = 0
+    vocab_size: int | None = None
+
+    def bind(self, vocab_size: int) -> Objective:
+        """Attach the data vocabulary; the model's vocabulary is `vocab_size + extra_tokens`
+        (e.g. one extra id, `vocab_size`, for the absorbing-diffusion mask token)."""
+        self.vocab_size = vocab_size
+        return self
+
+    def model_vocab_size(self, vocab_size: int) -> int:
+        return vocab_size + self.extra_tokens
 
     @abstractmethod
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:

@@ -83,19 +83,22 @@ class RunParts:
 
 
 def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunParts:
-    """Task, model (its vocabulary taken from the task) and objective for a config."""
+    """Task, objective and model for a config; the model's vocabulary is the task's plus the
+    objective's extra tokens (a mask token for absorbing diffusion)."""
     main_first = info is not None and info.distributed
     if main_first and not info.is_main:
         barrier(info)
     task = build_task(config)
     if main_first and info.is_main:
         barrier(info)
+    objective = build_objective(config.objective.name, task.vocab_size,
+                                **config.objective.options)
+    vocab_size = objective.model_vocab_size(task.vocab_size)
     config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, vocab_size=task.vocab_size)
+        config, model=dataclasses.replace(config.model, vocab_size=vocab_size)
     )
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
-    objective = build_objective(config.objective.name, **config.objective.options)
     return RunParts(config, task, model, objective)
 
 

@@ -21,11 +21,7 @@ def rows(task, split):
         batches = [task.batch("train", step, 32, seed=0) for step in range(4)]
     else:
         batches = list(task.eval_batches(split, 32))
-    return [
-        (t.numpy(), m.numpy())
-        for b in batches
-        for t, m in zip(b.tokens, b.mask, strict=True)
-    ]
+    return [(t.numpy(), m.numpy()) for b in batches for t, m in zip(b.tokens, b.mask, strict=True)]
 
 
 @pytest.mark.parametrize("random_non_queries", [True, False])
@@ -49,9 +45,7 @@ def test_mqar_labels_are_the_values_of_the_queried_keys(split, random_non_querie
 
 def test_mqar_queries_follow_power_law_gaps():
     task = make("mqar", seq_len=128, num_kv_pairs=4, power_a=0.01)
-    slots = np.concatenate(
-        [(np.flatnonzero(m) - 1 - 8) // 2 for _, m in rows(task, "train")]
-    )
+    slots = np.concatenate([(np.flatnonzero(m) - 1 - 8) // 2 for _, m in rows(task, "train")])
     uniform_mean = ((129 - 8) // 2 - 1) / 2
     assert slots.min() >= 0 and slots.mean() < 0.6 * uniform_mean
     assert (slots == 0).mean() > 3 * (slots == 30).mean()

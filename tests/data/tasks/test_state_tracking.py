@@ -23,11 +23,7 @@ def rows(task, split):
         batches = [task.batch("train", step, 32, seed=0) for step in range(4)]
     else:
         batches = list(task.eval_batches(split, 32))
-    return [
-        (t.numpy(), m.numpy())
-        for b in batches
-        for t, m in zip(b.tokens, b.mask, strict=True)
-    ]
+    return [(t.numpy(), m.numpy()) for b in batches for t, m in zip(b.tokens, b.mask, strict=True)]
 
 
 def parse(task, tokens, mask):

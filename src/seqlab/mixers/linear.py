@@ -1,0 +1,464 @@
+"""Linear attention family: linear attention, RetNet retention and gated linear attention.
+
+All three run `ops.linear_attention.gated_linear_attention`, the recurrence
+S_t = diag(exp g_t) S_{t−1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t, and differ in the decay g and
+in what surrounds the kernel. `LinearRecurrence` holds what every fixed-state matrix recurrence
+in seqlab shares (also `mamba2` and the delta-rule mixers): the state value, the layouts, the
+choice of kernel mode, and the bidirectional form.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.config import ModelConfig
+from seqlab.errors import ConfigError
+from seqlab.mixers.base import Layout, Mixer, check_input
+from seqlab.mixers.rnn import check_scan_layout, state_dtype
+from seqlab.mixers.short_conv import ShortConv
+from seqlab.ops.attention import apply_rotary, rotary_angles
+from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.registry import MIXERS
+
+KERNEL_MODES = (None, "chunk", "recurrent")
+
+
+@dataclass
+class LinearState:
+    """`recurrent`: S `[B, H, K, V]`; `conv`: the short conv's last k − 1 inputs `[B, k − 1, C]`
+    (None without a conv); `offset`: the next position of each row `[B]` (None unless the
+    mixer rotates q and k by position)."""
+
+    recurrent: Tensor
+    conv: Tensor | None = None
+    offset: Tensor | None = None
+
+
+def check_positive(name: str, **values: object) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} {key} must be a positive integer, got {value!r}")
+
+
+def check_bool(name: str, **values: object) -> None:
+    for key, value in values.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} {key} must be true or false, got {value!r}")
+
+
+def head_dim(name: str, what: str, width: float, heads: int) -> int:
+    """Per-head width `width / heads`, which must be a positive integer."""
+    dim = width / heads
+    if dim != int(dim) or dim < 1:
+        raise ConfigError(f"{name}: {what} width {width:g} does not split into {heads} heads")
+    return int(dim)
+
+
+def heads_view(x: Tensor, heads: int) -> Tensor:
+    """`[B, T, H·D]` -> `[B, T, H, D]`."""
+    return x.unflatten(-1, (heads, x.shape[-1] // heads))
+
+
+class LinearRecurrence(Mixer):
+    """Base of the matrix-state recurrences (state `[B, H, K, V]` plus an optional conv state).
+
+    Subclasses implement `_recur` (projections, conv, kernel: one direction) and `_output`
+    (norm, gate and output projection of the summed directions).
+
+    Kernel mode: the parallel form and prefills (`T > 1`) run the kernel's chunked form, a
+    one-token decode step its recurrent form; `kernel_mode` ("chunk" or "recurrent") forces one
+    (tests and benchmarks).
+    Bidirectional layout: the same parameters also run over the reversed sequence (its own
+    conv and recurrence from a zero state); the two directions' kernel outputs are summed
+    before the output norm and gate, the "two scans" view of Hydra (Hwang et al., 2024).
+    """
+
+    name: str = "linear_recurrence"
+
+    def __init__(self, d_model: int, heads: int, chunk_size: int) -> None:
+        super().__init__()
+        check_positive(self.name, heads=heads, chunk_size=chunk_size)
+        if chunk_size & (chunk_size - 1):
+            raise ConfigError(f"{self.name} chunk_size must be a power of two, got {chunk_size}")
+        self.d_model, self.heads, self.chunk_size = d_model, heads, chunk_size
+        self.kernel_mode: str | None = None
+
+    def forward(
+        self,
+        x: Tensor,
+        state: LinearState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, LinearState | None]:
+        check_input(x, self.d_model)
+        check_scan_layout(layout, state, self.name)
+        o, new_state = self._recur(x, state)
+        if layout.kind == "bidirectional":
+            o = o + self._recur(x.flip(1), None)[0].flip(1)
+        return self._output(x, o), new_state
+
+    @abstractmethod
+    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
+        """One direction: `x [B, T, d_model]` -> (kernel output `[B, T, H, V]`, new state)."""
+
+    @abstractmethod
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        """Kernel output `[B, T, H, V]` -> `y [B, T, d_model]` (norm, gate, projection)."""
+
+    def _mode(self, t: int, state: LinearState | None) -> str:
+        if self.kernel_mode not in KERNEL_MODES:
+            raise ConfigError(f"kernel_mode must be one of {KERNEL_MODES}, got {self.kernel_mode!r}")
+        if self.kernel_mode is not None:
+            return self.kernel_mode
+        return "recurrent" if state is not None and t == 1 else "chunk"
+
+    def _conv(self, conv: ShortConv, u: Tensor, state: LinearState | None) -> tuple[Tensor, Tensor | None]:
+        """The short conv, continued from `state.conv` when a state is carried."""
+        return conv(u, None if state is None else state.conv.to(u.dtype))
+
+    def _new_state(
+        self, recurrent: Tensor | None, conv: Tensor | None = None, offset: Tensor | None = None
+    ) -> LinearState | None:
+        if recurrent is None:
+            return None
+        dtype = recurrent.dtype
+        return LinearState(recurrent, None if conv is None else conv.to(dtype), offset)
+
+    def _zero_state(
+        self,
+        batch_size: int,
+        key_dim: int,
+        value_dim: int,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+        *,
+        conv: ShortConv | None = None,
+        offset: bool = False,
+    ) -> LinearState:
+        reference = next(self.parameters())
+        device = device or reference.device
+        dtype = state_dtype(dtype or reference.dtype)
+        shape = (batch_size, self.heads, key_dim, value_dim)
+        return LinearState(
+            torch.zeros(shape, device=device, dtype=dtype),
+            None if conv is None else conv.init_state(batch_size, device=device, dtype=dtype),
+            torch.zeros(batch_size, dtype=torch.long, device=device) if offset else None,
+        )
+
+    def _chunk_flops(self, seq_len: int, key_dim: int, value_dim: int) -> float:
+        """Per token and head, chunk C: intra-chunk scores and their product with v
+        (2C·K + 2C·V, counting the full C×C tile), the read of the entering state (2K·V) and
+        the chunk's write to the state (2K·V)."""
+        c = min(self.chunk_size, max(seq_len, 1))
+        return self.heads * (2.0 * c * (key_dim + value_dim) + 4.0 * key_dim * value_dim)
+
+
+class LinearAttention(LinearRecurrence):
+    """Linear attention (Katharopoulos et al., "Transformers are RNNs", 2020):
+
+        φ(x) = elu(x) + 1,  S_t = S_{t−1} + φ(k_t) v_tᵀ,  z_t = z_{t−1} + φ(k_t)
+        o_t = S_tᵀ φ(q_t) / (z_tᵀ φ(q_t) + ε)     (`normalize`; without it o_t = S_tᵀ φ(q_t)/√K)
+        y = W_out o
+
+    Shapes: q, k `[B, T, H, K]`, v `[B, T, H, V]` with K = V = d_model / heads. The normaliser
+    rides in the same kernel call as an extra value column of ones, so the state is
+    `[B, H, K, V + 1]` (z in the last column). φ > 0 keeps the denominator positive; ε = 1e-6.
+
+    `conv_size` > 0 puts a short causal conv (with SiLU) on q, k and v, as in fla's
+    `use_short_conv`: without decay or positions the paper's layer sees the prefix as a bag of
+    tokens, and the conv gives it the local order (the default 4 lets the 2-layer copy test
+    learn; `conv_size: 0` is the paper's layer).
+    """
+
+    name = "linear_attention"
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        *,
+        normalize: bool = True,
+        conv_size: int = 4,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, heads, chunk_size)
+        check_bool(self.name, normalize=normalize)
+        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
+            raise ConfigError(f"{self.name} conv_size must be an integer >= 0, got {conv_size!r}")
+        self.normalize = normalize
+        self.head_k = self.head_v = head_dim(self.name, "model", d_model, heads)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = ShortConv(3 * d_model, conv_size) if conv_size else None
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
+        qkv = self.qkv(x)
+        conv_state = None
+        if self.conv is not None:
+            qkv, conv_state = self._conv(self.conv, qkv, state)
+        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        if self.normalize:
+            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        o, final = gated_linear_attention(
+            q,
+            k,
+            v,
+            scale=1.0 if self.normalize else None,
+            initial_state=None if state is None else state.recurrent,
+            output_final_state=state is not None,
+            mode=self._mode(x.shape[1], state),
+            chunk_size=self.chunk_size,
+        )
+        return o, self._new_state(final, conv_state)
+
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        if self.normalize:
+            o = o[..., :-1] / (o[..., -1:] + 1e-6)
+        return self.out(o.flatten(2))
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LinearState:
+        value_dim = self.head_v + int(self.normalize)
+        return self._zero_state(batch_size, self.head_k, value_dim, device, dtype, conv=self.conv)
+
+    def state_size(self, seq_len: int) -> int:
+        conv = 0 if self.conv is None else self.conv.state_size()
+        return self.heads * self.head_k * (self.head_v + int(self.normalize)) + conv
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel (normaliser column included), φ and the division."""
+        value_dim = self.head_v + int(self.normalize)
+        return self._chunk_flops(seq_len, self.head_k, value_dim) + 4.0 * self.d_model
+
+
+def retnet_decays(heads: int) -> Tensor:
+    """RetNet's fixed per-head decays γ_h = 1 − 2^(−5−h), h = 0 … heads − 1 (float64)."""
+    return 1 - 2.0 ** (-5 - torch.arange(heads, dtype=torch.float64))
+
+
+class RetNet(LinearRecurrence):
+    """Multi-scale retention (Sun et al., "Retentive Network", 2023):
+
+        S_t = γ_h S_{t−1} + k_t v_tᵀ,  o_t = S_tᵀ q_t / √K       per head h
+        y = W_out(swish(W_G x) ⊙ GroupNorm_H(o))
+
+    with fixed decays γ_h = 1 − 2^(−5−h) (a buffer, never trained), passed to the kernel as the
+    scalar log decay g = log γ_h. Shapes: q, k `[B, T, H, K]` with K = d_model / heads;
+    v `[B, T, H, V]` with V = expand_v · d_model / heads (the paper's 2). GroupNorm has one
+    group per head (per-head normalisation, per-channel affine).
+
+    `rotary` rotates q and k by their absolute positions (the rotation part of the paper's
+    xPos; its extra exponential scaling is left out, the decay already favours recent tokens),
+    so q_t · k_s depends on t − s. Positions are the token indices, continued from the decode
+    state's per-row offset (the reversed pass of the bidirectional layout numbers its own
+    tokens 0 … T − 1); `forward`'s `positions` argument is not used.
+    """
+
+    name = "retnet"
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        *,
+        expand_v: int = 2,
+        rotary: bool = True,
+        rope_theta: float = 10000.0,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, heads, chunk_size)
+        check_positive(self.name, expand_v=expand_v)
+        check_bool(self.name, rotary=rotary)
+        self.head_k = head_dim(self.name, "key", d_model, heads)
+        self.head_v = head_dim(self.name, "value", expand_v * d_model, heads)
+        if rotary and self.head_k % 2:
+            raise ConfigError(f"retnet rotary needs an even key head dim, got {self.head_k}")
+        self.rotary, self.rope_theta = rotary, rope_theta
+        value_width = heads * self.head_v
+        self.qkv = nn.Linear(d_model, 2 * d_model + value_width, bias=False)
+        self.gate = nn.Linear(d_model, value_width, bias=False)
+        self.norm = nn.GroupNorm(heads, value_width)
+        self.out = nn.Linear(value_width, d_model, bias=False)
+        self.register_buffer("log_decay", torch.empty(heads), persistent=False)
+        self._reset_decays()
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        super().init_weights(std, out_std)
+        self._reset_decays()
+
+    @torch.no_grad()
+    def _reset_decays(self) -> None:
+        self.log_decay.copy_(retnet_decays(self.heads).log())
+
+    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split([self.d_model, self.d_model, self.heads * self.head_v], -1)
+        q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
+        offset = None
+        if self.rotary:
+            steps = torch.arange(t, device=x.device)
+            pos = steps[None] if state is None else state.offset[:, None] + steps
+            cos, sin = rotary_angles(pos, self.head_k, self.rope_theta, dtype=q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            offset = None if state is None else pos[:, -1] + 1
+        g = self.log_decay.to(x.dtype).expand(b, t, self.heads)
+        o, final = gated_linear_attention(
+            q,
+            k,
+            v,
+            g,
+            initial_state=None if state is None else state.recurrent,
+            output_final_state=state is not None,
+            mode=self._mode(t, state),
+            chunk_size=self.chunk_size,
+        )
+        return o, self._new_state(final, offset=offset)
+
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        o = self.norm(o.flatten(2).flatten(0, 1)).view(*x.shape[:2], -1)
+        return self.out(F.silu(self.gate(x)) * o)
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LinearState:
+        return self._zero_state(
+            batch_size, self.head_k, self.head_v, device, dtype, offset=self.rotary
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        return self.heads * self.head_k * self.head_v
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel, rotary on q and k, group norm and the swish gate."""
+        width = self.heads * self.head_v
+        return self._chunk_flops(seq_len, self.head_k, self.head_v) + 6.0 * self.d_model + 12.0 * width
+
+
+class GLA(LinearRecurrence):
+    """Gated linear attention (Yang et al., "Gated Linear Attention Transformers with
+    Hardware-Efficient Training", 2024):
+
+        α_t = sigmoid(W_2 W_1 x_t + b)^(1/τ),  τ = 16   (rank-16 gate; g_t = logsigmoid(·)/τ)
+        S_t = diag(α_t) S_{t−1} + k_t v_tᵀ,  o_t = S_tᵀ q_t / √K
+        y = W_out(swish(W_r x) ⊙ GroupNorm_H(o))
+
+    Shapes: q, k, g `[B, T, H, K]` with K = expand_k · d_model / heads (the paper's 0.5);
+    v `[B, T, H, V]` with V = expand_v · d_model / heads (1). The normaliser τ keeps the decays
+    near 1 at init (α ≈ 0.96), so the state remembers long spans from the start of training.
+    GroupNorm has one group per head.
+    """
+
+    name = "gla"
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        *,
+        expand_k: float = 0.5,
+        expand_v: float = 1.0,
+        gate_rank: int = 16,
+        gate_normalizer: float = 16.0,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, heads, chunk_size)
+        check_positive(self.name, gate_rank=gate_rank)
+        if not gate_normalizer > 0:
+            raise ConfigError(f"gla gate_normalizer must be positive, got {gate_normalizer!r}")
+        self.head_k = head_dim(self.name, "key", expand_k * d_model, heads)
+        self.head_v = head_dim(self.name, "value", expand_v * d_model, heads)
+        self.gate_normalizer = gate_normalizer
+        key_width, value_width = heads * self.head_k, heads * self.head_v
+        self.qkv = nn.Linear(d_model, 2 * key_width + value_width, bias=False)
+        self.decay_down = nn.Linear(d_model, gate_rank, bias=False)
+        self.decay_up = nn.Linear(gate_rank, key_width)
+        self.gate = nn.Linear(d_model, value_width, bias=False)
+        self.norm = nn.GroupNorm(heads, value_width)
+        self.out = nn.Linear(value_width, d_model, bias=False)
+
+    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
+        key_width = self.heads * self.head_k
+        q, k, v = self.qkv(x).split([key_width, key_width, self.heads * self.head_v], -1)
+        g = F.logsigmoid(self.decay_up(self.decay_down(x))) / self.gate_normalizer
+        q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
+        o, final = gated_linear_attention(
+            q,
+            k,
+            v,
+            g,
+            initial_state=None if state is None else state.recurrent,
+            output_final_state=state is not None,
+            mode=self._mode(x.shape[1], state),
+            chunk_size=self.chunk_size,
+        )
+        return o, self._new_state(final)
+
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        o = self.norm(o.flatten(2).flatten(0, 1)).view(*x.shape[:2], -1)
+        return self.out(F.silu(self.gate(x)) * o)
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LinearState:
+        return self._zero_state(batch_size, self.head_k, self.head_v, device, dtype)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.heads * self.head_k * self.head_v
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel with per-key decay (its exp/scale of q and k, ~4K per token and
+        head on top), the log-sigmoid gate, group norm and the swish gate."""
+        width = self.heads * self.head_v
+        kernel = self._chunk_flops(seq_len, self.head_k, self.head_v)
+        return kernel + self.heads * 4.0 * self.head_k * 2 + 12.0 * width
+
+
+def _heads(config: ModelConfig, options: dict[str, object]) -> int:
+    heads = options.pop("heads", None)
+    return config.n_heads if heads is None else heads
+
+
+@MIXERS.register(
+    "linear_attention",
+    description="linear attention (elu+1 feature map, normaliser, short conv)",
+    family="linear_attention",
+    layouts=("causal", "bidirectional"),
+    state="fixed",
+    options=("heads", "normalize", "conv_size", "chunk_size"),
+)
+def build_linear_attention(config: ModelConfig, layer: int, **options: object) -> LinearAttention:
+    return LinearAttention(config.d_model, _heads(config, options), **options)
+
+
+@MIXERS.register(
+    "retnet",
+    description="RetNet multi-scale retention (fixed per-head decays, rotary, group norm, gate)",
+    family="linear_attention",
+    layouts=("causal", "bidirectional"),
+    state="fixed",
+    options=("heads", "expand_v", "rotary", "rope_theta", "chunk_size"),
+)
+def build_retnet(config: ModelConfig, layer: int, **options: object) -> RetNet:
+    options.setdefault("rope_theta", config.rope_theta)
+    return RetNet(config.d_model, _heads(config, options), **options)
+
+
+@MIXERS.register(
+    "gla",
+    description="gated linear attention (low-rank data-dependent per-key decay, gate)",
+    family="linear_attention",
+    layouts=("causal", "bidirectional"),
+    state="fixed",
+    options=("heads", "expand_k", "expand_v", "gate_rank", "gate_normalizer", "chunk_size"),
+)
+def build_gla(config: ModelConfig, layer: int, **options: object) -> GLA:
+    return GLA(config.d_model, _heads(config, options), **options)
