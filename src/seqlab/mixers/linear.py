@@ -65,11 +65,17 @@ def heads_view(x: Tensor, heads: int) -> Tensor:
     return x.unflatten(-1, (heads, x.shape[-1] // heads))
 
 
+def group_norm(norm: nn.GroupNorm, o: Tensor) -> Tensor:
+    """GroupNorm with one group per head of `o [B, T, H, V]` -> `[B, T, H·V]`."""
+    return norm(o.flatten(0, 1).flatten(1)).view(*o.shape[:2], -1)
+
+
 class LinearRecurrence(Mixer):
     """Base of the matrix-state recurrences (state `[B, H, K, V]` plus an optional conv state).
 
-    Subclasses implement `_recur` (projections, conv, kernel: one direction) and `_output`
-    (norm, gate and output projection of the summed directions).
+    Subclasses implement `_project` (token-wise input projections, run once), `_recur` (conv
+    and kernel: one direction) and `_output` (norm, gate and output projection of the summed
+    directions).
 
     Kernel mode: the parallel form and prefills (`T > 1`) run the kernel's chunked form, a
     one-token decode step its recurrent form; `kernel_mode` ("chunk" or "recurrent") forces one
@@ -99,18 +105,25 @@ class LinearRecurrence(Mixer):
     ) -> tuple[Tensor, LinearState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
-        o, new_state = self._recur(x, state)
+        inputs, gate = self._project(x)
+        o, new_state = self._recur(inputs, state)
         if layout.kind == "bidirectional":
-            o = o + self._recur(x.flip(1), None)[0].flip(1)
-        return self._output(x, o), new_state
+            o = o + self._recur(tuple(u.flip(1) for u in inputs), None)[0].flip(1)
+        return self._output(o, gate), new_state
 
     @abstractmethod
-    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
-        """One direction: `x [B, T, d_model]` -> (kernel output `[B, T, H, V]`, new state)."""
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """The token-wise input projections: (inputs of `_recur`, each `[B, T, ·]`; gate)."""
 
     @abstractmethod
-    def _output(self, x: Tensor, o: Tensor) -> Tensor:
-        """Kernel output `[B, T, H, V]` -> `y [B, T, d_model]` (norm, gate, projection)."""
+    def _recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, LinearState | None]:
+        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state)."""
+
+    @abstractmethod
+    def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
+        """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
 
     def _mode(self, t: int, state: LinearState | None) -> str:
         if self.kernel_mode not in KERNEL_MODES:
@@ -198,8 +211,13 @@ class LinearAttention(LinearRecurrence):
         self.conv = ShortConv(3 * d_model, conv_size) if conv_size else None
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
-        qkv = self.qkv(x)
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], None]:
+        return (self.qkv(x),), None
+
+    def _recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, LinearState | None]:
+        (qkv,) = inputs
         conv_state = None
         if self.conv is not None:
             qkv, conv_state = self._conv(self.conv, qkv, state)
@@ -214,12 +232,12 @@ class LinearAttention(LinearRecurrence):
             scale=1.0 if self.normalize else None,
             initial_state=None if state is None else state.recurrent,
             output_final_state=state is not None,
-            mode=self._mode(x.shape[1], state),
+            mode=self._mode(qkv.shape[1], state),
             chunk_size=self.chunk_size,
         )
         return o, self._new_state(final, conv_state)
 
-    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+    def _output(self, o: Tensor, gate: None) -> Tensor:
         if self.normalize:
             o = o[..., :-1] / (o[..., -1:] + 1e-6)
         return self.out(o.flatten(2))
@@ -299,18 +317,24 @@ class RetNet(LinearRecurrence):
     def _reset_decays(self) -> None:
         self.log_decay.copy_(retnet_decays(self.heads).log())
 
-    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).split([self.d_model, self.d_model, self.heads * self.head_v], -1)
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        return (self.qkv(x),), self.gate(x)
+
+    def _recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, LinearState | None]:
+        (qkv,) = inputs
+        b, t, _ = qkv.shape
+        q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.head_v], -1)
         q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
         offset = None
         if self.rotary:
-            steps = torch.arange(t, device=x.device)
+            steps = torch.arange(t, device=qkv.device)
             pos = steps[None] if state is None else state.offset[:, None] + steps
             cos, sin = rotary_angles(pos, self.head_k, self.rope_theta, dtype=q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             offset = None if state is None else pos[:, -1] + 1
-        g = self.log_decay.to(x.dtype).expand(b, t, self.heads)
+        g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
         o, final = gated_linear_attention(
             q,
             k,
@@ -323,9 +347,8 @@ class RetNet(LinearRecurrence):
         )
         return o, self._new_state(final, offset=offset)
 
-    def _output(self, x: Tensor, o: Tensor) -> Tensor:
-        o = self.norm(o.flatten(2).flatten(0, 1)).view(*x.shape[:2], -1)
-        return self.out(F.silu(self.gate(x)) * o)
+    def _output(self, o: Tensor, gate: Tensor) -> Tensor:
+        return self.out(F.silu(gate) * group_norm(self.norm, o))
 
     def init_state(
         self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -385,10 +408,16 @@ class GLA(LinearRecurrence):
         self.norm = nn.GroupNorm(heads, value_width)
         self.out = nn.Linear(value_width, d_model, bias=False)
 
-    def _recur(self, x: Tensor, state: LinearState | None) -> tuple[Tensor, LinearState | None]:
-        key_width = self.heads * self.head_k
-        q, k, v = self.qkv(x).split([key_width, key_width, self.heads * self.head_v], -1)
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         g = F.logsigmoid(self.decay_up(self.decay_down(x))) / self.gate_normalizer
+        return (self.qkv(x), g), self.gate(x)
+
+    def _recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, LinearState | None]:
+        qkv, g = inputs
+        key_width = self.heads * self.head_k
+        q, k, v = qkv.split([key_width, key_width, self.heads * self.head_v], -1)
         q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
         o, final = gated_linear_attention(
             q,
@@ -397,14 +426,13 @@ class GLA(LinearRecurrence):
             g,
             initial_state=None if state is None else state.recurrent,
             output_final_state=state is not None,
-            mode=self._mode(x.shape[1], state),
+            mode=self._mode(qkv.shape[1], state),
             chunk_size=self.chunk_size,
         )
         return o, self._new_state(final)
 
-    def _output(self, x: Tensor, o: Tensor) -> Tensor:
-        o = self.norm(o.flatten(2).flatten(0, 1)).view(*x.shape[:2], -1)
-        return self.out(F.silu(self.gate(x)) * o)
+    def _output(self, o: Tensor, gate: Tensor) -> Tensor:
+        return self.out(F.silu(gate) * group_norm(self.norm, o))
 
     def init_state(
         self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None

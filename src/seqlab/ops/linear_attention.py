@@ -309,7 +309,7 @@ def _intra_scores(q: Tensor, k: Tensor, G: Tensor | None) -> Tensor:
     if G is None:
         return (q @ k.mT).tril_()
     if G.shape[-1] == 1:
-        return (q @ k.mT).mul_(_decay_matrix(G))
+        return (q @ k.mT).mul_(_decay_matrix(G)).tril_(-1)
     A = q.new_zeros(*q.shape[:-1], q.shape[-2])
     A.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
     for m in _half_widths(q.shape[-2]):

@@ -60,9 +60,7 @@ def diagonal_scan(
     if mode == "recurrent":
         h = _loop(a, b, h0, lambda a_t, b_t, h: a_t * h + b_t)
     else:
-        h = _chunked_scan(
-            a, b, h0, chunk_size, _doubling, lambda cum_a, cum_b, h: cum_a * h + cum_b
-        )
+        h = _DiagonalScan.apply(a, b, h0, chunk_size)
     h = h.reshape(shape)
     return h, (h[:, -1] if output_final_state else None)
 
@@ -216,6 +214,40 @@ def _doubling(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], dim=-2)
         k *= 2
     return a, b
+
+
+def _parallel_diagonal(a: Tensor, b: Tensor, h0: Tensor, chunk_size: int) -> Tensor:
+    return _chunked_scan(a, b, h0, chunk_size, _doubling, lambda cum_a, cum_b, h: cum_a * h + cum_b)
+
+
+class _DiagonalScan(torch.autograd.Function):
+    """The parallel scan with a hand-written backward, itself a parallel scan run in reverse.
+
+    For ``h_t = a_t h_{t-1} + b_t`` and upstream gradients ``ḡ_t``, the adjoint obeys
+    ``g_t = ḡ_t + conj(a_{t+1}) g_{t+1}``; then ``∂b_t = g_t``, ``∂a_t = g_t conj(h_{t-1})`` and
+    ``∂h_{-1} = conj(a_0) g_0`` (PyTorch's convention for complex gradients). Autograd through
+    the doubling steps would instead store and replay every level.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
+        h = _parallel_diagonal(a, b, h0, chunk_size)
+        ctx.save_for_backward(a, h, h0)
+        ctx.chunk_size = chunk_size
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Tensor):  # type: ignore[override]
+        a, h, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1).conj()
+        g = _parallel_diagonal(
+            a_next.flip(1), grad_h.flip(1), torch.zeros_like(h0), ctx.chunk_size
+        ).flip(1)
+        h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)
+        grad_a = g * h_prev.conj()
+        grad_h0 = a[:, 0].conj() * g[:, 0]
+        return grad_a, g, grad_h0, None
 
 
 def _log_block(log_a: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:

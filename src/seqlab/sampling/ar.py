@@ -1,37 +1,61 @@
 """Autoregressive decoding: prefill the prompt through the model's state, then one token
-per forward pass (the KV cache or the recurrent state carries the context)."""
+per forward pass (the KV cache or the recurrent state carries the context).
+
+Shared machinery for every AR decoder lives here: prompts of different lengths (each length
+group is prefilled on its own and the row states are stacked, so a row's output equals that
+prompt decoded alone), seeded categorical draws, stop criteria, streaming, and the padded
+`Generation` result.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from seqlab.errors import ShapeError
+from seqlab.errors import ConfigError, ShapeError
 from seqlab.model import Model
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.processors import LogitsProcessor, apply_processors, sampling_processors
+from seqlab.sampling.state import State, merge_rows
+
+Prompt = Tensor | Sequence[Tensor]
+Stream = Callable[[list[list[int]]], None]
 
 
 @dataclass
 class Generation:
-    """`tokens [B, T_prompt + T_new]` (prompt included); `nfe` model forward passes;
-    `seconds` wall time."""
+    """The result of `generate`.
+
+    `tokens [B, T]`: the best continuation of each prompt, prompt included. Row i is valid up
+    to `lengths[i]`; the rest holds `pad_id` (the sampler option, 0 by default).
+    `nfe`: forward passes of the (target) model; `seconds`: wall time.
+    `sequences [B, n, T]` and `scores [B, n]`: the n best hypotheses of n-best samplers (beam
+    search), best first, with their length-penalised log-probabilities; None otherwise.
+    `acceptance`: accepted / proposed draft tokens of speculative decoding; None otherwise.
+    """
 
     tokens: Tensor
     nfe: int
     seconds: float
+    sequences: Tensor | None = None
+    scores: Tensor | None = None
+    lengths: Tensor | None = None
+    acceptance: float | None = None
 
 
-def as_prompt(prompt: Tensor | Sequence[Sequence[int]], device: torch.device) -> Tensor:
+def as_prompt(prompt: Tensor | Sequence[Sequence[int]], device: torch.device) -> Prompt:
+    """`[B, T]` ids as a tensor, or a list of 1-D tensors when the prompts differ in length."""
     if not isinstance(prompt, Tensor):
-        lengths = {len(p) for p in prompt}
-        if len(lengths) != 1:
-            raise ShapeError(f"prompts must share one length here, got lengths {sorted(lengths)}")
-        prompt = torch.tensor([list(p) for p in prompt], dtype=torch.long)
+        rows = [torch.as_tensor(list(p), dtype=torch.long) for p in prompt]
+        if not rows or any(r.dim() != 1 or r.numel() == 0 for r in rows):
+            raise ShapeError("prompt must be a non-empty list of non-empty token lists")
+        if len({r.numel() for r in rows}) > 1:
+            return [r.to(device) for r in rows]
+        prompt = torch.stack(rows)
     if prompt.dim() == 1:
         prompt = prompt[None]
     if prompt.dim() != 2 or prompt.shape[1] == 0:
@@ -39,62 +63,278 @@ def as_prompt(prompt: Tensor | Sequence[Sequence[int]], device: torch.device) ->
     return prompt.to(device=device, dtype=torch.long)
 
 
-def categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row from softmax(logits), computed in float64."""
-    probs = logits.double().softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def prompt_rows(prompt: Prompt) -> list[Tensor]:
+    return list(prompt.unbind(0)) if isinstance(prompt, Tensor) else list(prompt)
+
+
+def prefill(model: Model, rows: Sequence[Tensor]) -> tuple[Tensor | None, State, int]:
+    """Run each group of equal-length prompts from a fresh state and stack the row states.
+
+    Returns (next-token logits `[B, V]`, state, forward passes). Empty prompts start from
+    `init_state` without a forward (their logits rows are None when every row is empty).
+    """
+    lengths = torch.tensor([r.numel() for r in rows])
+    parts, logits, nfe = [], None, 0
+    for n in lengths.unique().tolist():
+        index = (lengths == n).nonzero().squeeze(1)
+        if n == 0:
+            parts.append((index, model.init_state(index.numel())))
+            continue
+        ids = torch.stack([rows[i] for i in index.tolist()])
+        out, state = model(ids, model.init_state(index.numel()))
+        nfe += 1
+        if logits is None:
+            logits = out.new_zeros(len(rows), out.shape[-1])
+        logits[index.to(out.device)] = out[:, -1]
+        parts.append((index.to(model.device), state))
+    return logits, merge_rows(parts), nfe
+
+
+class Draws:
+    """Uniform draws in float64: from one generator for the batch (`seed` an int or None), or
+    from one generator per row (`seed` a list), so that a row draws the same numbers in a
+    batch as alone."""
+
+    def __init__(self, seed: int | Sequence[int] | None, batch_size: int, device: torch.device):
+        self.batch_size, self.device = batch_size, device
+        self.generator, self.generators = None, None
+        if isinstance(seed, int):
+            self.generator = torch.Generator(device).manual_seed(seed)
+        elif seed is not None:
+            if len(seed) != batch_size:
+                raise ConfigError(
+                    f"a seed list needs one seed per prompt ({batch_size}), got {len(seed)}"
+                )
+            self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seed]
+
+    def uniform(self, n: int) -> Tensor:
+        """`[B, n]` uniforms in [0, 1)."""
+        if self.generators is None:
+            return torch.rand(self.batch_size, n, generator=self.generator, dtype=torch.float64,
+                              device=self.device)
+        return torch.stack([torch.rand(n, generator=g, dtype=torch.float64, device=self.device)
+                            for g in self.generators])
+
+
+def categorical(probs: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draw per row from unnormalised `probs [B, V]` with uniforms `u [B]`."""
+    cdf = probs.double().cumsum(dim=-1)
+    target = (u * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def softmax64(scores: Tensor) -> Tensor:
+    return scores.double().softmax(dim=-1)
+
+
+class StopCriteria:
+    """A row stops after a token in `stop_tokens`, or once the decoded text of its new tokens
+    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept."""
+
+    def __init__(
+        self,
+        stop_tokens: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        if stop_strings and decode is None:
+            raise ConfigError("stop_strings need decode= (a function from token ids to text)")
+        self.tokens = set(int(t) for t in stop_tokens)
+        self.strings = list(stop_strings)
+        self.decode = decode
+
+    def __call__(self, new: list[int]) -> bool:
+        if new and new[-1] in self.tokens:
+            return True
+        return bool(self.strings) and any(s in self.decode(new) for s in self.strings)
+
+
+class Continuations:
+    """Per-row generated tokens with stopping, streaming and the ids processors read."""
+
+    def __init__(
+        self,
+        rows: Sequence[Tensor],
+        max_new_tokens: int,
+        stop: StopCriteria,
+        stream: Stream | None,
+        pad_id: int,
+        extra: int = 0,
+    ) -> None:
+        self.prompts = [r.tolist() for r in rows]
+        self.max_new, self.stop, self.stream, self.pad_id = max_new_tokens, stop, stream, pad_id
+        self.new: list[list[int]] = [[] for _ in rows]
+        self.done = [max_new_tokens == 0] * len(rows)
+        device = rows[0].device
+        self.lengths = torch.tensor([len(p) for p in self.prompts], device=device)
+        width = int(self.lengths.max()) + max_new_tokens + extra + 1
+        self.ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            self.ids[i, : r.numel()] = r
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+    def process(
+        self, processors: Sequence[LogitsProcessor], scores: Tensor, draft: Tensor | None = None
+    ) -> Tensor:
+        """Apply `processors` to `scores [B, V]`; row i's `input_ids` are its tokens so far
+        followed by `draft[i]` when given. Rows are grouped by length so that no processor
+        ever sees padding."""
+        if not processors:
+            return scores
+        ids, lengths = self.ids, self.lengths
+        if draft is not None and draft.shape[1]:
+            columns = lengths[:, None] + torch.arange(draft.shape[1], device=ids.device)
+            ids = ids.scatter(1, columns, draft)
+            lengths = lengths + draft.shape[1]
+        out = torch.empty_like(scores)
+        for n in lengths.unique().tolist():
+            index = (lengths == n).nonzero().squeeze(1)
+            out[index] = apply_processors(processors, ids[index, :n], scores[index])
+        return out
+
+    def extend(self, tokens: Tensor, counts: Tensor | None = None) -> None:
+        """Append the first `counts[i]` of `tokens [B, n]` to row i (all n when None), up to
+        a stop or `max_new_tokens`."""
+        rows = tokens.tolist()
+        counts = [len(r) for r in rows] if counts is None else counts.tolist()
+        streamed: list[list[int]] = []
+        for i, (row, count) in enumerate(zip(rows, counts, strict=True)):
+            added: list[int] = []
+            for token in row[:count]:
+                if self.done[i]:
+                    break
+                self.ids[i, len(self.prompts[i]) + len(self.new[i])] = token
+                self.new[i].append(token)
+                added.append(token)
+                self.done[i] = len(self.new[i]) >= self.max_new or self.stop(self.new[i])
+            streamed.append(added)
+        self.lengths = torch.tensor(
+            [len(p) + len(n) for p, n in zip(self.prompts, self.new, strict=True)],
+            device=self.lengths.device,
+        )
+        if self.stream is not None:
+            self.stream(streamed)
+
+    def result(self, nfe: int, start: float, **fields: object) -> Generation:
+        rows = [p + n for p, n in zip(self.prompts, self.new, strict=True)]
+        return Generation(
+            pad_rows(rows, self.pad_id, self.ids.device),
+            nfe,
+            time.perf_counter() - start,
+            lengths=torch.tensor([len(r) for r in rows]),
+            **fields,
+        )
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return out
 
 
 @torch.no_grad()
 def decode(
     model: Model,
-    prompt: Tensor,
+    prompt: Prompt,
     max_new_tokens: int,
     *,
     greedy: bool,
     processors: Sequence[LogitsProcessor] = (),
-    generator: torch.Generator | None = None,
+    seed: int | Sequence[int] | None = None,
+    stop: StopCriteria | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
 ) -> Generation:
     start = time.perf_counter()
     model.eval()
-    tokens = prompt
-    logits, state = model(prompt, model.init_state(prompt.shape[0]))
-    nfe = 1
-    for i in range(max_new_tokens):
-        scores = apply_processors(processors, tokens, logits[:, -1].float())
-        nxt = scores.argmax(dim=-1) if greedy else categorical(scores, generator)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if i + 1 < max_new_tokens:
-            logits, state = model(nxt[:, None], state)
-            nfe += 1
-    return Generation(tokens, nfe, time.perf_counter() - start)
+    rows = prompt_rows(prompt)
+    out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id)
+    draws = Draws(seed, len(rows), model.device)
+    logits, state, nfe = prefill(model, rows)
+    while not out.finished:
+        scores = out.process(processors, logits.float())
+        nxt = scores.argmax(dim=-1) if greedy else categorical(softmax64(scores),
+                                                               draws.uniform(1)[:, 0])
+        out.extend(nxt[:, None])
+        if out.finished:
+            break
+        logits, state = model(nxt[:, None], state)
+        logits = logits[:, -1]
+        nfe += 1
+    return out.result(nfe, start)
 
 
 @SAMPLERS.register("greedy", description="argmax at every step", paradigm="ar")
 def greedy(
-    model: Model, prompt: Tensor, max_new_tokens: int, *, processors: Sequence[LogitsProcessor] = ()
+    model: Model,
+    prompt: Prompt,
+    max_new_tokens: int,
+    *,
+    repetition_penalty: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    decode_fn: Callable[[list[int]], str] | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
+    processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    return decode(model, prompt, max_new_tokens, greedy=True, processors=processors)
+    chain = sampling_processors(repetition_penalty=repetition_penalty) + list(processors)
+    return decode(
+        model,
+        prompt,
+        max_new_tokens,
+        greedy=True,
+        processors=chain,
+        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
+        stream=stream,
+        pad_id=pad_id,
+    )
 
 
 @SAMPLERS.register(
-    "sample", description="ancestral sampling with temperature/top-k/top-p", paradigm="ar"
+    "sample",
+    description="ancestral sampling with temperature/top-k/top-p/min-p/typical-p",
+    paradigm="ar",
 )
 def sample(
     model: Model,
-    prompt: Tensor,
+    prompt: Prompt,
     max_new_tokens: int,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seed: int | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    stop_tokens: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    decode_fn: Callable[[list[int]], str] | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
     processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-    chain = sampling_processors(temperature, top_k, top_p) + list(processors)
+    """`seed`: an int (one generator for the batch) or one int per prompt (a generator per
+    row: each row then equals its prompt sampled alone with that seed)."""
+    chain = sampling_processors(
+        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
+    ) + list(processors)
     return decode(
-        model, prompt, max_new_tokens, greedy=False, processors=chain, generator=generator
+        model,
+        prompt,
+        max_new_tokens,
+        greedy=False,
+        processors=chain,
+        seed=seed,
+        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
+        stream=stream,
+        pad_id=pad_id,
     )

@@ -1,0 +1,216 @@
+"""Mamba-2: the SSD block of Dao & Gu, "Transformers are SSMs" (2024), run on the gated
+linear attention kernel."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.config import ModelConfig
+from seqlab.errors import ConfigError
+from seqlab.mixers.linear import (
+    LinearRecurrence,
+    LinearState,
+    check_bool,
+    check_positive,
+    head_dim,
+    heads_view,
+)
+from seqlab.mixers.short_conv import ShortConv
+from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.registry import MIXERS
+
+
+def signed_log_decay(log_decay: Tensor) -> tuple[Tensor, Tensor]:
+    """For a = 2 exp(log_decay) − 1 ∈ (−1, 1], return (log |a|, sign a ∈ {−1, +1}).
+
+    log |a| is log1p(2 expm1(·)) for a > 0 (exact near a = 1, where small steps live) and
+    log(−a) for a < 0; |a| is floored at the dtype's smallest normal so a = 0 stays finite.
+    """
+    m = 2 * torch.expm1(log_decay)  # a − 1 ∈ (−2, 0]
+    positive = m > -1
+    tiny = torch.finfo(m.dtype).tiny
+    log_abs = torch.where(
+        positive,
+        torch.log1p(torch.where(positive, m, 0.0)),
+        torch.log(torch.where(positive, 1.0, -1 - m).clamp_min(tiny)),
+    )
+    return log_abs, torch.where(positive, 1.0, -1.0).to(m.dtype)
+
+
+def signed_gla(
+    q: Tensor, k: Tensor, v: Tensor, log_abs: Tensor, sign: Tensor, **kernel: object
+) -> tuple[Tensor, Tensor | None]:
+    """`gated_linear_attention` with scalar decays a_t = sign_t · exp(log_abs_t) of either sign.
+
+    With σ_t = Π_{r≤t} sign_r (±1, exact) the products of decays split as
+    Π_{s<r≤t} a_r = σ_t σ_s exp(G_t − G_s), so the kernel on q' = σ q, k' = σ k with the
+    log-space decay log |a| holds S'_t = σ_t S_t. Since σ_0 = 1 the initial state passes
+    unchanged, and the final state is σ_T S'_T. Shapes as the kernel's; log_abs, sign `[B,T,H]`.
+    """
+    sigma = sign.cumprod(dim=1)
+    o, final = gated_linear_attention(
+        q * sigma[..., None].to(q.dtype), k * sigma[..., None].to(k.dtype), v, log_abs, **kernel
+    )
+    if final is not None:
+        final = final * sigma[:, -1, :, None, None].to(final.dtype)
+    return o, final
+
+
+class Mamba2(LinearRecurrence):
+    """The Mamba-2 block (SSD, one B/C group shared by all heads):
+
+        z, xBC, δ = W_in u;  x, B, C = SiLU(conv(xBC));  Δ = softplus(δ + b_Δ)     per head
+        h_t = exp(Δ_t A) h_{t−1} + B_t (Δ_t x_t)ᵀ,  y_t = h_tᵀ C_t + D x_t
+        out = W_out RMSNorm(y ⊙ SiLU(z))
+
+    The recurrence is `gated_linear_attention` with q = C, k = B, v = Δ·x, scalar log decay
+    g = Δ·A per head and scale 1. Shapes: x, z, y `[B, T, H, P]` (H·P = d_inner =
+    expand · d_model); B, C `[B, T, d_state]`; Δ `[B, T, H]`; h `[B, H, d_state, P]`.
+    The gate follows Mamba-2's code (`RMSNormGated` with norm_before_gate=False): the norm is
+    applied to y ⊙ SiLU(z), over all d_inner channels.
+    Init (the paper's): A = −exp(A_log) with A ~ U[1, 16] per head; b_Δ = softplus⁻¹(Δ₀) with
+    Δ₀ log-uniform in [dt_min, dt_max] (floored at 1e-4); D = 1; conv as ShortConv.
+
+    `negative_eigenvalues` (Grazzi et al., "Unlocking State-Tracking in Linear RNNs Through
+    Negative Eigenvalues", 2025) uses the paper's Mamba change a_t = 2 exp(Δ_t A) − 1 ∈ (−1, 1)
+    (as seqlab's `mamba`). A negative decay has no logarithm, so the log-space kernel cannot
+    take it directly; because the decay is one scalar per head, its sign factors out of every
+    product of decays (`signed_gla`), and the same chunked kernel runs on σ-signed q and k
+    with log |a_t|. This keeps the chunked matmul form (no per-channel diagonal scan over
+    [B, T, H, d_state, P]) and is exact up to rounding.
+    """
+
+    name = "mamba2"
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        *,
+        expand: int = 2,
+        d_state: int = 64,
+        d_conv: int = 4,
+        negative_eigenvalues: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        A_min: float = 1.0,
+        A_max: float = 16.0,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, heads, chunk_size)
+        check_positive(self.name, expand=expand, d_state=d_state, d_conv=d_conv)
+        check_bool(self.name, negative_eigenvalues=negative_eigenvalues)
+        if not 0 < dt_min <= dt_max:
+            raise ConfigError(f"mamba2 needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        if not 0 < A_min <= A_max:
+            raise ConfigError(f"mamba2 needs 0 < A_min <= A_max, got {A_min}, {A_max}")
+        self.d_inner, self.d_state = expand * d_model, d_state
+        self.head_p = head_dim(self.name, "inner", self.d_inner, heads)
+        self.negative_eigenvalues = negative_eigenvalues
+        self.dt_min, self.dt_max, self.A_min, self.A_max = dt_min, dt_max, A_min, A_max
+        conv_width = self.d_inner + 2 * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + conv_width + heads, bias=False)
+        self.conv = ShortConv(conv_width, d_conv, activation="silu")
+        self.A_log = nn.Parameter(torch.empty(heads))
+        self.dt_bias = nn.Parameter(torch.empty(heads))
+        self.D = nn.Parameter(torch.empty(heads))
+        self.norm = nn.RMSNorm(self.d_inner, eps=1e-5)
+        self.out = nn.Linear(self.d_inner, d_model, bias=False)
+        self._reset_structured()
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        super().init_weights(std, out_std)
+        self._reset_structured()
+
+    @torch.no_grad()
+    def _reset_structured(self) -> None:
+        self.conv.reset_parameters()
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(self.A_min, self.A_max).log())
+        dt = torch.empty_like(self.dt_bias).uniform_(math.log(self.dt_min), math.log(self.dt_max))
+        dt = dt.exp().clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.D.fill_(1.0)
+
+    def _project(self, u: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """W_in u -> ((xBC `[B, T, d_inner + 2 d_state]`, δ `[B, T, H]`), z `[B, T, d_inner]`)."""
+        conv_width = self.d_inner + 2 * self.d_state
+        z, xbc, dt = self.in_proj(u).split([self.d_inner, conv_width, self.heads], dim=-1)
+        return (xbc, dt), z
+
+    def step_and_log_decay(self, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """Δ = softplus(δ + b_Δ) and g = Δ·A, both `[B, T, H]`, from the raw δ; the decay is
+        exp g, or 2 exp g − 1 with `negative_eigenvalues`."""
+        delta = F.softplus(dt + self.dt_bias)
+        return delta, -delta * self.A_log.exp()
+
+    def _recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, LinearState | None]:
+        xbc, dt = inputs
+        xbc, conv_state = self._conv(self.conv, xbc, state)
+        x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        x = heads_view(x, self.heads)  # [B, T, H, P]
+        delta, g = self.step_and_log_decay(dt)  # [B, T, H]
+        shape = (*B.shape[:2], self.heads, self.d_state)
+        q, k = C[:, :, None].expand(shape), B[:, :, None].expand(shape)
+        v = x * delta[..., None]
+        kernel = {
+            "scale": 1.0,
+            "initial_state": None if state is None else state.recurrent,
+            "output_final_state": state is not None,
+            "mode": self._mode(xbc.shape[1], state),
+            "chunk_size": self.chunk_size,
+        }
+        if self.negative_eigenvalues:
+            y, final = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
+        else:
+            y, final = gated_linear_attention(q, k, v, g, **kernel)
+        return y + self.D[:, None] * x, self._new_state(final, conv_state)
+
+    def _output(self, y: Tensor, z: Tensor) -> Tensor:
+        return self.out(self.norm(y.flatten(2) * F.silu(z)))
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LinearState:
+        return self._zero_state(
+            batch_size, self.d_state, self.head_p, device, dtype, conv=self.conv
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        return self.heads * self.d_state * self.head_p + self.conv.state_size()
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel (K = d_state, V = headdim), the conv (2 · d_conv per channel),
+        Δ, D skip, the gate and the norm (~12 per inner channel)."""
+        kernel = self._chunk_flops(seq_len, self.d_state, self.head_p)
+        conv = 2.0 * self.conv.kernel_size * self.conv.channels
+        return kernel + conv + 12.0 * self.d_inner
+
+
+@MIXERS.register(
+    "mamba2",
+    description="Mamba-2 SSD block (scalar decay per head, conv, gated norm; negative eigenvalues)",
+    family="ssm",
+    layouts=("causal", "bidirectional"),
+    state="fixed",
+    options=(
+        "heads",
+        "expand",
+        "d_state",
+        "d_conv",
+        "negative_eigenvalues",
+        "dt_min",
+        "dt_max",
+        "A_min",
+        "A_max",
+        "chunk_size",
+    ),
+)
+def build_mamba2(config: ModelConfig, layer: int, **options: object) -> Mamba2:
+    heads = options.pop("heads", None)
+    return Mamba2(config.d_model, config.n_heads if heads is None else heads, **options)
