@@ -103,26 +103,63 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise SeqlabError("--prompt must not be empty")
-    greedy = args.sampler == "greedy" or args.temperature == 0
-    options: dict[str, Any] = {}
-    if not greedy:
-        options = {
-            "temperature": args.temperature,
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "seed": args.seed,
-        }
-    out = generate(
-        model,
-        [ids],
-        max_new_tokens=args.max_new_tokens,
-        sampler="greedy" if greedy else args.sampler,
-        **options,
-    )
-    print(tokenizer.decode(out.tokens[0].tolist()))
-    rate = (out.tokens.shape[1] - len(ids)) / max(out.seconds, 1e-9)
+    sampler = args.sampler
+    if args.draft:
+        sampler = "speculative"
+    elif args.num_beams is not None and sampler in ("sample", "greedy"):
+        sampler = "diverse_beam" if args.num_groups else "beam"
+    greedy = args.temperature == 0 or sampler == "greedy"
+    if sampler == "sample" and greedy:
+        sampler = "greedy"
+    stops = {"stop_strings": args.stop, "decode_fn": tokenizer.decode} if args.stop else {}
+    filters = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "typical_p": args.typical_p,
+        "seed": args.seed,
+    }
+    penalty = {"repetition_penalty": args.repetition_penalty}
+    if sampler == "greedy":
+        options = {**penalty, **stops}
+    elif sampler == "sample":
+        options = {**filters, **penalty, **stops}
+    elif sampler in ("beam", "diverse_beam"):
+        options = {**penalty, "num_beams": args.num_beams or 4,
+                   "length_penalty": args.length_penalty}
+        if sampler == "diverse_beam":
+            options.update(num_groups=args.num_groups or 2,
+                           diversity_penalty=args.diversity_penalty)
+    elif sampler == "speculative":
+        if not args.draft:
+            raise SeqlabError("--sampler speculative needs --draft DIR (a smaller run)")
+        options = {**penalty, **stops, "draft_model": load(Path(args.draft)),
+                   "num_draft_tokens": args.num_draft_tokens, "do_sample": not greedy}
+        if not greedy:
+            options.update(filters)
+    else:
+        options = {}
+    shown: list[str] = []
+    if args.stream and sampler in ("greedy", "sample", "speculative"):
+        generated: list[int] = []
+
+        def stream(new: list[list[int]]) -> None:
+            generated.extend(new[0])
+            text = tokenizer.decode(ids + generated)
+            print(text[len("".join(shown)) :], end="", flush=True)
+            shown.append(text[len("".join(shown)) :])
+
+        options["stream"] = stream
+    out = generate(model, [ids], max_new_tokens=args.max_new_tokens, sampler=sampler, **options)
+    text = out.tokens[0, : int(out.lengths[0])].tolist()
+    final = tokenizer.decode(text)
+    print(final[len("".join(shown)) :])
+    new_tokens = len(text) - len(ids)
+    rate = new_tokens / max(out.seconds, 1e-9)
+    extra = "" if out.acceptance is None else f", acceptance {out.acceptance:.2f}"
     print(
-        f"[{args.max_new_tokens} tokens, {out.nfe} forward passes, {rate:.1f} tokens/s]",
+        f"[{new_tokens} tokens, {out.nfe} forward passes, {rate:.1f} tokens/s{extra}]",
         file=sys.stderr,
     )
     return 0
@@ -216,10 +253,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--sampler", default="sample")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--sampler", default="sample",
+                   help="greedy, sample, beam, diverse_beam or speculative (default: sample)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--typical-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop once the continuation contains TEXT (repeatable)")
+    p.add_argument("--num-beams", type=int, default=None, help="beam search with N beams")
+    p.add_argument("--num-groups", type=int, default=None, help="diverse beam search groups")
+    p.add_argument("--diversity-penalty", type=float, default=0.5)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--draft", metavar="DIR", help="speculative decoding with this draft run")
+    p.add_argument("--num-draft-tokens", type=int, default=4)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 

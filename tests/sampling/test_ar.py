@@ -2,13 +2,13 @@ import pytest
 import torch
 
 import seqlab
-from seqlab.config import ModelConfig
-from seqlab.errors import ShapeError, UnknownNameError
+from seqlab.errors import ConfigError, ShapeError, UnknownNameError
+from tests.sampling.helpers import PROMPTS, row
+from tests.sampling.helpers import tiny as tiny_model
 
 
 def tiny():
-    torch.manual_seed(0)
-    return seqlab.build_model(ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=20))
+    return tiny_model(std=0.02)
 
 
 def test_greedy_equals_argmax_of_full_recompute():
@@ -21,6 +21,7 @@ def test_greedy_equals_argmax_of_full_recompute():
         tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out.tokens, tokens)
     assert out.nfe == 6 and out.seconds > 0
+    assert out.lengths.tolist() == [9, 9]
 
 
 def test_sampling_is_seeded_and_keeps_prompt():
@@ -38,8 +39,9 @@ def test_sampling_follows_model_distribution():
     model = tiny()
     prompt = torch.tensor([[3, 4]])
     probs = model(prompt)[0][0, -1].softmax(-1).double()
-    draws = seqlab.generate(model, prompt.repeat(4000, 1), max_new_tokens=1, sampler="sample",
-                            seed=0).tokens[:, -1]
+    draws = seqlab.generate(
+        model, prompt.repeat(4000, 1), max_new_tokens=1, sampler="sample", seed=0
+    ).tokens[:, -1]
     counts = torch.bincount(draws, minlength=20).double()
     expected = probs * 4000
     keep = expected > 5
@@ -49,7 +51,85 @@ def test_sampling_follows_model_distribution():
 
 def test_bad_prompt_and_sampler_are_explained():
     model = tiny()
-    with pytest.raises(ShapeError, match="share one length"):
-        seqlab.generate(model, [[1], [1, 2]], max_new_tokens=2)
+    with pytest.raises(ShapeError, match="non-empty"):
+        seqlab.generate(model, [[1], []], max_new_tokens=2)
     with pytest.raises(UnknownNameError, match="valid samplers"):
         seqlab.generate(model, [[1]], max_new_tokens=2, sampler="nope")
+    with pytest.raises(ConfigError, match="valid options"):
+        seqlab.generate(model, [[1]], max_new_tokens=2, sampler="greedy", top_k=3)
+    with pytest.raises(ConfigError, match="one seed per prompt"):
+        seqlab.generate(model, [[1], [2]], max_new_tokens=2, sampler="sample", seed=[1])
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mamba", "gru"])
+def test_ragged_batch_rows_equal_prompts_decoded_alone(mixer):
+    model = tiny_model(mixer)
+    batch = seqlab.generate(model, PROMPTS, max_new_tokens=8)
+    assert batch.tokens.shape == (4, 13) and batch.lengths.tolist() == [12, 9, 10, 13]
+    for i, prompt in enumerate(PROMPTS):
+        alone = seqlab.generate(model, [prompt], max_new_tokens=8)
+        assert row(batch, i) == alone.tokens[0].tolist()
+    assert (batch.tokens[1, 9:] == 0).all()  # padded with pad_id 0
+
+
+@pytest.mark.parametrize("mixer", ["attention", "gru"])
+def test_ragged_seeded_sampling_rows_equal_prompts_sampled_alone(mixer):
+    model = tiny_model(mixer)
+    seeds = [11, 12, 13, 14]
+    options = dict(sampler="sample", temperature=0.8, top_k=10, repetition_penalty=1.3)
+    batch = seqlab.generate(model, PROMPTS, max_new_tokens=8, seed=seeds, **options)
+    for i, prompt in enumerate(PROMPTS):
+        alone = seqlab.generate(model, [prompt], max_new_tokens=8, seed=seeds[i], **options)
+        assert row(batch, i) == alone.tokens[0].tolist()
+
+
+def test_stop_tokens_end_rows_separately():
+    model = tiny_model()
+    free = seqlab.generate(model, PROMPTS, max_new_tokens=8)
+    stop = free.tokens[0, 6].item()  # the third new token of row 0
+    out = seqlab.generate(model, PROMPTS, max_new_tokens=8, stop_tokens=[stop], pad_id=-1)
+    for i, prompt in enumerate(PROMPTS):
+        new = row(free, i)[len(prompt) :]
+        expected = new[: new.index(stop) + 1] if stop in new else new
+        assert row(out, i) == prompt + expected
+        assert (out.tokens[i, int(out.lengths[i]) :] == -1).all()
+    assert (out.lengths < free.lengths).any()
+
+
+def test_stop_strings_use_decode():
+    model = tiny_model()
+    free = seqlab.generate(model, [[1, 2]], max_new_tokens=8).tokens[0, 2:].tolist()
+    text = "".join(chr(65 + t) for t in free)
+    out = seqlab.generate(
+        model,
+        [[1, 2]],
+        max_new_tokens=8,
+        stop_strings=[text[3:5]],
+        decode_fn=lambda ids: "".join(chr(65 + t) for t in ids),
+    )
+    assert out.tokens[0, 2:].tolist() == free[: text.index(text[3:5]) + 2]
+    with pytest.raises(ConfigError, match="decode"):
+        seqlab.generate(model, [[1]], max_new_tokens=2, stop_strings=["a"])
+
+
+def test_stream_receives_every_new_token_in_order():
+    model = tiny_model()
+    seen = [[] for _ in PROMPTS]
+
+    def stream(new):
+        for i, tokens in enumerate(new):
+            seen[i].extend(tokens)
+
+    out = seqlab.generate(model, PROMPTS, max_new_tokens=5, sampler="sample", seed=3, stream=stream)
+    assert seen == [row(out, i)[len(p) :] for i, p in enumerate(PROMPTS)]
+
+
+def test_user_processor_changes_decoding():
+    model = tiny_model()
+    free = seqlab.generate(model, [[1, 2]], max_new_tokens=4).tokens[0, 2:].tolist()
+
+    def ban(input_ids, scores):
+        return scores.index_fill(-1, torch.tensor(free), -torch.inf)
+
+    out = seqlab.generate(model, [[1, 2]], max_new_tokens=4, processors=[ban])
+    assert not set(out.tokens[0, 2:].tolist()) & set(free)

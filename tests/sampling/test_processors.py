@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from seqlab.sampling.processors import (
+    MinP,
+    RepetitionPenalty,
     Temperature,
     TopK,
     TopP,
+    TypicalP,
     apply_processors,
     sampling_processors,
 )
@@ -46,6 +49,50 @@ def test_user_processor_plugs_into_chain():
         return scores.index_fill(-1, torch.tensor([0]), -math.inf)
 
     chain = sampling_processors(top_k=2) + [ban_zero]
-    out = apply_processors(chain, torch.zeros(1, 1, dtype=torch.long),
-                           torch.tensor([[9.0, 1.0, 8.0]]))
+    out = apply_processors(
+        chain, torch.zeros(1, 1, dtype=torch.long), torch.tensor([[9.0, 1.0, 8.0]])
+    )
     assert torch.isfinite(out).tolist() == [[False, False, True]]
+
+
+def test_min_p_keeps_tokens_near_the_top():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(MinP(0.3)(None, probs.log()))
+    assert kept.tolist() == [[True, True, True, False]]
+    assert torch.isfinite(MinP(1.0)(None, probs.log())).sum() == 1
+
+
+def test_typical_p_keeps_tokens_closest_to_the_entropy():
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    entropy = -(probs * probs.log()).sum()
+    gap = (-probs.log() - entropy).abs()[0]
+    order = gap.argsort().tolist()
+    kept = torch.isfinite(TypicalP(0.5)(None, probs.log()))[0]
+    mass, expected = 0.0, set()
+    for i in order:
+        expected.add(i)
+        mass += float(probs[0, i])
+        if mass >= 0.5:
+            break
+    assert {i for i in range(4) if kept[i]} == expected
+
+
+def test_repetition_penalty_lowers_seen_tokens_either_sign():
+    scores = torch.tensor([[2.0, -2.0, 1.0, 1.0]])
+    out = RepetitionPenalty(2.0)(torch.tensor([[0, 1, 1]]), scores)
+    assert out.tolist() == [[1.0, -4.0, 1.0, 1.0]]
+
+
+def test_sampling_processors_order_and_skips():
+    chain = sampling_processors(
+        0.5, top_k=3, top_p=0.9, min_p=0.1, typical_p=0.9, repetition_penalty=1.2
+    )
+    assert [type(p).__name__ for p in chain] == [
+        "RepetitionPenalty",
+        "Temperature",
+        "TopK",
+        "TopP",
+        "MinP",
+        "TypicalP",
+    ]
+    assert sampling_processors(1.0, None, 1.0, 0.0, 1.0, 1.0) == []

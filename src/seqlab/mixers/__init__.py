@@ -2,7 +2,10 @@
 
 from seqlab.mixers import (  # noqa: F401
     attention,  # noqa: F401
+    deltanet,
+    linear,
     mamba,
+    mamba2,
     rnn,
     s4d,
 )

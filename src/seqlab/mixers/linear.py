@@ -9,7 +9,6 @@ choice of kernel mode, and the bidirectional form.
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -50,6 +49,11 @@ def check_bool(name: str, **values: object) -> None:
     for key, value in values.items():
         if not isinstance(value, bool):
             raise ConfigError(f"{name} {key} must be true or false, got {value!r}")
+
+
+def check_conv_size(name: str, conv_size: object) -> None:
+    if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
+        raise ConfigError(f"{name} conv_size must be an integer >= 0, got {conv_size!r}")
 
 
 def head_dim(name: str, what: str, width: float, heads: int) -> int:
@@ -94,6 +98,8 @@ class LinearRecurrence(Mixer):
             raise ConfigError(f"{self.name} chunk_size must be a power of two, got {chunk_size}")
         self.d_model, self.heads, self.chunk_size = d_model, heads, chunk_size
         self.kernel_mode: str | None = None
+        self.conv: ShortConv | None = None
+        self.state_k = self.state_v = 0  # per-head state dims, set by subclasses
 
     def forward(
         self,
@@ -127,14 +133,18 @@ class LinearRecurrence(Mixer):
 
     def _mode(self, t: int, state: LinearState | None) -> str:
         if self.kernel_mode not in KERNEL_MODES:
-            raise ConfigError(f"kernel_mode must be one of {KERNEL_MODES}, got {self.kernel_mode!r}")
+            raise ConfigError(
+                f"kernel_mode must be one of {KERNEL_MODES}, got {self.kernel_mode!r}"
+            )
         if self.kernel_mode is not None:
             return self.kernel_mode
         return "recurrent" if state is not None and t == 1 else "chunk"
 
-    def _conv(self, conv: ShortConv, u: Tensor, state: LinearState | None) -> tuple[Tensor, Tensor | None]:
-        """The short conv, continued from `state.conv` when a state is carried."""
-        return conv(u, None if state is None else state.conv.to(u.dtype))
+    def _convolve(self, u: Tensor, state: LinearState | None) -> tuple[Tensor, Tensor | None]:
+        """The short conv (identity without one), continued from `state.conv` when carried."""
+        if self.conv is None:
+            return u, None
+        return self.conv(u, None if state is None else state.conv.to(u.dtype))
 
     def _new_state(
         self, recurrent: Tensor | None, conv: Tensor | None = None, offset: Tensor | None = None
@@ -144,33 +154,36 @@ class LinearRecurrence(Mixer):
         dtype = recurrent.dtype
         return LinearState(recurrent, None if conv is None else conv.to(dtype), offset)
 
-    def _zero_state(
+    def init_state(
         self,
         batch_size: int,
-        key_dim: int,
-        value_dim: int,
-        device: torch.device | None,
-        dtype: torch.dtype | None,
         *,
-        conv: ShortConv | None = None,
-        offset: bool = False,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> LinearState:
         reference = next(self.parameters())
         device = device or reference.device
         dtype = state_dtype(dtype or reference.dtype)
-        shape = (batch_size, self.heads, key_dim, value_dim)
-        return LinearState(
-            torch.zeros(shape, device=device, dtype=dtype),
-            None if conv is None else conv.init_state(batch_size, device=device, dtype=dtype),
-            torch.zeros(batch_size, dtype=torch.long, device=device) if offset else None,
-        )
+        shape = (batch_size, self.heads, self.state_k, self.state_v)
+        conv = None
+        if self.conv is not None:
+            conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
+        return LinearState(torch.zeros(shape, device=device, dtype=dtype), conv)
 
-    def _chunk_flops(self, seq_len: int, key_dim: int, value_dim: int) -> float:
-        """Per token and head, chunk C: intra-chunk scores and their product with v
-        (2C·K + 2C·V, counting the full C×C tile), the read of the entering state (2K·V) and
-        the chunk's write to the state (2K·V)."""
+    def state_size(self, seq_len: int) -> int:
+        """heads · K · V for the matrix state, plus (conv taps − 1) · conv channels."""
+        conv = 0 if self.conv is None else self.conv.state_size()
+        return self.heads * self.state_k * self.state_v + conv
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel, per token and head with chunk C: intra-chunk scores and their
+        product with v (2C·K + 2C·V, counting the full C×C tile), the read of the entering
+        state (2K·V) and the chunk's write to the state (2K·V); plus the depthwise conv."""
         c = min(self.chunk_size, max(seq_len, 1))
-        return self.heads * (2.0 * c * (key_dim + value_dim) + 4.0 * key_dim * value_dim)
+        k, v = self.state_k, self.state_v
+        kernel = self.heads * (2.0 * c * (k + v) + 4.0 * k * v)
+        conv = 0.0 if self.conv is None else 2.0 * self.conv.kernel_size * self.conv.channels
+        return kernel + conv
 
 
 class LinearAttention(LinearRecurrence):
@@ -184,10 +197,10 @@ class LinearAttention(LinearRecurrence):
     rides in the same kernel call as an extra value column of ones, so the state is
     `[B, H, K, V + 1]` (z in the last column). φ > 0 keeps the denominator positive; ε = 1e-6.
 
-    `conv_size` > 0 puts a short causal conv (with SiLU) on q, k and v, as in fla's
+    `conv_size` > 0 puts a short causal conv (with SiLU) on q, k and v, fla's
     `use_short_conv`: without decay or positions the paper's layer sees the prefix as a bag of
-    tokens, and the conv gives it the local order (the default 4 lets the 2-layer copy test
-    learn; `conv_size: 0` is the paper's layer).
+    tokens, and the conv gives it the local order (with the default 4 the 2-layer periodic-copy
+    test learns; `conv_size: 0` is the paper's layer exactly).
     """
 
     name = "linear_attention"
@@ -203,10 +216,10 @@ class LinearAttention(LinearRecurrence):
     ) -> None:
         super().__init__(d_model, heads, chunk_size)
         check_bool(self.name, normalize=normalize)
-        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
-            raise ConfigError(f"{self.name} conv_size must be an integer >= 0, got {conv_size!r}")
+        check_conv_size(self.name, conv_size)
         self.normalize = normalize
-        self.head_k = self.head_v = head_dim(self.name, "model", d_model, heads)
+        self.state_k = head_dim(self.name, "model", d_model, heads)
+        self.state_v = self.state_k + int(normalize)  # z rides in the last value column
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.conv = ShortConv(3 * d_model, conv_size) if conv_size else None
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -217,10 +230,7 @@ class LinearAttention(LinearRecurrence):
     def _recur(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[Tensor, LinearState | None]:
-        (qkv,) = inputs
-        conv_state = None
-        if self.conv is not None:
-            qkv, conv_state = self._conv(self.conv, qkv, state)
+        qkv, conv_state = self._convolve(inputs[0], state)
         q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
         q, k = F.elu(q) + 1, F.elu(k) + 1
         if self.normalize:
@@ -242,20 +252,9 @@ class LinearAttention(LinearRecurrence):
             o = o[..., :-1] / (o[..., -1:] + 1e-6)
         return self.out(o.flatten(2))
 
-    def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> LinearState:
-        value_dim = self.head_v + int(self.normalize)
-        return self._zero_state(batch_size, self.head_k, value_dim, device, dtype, conv=self.conv)
-
-    def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.conv is None else self.conv.state_size()
-        return self.heads * self.head_k * (self.head_v + int(self.normalize)) + conv
-
     def mixing_flops(self, seq_len: int) -> float:
-        """The chunked kernel (normaliser column included), φ and the division."""
-        value_dim = self.head_v + int(self.normalize)
-        return self._chunk_flops(seq_len, self.head_k, value_dim) + 4.0 * self.d_model
+        """The chunked kernel (normaliser column included) and conv, φ and the division."""
+        return super().mixing_flops(seq_len) + 4.0 * self.d_model
 
 
 def retnet_decays(heads: int) -> Tensor:
@@ -277,7 +276,7 @@ class RetNet(LinearRecurrence):
     `rotary` rotates q and k by their absolute positions (the rotation part of the paper's
     xPos; its extra exponential scaling is left out, the decay already favours recent tokens),
     so q_t · k_s depends on t − s. Positions are the token indices, continued from the decode
-    state's per-row offset (the reversed pass of the bidirectional layout numbers its own
+    state's per-row `offset` (the reversed pass of the bidirectional layout numbers its own
     tokens 0 … T − 1); `forward`'s `positions` argument is not used.
     """
 
@@ -296,12 +295,12 @@ class RetNet(LinearRecurrence):
         super().__init__(d_model, heads, chunk_size)
         check_positive(self.name, expand_v=expand_v)
         check_bool(self.name, rotary=rotary)
-        self.head_k = head_dim(self.name, "key", d_model, heads)
-        self.head_v = head_dim(self.name, "value", expand_v * d_model, heads)
-        if rotary and self.head_k % 2:
-            raise ConfigError(f"retnet rotary needs an even key head dim, got {self.head_k}")
+        self.state_k = head_dim(self.name, "key", d_model, heads)
+        self.state_v = head_dim(self.name, "value", expand_v * d_model, heads)
+        if rotary and self.state_k % 2:
+            raise ConfigError(f"retnet rotary needs an even key head dim, got {self.state_k}")
         self.rotary, self.rope_theta = rotary, rope_theta
-        value_width = heads * self.head_v
+        value_width = heads * self.state_v
         self.qkv = nn.Linear(d_model, 2 * d_model + value_width, bias=False)
         self.gate = nn.Linear(d_model, value_width, bias=False)
         self.norm = nn.GroupNorm(heads, value_width)
@@ -325,15 +324,15 @@ class RetNet(LinearRecurrence):
     ) -> tuple[Tensor, LinearState | None]:
         (qkv,) = inputs
         b, t, _ = qkv.shape
-        q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.head_v], -1)
+        q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.state_v], -1)
         q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
         offset = None
         if self.rotary:
             steps = torch.arange(t, device=qkv.device)
-            pos = steps[None] if state is None else state.offset[:, None] + steps
-            cos, sin = rotary_angles(pos, self.head_k, self.rope_theta, dtype=q.dtype)
+            positions = steps[None] if state is None else state.offset[:, None] + steps
+            cos, sin = rotary_angles(positions, self.state_k, self.rope_theta, dtype=q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            offset = None if state is None else pos[:, -1] + 1
+            offset = None if state is None else positions[:, -1] + 1
         g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
         o, final = gated_linear_attention(
             q,
@@ -351,19 +350,21 @@ class RetNet(LinearRecurrence):
         return self.out(F.silu(gate) * group_norm(self.norm, o))
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> LinearState:
-        return self._zero_state(
-            batch_size, self.head_k, self.head_v, device, dtype, offset=self.rotary
-        )
-
-    def state_size(self, seq_len: int) -> int:
-        return self.heads * self.head_k * self.head_v
+        state = super().init_state(batch_size, device=device, dtype=dtype)
+        if self.rotary:
+            state.offset = torch.zeros(batch_size, dtype=torch.long, device=state.recurrent.device)
+        return state
 
     def mixing_flops(self, seq_len: int) -> float:
         """The chunked kernel, rotary on q and k, group norm and the swish gate."""
-        width = self.heads * self.head_v
-        return self._chunk_flops(seq_len, self.head_k, self.head_v) + 6.0 * self.d_model + 12.0 * width
+        width = self.heads * self.state_v
+        return super().mixing_flops(seq_len) + 6.0 * self.d_model + 12.0 * width
 
 
 class GLA(LinearRecurrence):
@@ -378,6 +379,11 @@ class GLA(LinearRecurrence):
     v `[B, T, H, V]` with V = expand_v · d_model / heads (1). The normaliser τ keeps the decays
     near 1 at init (α ≈ 0.96), so the state remembers long spans from the start of training.
     GroupNorm has one group per head.
+
+    `conv_size` > 0 puts a short causal conv (with SiLU) on q, k and v, fla's
+    `use_short_conv`. The paper's layer (`conv_size: 0`) does not learn the 2-layer
+    periodic-copy test in its 150 steps (its only positional signal is the learned decay);
+    with the default 4 it does.
     """
 
     name = "gla"
@@ -391,33 +397,40 @@ class GLA(LinearRecurrence):
         expand_v: float = 1.0,
         gate_rank: int = 16,
         gate_normalizer: float = 16.0,
+        conv_size: int = 4,
         chunk_size: int = 64,
     ) -> None:
         super().__init__(d_model, heads, chunk_size)
         check_positive(self.name, gate_rank=gate_rank)
+        check_conv_size(self.name, conv_size)
         if not gate_normalizer > 0:
             raise ConfigError(f"gla gate_normalizer must be positive, got {gate_normalizer!r}")
-        self.head_k = head_dim(self.name, "key", expand_k * d_model, heads)
-        self.head_v = head_dim(self.name, "value", expand_v * d_model, heads)
+        self.state_k = head_dim(self.name, "key", expand_k * d_model, heads)
+        self.state_v = head_dim(self.name, "value", expand_v * d_model, heads)
         self.gate_normalizer = gate_normalizer
-        key_width, value_width = heads * self.head_k, heads * self.head_v
+        key_width, value_width = heads * self.state_k, heads * self.state_v
         self.qkv = nn.Linear(d_model, 2 * key_width + value_width, bias=False)
+        self.conv = ShortConv(2 * key_width + value_width, conv_size) if conv_size else None
         self.decay_down = nn.Linear(d_model, gate_rank, bias=False)
         self.decay_up = nn.Linear(gate_rank, key_width)
         self.gate = nn.Linear(d_model, value_width, bias=False)
         self.norm = nn.GroupNorm(heads, value_width)
         self.out = nn.Linear(value_width, d_model, bias=False)
 
+    def log_decay(self, x: Tensor) -> Tensor:
+        """g = logsigmoid(W_2 W_1 x + b) / τ `[B, T, H·K]`, in (−∞, 0)."""
+        return F.logsigmoid(self.decay_up(self.decay_down(x))) / self.gate_normalizer
+
     def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        g = F.logsigmoid(self.decay_up(self.decay_down(x))) / self.gate_normalizer
-        return (self.qkv(x), g), self.gate(x)
+        return (self.qkv(x), self.log_decay(x)), self.gate(x)
 
     def _recur(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[Tensor, LinearState | None]:
         qkv, g = inputs
-        key_width = self.heads * self.head_k
-        q, k, v = qkv.split([key_width, key_width, self.heads * self.head_v], -1)
+        qkv, conv_state = self._convolve(qkv, state)
+        key_width = self.heads * self.state_k
+        q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
         q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
         o, final = gated_linear_attention(
             q,
@@ -429,28 +442,20 @@ class GLA(LinearRecurrence):
             mode=self._mode(qkv.shape[1], state),
             chunk_size=self.chunk_size,
         )
-        return o, self._new_state(final)
+        return o, self._new_state(final, conv_state)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(F.silu(gate) * group_norm(self.norm, o))
 
-    def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> LinearState:
-        return self._zero_state(batch_size, self.head_k, self.head_v, device, dtype)
-
-    def state_size(self, seq_len: int) -> int:
-        return self.heads * self.head_k * self.head_v
-
     def mixing_flops(self, seq_len: int) -> float:
-        """The chunked kernel with per-key decay (its exp/scale of q and k, ~4K per token and
-        head on top), the log-sigmoid gate, group norm and the swish gate."""
-        width = self.heads * self.head_v
-        kernel = self._chunk_flops(seq_len, self.head_k, self.head_v)
-        return kernel + self.heads * 4.0 * self.head_k * 2 + 12.0 * width
+        """The chunked kernel and conv, the per-key decay factors on q and k (~8K per token
+        and head), the log-sigmoid gate, group norm and the swish gate."""
+        width = self.heads * self.state_v
+        return super().mixing_flops(seq_len) + 8.0 * self.heads * self.state_k + 12.0 * width
 
 
-def _heads(config: ModelConfig, options: dict[str, object]) -> int:
+def heads_option(config: ModelConfig, options: dict[str, object]) -> int:
+    """Remove the `heads` option from `options`; its value, or `config.n_heads` when unset."""
     heads = options.pop("heads", None)
     return config.n_heads if heads is None else heads
 
@@ -464,7 +469,7 @@ def _heads(config: ModelConfig, options: dict[str, object]) -> int:
     options=("heads", "normalize", "conv_size", "chunk_size"),
 )
 def build_linear_attention(config: ModelConfig, layer: int, **options: object) -> LinearAttention:
-    return LinearAttention(config.d_model, _heads(config, options), **options)
+    return LinearAttention(config.d_model, heads_option(config, options), **options)
 
 
 @MIXERS.register(
@@ -477,16 +482,24 @@ def build_linear_attention(config: ModelConfig, layer: int, **options: object) -
 )
 def build_retnet(config: ModelConfig, layer: int, **options: object) -> RetNet:
     options.setdefault("rope_theta", config.rope_theta)
-    return RetNet(config.d_model, _heads(config, options), **options)
+    return RetNet(config.d_model, heads_option(config, options), **options)
 
 
 @MIXERS.register(
     "gla",
-    description="gated linear attention (low-rank data-dependent per-key decay, gate)",
+    description="gated linear attention (low-rank data-dependent per-key decay, conv, gate)",
     family="linear_attention",
     layouts=("causal", "bidirectional"),
     state="fixed",
-    options=("heads", "expand_k", "expand_v", "gate_rank", "gate_normalizer", "chunk_size"),
+    options=(
+        "heads",
+        "expand_k",
+        "expand_v",
+        "gate_rank",
+        "gate_normalizer",
+        "conv_size",
+        "chunk_size",
+    ),
 )
 def build_gla(config: ModelConfig, layer: int, **options: object) -> GLA:
-    return GLA(config.d_model, _heads(config, options), **options)
+    return GLA(config.d_model, heads_option(config, options), **options)

@@ -17,6 +17,7 @@ from seqlab.mixers.linear import (
     check_bool,
     check_positive,
     head_dim,
+    heads_option,
     heads_view,
 )
 from seqlab.mixers.short_conv import ShortConv
@@ -109,7 +110,7 @@ class Mamba2(LinearRecurrence):
         if not 0 < A_min <= A_max:
             raise ConfigError(f"mamba2 needs 0 < A_min <= A_max, got {A_min}, {A_max}")
         self.d_inner, self.d_state = expand * d_model, d_state
-        self.head_p = head_dim(self.name, "inner", self.d_inner, heads)
+        self.state_k, self.state_v = d_state, head_dim(self.name, "inner", self.d_inner, heads)
         self.negative_eigenvalues = negative_eigenvalues
         self.dt_min, self.dt_max, self.A_min, self.A_max = dt_min, dt_max, A_min, A_max
         conv_width = self.d_inner + 2 * d_state
@@ -151,7 +152,7 @@ class Mamba2(LinearRecurrence):
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[Tensor, LinearState | None]:
         xbc, dt = inputs
-        xbc, conv_state = self._conv(self.conv, xbc, state)
+        xbc, conv_state = self._convolve(xbc, state)
         x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
         x = heads_view(x, self.heads)  # [B, T, H, P]
         delta, g = self.step_and_log_decay(dt)  # [B, T, H]
@@ -174,22 +175,10 @@ class Mamba2(LinearRecurrence):
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
         return self.out(self.norm(y.flatten(2) * F.silu(z)))
 
-    def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> LinearState:
-        return self._zero_state(
-            batch_size, self.d_state, self.head_p, device, dtype, conv=self.conv
-        )
-
-    def state_size(self, seq_len: int) -> int:
-        return self.heads * self.d_state * self.head_p + self.conv.state_size()
-
     def mixing_flops(self, seq_len: int) -> float:
-        """The chunked kernel (K = d_state, V = headdim), the conv (2 · d_conv per channel),
-        Δ, D skip, the gate and the norm (~12 per inner channel)."""
-        kernel = self._chunk_flops(seq_len, self.d_state, self.head_p)
-        conv = 2.0 * self.conv.kernel_size * self.conv.channels
-        return kernel + conv + 12.0 * self.d_inner
+        """The chunked kernel (K = d_state, V = headdim) and conv, Δ, the D skip, the gate and
+        the norm (~12 per inner channel)."""
+        return super().mixing_flops(seq_len) + 12.0 * self.d_inner
 
 
 @MIXERS.register(
@@ -212,5 +201,4 @@ class Mamba2(LinearRecurrence):
     ),
 )
 def build_mamba2(config: ModelConfig, layer: int, **options: object) -> Mamba2:
-    heads = options.pop("heads", None)
-    return Mamba2(config.d_model, config.n_heads if heads is None else heads, **options)
+    return Mamba2(config.d_model, heads_option(config, options), **options)

@@ -191,8 +191,8 @@ class _ChunkedGLA(torch.autograd.Function):
         A = _intra_scores(q, k, G)
         exp_G = exp_G_to_end = None
         if G is not None:
-            exp_G = G.exp()
-            exp_G_to_end = (G[..., -1:, :] - G).exp_()
+            exp_G = _exp_decay_(G.clone())
+            exp_G_to_end = _exp_decay_(G[..., -1:, :] - G)
         q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
         entering, state = _scan(k_out.mT @ v, decay, state)
         o = A @ v
@@ -309,7 +309,7 @@ def _intra_scores(q: Tensor, k: Tensor, G: Tensor | None) -> Tensor:
     if G is None:
         return (q @ k.mT).tril_()
     if G.shape[-1] == 1:
-        return (q @ k.mT).mul_(_decay_matrix(G)).tril_(-1)
+        return (q @ k.mT).mul_(_decay_matrix(G))
     A = q.new_zeros(*q.shape[:-1], q.shape[-2])
     A.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
     for m in _half_widths(q.shape[-2]):
@@ -348,9 +348,17 @@ def _intra_scores_backward(
 
 def _decay_matrix(G: Tensor) -> Tensor:
     """``D_ts = exp(G_t − G_s)`` for s ≤ t, else 0; G ``[..., C, 1]`` → ``[..., C, C]``."""
-    C = G.shape[-2]
-    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
-    return (G - G.mT).masked_fill_(~causal, float("-inf")).exp_()
+    return _exp_decay_((G - G.mT).tril_()).tril_()
+
+
+def _exp_decay_(log_decay: Tensor) -> Tensor:
+    """In-place ``exp`` of log decays (≤ 0), clamped below at −87 (``exp(−87)`` ≈ 1.6e-38).
+
+    The vectorised CPU exp takes a many times slower path for arguments whose result would be
+    subnormal or zero, which strong decay produces in bulk; the clamp changes results by less
+    than 2e-38.
+    """
+    return log_decay.clamp_(min=-87.0).exp_()
 
 
 def _half_widths(chunk: int) -> list[int]:
@@ -373,8 +381,8 @@ def _level_operands(
     k_early, _ = _halves(k, m)
     G_early, G_late = _halves(G, m)
     G_ref = G_early[..., -1:, :]
-    row_decay = (G_late - G_ref).exp_()
-    col_decay = (G_ref - G_early).exp_()
+    row_decay = _exp_decay_(G_late - G_ref)
+    col_decay = _exp_decay_(G_ref - G_early)
     return q_late * row_decay, k_early * col_decay, row_decay, col_decay
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from seqlab.model import Model
-from seqlab.sampling import ar
+from seqlab.sampling import ar, beam, speculative  # noqa: F401  (register the samplers)
 from seqlab.sampling.ar import Generation
 
 __all__ = ["Generation", "generate"]
@@ -22,7 +22,14 @@ def generate(
     sampler: str = "greedy",
     **options: Any,
 ) -> Generation:
-    """Continue `prompt` (`[B, T]` ids) by `max_new_tokens` tokens with the named sampler."""
+    """Continue `prompt` by up to `max_new_tokens` tokens with the named sampler.
+
+    `prompt` is a `[B, T]` tensor of ids or a list of token lists, which may differ in length
+    (each row then decodes exactly as that prompt alone). Samplers receive a `[B, T]` tensor,
+    or a list of 1-D tensors when the lengths differ. `options` go to the sampler (for
+    example `temperature`, `top_k`, `num_beams`, `draft_model`); `seqlab.list_samplers()`
+    names them and an unknown option is an error listing the valid ones.
+    """
     from seqlab.errors import SeqlabError
     from seqlab.registry import SAMPLERS, build_with_options
 

@@ -78,7 +78,7 @@ def prefill(model: Model, rows: Sequence[Tensor]) -> tuple[Tensor | None, State,
     for n in lengths.unique().tolist():
         index = (lengths == n).nonzero().squeeze(1)
         if n == 0:
-            parts.append((index, model.init_state(index.numel())))
+            parts.append((index.to(model.device), model.init_state(index.numel())))
             continue
         ids = torch.stack([rows[i] for i in index.tolist()])
         out, state = model(ids, model.init_state(index.numel()))
@@ -110,10 +110,19 @@ class Draws:
     def uniform(self, n: int) -> Tensor:
         """`[B, n]` uniforms in [0, 1)."""
         if self.generators is None:
-            return torch.rand(self.batch_size, n, generator=self.generator, dtype=torch.float64,
-                              device=self.device)
-        return torch.stack([torch.rand(n, generator=g, dtype=torch.float64, device=self.device)
-                            for g in self.generators])
+            return torch.rand(
+                self.batch_size,
+                n,
+                generator=self.generator,
+                dtype=torch.float64,
+                device=self.device,
+            )
+        return torch.stack(
+            [
+                torch.rand(n, generator=g, dtype=torch.float64, device=self.device)
+                for g in self.generators
+            ]
+        )
 
 
 def categorical(probs: Tensor, u: Tensor) -> Tensor:
@@ -260,8 +269,11 @@ def decode(
     logits, state, nfe = prefill(model, rows)
     while not out.finished:
         scores = out.process(processors, logits.float())
-        nxt = scores.argmax(dim=-1) if greedy else categorical(softmax64(scores),
-                                                               draws.uniform(1)[:, 0])
+        nxt = (
+            scores.argmax(dim=-1)
+            if greedy
+            else categorical(softmax64(scores), draws.uniform(1)[:, 0])
+        )
         out.extend(nxt[:, None])
         if out.finished:
             break

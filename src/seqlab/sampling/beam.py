@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import reorder_state
@@ -98,17 +97,18 @@ def beam_search(
     rank = torch.full((b, g_count, gb), -torch.inf, dtype=torch.float64, device=device)
     rank[:, :, 0] = 0.0
     logp = torch.zeros(b, g_count, gb, dtype=torch.float64, device=device)
-    hyps = [[GroupHypotheses(gb, length_penalty, early_stopping) for _ in range(g_count)]
-            for _ in range(b)]
+    hyps = [
+        [GroupHypotheses(gb, length_penalty, early_stopping) for _ in range(g_count)]
+        for _ in range(b)
+    ]
     done = torch.zeros(b, g_count, dtype=torch.bool)
     stops = set(int(t) for t in stop_tokens)
 
     for step in range(max_new_tokens):
-        full = torch.cat([ids, generated], dim=1)
         scores = torch.empty_like(logits, dtype=torch.float32)
         for n in prompt_len.unique().tolist():
             index = (prompt_len == n).nonzero().squeeze(1)
-            row_ids = torch.cat([full[index, :n], generated[index]], dim=1)
+            row_ids = torch.cat([ids[index, :n], generated[index]], dim=1)
             scores[index] = apply_processors(processors, row_ids, logits[index].float())
         vocab = scores.shape[-1]
         log_probs = scores.double().log_softmax(dim=-1).view(b, g_count, gb, vocab)
@@ -125,8 +125,9 @@ def beam_search(
                 if done[i, g]:
                     continue
                 slot = 0
-                for r, (value, flat) in enumerate(zip(top.values[i].tolist(),
-                                                      top.indices[i].tolist(), strict=True)):
+                for r, (value, flat) in enumerate(
+                    zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True)
+                ):
                     beam, token = divmod(flat, vocab)
                     row = i * nb + g * gb + beam
                     if token in stops:
@@ -141,6 +142,7 @@ def beam_search(
                     slot += 1
                     if slot == gb:
                         break
+                new_rank[i, g, slot:] = -torch.inf
                 best = float(new_rank[i, g].max())
                 done[i, g] = hyps[i][g].is_done(best, step + 1)
             chosen.scatter_add_(1, tokens[:, g], torch.ones_like(tokens[:, g], dtype=torch.float64))
@@ -160,10 +162,15 @@ def beam_search(
                 continue
             for beam in range(gb):
                 row = i * nb + g * gb + beam
-                hyps[i][g].add(float(rank[i, g, beam]), float(logp[i, g, beam]),
-                               generated[row].tolist())
-    best = [sorted((h for group in hyps[i] for h in group.items), key=lambda h: -h.score)
-            [:n_return] for i in range(b)]
+                if rank[i, g, beam] == -torch.inf:
+                    continue
+                hyps[i][g].add(
+                    float(rank[i, g, beam]), float(logp[i, g, beam]), generated[row].tolist()
+                )
+    best = [
+        sorted((h for group in hyps[i] for h in group.items), key=lambda h: -h.score)[:n_return]
+        for i in range(b)
+    ]
     seqs = [[prompts[i] + h.tokens for h in best[i]] for i in range(b)]
     flat = pad_rows([s for row in seqs for s in row], pad_id, device)
     sequences = flat.view(b, n_return, -1)

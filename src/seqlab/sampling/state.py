@@ -69,8 +69,9 @@ def pad_cache(cache: KVCache, length: int) -> KVCache:
 def _cat_caches(caches: list[KVCache]) -> KVCache:
     length = max(c.k.shape[1] for c in caches)
     padded = [pad_cache(c, length) for c in caches]
-    return KVCache(*(torch.cat([getattr(c, f) for c in padded]) for f in ("k", "v", "positions",
-                                                                          "offset")))
+    return KVCache(
+        *(torch.cat([getattr(c, f) for c in padded]) for f in ("k", "v", "positions", "offset"))
+    )
 
 
 def stack_states(states: Sequence[State]) -> State:
@@ -117,26 +118,54 @@ def is_kv_only(state: State) -> bool:
     return all(isinstance(s, KVCache) for s in state)
 
 
-def rewind(model: Model, saved: State, state: State, fed: Tensor, keep: Tensor) -> tuple[State, int]:
-    """The state after only the first `keep[i]` tokens of `fed [B, m]` of row i, given the
-    state `saved` before `fed` and `state` after all of it. Returns (state, forward passes).
+def rewind(
+    model: Model,
+    saved: State,
+    state: State,
+    fed: Tensor,
+    keep: Tensor,
+    fed_lengths: Tensor | None = None,
+) -> tuple[State, int]:
+    """The state after only the first `keep[i]` tokens row i was fed, given the state `saved`
+    before and `state` after feeding `fed [B, m]` (row i: its first `fed_lengths[i]` tokens,
+    all m when None). Returns (state, forward passes).
 
-    KV caches forget the extra entries; other states re-run the kept tokens from `saved`,
-    one forward per distinct keep length (rows keeping all of `fed` reuse `state`).
+    KV caches forget the extra entries (each row's newest entries are its last columns);
+    other states re-run the kept tokens from `saved`, one forward per distinct keep length
+    (rows keeping everything reuse `state`).
     """
-    m = fed.shape[1]
-    if bool((keep == m).all()):
+    if fed_lengths is None:
+        fed_lengths = torch.full_like(keep, fed.shape[1])
+    whole = keep == fed_lengths
+    if bool(whole.all()):
         return state, 0
     if is_kv_only(state):
-        drop = (m - keep).to(state[0].offset.device)
+        drop = (fed_lengths - keep).to(state[0].offset.device)
         return tuple(drop_last(c, drop) for c in state), 0
     parts, nfe = [], 0
-    for n in keep.unique().tolist():
-        rows = (keep == n).nonzero().squeeze(1)
-        if n == m:
-            parts.append((rows, reorder_state(state, rows)))
-        else:
-            _, part = model(fed[rows, :n], reorder_state(saved, rows))
-            parts.append((rows, part))
-            nfe += 1
+    if bool(whole.any()):
+        rows = whole.nonzero().squeeze(1)
+        parts.append((rows, reorder_state(state, rows)))
+    for n in keep[~whole].unique().tolist():
+        rows = ((keep == n) & ~whole).nonzero().squeeze(1)
+        _, part = model(fed[rows, :n], reorder_state(saved, rows))
+        parts.append((rows, part))
+        nfe += 1
     return merge_rows(parts), nfe
+
+
+def feed_rows(model: Model, state: State, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, State]:
+    """Feed row i its first `lengths[i]` tokens of `tokens [B, m]` (one forward per distinct
+    length); returns the logits after each row's last token `[B, V]` and the new state."""
+    if bool((lengths == tokens.shape[1]).all()):
+        logits, state = model(tokens, state)
+        return logits[:, -1], state
+    parts, logits = [], None
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().squeeze(1)
+        out, part = model(tokens[rows, :n], reorder_state(state, rows))
+        if logits is None:
+            logits = out.new_empty(tokens.shape[0], out.shape[-1])
+        logits[rows] = out[:, -1]
+        parts.append((rows, part))
+    return logits, merge_rows(parts)

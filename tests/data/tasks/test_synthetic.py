@@ -57,10 +57,12 @@ def rows_of(tokens: torch.Tensor) -> set[bytes]:
 @pytest.mark.parametrize(("name", "options"), CONFIGS, ids=IDS)
 def test_batches_have_the_declared_shape_vocabulary_and_scored_answers(name, options):
     task = make(name, options)
-    batches = [task.batch("train", 0, 8, seed=0), *task.eval_batches("test", 8)]
+    train = task.batch("train", 0, 8, seed=0)
+    assert not (train.tokens[:, -1] == PAD).all(), "padded only to the longest row"
+    batches = [train, *task.eval_batches("test", 8)]
     for batch in batches:
         assert batch.tokens.dtype == torch.int64 and batch.mask.dtype == torch.bool
-        assert batch.tokens.shape[1] == task.seq_len and batch.mask.shape == batch.tokens.shape
+        assert batch.tokens.shape[1] <= task.seq_len and batch.mask.shape == batch.tokens.shape
         assert int(batch.tokens.min()) >= 0 and int(batch.tokens.max()) < task.vocab_size
         assert batch.mask.any(dim=1).all(), "every example has an answer"
         assert not batch.mask[:, 0].any(), "the first token has no prefix to predict it from"
@@ -68,7 +70,8 @@ def test_batches_have_the_declared_shape_vocabulary_and_scored_answers(name, opt
         assert not (batch.mask & padding).any()
         if name != "mqar":  # elsewhere PAD is no content token: padding is the row's tail
             length = (~padding).sum(dim=1)
-            assert torch.equal(padding, torch.arange(task.seq_len) >= length[:, None])
+            width = batch.tokens.shape[1]
+            assert torch.equal(padding, torch.arange(width) >= length[:, None])
 
 
 @pytest.mark.parametrize(("name", "options"), CONFIGS, ids=IDS)
@@ -188,3 +191,17 @@ def test_evaluate_scores_a_tiny_attention_model(name, options):
         assert math.isfinite(metrics["nll"]) and metrics["nll"] > 0
         assert metrics["tokens"] == int(task.eval_set(split).mask[:, 1:].sum())
     assert model.training
+
+
+def test_the_partition_puts_each_key_on_one_side():
+    task = make("copy", {})
+    keys = [bytes([i, j]) for i in range(16) for j in range(16)]
+    held = [k for k in keys if held_out(k)]
+    assert 0.05 < len(held) / len(keys) < 0.25
+    for key in keys:
+        assert task.in_split(key, "train") != task.in_split(key, "validation")
+        assert task.in_split(key, "test"), "copy's test strings are longer than any in training"
+    assert task.in_split(held[0], "test") == make("sort", {}).in_split(held[0], "test")
+    never = next(k for k in keys if not held_out(k))
+    with pytest.raises(DataError, match="too few distinct examples"):
+        task.first_in_split("validation", lambda: (never, None))

@@ -5,7 +5,8 @@ that into the `Task` contract:
 
 * **Rows.** Every example is a 1-D token array plus a boolean array marking its scored
   (answer) positions. Rows are right-padded with `PAD` (id 0 in every task, never scored) to
-  the task's fixed `seq_len`, the longest row any split can produce. Under the AR objective
+  the longest row of their batch (of the global batch, so every rank agrees); `seq_len` is
+  the longest row any split can produce. Under the AR objective
   the scored position t is predicted from tokens < t, so every format puts the question
   before its answer.
 * **Training batches** are a pure function of (seed, split, step): the global batch of
@@ -122,7 +123,11 @@ class SyntheticTask(Task):
 
     @abstractmethod
     def sample(self, rng: np.random.Generator, split: str) -> Example:
-        """Draw one example of `split`'s distribution (``test`` may differ from the others)."""
+        """Draw one example of `split`'s distribution (``test`` may differ from the others).
+
+        `examples` keeps only draws whose key belongs to the split (`in_split`); a task whose
+        key is known before the costly part of an example can filter early with
+        `first_in_split` (RegBench does, on its automaton)."""
 
     def in_split(self, key: bytes, split: str) -> bool:
         """Whether an example with partition key `key` may appear in `split`."""
@@ -152,9 +157,12 @@ class SyntheticTask(Task):
         return [self.first_in_split(split, draw) for _ in range(n)]
 
     def pad(self, examples: list[Example]) -> tuple[Tensor, Tensor]:
-        """Examples as `(tokens [n, seq_len] int64, mask [n, seq_len] bool)`, PAD-filled."""
-        tokens = np.full((len(examples), self.seq_len), PAD, dtype=np.int64)
-        mask = np.zeros((len(examples), self.seq_len), dtype=bool)
+        """Examples as `(tokens [n, W] int64, mask [n, W] bool)`, PAD-filled, where the width W
+        is the longest of these rows (at most `seq_len`): short training rows of a task whose
+        test rows are long then cost no compute for padding."""
+        width = max((len(e.tokens) for e in examples), default=self.seq_len)
+        tokens = np.full((len(examples), width), PAD, dtype=np.int64)
+        mask = np.zeros((len(examples), width), dtype=bool)
         for row, example in enumerate(examples):
             length = len(example.tokens)
             if length > self.seq_len or len(example.scored) != length:

@@ -1,0 +1,222 @@
+"""Discrete diffusion over the whole sequence: masked (MDLM) and uniform-state (UDLM).
+
+A noise process corrupts the scored tokens at time t and scores the denoiser's x̂_0 with
+the integrand of the continuous-time ELBO; the objective draws one t per group of positions
+(the whole sequence here, one block in `block.py`) and runs the model bidirectionally.
+
+    absorbing: −log p(x_0) ≤ ∫ E_{x_t} [ −α′/(1−α) Σ_{i masked} −log x̂_0^i(x_0^i) ] dt
+    uniform:   −log p(x_0) ≤ ∫ E_{x_t} [ Σ_i −α′/(Nα) · ( N/x̄θ_z − N/x̄_z
+                                        + Σ_{y≠z} x̄_y/x̄_z log(x̄_y x̄θ_z / (x̄_z x̄θ_y)) ) ] dt
+
+with z = x_t^i, x̄ = Nα·onehot(x_0) + (1 − α), x̄θ = Nα·x̂_0 + (1 − α) (UDLM). Both schedules
+reach α(1) = 0, so no prior term remains. Positions outside `batch.mask` are clean context:
+never noised, never scored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqlab.errors import ConfigError, SeqlabError
+from seqlab.mixers.base import Layout
+from seqlab.model import Model
+from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.objectives.noise import Schedule, absorb, build_schedule, stratified_times, uniform_noise
+from seqlab.registry import OBJECTIVES
+
+
+class Absorbing:
+    """Tokens become the mask id (the data vocabulary size, one extra model token).
+
+    SUBS parameterisation: the mask logit is dropped (−∞), and the sampler carries
+    unmasked tokens over unchanged, so only masked positions carry a loss.
+    """
+
+    name = "absorbing"
+    extra_tokens = 1
+
+    def __init__(self, vocab_size: int, schedule: Schedule) -> None:
+        self.vocab_size, self.schedule = vocab_size, schedule
+        self.mask_id = vocab_size
+
+    def corrupt(self, tokens: Tensor, t: Tensor, scored: Tensor) -> Tensor:
+        return absorb(tokens, self.schedule.noise_rate(t), scored, self.mask_id)[0]
+
+    def log_x0(self, logits: Tensor) -> Tensor:
+        """log x̂_0 over the data vocabulary `[B, L, N]` (float32, or float64 for a double model)."""
+        logits = logits[..., : self.vocab_size]
+        return (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(-1)
+
+    def terms(self, logits: Tensor, x_t: Tensor, tokens: Tensor, t: Tensor) -> Tensor:
+        """The ELBO integrand per position `[B, L]` (zero where x_t is clean)."""
+        log_x0 = self.log_x0(logits)
+        cross_entropy = -log_x0.gather(-1, tokens[..., None]).squeeze(-1)
+        weight = self.schedule.weight(t).to(cross_entropy.dtype)
+        return torch.where(x_t == self.mask_id, weight * cross_entropy, 0.0)
+
+
+class Uniform:
+    """Each token is redrawn uniformly from the N data tokens with probability 1 − α(t)."""
+
+    name = "uniform"
+    extra_tokens = 0
+
+    def __init__(self, vocab_size: int, schedule: Schedule) -> None:
+        self.vocab_size, self.schedule = vocab_size, schedule
+
+    def corrupt(self, tokens: Tensor, t: Tensor, scored: Tensor) -> Tensor:
+        return uniform_noise(tokens, self.schedule.alpha(t), scored, self.vocab_size)[0]
+
+    def log_x0(self, logits: Tensor) -> Tensor:
+        return logits[..., : self.vocab_size].double().log_softmax(-1)
+
+    def terms(self, logits: Tensor, x_t: Tensor, tokens: Tensor, t: Tensor) -> Tensor:
+        """The UDLM integrand per position `[B, L]`, formed in float64: near t = 1 it is a
+        difference of nearly equal terms times a large decay rate."""
+        n = self.vocab_size
+        alpha = self.schedule.alpha(t).double()[..., None]
+        x0_hat = self.log_x0(logits).exp()
+        bar = n * alpha * F.one_hot(tokens, n).double() + (1 - alpha)
+        bar_model = n * alpha * x0_hat + (1 - alpha)
+        z = x_t[..., None]
+        bar_z, bar_model_z = bar.gather(-1, z), bar_model.gather(-1, z)
+        log_ratio = bar.log() - bar_z.log() + bar_model_z.log() - bar_model.log()
+        others = torch.ones_like(bar, dtype=torch.bool).scatter(-1, z, False)
+        kl = (bar / bar_z * log_ratio).where(others, 0.0).sum(-1, keepdim=True)
+        integrand = (n / bar_model_z - n / bar_z + kl).squeeze(-1)
+        return self.schedule.decay(t).double() / n * integrand
+
+
+PROCESSES = {p.name: p for p in (Absorbing, Uniform)}
+
+
+class Diffusion(Objective):
+    """Full-sequence discrete diffusion: one t per sequence, a bidirectional denoiser.
+
+    `eval_samples` t draws per sequence estimate the ELBO in `nll` (low-discrepancy over the
+    batch and the draws; deterministic given torch's RNG state).
+    """
+
+    bound = True
+    layout = Layout.BIDIRECTIONAL
+
+    def __init__(
+        self, *, noise: str = "absorbing", schedule: str = "loglinear", eval_samples: int = 4
+    ) -> None:
+        if noise not in PROCESSES:
+            raise ConfigError(f"unknown noise {noise!r}; choose one of {sorted(PROCESSES)}")
+        if eval_samples < 1:
+            raise ConfigError(f"eval_samples must be >= 1, got {eval_samples}")
+        self.noise, self.schedule = noise, build_schedule(schedule)
+        self.extra_tokens = PROCESSES[noise].extra_tokens
+        self.eval_samples = eval_samples
+        self.process: Absorbing | Uniform | None = None
+
+    def bind(self, vocab_size: int) -> Diffusion:
+        super().bind(vocab_size)
+        self.process = PROCESSES[self.noise](vocab_size, self.schedule)
+        return self
+
+    @property
+    def mask_id(self) -> int:
+        """The absorbing mask token (the data vocabulary size)."""
+        if self.noise != "absorbing":
+            raise SeqlabError(f"{self.noise} noise has no mask token")
+        return self._bound().mask_id
+
+    def _bound(self) -> Absorbing | Uniform:
+        if self.process is None:
+            raise SeqlabError(f"objective {self.name!r} must be bound to a vocabulary first")
+        return self.process
+
+    # The parts a block-wise objective changes: groups of positions sharing one t, the
+    # denoiser's context, and the range of training times.
+
+    def groups(self, length: int, device: torch.device) -> Tensor:
+        """The group (one t each) of every position `[L]`: one group for the sequence."""
+        return torch.zeros(length, dtype=torch.long, device=device)
+
+    def denoise(self, model: Model, x_t: Tensor, tokens: Tensor) -> Tensor:
+        """Logits `[B, L, V]` of x̂_0 for every position of the noised sequence."""
+        return model(x_t, layout=self.layout)[0]
+
+    def train_times(self, n: int, device: torch.device) -> Tensor:
+        return stratified_times(n, device=device)
+
+    def elbo_terms(self, model: Model, batch: Batch, t: Tensor) -> tuple[Tensor, Tensor]:
+        """ELBO integrand `[B, L]` at per-position times `t [B, L]`, and the scored mask."""
+        process = self._bound()
+        tokens = batch.tokens
+        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        x_t = process.corrupt(tokens, t, scored)
+        terms = process.terms(self.denoise(model, x_t, tokens), x_t, tokens, t)
+        return terms.where(scored, 0.0), scored
+
+    def _times(self, draws: Tensor, batch: Batch) -> Tensor:
+        """Per-position times `[B, L]` from one draw per (row, group) `[B * G]`."""
+        groups = self.groups(batch.tokens.shape[1], batch.tokens.device)
+        return draws.view(batch.tokens.shape[0], -1)[:, groups]
+
+    def n_groups(self, length: int) -> int:
+        return int(self.groups(length, torch.device("cpu")).max()) + 1
+
+    def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        b, length = batch.tokens.shape
+        t = self._times(self.train_times(b * self.n_groups(length), batch.tokens.device), batch)
+        terms, scored = self.elbo_terms(model, batch, t)
+        loss = terms.sum() / scored.sum().clamp(min=1)
+        return loss.float(), {"nll_bound": loss.detach().item()}
+
+    @torch.no_grad()
+    def nll(self, model: Model, batch: Batch) -> NLL:
+        b, length = batch.tokens.shape
+        k = self.eval_samples
+        draws = stratified_times(k * b * self.n_groups(length), device=batch.tokens.device)
+        nats, scored = 0.0, None
+        for sample in draws.chunk(k):
+            terms, scored = self.elbo_terms(model, batch, self._times(sample, batch))
+            nats += float(terms.double().sum())
+        return NLL(nats / k, int(scored.sum()), bound=True)
+
+    @torch.no_grad()
+    def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """All scored positions noised at once (masked, or redrawn uniformly), argmax x̂_0."""
+        process = self._bound()
+        tokens = batch.tokens
+        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        t = torch.ones(tokens.shape, dtype=torch.float64, device=tokens.device)
+        x_t = process.corrupt(tokens, t, scored)
+        guess = process.log_x0(self.denoise(model, x_t, tokens)).argmax(-1)
+        return torch.where(scored, guess, tokens), scored
+
+
+class MaskedDiffusion(Diffusion):
+    name = "masked_diffusion"
+
+
+class UniformDiffusion(Diffusion):
+    name = "uniform_diffusion"
+
+
+@OBJECTIVES.register(
+    "masked_diffusion",
+    description="absorbing-state diffusion (MDLM, SUBS, continuous-time ELBO bound)",
+    layout="bidirectional",
+    bound=True,
+)
+def build_masked_diffusion(schedule: str = "loglinear", eval_samples: int = 4) -> MaskedDiffusion:
+    return MaskedDiffusion(noise="absorbing", schedule=schedule, eval_samples=eval_samples)
+
+
+@OBJECTIVES.register(
+    "uniform_diffusion",
+    description="uniform-state diffusion (UDLM, closed-form posterior, ELBO bound)",
+    layout="bidirectional",
+    bound=True,
+)
+def build_uniform_diffusion(
+    schedule: str = "loglinear", eval_samples: int = 4
+) -> UniformDiffusion:
+    return UniformDiffusion(noise="uniform", schedule=schedule, eval_samples=eval_samples)

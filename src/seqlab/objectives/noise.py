@@ -1,0 +1,133 @@
+"""Noise schedules, time draws and the absorbing / uniform corruption of discrete diffusion.
+
+Time runs from t = 0 (clean, α = 1) to t = 1 (pure noise, α = 0). Every schedule reaches
+α(1) = 0 exactly, so the continuous-time ELBO needs no prior term and is a true bound.
+Schedules give the mask rate 1 − α(t) and the ELBO weight −α′(t) / (1 − α(t)) in closed
+forms that never subtract nearly equal numbers, so t close to 0 stays accurate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from seqlab.errors import ConfigError
+
+
+class Schedule:
+    """α(t): the probability that a token is still clean at time t."""
+
+    name: str
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - self.noise_rate(t)
+
+    def noise_rate(self, t: Tensor) -> Tensor:
+        """1 − α(t)."""
+        raise NotImplementedError
+
+    def weight(self, t: Tensor) -> Tensor:
+        """−α′(t) / (1 − α(t)), the weight of the absorbing ELBO's cross-entropy at time t."""
+        raise NotImplementedError
+
+    def decay(self, t: Tensor) -> Tensor:
+        """−α′(t) / α(t), the rate at which clean tokens are noised (uniform-noise ELBO)."""
+        raise NotImplementedError
+
+
+class LogLinear(Schedule):
+    """α(t) = 1 − t (MDLM's log-linear σ(t) = −log(1 − t)); weight 1 / t."""
+
+    name = "loglinear"
+
+    def noise_rate(self, t: Tensor) -> Tensor:
+        return t
+
+    def weight(self, t: Tensor) -> Tensor:
+        return 1 / t
+
+    def decay(self, t: Tensor) -> Tensor:
+        return 1 / (1 - t)
+
+
+class Cosine(Schedule):
+    """α(t) = cos(πt/2); 1 − α = 2 sin²(πt/4), weight (π/2) cot(πt/4), decay (π/2) tan(πt/2)."""
+
+    name = "cosine"
+
+    def noise_rate(self, t: Tensor) -> Tensor:
+        return 2 * torch.sin(math.pi * t / 4) ** 2
+
+    def weight(self, t: Tensor) -> Tensor:
+        return (math.pi / 2) / torch.tan(math.pi * t / 4)
+
+    def decay(self, t: Tensor) -> Tensor:
+        return (math.pi / 2) * torch.tan(math.pi * t / 2)
+
+
+SCHEDULES = {s.name: s for s in (LogLinear, Cosine)}
+
+
+def build_schedule(name: str) -> Schedule:
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name]()
+
+
+def stratified_times(
+    n: int, *, low: float = 0.0, high: float = 1.0, device: torch.device | None = None
+) -> Tensor:
+    """`n` times in [low, high], float64, low-discrepancy (MDLM's antithetic draw).
+
+    u_i = (u + i/n) mod 1 with one u ~ U[0, 1) from torch's global generator: each u_i is
+    uniform on its own, so estimates stay unbiased, and together they cover [0, 1) evenly.
+    u_i is kept 1e-12 away from 0 and 1, so t never reaches 0 (infinite absorbing weight)
+    nor 1 (infinite uniform decay).
+    """
+    u = (torch.rand((), dtype=torch.float64) + torch.arange(n, dtype=torch.float64) / n) % 1
+    return (low + (high - low) * u.clamp(1e-12, 1 - 1e-12)).to(device)
+
+
+def absorb(tokens: Tensor, rate: Tensor, scored: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
+    """Replace each scored token by `mask_id` with probability `rate` (broadcast to `[B, L]`).
+
+    Returns `(x_t, masked)`; positions outside `scored` stay clean context.
+    """
+    masked = (torch.rand(tokens.shape, dtype=torch.float64, device=tokens.device) < rate) & scored
+    return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked
+
+
+def uniform_noise(
+    tokens: Tensor, alpha: Tensor, scored: Tensor, vocab_size: int
+) -> tuple[Tensor, Tensor]:
+    """Keep each scored token with probability α, else draw it uniformly from the vocabulary
+    (which may redraw the same token). Returns `(x_t, resampled)`."""
+    shape, device = tokens.shape, tokens.device
+    resampled = (torch.rand(shape, dtype=torch.float64, device=device) >= alpha) & scored
+    noise = torch.randint(0, vocab_size, shape, device=device)
+    return torch.where(resampled, noise, tokens), resampled
+
+
+def absorbing_posterior(alpha_t: Tensor, alpha_s: Tensor) -> tuple[Tensor, Tensor]:
+    """q(x_s | x_t = mask, x_0) for s < t: `(p_unmask, p_stay_masked)` =
+    ((α_s − α_t) / (1 − α_t), (1 − α_s) / (1 − α_t)); an unmasked x_s equals x_0."""
+    return (alpha_s - alpha_t) / (1 - alpha_t), (1 - alpha_s) / (1 - alpha_t)
+
+
+def uniform_posterior(x_t: Tensor, x0_probs: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> Tensor:
+    """q(x_s | x_t, x_0) of uniform noise for s < t, with x_0 given as probabilities `[..., N]`.
+
+    x_s = y has weight q(x_t | x_s = y) · q(x_s = y | x_0) =
+    (α_{t|s} [y = x_t] + (1 − α_{t|s}) / N) · (α_s x_0[y] + (1 − α_s) / N), α_{t|s} = α_t / α_s,
+    normalised over y. A one-hot x_0 gives the true posterior; the model's x̂_0 gives
+    p_θ(x_s | x_t) = Σ_x0 q(x_s | x_t, x_0) · q(x_t | x_0) x̂_0(x_0) / q_θ(x_t), the UDLM reverse step.
+    `alpha_t`, `alpha_s` broadcast against `x_t [...]`. Returns `[..., N]`.
+    """
+    n = x0_probs.shape[-1]
+    a_t, a_s = alpha_t[..., None], alpha_s[..., None]
+    a_ts = a_t / a_s
+    stay = torch.nn.functional.one_hot(x_t, n).to(x0_probs.dtype)
+    weights = (a_ts * stay + (1 - a_ts) / n) * (a_s * x0_probs + (1 - a_s) / n)
+    return weights / weights.sum(dim=-1, keepdim=True)

@@ -1,0 +1,199 @@
+"""Speculative decoding with a smaller draft model, batched with per-row acceptance.
+
+Each round the draft proposes k tokens d_1..d_k after the last token x; the target scores
+[x, d_1..d_k] in one forward, giving its distributions p_0..p_k. Greedy: row i accepts the
+longest prefix of drafts equal to the target's argmax and appends the target's argmax after
+it, so the output is the target's greedy decoding. Sampling (Leviathan et al., 2023; Chen et
+al., 2023): d_j is accepted with probability min(1, p(d_j)/q(d_j)); at the first rejection a
+token is drawn from norm(max(0, p − q)), and after k acceptances from p_k, which leaves the
+output distributed exactly as the target's.
+
+Rows accept different numbers n_i of drafts ("Batch Speculative Decoding Done Right"): both
+models then keep only [x, d_1..d_{n_i}] of what they read. KV caches forget the other
+entries (position −1, then compacted per row); recurrent states re-run the kept tokens from
+the state saved before the round (`seqlab.sampling.state.rewind`). Every row therefore
+evolves exactly as it would alone, and with a seed list it also draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from seqlab.errors import ConfigError
+from seqlab.model import Model
+from seqlab.registry import SAMPLERS
+from seqlab.sampling.ar import (
+    Continuations,
+    Draws,
+    Generation,
+    Prompt,
+    StopCriteria,
+    Stream,
+    categorical,
+    prefill,
+    prompt_rows,
+    softmax64,
+)
+from seqlab.sampling.processors import LogitsProcessor, sampling_processors
+from seqlab.sampling.state import feed_rows, rewind
+
+
+@torch.no_grad()
+def speculative_decode(
+    model: Model,
+    draft_model: Model,
+    prompt: Prompt,
+    max_new_tokens: int,
+    *,
+    num_draft_tokens: int,
+    do_sample: bool,
+    processors: Sequence[LogitsProcessor] = (),
+    seed: int | Sequence[int] | None = None,
+    stop: StopCriteria | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
+) -> Generation:
+    k = num_draft_tokens
+    if k < 1:
+        raise ConfigError(f"num_draft_tokens must be >= 1, got {k}")
+    if draft_model.config.vocab_size != model.config.vocab_size:
+        raise ConfigError(
+            f"the draft model's vocabulary ({draft_model.config.vocab_size}) must equal the "
+            f"target's ({model.config.vocab_size})"
+        )
+    start = time.perf_counter()
+    model.eval()
+    draft_model.eval()
+    rows = prompt_rows(prompt)
+    b, device = len(rows), model.device
+    out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id, extra=k + 1)
+    draws = Draws(seed, b, device)
+    # both models read everything but the last prompt token, which opens the first round
+    prefixes = [r[:-1] for r in rows]
+    last = torch.stack([r[-1] for r in rows])
+    _, state, nfe = prefill(model, prefixes)
+    _, draft_state, _ = prefill(draft_model, prefixes)
+    # tokens the draft has not read yet: [last], or [d_k, last] after a fully accepted round
+    pending = last[:, None]
+    pending_lengths = torch.ones(b, dtype=torch.long, device=device)
+    batch = torch.arange(b, device=device)
+    proposed = accepted = 0
+    while not out.finished:
+        active = torch.tensor([not d for d in out.done], device=device)
+        u = draws.uniform(2 * k + 1) if do_sample else None
+        draft_saved, drafts, q = draft_state, [], []
+        logits, draft_state = feed_rows(draft_model, draft_state, pending, pending_lengths)
+        for j in range(k):
+            if j:
+                logits, draft_state = draft_model(drafts[-1][:, None], draft_state)
+                logits = logits[:, -1]
+            scores = out.process(processors, logits.float(), _prefix(drafts, b, device))
+            if do_sample:
+                probs = softmax64(scores)
+                drafts.append(categorical(probs, u[:, j]))
+                q.append(probs)
+            else:
+                drafts.append(scores.argmax(dim=-1))
+        d = torch.stack(drafts, dim=1)
+        fed = torch.cat([last[:, None], d], dim=1)
+        saved = state
+        logits, state = model(fed, state)
+        nfe += 1
+        scores = torch.stack(
+            [out.process(processors, logits[:, j].float(), d[:, :j]) for j in range(k + 1)], dim=1
+        )
+        if do_sample:
+            p = softmax64(scores)
+            q_all = torch.cat([torch.stack(q, dim=1), torch.zeros_like(p[:, :1])], dim=1)
+            p_d = p[:, :k].gather(-1, d[..., None]).squeeze(-1)
+            q_d = q_all[:, :k].gather(-1, d[..., None]).squeeze(-1)
+            ok = u[:, k : 2 * k] * q_d < p_d
+            n = ok.long().cumprod(dim=1).sum(dim=1)
+            p_n, q_n = p[batch, n], q_all[batch, n]
+            residual = (p_n - q_n).clamp(min=0)
+            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_n)
+            final = categorical(residual, u[:, 2 * k])
+        else:
+            target = scores.argmax(dim=-1)
+            n = (d == target[:, :k]).long().cumprod(dim=1).sum(dim=1)
+            final = target[batch, n]
+        new = torch.cat([d, d[:, :1]], dim=1).scatter(1, n[:, None], final[:, None])
+        out.extend(new, n + 1)
+        proposed += k * int(active.sum())
+        accepted += int(n[active].sum())
+        state, extra = rewind(model, saved, state, fed, n + 1)
+        nfe += extra
+        # the draft read pending + d_1..d_{k-1}; it keeps pending + the accepted drafts
+        draft_fed = torch.cat([pending, d[:, :-1]], dim=1)
+        columns = pending_lengths[:, None] + torch.arange(k - 1, device=device)
+        draft_fed = draft_fed.scatter(1, columns, d[:, :-1])
+        draft_state, _ = rewind(
+            draft_model,
+            draft_saved,
+            draft_state,
+            draft_fed,
+            pending_lengths + n.clamp(max=k - 1),
+            pending_lengths + k - 1,
+        )
+        full = n == k
+        pending = torch.stack([torch.where(full, d[:, -1], final), final], dim=1)
+        pending_lengths = 1 + full.long()
+        last = final
+    return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
+
+
+def _prefix(drafts: list[Tensor], b: int, device: torch.device) -> Tensor:
+    if not drafts:
+        return torch.zeros(b, 0, dtype=torch.long, device=device)
+    return torch.stack(drafts, dim=1)
+
+
+@SAMPLERS.register(
+    "speculative",
+    description="speculative decoding with a draft model (greedy or rejection sampling)",
+    paradigm="ar",
+)
+def speculative(
+    model: Model,
+    prompt: Prompt,
+    max_new_tokens: int,
+    *,
+    draft_model: Model,
+    num_draft_tokens: int = 4,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    stop_tokens: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    decode_fn: Callable[[list[int]], str] | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
+    processors: Sequence[LogitsProcessor] = (),
+) -> Generation:
+    """Greedy (`do_sample=False`, the default; equals the target's greedy decoding) or
+    rejection sampling from the processed target distribution (`do_sample=True`)."""
+    chain = sampling_processors(
+        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
+    ) + list(processors)
+    return speculative_decode(
+        model,
+        draft_model,
+        prompt,
+        max_new_tokens,
+        num_draft_tokens=num_draft_tokens,
+        do_sample=do_sample,
+        processors=chain,
+        seed=seed,
+        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
+        stream=stream,
+        pad_id=pad_id,
+    )

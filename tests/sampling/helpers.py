@@ -1,0 +1,37 @@
+"""Tiny models for decoding tests: weights large enough that predictions vary."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import seqlab
+from seqlab.config import ModelConfig
+
+PROMPTS = [[1, 2, 3, 4], [5], [6, 7], [8, 9, 10, 11, 12]]
+
+
+def tiny(
+    mixer: str = "attention", seed: int = 0, vocab: int = 20, layers: int = 2, std: float = 0.3
+) -> seqlab.model.Model:
+    torch.manual_seed(seed)
+    return seqlab.build_model(
+        ModelConfig(
+            mixer=mixer, d_model=32, n_layers=layers, n_heads=4, vocab_size=vocab, init_std=std
+        )
+    ).eval()
+
+
+def noisy_copy(model: seqlab.model.Model, noise: float, seed: int = 1) -> seqlab.model.Model:
+    """A draft that agrees with `model` often but not always."""
+    draft = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=generator))
+    return draft
+
+
+def row(out, i: int) -> list[int]:
+    return out.tokens[i, : int(out.lengths[i])].tolist()
