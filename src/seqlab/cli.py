@@ -100,8 +100,8 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     config = _run_config(run_dir)
     model = load(run_dir)
     tokenizer = load_tokenizer(config.data.tokenizer, run_dir)
-    ids = tokenizer.encode(args.prompt)
-    if not ids:
+    prompts = [tokenizer.encode(text) for text in args.prompt]
+    if not all(prompts):
         raise SeqlabError("--prompt must not be empty")
     sampler = args.sampler
     if args.draft:
@@ -138,24 +138,24 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                    "num_draft_tokens": args.num_draft_tokens, "do_sample": not greedy}
         if not greedy:
             options.update(filters)
-    else:
-        options = {}
-    shown: list[str] = []
-    if args.stream and sampler in ("greedy", "sample", "speculative"):
+    else:  # other registered samplers take the options `seqlab sample` always passed
+        options = {} if greedy else {k: filters[k] for k in ("temperature", "top_k", "top_p",
+                                                               "seed")}
+    printed = [""]  # the text streamed so far (one prompt only)
+    if args.stream and len(prompts) == 1 and sampler in ("greedy", "sample", "speculative"):
         generated: list[int] = []
 
         def stream(new: list[list[int]]) -> None:
             generated.extend(new[0])
-            text = tokenizer.decode(ids + generated)
-            print(text[len("".join(shown)) :], end="", flush=True)
-            shown.append(text[len("".join(shown)) :])
+            text = tokenizer.decode(prompts[0] + generated)
+            print(text[len(printed[0]) :], end="", flush=True)
+            printed[0] = text
 
         options["stream"] = stream
-    out = generate(model, [ids], max_new_tokens=args.max_new_tokens, sampler=sampler, **options)
-    text = out.tokens[0, : int(out.lengths[0])].tolist()
-    final = tokenizer.decode(text)
-    print(final[len("".join(shown)) :])
-    new_tokens = len(text) - len(ids)
+    out = generate(model, prompts, max_new_tokens=args.max_new_tokens, sampler=sampler, **options)
+    texts = [out.tokens[i, : int(out.lengths[i])].tolist() for i in range(len(prompts))]
+    print("\n\n".join(tokenizer.decode(text) for text in texts)[len(printed[0]) :])
+    new_tokens = sum(len(text) - len(ids) for text, ids in zip(texts, prompts, strict=True))
     rate = new_tokens / max(out.seconds, 1e-9)
     extra = "" if out.acceptance is None else f", acceptance {out.acceptance:.2f}"
     print(
@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="continue a text prompt with a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="text to continue; repeat for a batch of prompts of any lengths")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--sampler", default="sample",
                    help="greedy, sample, beam, diverse_beam or speculative (default: sample)")

@@ -11,6 +11,7 @@ from seqlab.mixers.base import Layout
 from seqlab.objectives import Batch, build_objective
 from seqlab.objectives.noise import (
     SCHEDULES,
+    absorb_count,
     absorbing_posterior,
     build_schedule,
     stratified_times,
@@ -61,17 +62,38 @@ def test_uniform_posterior_matches_brute_force_bayes():
         joint = q_s[x0] * q_ts[:, xt]  # over x_s
         expected = joint / joint.sum()
         got = uniform_posterior(
-            torch.tensor(xt), eye[x0], torch.tensor(alpha_t, dtype=torch.float64),
+            torch.tensor(xt),
+            eye[x0],
+            torch.tensor(alpha_t, dtype=torch.float64),
             torch.tensor(alpha_s, dtype=torch.float64),
         )
         torch.testing.assert_close(got, expected)
     # a soft x̂_0 gives the posterior of the marginal q(x_s | x̂_0) (the reverse model)
     probs = torch.softmax(torch.randn(n, dtype=torch.float64), 0)
     joint = (probs @ q_s) * q_ts[:, 2]
-    got = uniform_posterior(torch.tensor(2), probs, torch.tensor(alpha_t).double(),
-                            torch.tensor(alpha_s).double())
+    got = uniform_posterior(
+        torch.tensor(2), probs, torch.tensor(alpha_t).double(), torch.tensor(alpha_s).double()
+    )
     torch.testing.assert_close(got, joint / joint.sum())
     torch.testing.assert_close(got.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_count_noise_masks_k_of_the_scored_tokens_of_each_group():
+    tokens = torch.randint(0, VOCAB, (200, 10))
+    scored = torch.rand(200, 10) < 0.7
+    groups = torch.arange(10) // 4  # groups of 4, 4, 2
+    u = torch.rand(200, 3, dtype=torch.float64)[:, groups]
+    x_t, weight = absorb_count(tokens, u, scored, groups, VOCAB)
+    masked = x_t == VOCAB
+    assert not (masked & ~scored).any() and torch.equal(x_t[~masked], tokens[~masked])
+    for g in range(3):
+        cols = groups == g
+        n = scored[:, cols].sum(1).double()
+        k = masked[:, cols].sum(1).double()
+        expected = torch.ceil(u[:, cols][:, 0] * n).clamp(min=1).where(n > 0, 0.0)
+        torch.testing.assert_close(k, expected)
+        has = n > 0
+        torch.testing.assert_close(weight[has][:, cols][:, 0], (n / k)[has])
 
 
 def exact_absorbing_elbo(model, tokens):
@@ -91,20 +113,25 @@ def exact_absorbing_elbo(model, tokens):
     return total
 
 
-@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
-def test_elbo_monte_carlo_is_unbiased(schedule):
+@pytest.mark.parametrize(
+    ("schedule", "estimator"), [("loglinear", "time"), ("cosine", "time"), ("loglinear", "count")]
+)
+def test_elbo_monte_carlo_is_unbiased(schedule, estimator):
     model = tiny()
     tokens = torch.tensor([[0, 3, 1, 4]])
     exact = exact_absorbing_elbo(model, tokens)
-    objective = build_objective("masked_diffusion", VOCAB, schedule=schedule, eval_samples=4)
+    objective = build_objective(
+        "masked_diffusion", VOCAB, schedule=schedule, eval_samples=4, estimator=estimator
+    )
     rows = tokens.expand(256, -1)
     estimates = []
-    for seed in range(30):
+    for seed in range(30 if estimator == "time" else 5):  # counts vary far less
         torch.manual_seed(seed)
         estimates.append(objective.nll(model, Batch(rows)).nats / 256)
     estimates = torch.tensor(estimates, dtype=torch.float64)
     stderr = float(estimates.std() / math.sqrt(len(estimates)))
-    assert abs(float(estimates.mean()) - exact) < 4 * stderr + 1e-3, (float(estimates.mean()), exact)
+    mean = float(estimates.mean())
+    assert abs(mean - exact) < 4 * stderr + 1e-3, (mean, exact)
     assert stderr < 0.02 * exact  # the check has power: a bias of a few percent would fail it
 
 
@@ -210,12 +237,13 @@ def test_uniform_elbo_monte_carlo_is_unbiased():
     exact = exact_uniform_elbo(model, tokens)
     objective = build_objective("uniform_diffusion", VOCAB, eval_samples=4)
     estimates = []
-    for seed in range(16):
+    for seed in range(12):
         torch.manual_seed(seed)
         estimates.append(objective.nll(model, Batch(tokens.expand(1024, -1))).nats / 1024)
     estimates = torch.tensor(estimates, dtype=torch.float64)
     stderr = float(estimates.std() / math.sqrt(len(estimates)))
-    assert abs(float(estimates.mean()) - exact) < 4 * stderr + 1e-3, (float(estimates.mean()), exact)
+    mean = float(estimates.mean())
+    assert abs(mean - exact) < 4 * stderr + 1e-3, (mean, exact)
     assert stderr < 0.02 * exact
 
 
@@ -239,3 +267,24 @@ def test_training_lowers_the_bound(name, lr, steps, ceiling):
     shift = torch.randint(0, VOCAB, (64, 1))
     result = objective.nll(model, Batch((base + shift) % VOCAB))
     assert result.per_token < ceiling * math.log(VOCAB), result.per_token
+
+
+def test_class_condition_is_a_clean_prefix_token_dropped_to_null_in_training():
+    objective = build_objective("masked_diffusion", VOCAB, num_classes=3, label_dropout=0.5)
+    assert objective.model_vocab_size(VOCAB) == VOCAB + 1 + 4
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, tokens, layout):
+            seen.append(tokens[:, 0].clone())
+            return torch.zeros(*tokens.shape, VOCAB + 5, dtype=torch.float64), None
+
+    tokens = torch.randint(0, VOCAB, (64, 4))
+    condition = torch.full((64,), 2)
+    objective.loss(Spy(), Batch(tokens, condition=condition))
+    classes = set(seen[-1].tolist())
+    assert classes == {VOCAB + 1 + 2, VOCAB + 1 + 3}  # class 2, or the null class
+    result = objective.nll(Spy(), Batch(tokens, condition=condition))
+    assert (seen[-1] == VOCAB + 1 + 2).all() and result.tokens == 64 * 4
+    objective.nll(Spy(), Batch(tokens))
+    assert (seen[-1] == VOCAB + 1 + 3).all()  # no condition: the null class

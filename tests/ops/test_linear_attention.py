@@ -105,6 +105,19 @@ def test_chunk_matches_recurrent_outputs_state_and_grads_float64(
 
 
 @pytest.mark.parametrize("gate", GATES)
+def test_chunk_backward_matches_finite_differences(gate: str) -> None:
+    inputs = _make_inputs(gate, 1, 7, 1, 3, 2, with_state=True)
+    names = [n for n, x in inputs.items() if x is not None]
+
+    def chunked(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        args = dict(zip(names, tensors, strict=True))
+        return gated_linear_attention(**args, output_final_state=True, chunk_size=4)
+
+    leaves = [inputs[n].clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(chunked, leaves)
+
+
+@pytest.mark.parametrize("gate", GATES)
 def test_recurrent_matches_brute_force_unrolled_sum(gate: str) -> None:
     B, T, H, K, V = 1, 6, 2, 3, 4
     inputs = _make_inputs(gate, B, T, H, K, V, with_state=True)

@@ -108,7 +108,7 @@ def test_stop_strings_use_decode():
         decode_fn=lambda ids: "".join(chr(65 + t) for t in ids),
     )
     assert out.tokens[0, 2:].tolist() == free[: text.index(text[3:5]) + 2]
-    with pytest.raises(ConfigError, match="decode"):
+    with pytest.raises(ConfigError, match="decode_fn"):
         seqlab.generate(model, [[1]], max_new_tokens=2, stop_strings=["a"])
 
 
@@ -133,3 +133,13 @@ def test_user_processor_changes_decoding():
 
     out = seqlab.generate(model, [[1, 2]], max_new_tokens=4, processors=[ban])
     assert not set(out.tokens[0, 2:].tolist()) & set(free)
+
+
+def test_ragged_prompts_are_refused_by_non_autoregressive_samplers():
+    from seqlab.registry import SAMPLERS
+
+    others = [e.name for e in SAMPLERS.entries() if e.meta.get("paradigm") != "ar"]
+    if not others:
+        pytest.skip("no non-autoregressive sampler registered")
+    with pytest.raises(ShapeError, match="one length"):
+        seqlab.generate(tiny(), [[1], [1, 2]], max_new_tokens=2, sampler=others[0])

@@ -30,13 +30,11 @@ def test_wide_beam_finds_exact_n_best(mixer):
         num_return_sequences=5,
         length_penalty=0.0,
     )
-    ranked = sorted(
-        (
-            (sequence_logprob(model, prompt, list(s)), list(s))
-            for s in itertools.product(range(5), repeat=3)
-        ),
-        reverse=True,
-    )[:5]
+    seqs = torch.tensor(list(itertools.product(range(5), repeat=3)))
+    with torch.no_grad():
+        logp = model(torch.cat([torch.tensor([prompt]).expand(125, -1), seqs], 1))[0]
+    logp = logp.double().log_softmax(-1)[:, 1:4].gather(-1, seqs[..., None]).sum((1, 2))
+    ranked = sorted(zip(logp.tolist(), seqs.tolist(), strict=True), reverse=True)[:5]
     assert out.sequences.shape == (1, 5, 5)
     assert [s[2:] for s in out.sequences[0].tolist()] == [s for _, s in ranked]
     expected = torch.tensor([v for v, _ in ranked], dtype=torch.float64)

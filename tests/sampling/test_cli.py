@@ -50,3 +50,23 @@ def test_cli_stop_string_cuts_the_text(runs, capsys):
     stop = greedy[-3:-1]
     text, _ = sample(runs, capsys, "--temperature", "0", "--stop", stop)
     assert text == greedy[: greedy.index(stop, 5) + len(stop)] and len(text) < len(greedy)
+
+
+def test_cli_batch_of_prompts_equals_each_alone(runs, capsys):
+    one, _ = sample(runs, capsys, "--temperature", "0")
+    code = main(
+        [
+            "sample",
+            str(runs / "target"),
+            "--prompt",
+            "x = 1",
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ]
+    )
+    other = capsys.readouterr().out.rstrip("\n")
+    assert code == 0
+    both, err = sample(runs, capsys, "--temperature", "0", "--prompt", "x = 1")
+    assert both == one + "\n\n" + other and "12 tokens" in err

@@ -1,6 +1,6 @@
 """Generation paradigms; importing this package registers them all."""
 
-from seqlab.objectives import ar, block, diffusion  # noqa: F401
+from seqlab.objectives import any_order, ar, block, diffusion, mtp  # noqa: F401
 from seqlab.objectives.base import NLL, Batch, Objective
 
 __all__ = ["NLL", "Batch", "Objective", "build_objective"]

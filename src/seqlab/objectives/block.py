@@ -43,8 +43,11 @@ class BlockDiffusion(Diffusion):
         noise: str = "absorbing",
         schedule: str = "loglinear",
         eval_samples: int = 4,
+        estimator: str = "time",
     ) -> None:
-        super().__init__(noise=noise, schedule=schedule, eval_samples=eval_samples)
+        super().__init__(
+            noise=noise, schedule=schedule, eval_samples=eval_samples, estimator=estimator
+        )
         sizes = [block_size] if block_sizes is None else list(block_sizes)
         if not sizes or min(sizes + [block_size]) < 1:
             raise ConfigError(f"block sizes must be positive, got {block_size}, {block_sizes}")
@@ -55,7 +58,11 @@ class BlockDiffusion(Diffusion):
     def groups(self, length: int, device: torch.device) -> Tensor:
         return torch.arange(length, device=device) // self.block_size
 
-    def denoise(self, model: Model, x_t: Tensor, tokens: Tensor) -> Tensor:
+    def denoise(
+        self, model: Model, x_t: Tensor, tokens: Tensor, prefix: Tensor | None = None
+    ) -> Tensor:
+        """x̂_0 logits of every noised block from [x_t ; x_0] (no class prefix: block
+        diffusion takes no class condition here)."""
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device).repeat(2)
         layout = Layout.block_diffusion(self.block_size)
@@ -93,6 +100,7 @@ def build_block_diffusion(
     noise: str = "absorbing",
     schedule: str = "loglinear",
     eval_samples: int = 4,
+    estimator: str = "time",
 ) -> BlockDiffusion:
     return BlockDiffusion(
         block_size=block_size,
@@ -101,4 +109,5 @@ def build_block_diffusion(
         noise=noise,
         schedule=schedule,
         eval_samples=eval_samples,
+        estimator=estimator,
     )

@@ -99,6 +99,33 @@ def absorb(tokens: Tensor, rate: Tensor, scored: Tensor, mask_id: int) -> tuple[
     return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked
 
 
+def absorb_count(
+    tokens: Tensor, u: Tensor, scored: Tensor, groups: Tensor, mask_id: int
+) -> tuple[Tensor, Tensor]:
+    """Mask k of the n scored tokens of each group, k = ⌈u · n⌉ uniform on 1..n, a uniformly
+    random subset; returns `(x_t, weight)` with weight n / k at every position.
+
+    E_k E_{|m|=k} [(n/k) Σ_{i∈m} −log x̂_0^i] = Σ_m B(|m|, n − |m| + 1) Σ_{i∈m} −log x̂_0^i is
+    the continuous-time absorbing ELBO integrated over t in closed form (the number of
+    masked tokens replaces t), so this estimates the same bound without the 1/t weight. A
+    group of one token (block size 1) is always masked with weight 1: the exact chain rule.
+    `u [B, L]` is constant within a group; `groups [L]` are contiguous group indices.
+    """
+    b, length = tokens.shape
+    keys = torch.rand(b, length, dtype=torch.float64, device=tokens.device)
+    keys = keys + 4 * groups + 2 * (~scored)  # scored first within a group, groups in order
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    index = torch.arange(length, device=tokens.device)
+    start = torch.full_like(groups, length).scatter_reduce(0, groups, index, "amin")
+    rank = rank - start[groups]
+    counts = torch.zeros(b, int(groups.max()) + 1, device=tokens.device, dtype=torch.float64)
+    n = counts.index_add(1, groups, scored.double())[:, groups]
+    k = torch.ceil(u * n).clamp(min=1)
+    masked = scored & (rank < k)
+    x_t = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
+    return x_t, n / k
+
+
 def uniform_noise(
     tokens: Tensor, alpha: Tensor, scored: Tensor, vocab_size: int
 ) -> tuple[Tensor, Tensor]:
@@ -121,8 +148,8 @@ def uniform_posterior(x_t: Tensor, x0_probs: Tensor, alpha_t: Tensor, alpha_s: T
 
     x_s = y has weight q(x_t | x_s = y) · q(x_s = y | x_0) =
     (α_{t|s} [y = x_t] + (1 − α_{t|s}) / N) · (α_s x_0[y] + (1 − α_s) / N), α_{t|s} = α_t / α_s,
-    normalised over y. A one-hot x_0 gives the true posterior; the model's x̂_0 gives
-    p_θ(x_s | x_t) = Σ_x0 q(x_s | x_t, x_0) · q(x_t | x_0) x̂_0(x_0) / q_θ(x_t), the UDLM reverse step.
+    normalised over y. A one-hot x_0 gives the true posterior; the model's x̂_0 gives the
+    UDLM reverse step p_θ(x_s | x_t) ∝ q(x_t | x_s) · Σ_x0 q(x_s | x_0) x̂_0(x_0).
     `alpha_t`, `alpha_s` broadcast against `x_t [...]`. Returns `[..., N]`.
     """
     n = x0_probs.shape[-1]

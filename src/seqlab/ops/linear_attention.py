@@ -12,8 +12,14 @@ Unrolled, with G_t = Σ_{r≤t} g_r (per key):
 
     o_t = scale · Σ_{s≤t} (q_t ⊙ exp(G_t − G_s))ᵀ k_s · v_s + scale · (q_t ⊙ exp(G_t))ᵀ S_0
 
-The chunked form evaluates this equation with exponents that are all differences G_t − G_s with
-s ≤ t, hence ≤ 0, so strong decay underflows to zero instead of overflowing.
+``mode="chunk"`` evaluates this per chunk of C tokens: a causal [C, C] score matrix for all
+chunks at once (batched matmuls), plus the state entering each chunk, carried by a loop over
+chunks. Cumulative decays restart at every chunk and every exponent is a difference
+G_t − G_s with s ≤ t, hence ≤ 0, so strong decay underflows instead of overflowing. Scalar
+decay needs one [C, C] decay matrix per head and chunk; per-key decay uses a recursive-halving
+tiling of the causal triangle (log2 C matmuls per chunk, no [C, C, K] tensor). The backward
+pass is written by hand (first-order only) and recomputes the per-key tiles rather than
+storing them: saved memory per head is O(T·(C + K + V) + T·K·V / C).
 """
 
 from __future__ import annotations
@@ -51,14 +57,18 @@ def gated_linear_attention(
         scale: query scale, default ``K ** -0.5``.
         initial_state: ``S_0`` of shape ``[B, H, K, V]``, default zeros.
         output_final_state: also return ``S_T``.
-        mode: ``"chunk"`` (parallel within chunks, recurrent across chunks) or ``"recurrent"``
-            (a plain loop over time steps; the reference).
+        mode: ``"chunk"`` (parallel within chunks, recurrent across chunks; first-order
+            gradients only) or ``"recurrent"`` (a plain loop over time steps; the reference).
         chunk_size: chunk length for ``mode="chunk"``, a positive power of two.
 
     Returns:
         ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in q's dtype; ``final_state`` is ``S_T``
         of shape ``[B, H, K, V]`` in float32 (float64 for float64 inputs), or ``None`` unless
-        ``output_final_state``.
+        ``output_final_state``. Computation runs in that state dtype.
+
+    Raises:
+        ValueError: on an unknown mode, a chunk_size that is not a power of two, or inputs
+            whose shapes do not match (the message names the expected shape).
     """
     _check_inputs(q, k, v, g, initial_state, mode, chunk_size)
     B, T, H, K = q.shape
@@ -284,6 +294,7 @@ def _scan_backward(
 
 
 def _per_chunk(decay: Tensor | None, n: int) -> list[Tensor | None] | tuple[Tensor, ...]:
+    """The n per-chunk decays ``[B,H,K|1,1]`` (Nones without decay)."""
     return [None] * n if decay is None else decay.unbind(2)
 
 

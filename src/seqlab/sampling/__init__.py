@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+import seqlab.sampling.diffusion  # noqa: F401  (registers the diffusion samplers)
 from seqlab.model import Model
 from seqlab.sampling import ar, beam, speculative  # noqa: F401  (register the samplers)
 from seqlab.sampling.ar import Generation
@@ -25,15 +26,19 @@ def generate(
     """Continue `prompt` by up to `max_new_tokens` tokens with the named sampler.
 
     `prompt` is a `[B, T]` tensor of ids or a list of token lists, which may differ in length
-    (each row then decodes exactly as that prompt alone). Samplers receive a `[B, T]` tensor,
-    or a list of 1-D tensors when the lengths differ. `options` go to the sampler (for
+    for the autoregressive samplers (each row then decodes exactly as that prompt alone).
+    Samplers receive a `[B, T]` tensor, or (AR samplers only) a list of 1-D tensors when the
+    lengths differ. `options` go to the sampler (for
     example `temperature`, `top_k`, `num_beams`, `draft_model`); `seqlab.list_samplers()`
     names them and an unknown option is an error listing the valid ones.
     """
-    from seqlab.errors import SeqlabError
+    from seqlab.errors import SeqlabError, ShapeError
     from seqlab.registry import SAMPLERS, build_with_options
 
     if max_new_tokens < 0:
         raise SeqlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     prompt = ar.as_prompt(prompt, model.device)
+    if not isinstance(prompt, Tensor) and SAMPLERS.get(sampler).meta.get("paradigm") != "ar":
+        lengths = sorted({p.numel() for p in prompt})
+        raise ShapeError(f"sampler {sampler!r} needs prompts of one length, got {lengths}")
     return build_with_options(SAMPLERS, sampler, model, prompt, max_new_tokens, **options)

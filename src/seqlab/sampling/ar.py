@@ -71,7 +71,7 @@ def prefill(model: Model, rows: Sequence[Tensor]) -> tuple[Tensor | None, State,
     """Run each group of equal-length prompts from a fresh state and stack the row states.
 
     Returns (next-token logits `[B, V]`, state, forward passes). Empty prompts start from
-    `init_state` without a forward (their logits rows are None when every row is empty).
+    `init_state` without a forward; their logits rows are zeros (None if all are empty).
     """
     lengths = torch.tensor([r.numel() for r in rows])
     parts, logits, nfe = [], None, 0
@@ -138,7 +138,8 @@ def softmax64(scores: Tensor) -> Tensor:
 
 class StopCriteria:
     """A row stops after a token in `stop_tokens`, or once the decoded text of its new tokens
-    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept."""
+    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept.
+    """
 
     def __init__(
         self,
@@ -149,7 +150,7 @@ class StopCriteria:
         if isinstance(stop_strings, str):
             stop_strings = [stop_strings]
         if stop_strings and decode is None:
-            raise ConfigError("stop_strings need decode= (a function from token ids to text)")
+            raise ConfigError("stop_strings need decode_fn= (a function from token ids to text)")
         self.tokens = set(int(t) for t in stop_tokens)
         self.strings = list(stop_strings)
         self.decode = decode

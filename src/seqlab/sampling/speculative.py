@@ -1,4 +1,5 @@
-"""Speculative decoding with a smaller draft model, batched with per-row acceptance.
+"""Speculative decoding with a smaller draft model, batched with per-row acceptance, and
+self-speculative decoding with multi-token-prediction heads.
 
 Each round the draft proposes k tokens d_1..d_k after the last token x; the target scores
 [x, d_1..d_k] in one forward, giving its distributions p_0..p_k. Greedy: row i accepts the
@@ -8,11 +9,12 @@ al., 2023): d_j is accepted with probability min(1, p(d_j)/q(d_j)); at the first
 token is drawn from norm(max(0, p − q)), and after k acceptances from p_k, which leaves the
 output distributed exactly as the target's.
 
-Rows accept different numbers n_i of drafts ("Batch Speculative Decoding Done Right"): both
-models then keep only [x, d_1..d_{n_i}] of what they read. KV caches forget the other
-entries (position −1, then compacted per row); recurrent states re-run the kept tokens from
-the state saved before the round (`seqlab.sampling.state.rewind`). Every row therefore
-evolves exactly as it would alone, and with a seed list it also draws the same numbers.
+Rows accept different numbers n_i of drafts ("Batch Speculative Decoding Done Right"): the
+target keeps [x, d_1..d_{n_i}] of what it read, the draft what it read of those (d_k, which
+it never read, waits for the next round with the new x). KV caches forget the other entries
+(position −1, then compacted per row); recurrent states re-run the kept tokens from the state
+saved before the round (`seqlab.sampling.state.rewind`). Every row therefore evolves exactly
+as it would alone, and with a seed list it also draws the same numbers.
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ def speculative_decode(
     # tokens the draft has not read yet: [last], or [d_k, last] after a fully accepted round
     pending = last[:, None]
     pending_lengths = torch.ones(b, dtype=torch.long, device=device)
-    batch = torch.arange(b, device=device)
     proposed = accepted = 0
     while not out.finished:
         active = torch.tensor([not d for d in out.done], device=device)
@@ -106,23 +107,9 @@ def speculative_decode(
         scores = torch.stack(
             [out.process(processors, logits[:, j].float(), d[:, :j]) for j in range(k + 1)], dim=1
         )
-        if do_sample:
-            p = softmax64(scores)
-            q_all = torch.cat([torch.stack(q, dim=1), torch.zeros_like(p[:, :1])], dim=1)
-            p_d = p[:, :k].gather(-1, d[..., None]).squeeze(-1)
-            q_d = q_all[:, :k].gather(-1, d[..., None]).squeeze(-1)
-            ok = u[:, k : 2 * k] * q_d < p_d
-            n = ok.long().cumprod(dim=1).sum(dim=1)
-            p_n, q_n = p[batch, n], q_all[batch, n]
-            residual = (p_n - q_n).clamp(min=0)
-            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_n)
-            final = categorical(residual, u[:, 2 * k])
-        else:
-            target = scores.argmax(dim=-1)
-            n = (d == target[:, :k]).long().cumprod(dim=1).sum(dim=1)
-            final = target[batch, n]
-        new = torch.cat([d, d[:, :1]], dim=1).scatter(1, n[:, None], final[:, None])
-        out.extend(new, n + 1)
+        q_d = torch.stack(q, dim=1) if do_sample else None
+        n, final = verify(scores, d, q_d, u[:, k:] if do_sample else None)
+        out.extend(accepted_tokens(d, n, final), n + 1)
         proposed += k * int(active.sum())
         accepted += int(n[active].sum())
         state, extra = rewind(model, saved, state, fed, n + 1)
@@ -144,6 +131,37 @@ def speculative_decode(
         pending_lengths = 1 + full.long()
         last = final
     return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
+
+
+def verify(scores: Tensor, d: Tensor, q: Tensor | None, u: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Accept drafts `d [B, k]` against target scores `[B, k+1, V]`; returns the number
+    accepted `n [B]` and the token that follows them `[B]`.
+
+    Greedy (`q` None): n is the length of the prefix equal to the target's argmax, followed by
+    the argmax. Sampling: drafts came from `q [B, k, V]`; d_j is kept when u_j q(d_j) < p(d_j)
+    (`u [B, k+1]`: k acceptance uniforms and one for the final draw), the final token is
+    drawn from norm(max(0, p − q)) after a rejection, from p_k after k acceptances.
+    """
+    k = d.shape[1]
+    batch = torch.arange(d.shape[0], device=d.device)
+    if q is None:
+        target = scores.argmax(dim=-1)
+        n = (d == target[:, :k]).long().cumprod(dim=1).sum(dim=1)
+        return n, target[batch, n]
+    p = softmax64(scores)
+    q_all = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)
+    p_d = p[:, :k].gather(-1, d[..., None]).squeeze(-1)
+    q_d = q_all[:, :k].gather(-1, d[..., None]).squeeze(-1)
+    n = (u[:, :k] * q_d < p_d).long().cumprod(dim=1).sum(dim=1)
+    p_n = p[batch, n]
+    residual = (p_n - q_all[batch, n]).clamp(min=0)
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_n)
+    return n, categorical(residual, u[:, k])
+
+
+def accepted_tokens(d: Tensor, n: Tensor, final: Tensor) -> Tensor:
+    """`[B, k+1]`: row i holds d_1..d_{n_i}, then `final` (later columns are unused)."""
+    return torch.cat([d, d[:, :1]], dim=1).scatter(1, n[:, None], final[:, None])
 
 
 def _prefix(drafts: list[Tensor], b: int, device: torch.device) -> Tensor:
@@ -190,6 +208,113 @@ def speculative(
         prompt,
         max_new_tokens,
         num_draft_tokens=num_draft_tokens,
+        do_sample=do_sample,
+        processors=chain,
+        seed=seed,
+        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
+        stream=stream,
+        pad_id=pad_id,
+    )
+
+
+@torch.no_grad()
+def self_speculative_decode(
+    model: Model,
+    prompt: Prompt,
+    max_new_tokens: int,
+    *,
+    heads: int,
+    do_sample: bool,
+    processors: Sequence[LogitsProcessor] = (),
+    seed: int | Sequence[int] | None = None,
+    stop: StopCriteria | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
+) -> Generation:
+    """Decode a multi-token-prediction model (objective `mtp`, `heads` output heads) with its
+    own extra heads as the draft: one forward per round scores the last token and the heads'
+    k = heads − 1 guesses, and returns the next guesses from the last accepted position."""
+    if heads < 2 or model.config.vocab_size % heads:
+        raise ConfigError(
+            f"self_speculative needs heads >= 2 dividing the model's vocabulary "
+            f"({model.config.vocab_size}), got {heads}"
+        )
+    start = time.perf_counter()
+    model.eval()
+    rows = prompt_rows(prompt)
+    b, device, vocab, k = len(rows), model.device, model.config.vocab_size // heads, heads - 1
+    out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id, extra=k + 1)
+    draws = Draws(seed, b, device)
+    logits, state, nfe = prefill(model, rows)
+    guesses = logits.unflatten(-1, (heads, vocab))
+    scores = out.process(processors, guesses[:, 0].float())
+    last = (
+        categorical(softmax64(scores), draws.uniform(1)[:, 0]) if do_sample else scores.argmax(-1)
+    )
+    out.extend(last[:, None])
+    d = guesses[:, 1:].argmax(dim=-1)
+    batch = torch.arange(b, device=device)
+    proposed = accepted = 0
+    while not out.finished:
+        active = torch.tensor([not done for done in out.done], device=device)
+        fed = torch.cat([last[:, None], d], dim=1)
+        saved = state
+        logits, state = model(fed, state)
+        nfe += 1
+        guesses = logits.unflatten(-1, (heads, vocab))
+        scores = torch.stack(
+            [out.process(processors, guesses[:, j, 0].float(), d[:, :j]) for j in range(k + 1)],
+            dim=1,
+        )
+        # the drafts are the heads' argmax: q is one-hot, so d_j is kept with probability p(d_j)
+        q = torch.nn.functional.one_hot(d, vocab).double() if do_sample else None
+        n, final = verify(scores, d, q, draws.uniform(k + 1) if do_sample else None)
+        out.extend(accepted_tokens(d, n, final), n + 1)
+        proposed += k * int(active.sum())
+        accepted += int(n[active].sum())
+        state, extra = rewind(model, saved, state, fed, n + 1)
+        nfe += extra
+        d = guesses[batch, n, 1:].argmax(dim=-1)
+        last = final
+    return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
+
+
+@SAMPLERS.register(
+    "self_speculative",
+    description="self-speculative decoding with multi-token prediction heads (objective mtp)",
+    paradigm="ar",
+)
+def self_speculative(
+    model: Model,
+    prompt: Prompt,
+    max_new_tokens: int,
+    *,
+    heads: int = 2,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    stop_tokens: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    decode_fn: Callable[[list[int]], str] | None = None,
+    stream: Stream | None = None,
+    pad_id: int = 0,
+    processors: Sequence[LogitsProcessor] = (),
+) -> Generation:
+    """Greedy output equals greedy decoding of head 0 (the next-token head); sampling keeps
+    head 0's distribution. `heads` is the `mtp` objective's option the model was trained with."""
+    chain = sampling_processors(
+        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
+    ) + list(processors)
+    return self_speculative_decode(
+        model,
+        prompt,
+        max_new_tokens,
+        heads=heads,
         do_sample=do_sample,
         processors=chain,
         seed=seed,

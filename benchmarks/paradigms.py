@@ -1,0 +1,159 @@
+"""Generation paradigms side by side: NLL at equal training budget, and sampling speed.
+
+Trains `ar`, `block_diffusion` with blocks 4 and 16, and `masked_diffusion` on the built-in
+corpus (`stdlib`, byte tokens) with the same model, steps, batch and learning rate, then
+prints the test NLL of each in nats per token and bits per byte (an ELBO bound, "≤", for
+the diffusion paradigms; every paradigm scores all L tokens except `ar`, which takes the
+first as given). BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
+
+Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
+block-16 `confidence` sampling (Fast-dLLM threshold, KV cache of finished blocks), and
+reports tokens/s, NFE, and sample quality as the AR model's NLL of the continuations
+(lower is better; the AR model judging its own samples favours AR).
+
+    PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
+    PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import seqlab
+from seqlab.config import ExperimentConfig, from_dict
+from seqlab.objectives import Batch, build_objective
+from seqlab.train.loop import build_run, train
+
+CELLS = [
+    ("ar", "ar", {}),
+    ("block-4", "block_diffusion", {"block_size": 4}),
+    ("block-16", "block_diffusion", {"block_size": 16}),
+    ("masked", "masked_diffusion", {}),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--eval-samples", type=int, default=8, help="t draws per diffusion ELBO")
+    p.add_argument("--prompts", type=int, default=16, help="sampled continuations")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=96)
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence sampler threshold")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=str, default=None, help="run folder (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="tiny settings, a smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.d_model, args.layers, args.seq_len = 20, 32, 1, 32
+        args.eval_tokens, args.prompts, args.prompt_len, args.new_tokens = 1024, 2, 8, 16
+    return args
+
+
+def experiment(args: argparse.Namespace, name: str, options: dict) -> ExperimentConfig:
+    return from_dict(
+        ExperimentConfig,
+        {
+            "model": {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads},
+            "objective": {"name": name, **options},
+            "task": {"name": "text"},
+            "data": {"corpus": "stdlib", "seq_len": args.seq_len},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch,
+                "lr": args.lr,
+                "eval_every": args.steps,
+                "eval_tokens": 1024,
+                "checkpoint_every": args.steps,
+                "log_every": max(args.steps // 10, 1),
+                "threads": args.threads,
+                "device": "cpu",
+            },
+        },
+    )
+
+
+def judged_nll(judge: seqlab.model.Model, tokens: torch.Tensor, prompt_len: int) -> float:
+    """The AR judge's NLL per token of the continuation after the prompt."""
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, prompt_len:] = True
+    return build_objective("ar").nll(judge, Batch(tokens, mask)).per_token
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.out or tempfile.mkdtemp(prefix="paradigms-"))
+    rows, trained = [], {}
+    for label, name, options in CELLS:
+        config = experiment(args, name, options)
+        if name != "ar":
+            config.objective.options["eval_samples"] = args.eval_samples
+        start = time.perf_counter()
+        train(config, root / label, progress=False)
+        seconds = time.perf_counter() - start
+        parts = build_run(config)
+        model = seqlab.load(root / label)
+        torch.manual_seed(0)
+        metrics = parts.task.evaluate(model, parts.objective, split="test",
+                                      max_tokens=args.eval_tokens)
+        rows.append((label, metrics, seconds))
+        trained[label] = (model, parts)
+        print(f"trained {label}: {metrics['nll']:.4f} nats/token in {seconds:.0f} s", flush=True)
+
+    print(f"\nNLL on the stdlib test split ({args.steps} steps x {args.batch} x {args.seq_len} "
+          f"tokens, d_model {args.d_model}, {args.layers} layers)\n")
+    print("| paradigm | NLL (nats/token) | bits/byte | perplexity | train s |")
+    print("|---|---|---|---|---|")
+    for label, m, seconds in rows:
+        sign = "≤ " if m["bound"] else ""
+        print(f"| {label} | {sign}{m['nll']:.4f} | {sign}{m['bits_per_byte']:.4f} | "
+              f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |")
+
+    judge, ar_parts = trained["ar"]
+    block_model, block_parts = trained["block-16"]
+    batch = next(iter(ar_parts.task.eval_batches("test", args.prompts)))
+    prompt = batch.tokens[: args.prompts, : args.prompt_len]
+    reference = batch.tokens[: args.prompts, : args.prompt_len + args.new_tokens]
+    runs = {
+        "ar sample": lambda: seqlab.generate(
+            judge, prompt, max_new_tokens=args.new_tokens, sampler="sample", seed=0),
+        "block-16 confidence": lambda: seqlab.generate(
+            block_model, prompt, max_new_tokens=args.new_tokens, sampler="confidence",
+            objective=block_parts.objective, threshold=args.threshold, seed=0),
+    }
+    print(f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "
+          f"prompts (median of 3 runs)\n")
+    print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR |")
+    print("|---|---|---|---|---|")
+    results = {}
+    for label, run in runs.items():
+        run()  # warm-up
+        outs = [run() for _ in range(3)]
+        seconds = sorted(o.seconds for o in outs)[1]
+        results[label] = (args.prompts * args.new_tokens / seconds, outs[0])
+    base_speed, base_out = results["ar sample"]
+    base_nll = judged_nll(judge, base_out.tokens, args.prompt_len)
+    for label, (speed, out) in results.items():
+        nll = judged_nll(judge, out.tokens, args.prompt_len)
+        print(f"| {label} | {speed:.0f} | {out.nfe} | {nll:.4f} | "
+              f"{speed / base_speed:.2f}x speed, {nll / base_nll - 1:+.1%} NLL |")
+    print(f"| test text (reference) | | | {judged_nll(judge, reference, args.prompt_len):.4f} | |")
+
+
+if __name__ == "__main__":
+    main()

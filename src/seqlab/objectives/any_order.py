@@ -1,0 +1,137 @@
+"""Any-order autoregression (σ-GPT): the chain rule along a permutation of the sequence.
+
+    −log p_π(x) = −Σ_k log p(x_{π(k)} | x_{π(1)}, …, x_{π(k−1)})
+
+The model runs causally over the permuted tokens [BOS, x_{π(1)}, …, x_{π(L−1)}]. Input k
+carries two positions (double positional encoding): its own, π(k), as the rotary position
+and in the first half of a fixed sinusoidal input embedding, and the position of the token
+it must predict, π(k+1), in the second half, so backbones without rotary (recurrent
+mixers) see both. Positions are shifted by one so BOS sits at 0. Every scored token is
+predicted (the first from BOS alone), unlike `ar`, which takes x_0 as given.
+
+Unscored positions (`batch.mask` False) come first in their natural order: they are the
+context the scored tokens are predicted from, in a random order (or left to right).
+With `order="identity"` the NLL is exact; with random orders `nll` averages −log p_π(x)
+over `eval_orders` permutations, which bounds the NLL of the mixture over orders from above.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqlab.errors import ConfigError
+from seqlab.mixers.base import Layout
+from seqlab.model import Model
+from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.registry import OBJECTIVES
+
+
+def sinusoid(positions: Tensor, dim: int) -> Tensor:
+    """Fixed encodings `[*positions.shape, dim]`: sin and cos of position · 10000^(−2i/dim)."""
+    freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = positions.double()[..., None] * freq.to(positions.device)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :dim]
+
+
+def embedding_shape(model: Model) -> tuple[int, torch.dtype]:
+    """d_model and embedding dtype of a model, or of the model inside a DDP wrapper."""
+    inner = getattr(model, "module", model)
+    return inner.config.d_model, inner.embed.weight.dtype
+
+
+class AnyOrder(Objective):
+    name = "any_order"
+    layout = Layout.CAUSAL
+    extra_tokens = 1
+
+    def __init__(
+        self, *, order: str = "random", eval_orders: int = 1, position_scale: float = 0.1
+    ) -> None:
+        if order not in ("random", "identity"):
+            raise ConfigError(f"any_order order must be 'random' or 'identity', got {order!r}")
+        if eval_orders < 1:
+            raise ConfigError(f"eval_orders must be >= 1, got {eval_orders}")
+        self.order, self.eval_orders, self.position_scale = order, eval_orders, position_scale
+        self.bound = order == "random"
+
+    @property
+    def bos_id(self) -> int:
+        return self.vocab_size
+
+    def permutation(self, batch: Batch) -> Tensor:
+        """π `[B, L]`: unscored positions first (left to right), then the scored ones in a
+        random order (one per sequence, from torch's generator) or left to right."""
+        tokens = batch.tokens
+        b, length = tokens.shape
+        index = torch.arange(length, device=tokens.device, dtype=torch.float64) / length
+        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        if self.order == "random":
+            rank = torch.rand(b, length, dtype=torch.float64, device=tokens.device)
+        else:
+            rank = index.expand(b, -1)
+        keys = torch.where(scored, 1 + rank, index - 1)
+        return keys.argsort(dim=1)
+
+    def token_nll(self, model: Model, batch: Batch, order: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """NLL of each token in order `[B, L]`, the scored mask in order, and the logits."""
+        tokens = batch.tokens
+        b = tokens.shape[0]
+        targets = tokens.gather(1, order)
+        bos = torch.full((b, 1), self.bos_id, dtype=tokens.dtype, device=tokens.device)
+        inputs = torch.cat([bos, targets[:, :-1]], dim=1)
+        current = torch.cat([torch.zeros_like(bos), order[:, :-1] + 1], dim=1)
+        width, dtype = embedding_shape(model)
+        encoding = torch.cat(
+            [sinusoid(current, width // 2), sinusoid(order + 1, width - width // 2)], dim=-1
+        )
+        logits, _ = model(
+            inputs,
+            layout=self.layout,
+            positions=current,
+            input_embeddings=(self.position_scale * encoding).to(dtype),
+        )
+        logits = logits[..., : self.vocab_size]
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        return nll.view_as(targets), scored.gather(1, order), logits
+
+    def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        nll, scored, _ = self.token_nll(model, batch, self.permutation(batch))
+        loss = (nll * scored).sum() / scored.sum().clamp(min=1)
+        return loss, {"nll": loss.detach().item()}
+
+    @torch.no_grad()
+    def nll(self, model: Model, batch: Batch) -> NLL:
+        orders = self.eval_orders if self.order == "random" else 1
+        nats, count = 0.0, 0
+        for _ in range(orders):
+            nll, scored, _ = self.token_nll(model, batch, self.permutation(batch))
+            nats += float((nll.double() * scored).sum())
+            count = int(scored.sum())
+        return NLL(nats / orders, count, bound=self.bound)
+
+    @torch.no_grad()
+    def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Teacher-forced argmax along one order, scattered back to the original positions."""
+        order = self.permutation(batch)
+        _, _, logits = self.token_nll(model, batch, order)
+        predictions = batch.tokens.clone().scatter(1, order, logits.argmax(-1))
+        scored = (
+            torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        )
+        return torch.where(scored, predictions, batch.tokens), scored
+
+
+@OBJECTIVES.register(
+    "any_order",
+    description="any-order autoregression (σ-GPT): chain rule along a random permutation",
+    layout="causal",
+    bound=True,
+)
+def build_any_order(
+    order: str = "random", eval_orders: int = 1, position_scale: float = 0.1
+) -> AnyOrder:
+    return AnyOrder(order=order, eval_orders=eval_orders, position_scale=position_scale)

@@ -1,0 +1,502 @@
+"""Diffusion decoding: a canvas of noise after the prompt, denoised block by block.
+
+The new tokens start as masks (absorbing noise) or uniform draws (uniform noise) and are
+denoised in blocks of `block_size`, left to right (semi-autoregressive); each block gets
+`steps` denoising steps (the confidence sampler runs until its block is clean). What the
+model reads depends on the objective it was trained with:
+
+- full-sequence diffusion (`masked_diffusion`, `uniform_diffusion`): the whole canvas,
+  prompt included, bidirectionally at every step (LLaDA's semi-AR order when
+  `block_size` < `max_new_tokens`);
+- `block_diffusion` (block b): blocks sit at multiples of b from position 0, as in
+  training. Clean blocks are read block-causally, the current block bidirectionally on top
+  of them. With `cache=True` the finished blocks live in the model's decode state (KV
+  cache) and only the current block is run; without it the clean prefix is recomputed.
+  Both give the same logits: the cache is exact. Prompt tokens that share a block with new
+  tokens are that block's already-unmasked tokens.
+
+Every sampler reports NFE (model forward passes) and wall time; categorical draws are in
+float64 from a `torch.Generator` seeded by `seed`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from seqlab.errors import SeqlabError
+from seqlab.mixers.base import Layout
+from seqlab.model import Model
+from seqlab.objectives.base import Objective
+from seqlab.objectives.block import BlockDiffusion
+from seqlab.objectives.diffusion import Diffusion
+from seqlab.objectives.noise import absorbing_posterior, uniform_posterior
+from seqlab.registry import SAMPLERS
+from seqlab.sampling.ar import Generation
+
+
+def diffusion_objective(model: Model, objective: Objective | str | None) -> Diffusion:
+    """The (bound) diffusion objective the model was trained with; a name is built and bound
+    to the model's vocabulary less the objective's extra tokens. None: masked diffusion."""
+    from seqlab.objectives import build_objective
+
+    if objective is None or isinstance(objective, str):
+        objective = build_objective(objective or "masked_diffusion")
+        objective.bind(model.config.vocab_size - objective.extra_tokens)
+    if not isinstance(objective, Diffusion):
+        raise SeqlabError(f"diffusion samplers need a diffusion objective, got {objective.name!r}")
+    if objective.vocab_size is None:
+        objective.bind(model.config.vocab_size - objective.extra_tokens)
+    return objective
+
+
+class Context:
+    """What the denoiser reads for the block [start, end) of the canvas; counts NFE.
+
+    `block_causal=None`: the whole canvas bidirectionally. Otherwise blocks of that size
+    from position 0: earlier blocks clean and block-causal, from a KV cache when `cache`.
+    """
+
+    def __init__(
+        self, model: Model, block_causal: int | None, cache: bool, prefix: Tensor | None = None
+    ) -> None:
+        self.model, self.block, self.cache, self.prefix = model, block_causal, cache, prefix
+        self.state, self.cached = None, 0
+        self.nfe = 0
+
+    def block_start(self, position: int) -> int:
+        """Where the block holding `position` begins (its earlier tokens are in the block)."""
+        return position if self.block is None else position - position % self.block
+
+    def logits(self, x: Tensor, start: int, end: int) -> Tensor:
+        """Logits `[B, end − start, V]` of x̂_0 for the block, `start` from `block_start`.
+
+        With a class `prefix` `[R·B, 1]` (full diffusion only) the canvas is read R times,
+        once after each row's class token, in one call that counts as R evaluations (R = 2
+        for guidance: conditional rows, then null-class rows); returns `[R·B, ...]`.
+        """
+        self.nfe += 1
+        if self.block is None and self.prefix is not None:
+            rows = self.prefix.shape[0] // x.shape[0]
+            self.nfe += rows - 1
+            canvas = torch.cat([self.prefix, x.repeat(rows, 1)], dim=1)
+            return self.model(canvas, layout=Layout.BIDIRECTIONAL)[0][:, 1 + start : 1 + end]
+        if self.block is None:
+            return self.model(x, layout=Layout.BIDIRECTIONAL)[0][:, start:end]
+        if not self.cache:
+            return self.model(x[:, :end], layout=Layout.block_causal(self.block))[0][:, start:]
+        if self.cached < start:  # prefill the clean blocks before this one (aligned chunks)
+            if self.state is None:
+                self.state = self.model.init_state(x.shape[0])
+            chunk = x[:, self.cached : start]
+            _, self.state = self.model(chunk, self.state, layout=Layout.block_causal(self.block))
+            self.cached = start
+            self.nfe += 1
+        return self.model(x[:, start:end], self.state, layout=Layout.BIDIRECTIONAL)[0]
+
+
+# A rule updates one block: (tokens [B, n], x̂_0 probabilities [B, n, N] float64, the
+# positions it may change [B, n], step i of `steps`) -> new tokens [B, n].
+Rule = Callable[[Tensor, Tensor, Tensor, int, int], Tensor]
+
+
+def x0_probs(logits: Tensor, vocab_size: int, temperature: float) -> Tensor:
+    """x̂_0 over the data vocabulary (the mask logit dropped, SUBS) in float64."""
+    logits = logits[..., :vocab_size].double()
+    return (logits / temperature if temperature > 0 else logits).softmax(-1)
+
+
+def geometric_mix(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance of two distributions `[..., N]`:
+    p_γ ∝ p_c^γ · p_u^(1 − γ) (γ = 1: the conditional one; γ = 0: the unconditional)."""
+    tiny = torch.finfo(conditional.dtype).tiny
+    log_mix = guidance * conditional.clamp_min(tiny).log()
+    log_mix = log_mix + (1 - guidance) * unconditional.clamp_min(tiny).log()
+    return log_mix.softmax(-1)
+
+
+def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One float64 categorical draw per position of `probs [..., N]`."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+@torch.no_grad()
+def denoise(
+    model: Model,
+    prompt: Tensor,
+    max_new_tokens: int,
+    rule: Rule,
+    *,
+    objective: Diffusion,
+    steps: int | None,
+    block_size: int | None,
+    cache: bool,
+    temperature: float,
+    until_clean: bool = False,
+    stop_when_clean: bool = False,
+    condition: Tensor | None = None,
+    guidance: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Denoise `max_new_tokens` after `prompt` block by block with `rule`.
+
+    Each block runs `steps` steps; `until_clean` runs steps until no mask is left instead
+    (the rule unmasks at least one per step), and `stop_when_clean` ends a block's steps
+    early once it has no mask (for rules that never touch a clean token). A step whose
+    tokens did not change reuses the previous prediction instead of calling the model.
+
+    A class-conditional objective reads the class `condition` `[B]` (None: the null class);
+    `guidance` γ runs the null class beside it and mixes the two (on x̂_0 for absorbing
+    noise, on the reverse posteriors for uniform noise, see `ancestral_rule`).
+    """
+    start_time = time.perf_counter()
+    model.eval()
+    b, p = prompt.shape
+    n_vocab = objective.vocab_size
+    if isinstance(objective, BlockDiffusion):  # another size than trained: BlockGen
+        block_causal = size = block_size or objective.block_size
+    else:
+        block_causal, size = None, block_size or max(max_new_tokens, 1)
+    context = Context(
+        model, block_causal, cache, _class_prefix(objective, condition, guidance, b, prompt.device)
+    )
+    shape = (b, max_new_tokens)
+    if objective.noise == "absorbing":
+        canvas = torch.full(shape, objective.mask_id, dtype=torch.long, device=prompt.device)
+    else:
+        canvas = torch.randint(0, n_vocab, shape, generator=generator, device=prompt.device)
+    x = torch.cat([prompt, canvas], dim=1)
+
+    position = p
+    while position < p + max_new_tokens:
+        if block_causal is None:
+            start, end = position, min(position + size, p + max_new_tokens)
+        else:
+            start = context.block_start(position)
+            end = min(start + size, p + max_new_tokens)
+        free = torch.zeros(b, end - start, dtype=torch.bool, device=x.device)
+        free[:, position - start :] = True
+        n_steps = steps or (end - position)
+        step, probs = 0, None
+        while until_clean or step < n_steps:
+            if (until_clean or stop_when_clean) and not (x[:, start:end] == n_vocab).any():
+                break
+            if probs is None:
+                probs = x0_probs(context.logits(x, start, end), n_vocab, temperature)
+                if guidance is not None:
+                    conditional, unconditional = probs.chunk(2)
+                    if objective.noise == "absorbing":
+                        probs = geometric_mix(conditional, unconditional, guidance)
+                    else:
+                        probs = torch.stack([conditional, unconditional])
+            block = x[:, start:end]
+            new = rule(block, probs, free, step, n_steps)
+            if not torch.equal(new, block):
+                x[:, start:end] = new
+                probs = None
+            step += 1
+        position = end
+    lengths = torch.full((b,), x.shape[1], dtype=torch.long, device=x.device)
+    return Generation(x, context.nfe, time.perf_counter() - start_time, lengths=lengths)
+
+
+def _coins(tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) in float64, one per position."""
+    return torch.rand(tokens.shape, dtype=torch.float64, generator=generator, device=tokens.device)
+
+
+def _class_prefix(
+    objective: Diffusion,
+    condition: Tensor | None,
+    guidance: float | None,
+    batch_size: int,
+    device: torch.device,
+) -> Tensor | None:
+    """Class tokens `[B, 1]`, or `[2B, 1]` (conditional, then null) under guidance."""
+    if not objective.num_classes:
+        if condition is not None or guidance is not None:
+            raise SeqlabError(
+                "condition and guidance need a class-conditional full-sequence "
+                "diffusion objective (num_classes > 0)"
+            )
+        return None
+    if condition is not None:
+        condition = torch.as_tensor(condition, device=device).expand(batch_size)
+    prefix = objective.class_prefix(condition, batch_size, device)
+    if guidance is None:
+        return prefix
+    return torch.cat([prefix, objective.class_prefix(None, batch_size, device)])
+
+
+def _times(step: int, steps: int) -> tuple[float, float]:
+    """The step from t = 1 − i/steps to s = 1 − (i + 1)/steps."""
+    return 1 - step / steps, 1 - (step + 1) / steps
+
+
+def ancestral_rule(
+    objective: Diffusion, generator: torch.Generator | None, guidance: float | None = None
+) -> Rule:
+    """The reverse process q(x_s | x_t, x_0 = x̂_0) on the objective's schedule (MDLM/UDLM).
+
+    Under guidance uniform noise receives the stacked conditional and unconditional x̂_0
+    `[2, B, n, N]` and mixes their posteriors (guidance on x̂_0 would not be a posterior)."""
+    schedule = objective.schedule
+
+    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+        t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
+        alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
+        if objective.noise == "uniform":
+            posterior = uniform_posterior(tokens, probs, alpha_t, alpha_s)
+            if guidance is not None:
+                posterior = geometric_mix(posterior[0], posterior[1], guidance)
+            return torch.where(free, draw(posterior, generator), tokens)
+        unmask = absorbing_posterior(alpha_t, alpha_s)[0]
+        masked = free & (tokens == objective.mask_id)
+        chosen = masked & (_coins(tokens, generator) < unmask)
+        return torch.where(chosen, draw(probs, generator), tokens)
+
+    return rule
+
+
+def _candidates(
+    probs: Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Proposed tokens (argmax at temperature 0, else a draw) and their x̂_0 probability."""
+    tokens = probs.argmax(-1) if temperature == 0 else draw(probs, generator)
+    return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def confidence_rule(
+    mask_id: int, threshold: float, temperature: float, generator: torch.Generator | None
+) -> Rule:
+    """Fast-dLLM: unmask every masked position whose confidence exceeds `threshold`, and
+    at least the most confident one per row."""
+
+    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+        proposal, confidence = _candidates(probs, temperature, generator)
+        masked = free & (tokens == mask_id)
+        confidence = confidence.masked_fill(~masked, -1.0)
+        best = torch.zeros_like(masked).scatter(1, confidence.argmax(1, keepdim=True), True)
+        chosen = masked & ((confidence > threshold) | best)
+        return torch.where(chosen, proposal, tokens)
+
+    return rule
+
+
+def topk_confidence_rule(
+    mask_id: int, temperature: float, generator: torch.Generator | None
+) -> Rule:
+    """LLaDA low-confidence remasking: unmask the k most confident masked positions, with k
+    spreading the block's masks evenly over the remaining steps."""
+
+    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+        proposal, confidence = _candidates(probs, temperature, generator)
+        masked = free & (tokens == mask_id)
+        left = masked.sum(1, keepdim=True)
+        k = -(-left // (steps - step))  # ceil: the last step unmasks everything left
+        confidence = confidence.masked_fill(~masked, -1.0)
+        rank = confidence.argsort(1, descending=True).argsort(1)
+        return torch.where(masked & (rank < k), proposal, tokens)
+
+    return rule
+
+
+def remask_rule(
+    objective: Diffusion, eta: float, strategy: str, generator: torch.Generator | None
+) -> Rule:
+    """ReMDM: a decoded token is remasked with probability σ_t, a mask is unmasked with
+    (α_s − (1 − σ_t) α_t) / (1 − α_t); σ_max = min(1, (1 − α_s) / α_t) keeps both valid.
+    `cap`: σ_t = min(η, σ_max); `rescale`: σ_t = η · σ_max. σ = 0 is MDLM's ancestral step."""
+    if strategy not in ("cap", "rescale"):
+        raise SeqlabError(f"remask strategy must be 'cap' or 'rescale', got {strategy!r}")
+    if not 0 <= eta <= 1:
+        raise SeqlabError(f"remask eta must lie in [0, 1], got {eta}")
+    schedule, mask_id = objective.schedule, objective.mask_id
+
+    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+        t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
+        alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
+        sigma_max = torch.clamp((1 - alpha_s) / alpha_t, max=1.0) if alpha_t > 0 else 1.0
+        sigma = min(eta, float(sigma_max)) if strategy == "cap" else eta * float(sigma_max)
+        unmask = float((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t))
+        masked = free & (tokens == mask_id)
+        coin = _coins(tokens, generator)
+        unmasked = masked & (coin < unmask)
+        remasked = free & ~masked & (coin < sigma)
+        out = torch.where(unmasked, draw(probs, generator), tokens)
+        return out.masked_fill(remasked, mask_id)
+
+    return rule
+
+
+def _generator(model: Model, seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
+
+
+def _absorbing(objective: Diffusion, sampler: str) -> None:
+    if objective.noise != "absorbing":
+        raise SeqlabError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
+
+
+@SAMPLERS.register(
+    "ancestral",
+    description="reverse-process steps x_s ~ q(x_s | x_t, x̂_0) (MDLM/UDLM), block-wise",
+    paradigm="diffusion",
+)
+def ancestral(
+    model: Model,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    objective: Objective | str | None = None,
+    steps: int | None = None,
+    block_size: int | None = None,
+    cache: bool = True,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    condition: int | list[int] | Tensor | None = None,
+    guidance: float | None = None,
+) -> Generation:
+    objective = diffusion_objective(model, objective)
+    generator = _generator(model, seed)
+    rule = ancestral_rule(objective, generator, guidance)
+    return denoise(
+        model,
+        prompt,
+        max_new_tokens,
+        rule,
+        objective=objective,
+        steps=steps,
+        block_size=block_size,
+        cache=cache,
+        temperature=temperature,
+        stop_when_clean=objective.noise == "absorbing",
+        condition=condition,
+        guidance=guidance,
+        generator=generator,
+    )
+
+
+@SAMPLERS.register(
+    "confidence",
+    description="Fast-dLLM parallel decoding: unmask all above a confidence threshold",
+    paradigm="diffusion",
+)
+def confidence(
+    model: Model,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    objective: Objective | str | None = None,
+    threshold: float = 0.9,
+    block_size: int | None = None,
+    cache: bool = True,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    condition: int | list[int] | Tensor | None = None,
+    guidance: float | None = None,
+) -> Generation:
+    objective = diffusion_objective(model, objective)
+    _absorbing(objective, "confidence")
+    generator = _generator(model, seed)
+    rule = confidence_rule(objective.mask_id, threshold, temperature, generator)
+    return denoise(
+        model,
+        prompt,
+        max_new_tokens,
+        rule,
+        objective=objective,
+        steps=1,
+        block_size=block_size,
+        cache=cache,
+        temperature=temperature,
+        until_clean=True,
+        condition=condition,
+        guidance=guidance,
+        generator=generator,
+    )
+
+
+@SAMPLERS.register(
+    "topk_confidence",
+    description="LLaDA low-confidence remasking: unmask the k most confident per step",
+    paradigm="diffusion",
+)
+def topk_confidence(
+    model: Model,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    objective: Objective | str | None = None,
+    steps: int | None = None,
+    block_size: int | None = None,
+    cache: bool = True,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    condition: int | list[int] | Tensor | None = None,
+    guidance: float | None = None,
+) -> Generation:
+    objective = diffusion_objective(model, objective)
+    _absorbing(objective, "topk_confidence")
+    generator = _generator(model, seed)
+    rule = topk_confidence_rule(objective.mask_id, temperature, generator)
+    return denoise(
+        model,
+        prompt,
+        max_new_tokens,
+        rule,
+        objective=objective,
+        steps=steps,
+        block_size=block_size,
+        cache=cache,
+        temperature=temperature,
+        stop_when_clean=True,
+        condition=condition,
+        guidance=guidance,
+        generator=generator,
+    )
+
+
+@SAMPLERS.register(
+    "remask",
+    description="ReMDM: ancestral steps that may remask decoded tokens (cap or rescale)",
+    paradigm="diffusion",
+)
+def remask(
+    model: Model,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    objective: Objective | str | None = None,
+    steps: int | None = None,
+    block_size: int | None = None,
+    cache: bool = True,
+    eta: float = 0.04,
+    strategy: str = "cap",
+    temperature: float = 1.0,
+    seed: int | None = None,
+    condition: int | list[int] | Tensor | None = None,
+    guidance: float | None = None,
+) -> Generation:
+    objective = diffusion_objective(model, objective)
+    _absorbing(objective, "remask")
+    generator = _generator(model, seed)
+    rule = remask_rule(objective, eta, strategy, generator)
+    return denoise(
+        model,
+        prompt,
+        max_new_tokens,
+        rule,
+        objective=objective,
+        steps=steps,
+        block_size=block_size,
+        cache=cache,
+        temperature=temperature,
+        condition=condition,
+        guidance=guidance,
+        generator=generator,
+    )
