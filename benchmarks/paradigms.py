@@ -7,9 +7,11 @@ the diffusion paradigms; every paradigm scores all L tokens except `ar`, which t
 first as given). BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
 
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
-block-16 `confidence` sampling (Fast-dLLM threshold, KV cache of finished blocks), and
+block-16 `confidence` sampling (Fast-dLLM threshold, KV cache of finished blocks; argmax
+candidates at T=0, drawn ones at T=1), and
 reports tokens/s, NFE, and sample quality as the AR model's NLL of the continuations
-(lower is better; the AR model judging its own samples favours AR).
+(lower is better; the AR model judging its own samples favours AR) beside the share of
+distinct 4-grams (greedy decoders reach a low NLL by repeating themselves).
 
     PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
     PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
@@ -18,9 +20,9 @@ reports tokens/s, NFE, and sample quality as the AR model's NLL of the continuat
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -52,9 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=16, help="sampled continuations")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=96)
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence sampler threshold")
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.9, 0.7, 0.5],
+        help="confidence sampler thresholds to compare",
+    )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=str, default=None, help="run folder (default: a temp dir)")
+    p.add_argument(
+        "--out",
+        type=str,
+        default=None,
+        help="run folder (default: a temp dir); finished runs in it are reused",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, a smoke test")
     args = p.parse_args(argv)
     if args.quick:
@@ -93,6 +106,12 @@ def judged_nll(judge: seqlab.model.Model, tokens: torch.Tensor, prompt_len: int)
     return build_objective("ar").nll(judge, Batch(tokens, mask)).per_token
 
 
+def distinct(tokens: torch.Tensor, n: int = 4) -> float:
+    """Distinct n-grams / all n-grams of the continuations (low: repetitive text)."""
+    grams = [tuple(row[i : i + n]) for row in tokens.tolist() for i in range(len(row) - n + 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -103,43 +122,73 @@ def main(argv: list[str] | None = None) -> None:
         config = experiment(args, name, options)
         if name != "ar":
             config.objective.options["eval_samples"] = args.eval_samples
-        start = time.perf_counter()
-        train(config, root / label, progress=False)
-        seconds = time.perf_counter() - start
+        summary = root / label / "summary.json"
+        if not summary.exists():
+            train(config, root / label, progress=False)
+        seconds = json.loads(summary.read_text())["seconds"]
         parts = build_run(config)
         model = seqlab.load(root / label)
         torch.manual_seed(0)
-        metrics = parts.task.evaluate(model, parts.objective, split="test",
-                                      max_tokens=args.eval_tokens)
+        metrics = parts.task.evaluate(
+            model, parts.objective, split="test", max_tokens=args.eval_tokens
+        )
         rows.append((label, metrics, seconds))
         trained[label] = (model, parts)
         print(f"trained {label}: {metrics['nll']:.4f} nats/token in {seconds:.0f} s", flush=True)
 
-    print(f"\nNLL on the stdlib test split ({args.steps} steps x {args.batch} x {args.seq_len} "
-          f"tokens, d_model {args.d_model}, {args.layers} layers)\n")
+    print(
+        f"\nNLL on the stdlib test split ({args.steps} steps x {args.batch} x {args.seq_len} "
+        f"tokens, d_model {args.d_model}, {args.layers} layers)\n"
+    )
     print("| paradigm | NLL (nats/token) | bits/byte | perplexity | train s |")
     print("|---|---|---|---|---|")
     for label, m, seconds in rows:
         sign = "≤ " if m["bound"] else ""
-        print(f"| {label} | {sign}{m['nll']:.4f} | {sign}{m['bits_per_byte']:.4f} | "
-              f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |")
+        print(
+            f"| {label} | {sign}{m['nll']:.4f} | {sign}{m['bits_per_byte']:.4f} | "
+            f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |"
+        )
 
     judge, ar_parts = trained["ar"]
     block_model, block_parts = trained["block-16"]
     batch = next(iter(ar_parts.task.eval_batches("test", args.prompts)))
     prompt = batch.tokens[: args.prompts, : args.prompt_len]
     reference = batch.tokens[: args.prompts, : args.prompt_len + args.new_tokens]
+    new = args.new_tokens
     runs = {
         "ar sample": lambda: seqlab.generate(
-            judge, prompt, max_new_tokens=args.new_tokens, sampler="sample", seed=0),
-        "block-16 confidence": lambda: seqlab.generate(
-            block_model, prompt, max_new_tokens=args.new_tokens, sampler="confidence",
-            objective=block_parts.objective, threshold=args.threshold, seed=0),
+            judge, prompt, max_new_tokens=new, sampler="sample", seed=0
+        ),
+        "ar greedy": lambda: seqlab.generate(judge, prompt, max_new_tokens=new, sampler="greedy"),
     }
-    print(f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "
-          f"prompts (median of 3 runs)\n")
-    print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR |")
-    print("|---|---|---|---|---|")
+    runs["block-16 ancestral, 16 steps/block"] = lambda: seqlab.generate(
+        block_model,
+        prompt,
+        max_new_tokens=new,
+        sampler="ancestral",
+        objective=block_parts.objective,
+        seed=0,
+    )
+    for temperature in (0.0, 1.0):
+        for threshold in args.thresholds:
+            runs[f"block-16 confidence {threshold}, T={temperature:g}"] = (
+                lambda threshold=threshold, temperature=temperature: seqlab.generate(
+                    block_model,
+                    prompt,
+                    max_new_tokens=new,
+                    sampler="confidence",
+                    objective=block_parts.objective,
+                    threshold=threshold,
+                    temperature=temperature,
+                    seed=0,
+                )
+            )
+    print(
+        f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "
+        f"prompts (median of 3 runs)\n"
+    )
+    print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR sample | distinct 4-grams |")
+    print("|---|---|---|---|---|---|")
     results = {}
     for label, run in runs.items():
         run()  # warm-up
@@ -150,9 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     base_nll = judged_nll(judge, base_out.tokens, args.prompt_len)
     for label, (speed, out) in results.items():
         nll = judged_nll(judge, out.tokens, args.prompt_len)
-        print(f"| {label} | {speed:.0f} | {out.nfe} | {nll:.4f} | "
-              f"{speed / base_speed:.2f}x speed, {nll / base_nll - 1:+.1%} NLL |")
-    print(f"| test text (reference) | | | {judged_nll(judge, reference, args.prompt_len):.4f} | |")
+        print(
+            f"| {label} | {speed:.0f} | {out.nfe} | {nll:.4f} | "
+            f"{speed / base_speed:.2f}x speed, {nll / base_nll - 1:+.1%} NLL | "
+            f"{distinct(out.tokens[:, args.prompt_len :]):.2f} |"
+        )
+    print(
+        f"| test text (reference) | | | {judged_nll(judge, reference, args.prompt_len):.4f} | | "
+        f"{distinct(reference[:, args.prompt_len :]):.2f} |"
+    )
 
 
 if __name__ == "__main__":

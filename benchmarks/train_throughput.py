@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
           f"min {min(per_round):.3f}, max {max(per_round):.3f})")
     print(f"loss after {len(losses['seqlab'])} steps on the repeated batch: "
           + ", ".join(f"{name} {float(losses[name][-1]):.4f}" for name in names)
-          + ("" if args.no_check else " (same start, same data: they should agree)"))
+          + ("" if args.no_check else " (same start and data: close, not bitwise)"))
     print("MFU = train GFLOP/tok x tokens/s / median peak; MFU/round = median over rounds of "
           "the same with that round's peak")
 

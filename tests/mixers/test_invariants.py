@@ -42,6 +42,17 @@ def test_split_and_token_by_token_match_full_sequence_float64(name):
 
 
 @pytest.mark.parametrize("name", CAUSAL)
+def test_split_across_chunk_boundaries_matches_full_sequence_float64(name):
+    """T = 150 spans three 64-step chunks; the split point falls inside the second."""
+    mixer = make_mixer(name)
+    x = torch.randn(1, 150, D_MODEL, dtype=torch.float64)
+    full, _ = mixer(x)
+    head, state = mixer(x[:, :67], mixer.init_state(1, dtype=torch.float64))
+    tail, _ = mixer(x[:, 67:], state)
+    torch.testing.assert_close(torch.cat([head, tail], 1), full, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
 def test_output_has_zero_gradient_from_future_inputs(name):
     mixer = make_mixer(name)
     x = torch.randn(1, 11, D_MODEL, dtype=torch.float64, requires_grad=True)

@@ -59,9 +59,15 @@ def measure(cell: BenchCell) -> dict[str, Any]:
         torch.set_num_threads(cell.threads)
     device = torch.device(cell.device)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(mixer=cell.mixer, d_model=cell.d_model,
-                                    n_layers=cell.n_layers, n_heads=cell.n_heads,
-                                    vocab_size=256)).to(device)
+    model = build_model(
+        ModelConfig(
+            mixer=cell.mixer,
+            d_model=cell.d_model,
+            n_layers=cell.n_layers,
+            n_heads=cell.n_heads,
+            vocab_size=256,
+        )
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, 256, (cell.batch_size, cell.seq_len + 1), device=device)
     baseline = _rss_mb()
@@ -101,8 +107,11 @@ def measure(cell: BenchCell) -> dict[str, Any]:
             holder[0] = model(step_token, holder[0])[1]
 
         decode_seconds = timed(decode_step, cell.decode_steps)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else max(_peak_rss_mb() - baseline, 0.0))
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else max(_peak_rss_mb() - baseline, 0.0)
+    )
     return {
         **asdict(cell),
         "params": model.num_params(),
@@ -115,8 +124,9 @@ def measure(cell: BenchCell) -> dict[str, Any]:
     }
 
 
-def run_bench(cells: list[BenchCell], *, isolate: bool = True, progress: bool | None = None
-              ) -> list[dict[str, Any]]:
+def run_bench(
+    cells: list[BenchCell], *, isolate: bool = True, progress: bool | None = None
+) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     rows = []
@@ -132,8 +142,15 @@ def run_bench(cells: list[BenchCell], *, isolate: bool = True, progress: bool | 
 
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
-    header = ["backbone", "T", "train tok/s", "decode tok/s", "decode ms/tok", "peak MB",
-              "state size"]
+    header = [
+        "backbone",
+        "T",
+        "train tok/s",
+        "decode tok/s",
+        "decode ms/tok",
+        "peak MB",
+        "state size",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(
@@ -172,8 +189,9 @@ def plot_bench(rows: list[dict[str, Any]], path: Path) -> Path:
         xs = [r["seq_len"] for r in mine]
         axes[0].plot(xs, [r["train_ms_per_token"] for r in mine], marker="o", label=mixer)
         axes[1].plot(xs, [r["decode_ms_per_token"] for r in mine], marker="o", label=mixer)
-    for ax, title in zip(axes, ("training ms per token", "decode ms per token (after T)"),
-                         strict=True):
+    for ax, title in zip(
+        axes, ("training ms per token", "decode ms per token (after T)"), strict=True
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")

@@ -61,13 +61,13 @@ def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
         return read_json(done)
     if threads:
         torch.set_num_threads(threads)
-    summary = train(run.config, run_dir, resume=latest_checkpoint(run_dir) is not None,
-                    progress=False)
+    summary = train(
+        run.config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False
+    )
     model = load(run_dir)
     config = run.config
     task = build_task(config)
-    objective = build_objective(config.objective.name, task.vocab_size,
-                                **config.objective.options)
+    objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     torch.manual_seed(run.seed)
     test = task.evaluate(model, objective, split="test", max_tokens=config.train.eval_tokens)
     model_config = to_dict(config)
@@ -135,20 +135,36 @@ def aggregate(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[st
         for row in point_rows:
             by_lr[row["lr"]].append(row)
 
-        def val_score(lr: float, metric: str = metric, sign: int = sign) -> float:
-            values = [r.get(f"val_{metric}", math.nan) for r in by_lr[lr]]
-            mean = statistics.fmean(values)
-            return sign * mean if math.isfinite(mean) else -math.inf
-
-        best_lr = max(by_lr, key=val_score)
+        scores = {
+            lr: sign * statistics.fmean(r.get(f"val_{metric}", math.nan) for r in lr_rows)
+            for lr, lr_rows in by_lr.items()
+        }
+        best_lr = max(by_lr, key=lambda lr: scores[lr] if math.isfinite(scores[lr]) else -math.inf)
         chosen = by_lr[best_lr]
-        result = {k: v for k, v in first.items()
-                  if not k.startswith(("val_", "test_")) and k not in
-                  ("run_id", "lr", "seed", "seconds", "final_loss")}
-        result.update({"metric": metric, "lr": best_lr, "seeds": len(chosen),
-                       "seconds": statistics.fmean(r["seconds"] for r in chosen)})
-        test_keys = sorted({k for r in chosen for k in r if k.startswith("test_")
-                            and isinstance(r[k], int | float) and not isinstance(r[k], bool)})
+        result = {
+            k: v
+            for k, v in first.items()
+            if not k.startswith(("val_", "test_"))
+            and k not in ("run_id", "lr", "seed", "seconds", "final_loss")
+        }
+        result.update(
+            {
+                "metric": metric,
+                "lr": best_lr,
+                "seeds": len(chosen),
+                "seconds": statistics.fmean(r["seconds"] for r in chosen),
+            }
+        )
+        test_keys = sorted(
+            {
+                k
+                for r in chosen
+                for k in r
+                if k.startswith("test_")
+                and isinstance(r[k], int | float)
+                and not isinstance(r[k], bool)
+            }
+        )
         for key in test_keys:
             values = [float(r[key]) for r in chosen if key in r]
             result[key] = statistics.fmean(values)
@@ -174,8 +190,14 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(lines))
 
 
-def compare(config: CompareConfig, out: str | os.PathLike[str], *, workers: int | None = None,
-            progress: bool | None = None, plots: bool = True) -> list[dict[str, Any]]:
+def compare(
+    config: CompareConfig,
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    plots: bool = True,
+) -> list[dict[str, Any]]:
     """Run the comparison into `out`; returns the aggregated results (one per grid point)."""
     from seqlab.harness.report import leaderboard_markdown, write_plots
 
@@ -191,4 +213,3 @@ def compare(config: CompareConfig, out: str | os.PathLike[str], *, workers: int 
     if plots:
         write_plots(out, results, rows)
     return results
-

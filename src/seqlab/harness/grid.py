@@ -35,8 +35,13 @@ from seqlab.config import (
 )
 from seqlab.errors import ConfigError, SeqlabError
 
-HIGHER_IS_BETTER = {"accuracy": True, "exact_match": True, "dfa_valid": True,
-                    "nll": False, "bits_per_byte": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "exact_match": True,
+    "dfa_valid": True,
+    "nll": False,
+    "bits_per_byte": False,
+}
 
 
 @dataclass
@@ -83,8 +88,10 @@ def load_compare_config(source: str | os.PathLike[str]) -> CompareConfig:
     if not path.exists():
         builtin = experiments_dir() / f"{source}.yaml"
         if not builtin.exists():
-            raise ConfigError(f"comparison {str(source)!r} is neither a file nor a built-in "
-                              f"experiment; built-in: {', '.join(list_experiments())}")
+            raise ConfigError(
+                f"comparison {str(source)!r} is neither a file nor a built-in "
+                f"experiment; built-in: {', '.join(list_experiments())}"
+            )
         path = builtin
     data = read_config_mapping(path)
     config = from_dict(CompareConfig, data)
@@ -135,8 +142,10 @@ def expand(config: CompareConfig) -> list[Run]:
             raise ConfigError(f"grid point {point_labels(point)}: {err}") from None
         lrs = config.lrs or [experiment.train.lr]
         for lr, seed in itertools.product(lrs, config.seeds):
-            cell = from_dict(ExperimentConfig, apply_overrides(
-                to_dict(experiment), {"train.lr": lr, "train.seed": seed}))
+            cell = from_dict(
+                ExperimentConfig,
+                apply_overrides(to_dict(experiment), {"train.lr": lr, "train.seed": seed}),
+            )
             runs.append(Run(point, float(lr), int(seed), cell))
     return runs
 

@@ -45,8 +45,9 @@ def human(n: float) -> str:
 
 
 def _extra_axes(rows: list[dict[str, Any]]) -> list[str]:
-    axes = [k for k in rows[0] if k.startswith("grid:") and k != "grid:task"
-            and k[5:] not in MODEL_AXES]
+    axes = [
+        k for k in rows[0] if k.startswith("grid:") and k != "grid:task" and k[5:] not in MODEL_AXES
+    ]
     return [a for a in axes if len({r[a] for r in rows}) > 1]
 
 
@@ -63,13 +64,25 @@ def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -
         metric = rows[0]["metric"]
         arrow = "↑" if HIGHER_IS_BETTER.get(metric, False) else "↓"
         extras = _extra_axes(rows)
-        others = [m for m in ("nll", "accuracy", "exact_match", "bits_per_byte", "dfa_valid")
-                  if m != metric and f"test_{m}" in rows[0]]
-        header = (["rank", "backbone", "paradigm"] + [a[5:] for a in extras]
-                  + [f"{metric} {arrow}"] + others
-                  + ["params", "state size", "train FLOPs", "time (s)", "lr"])
-        lines += ["", f"## {label}", "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
+        others = [
+            m
+            for m in ("nll", "accuracy", "exact_match", "bits_per_byte", "dfa_valid")
+            if m != metric and f"test_{m}" in rows[0]
+        ]
+        header = (
+            ["rank", "backbone", "paradigm"]
+            + [a[5:] for a in extras]
+            + [f"{metric} {arrow}"]
+            + others
+            + ["params", "state size", "train FLOPs", "time (s)", "lr"]
+        )
+        lines += [
+            "",
+            f"## {label}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         for i, row in enumerate(rows, 1):
             bound = "≤ " if row.get("test_bound") else ""
 
@@ -78,10 +91,19 @@ def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -
                 prefix = bound if m in ("nll", "bits_per_byte") else ""
                 return f"{prefix}{value:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")
 
-            cells = ([str(i), row["backbone"], row["paradigm"]] + [str(row[a]) for a in extras]
-                     + [fmt(metric)] + [fmt(m) for m in others]
-                     + [human(row["params"]), human(row["state_size"]),
-                        human(row["train_flops"]), f"{row['seconds']:.1f}", f"{row['lr']:g}"])
+            cells = (
+                [str(i), row["backbone"], row["paradigm"]]
+                + [str(row[a]) for a in extras]
+                + [fmt(metric)]
+                + [fmt(m) for m in others]
+                + [
+                    human(row["params"]),
+                    human(row["state_size"]),
+                    human(row["train_flops"]),
+                    f"{row['seconds']:.1f}",
+                    f"{row['lr']:g}",
+                ]
+            )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -102,9 +124,11 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
         by_backbone: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_backbone[f"{row['backbone']}/{row['paradigm']}"].append(row)
-        for x_key, x_label, log in (("d_model", "d_model", False),
-                                    ("state_size", "state size (numbers per sequence)", True),
-                                    ("train_flops", "training FLOPs", True)):
+        for x_key, x_label, log in (
+            ("d_model", "d_model", False),
+            ("state_size", "state size (numbers per sequence)", True),
+            ("train_flops", "training FLOPs", True),
+        ):
             fig, ax = plt.subplots(figsize=(6, 4))
             for name, points in sorted(by_backbone.items()):
                 points = sorted(points, key=lambda r: r[x_key])
@@ -126,13 +150,18 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
             written.append(path)
         fig, ax = plt.subplots(figsize=(6, 4))
         for row in rows:
-            chosen = sorted((r for r in runs if r["point_id"] == row["point_id"]
-                             and r["lr"] == row["lr"]), key=lambda r: r["seed"])
+            chosen = sorted(
+                (r for r in runs if r["point_id"] == row["point_id"] and r["lr"] == row["lr"]),
+                key=lambda r: r["seed"],
+            )
             if not chosen:
                 continue
             records = read_metrics(out / "runs" / chosen[0]["run_id"] / "metrics.jsonl")
-            ax.plot([r["step"] for r in records], [r["loss"] for r in records],
-                    label=f"{row['backbone']}/{row['paradigm']} d={row['d_model']}")
+            ax.plot(
+                [r["step"] for r in records],
+                [r["loss"] for r in records],
+                label=f"{row['backbone']}/{row['paradigm']} d={row['d_model']}",
+            )
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_yscale("log")
