@@ -15,8 +15,17 @@ model reads depends on the objective it was trained with:
   Both give the same logits: the cache is exact. Prompt tokens that share a block with new
   tokens are that block's already-unmasked tokens.
 
-Every sampler reports NFE (model forward passes) and wall time; categorical draws are in
-float64 from a `torch.Generator` seeded by `seed`.
+Samplers: `ancestral` (the reverse process; a step that changed nothing reuses the last
+prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per step),
+`topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale). `steps`
+counts steps per block (default: one per new token of the block). A class-conditional
+objective takes `condition`; `guidance` γ adds classifier-free guidance (γ = 1: plain
+conditional sampling).
+
+Every sampler reports NFE and wall time. NFE counts model evaluations: each denoising pass,
+each cache prefill of finished blocks, and two per guided pass (conditional and null class,
+batched in one call). Categorical draws are in float64 from a `torch.Generator` seeded by
+`seed`.
 """
 
 from __future__ import annotations
