@@ -129,3 +129,20 @@ def test_bad_override_syntax():
         parse_overrides(["--steps", "3"])
     with pytest.raises(ConfigError, match="needs a value"):
         parse_overrides(["--train.steps"])
+
+
+def test_diffusion_run_trains_evaluates_as_bound_and_samples(cli, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", files=6, lines=20)
+    config = write_config(tmp_path / "c.yaml", tiny_config(
+        corpus, tmp_path / "cache", train={"steps": 4, "checkpoint_every": 4},
+        objective={"name": "block_diffusion", "block_size": 4}))
+    run = tmp_path / "run"
+    assert cli("train", "--config", config, "--out", run).returncode == 0
+    metrics = json.loads(cli("eval", run, "--split", "validation").stdout)
+    assert metrics["bound"] is True and metrics["nll"] > 0
+    for sampler, flags in (("confidence", ["--threshold", "0.5"]),
+                           ("ancestral", ["--steps", "4", "--block-size", "4"])):
+        result = cli("sample", run, "--prompt", "def ", "--max-new-tokens", "8",
+                     "--sampler", sampler, *flags)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("def ")

@@ -91,9 +91,34 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def diffusion_options(
+    sampler: str, args: argparse.Namespace, config: ExperimentConfig, vocab_size: int
+) -> dict[str, Any]:
+    """The run's own objective plus the `seqlab sample` flags this diffusion sampler takes."""
+    import inspect
+
+    from seqlab.objectives import build_objective
+    from seqlab.registry import SAMPLERS
+
+    objective = build_objective(config.objective.name, vocab_size, **config.objective.options)
+    wanted = {
+        "objective": objective,
+        "steps": args.steps,
+        "block_size": args.block_size or config.objective.options.get("block_size"),
+        "threshold": args.threshold,
+        "guidance": args.guidance,
+        "condition": args.condition,
+        "temperature": args.temperature,
+        "seed": args.seed,
+    }
+    accepted = inspect.signature(SAMPLERS.get(sampler).factory).parameters
+    return {k: v for k, v in wanted.items() if k in accepted and v is not None}
+
+
 def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from seqlab.data.tokenizers import load_tokenizer
     from seqlab.io import load
+    from seqlab.registry import SAMPLERS
     from seqlab.sampling import generate
 
     run_dir = Path(args.run)
@@ -138,6 +163,8 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                    "num_draft_tokens": args.num_draft_tokens, "do_sample": not greedy}
         if not greedy:
             options.update(filters)
+    elif SAMPLERS.get(sampler).meta.get("paradigm") == "diffusion":
+        options = diffusion_options(sampler, args, config, tokenizer.vocab_size)
     else:  # other registered samplers take the options `seqlab sample` always passed
         options = {} if greedy else {k: filters[k] for k in ("temperature", "top_k", "top_p",
                                                                "seed")}
@@ -272,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="diffusion: denoising steps")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="diffusion: semi-autoregressive block size (default: the run's)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence sampler: unmask every position above this probability")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="diffusion: classifier-free guidance scale (needs --condition)")
+    p.add_argument("--condition", type=int, default=None, help="diffusion: class label")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("compare", help="train a grid of runs at equal budget, rank them")
