@@ -120,6 +120,7 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
     written = []
     for label, rows in group_by_task(results).items():
         metric = rows[0]["metric"]
+        short = rows[0]["task"] if len(label) > 40 else label
         slug = "".join(c if c.isalnum() else "-" for c in label)[:60]
         by_backbone: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -140,7 +141,7 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
                 ax.set_xscale("log")
             ax.set_xlabel(x_label)
             ax.set_ylabel(f"test {metric}")
-            ax.set_title(f"{label}: {metric} vs {x_label.split(' (')[0]}")
+            ax.set_title(f"{short}: {metric} vs {x_label.split(' (')[0]}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
             fig.tight_layout()
@@ -165,7 +166,7 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_yscale("log")
-        ax.set_title(f"{label}: training loss (best lr, first seed)")
+        ax.set_title(f"{short}: training loss (best lr, first seed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

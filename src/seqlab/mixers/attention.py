@@ -12,6 +12,7 @@ from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.mixers.base import Layout, Mixer, check_input
 from seqlab.ops.attention import (
     apply_rotary,
+    arange_rotary_angles,
     block_causal_mask,
     block_diffusion_mask,
     rotary_angles,
@@ -74,8 +75,12 @@ class Attention(Mixer):
         h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
         qk, v = self.qkv(x).split([self.d_model + h_kv * d, h_kv * d], dim=-1)
         v = v.view(b, t, h_kv, d)
-        positions = self._positions(positions, state, b, t, x.device)
-        cos, sin = rotary_angles(positions, d, self.rope_theta, dtype=qk.dtype)
+        if positions is None and state is None:  # positions 0..t-1 of every row
+            positions = torch.arange(t, device=x.device)[None]
+            cos, sin = arange_rotary_angles(t, d, self.rope_theta, qk.dtype, x.device)
+        else:
+            positions = self._positions(positions, state, b, t, x.device)
+            cos, sin = rotary_angles(positions, d, self.rope_theta, dtype=qk.dtype)
         if isinstance(self.q_norm, nn.Identity):
             # q and k heads side by side: one rotary pass over both, then views into it
             qk = apply_rotary(qk.view(b, t, h + h_kv, d), cos, sin)

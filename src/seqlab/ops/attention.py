@@ -7,6 +7,7 @@ at positions offset .. offset + T_q - 1 and keys at 0 .. offset + T_q - 1.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -112,6 +113,18 @@ def rotary_angles(
     angles = positions.to(torch.float64)[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def arange_rotary_angles(
+    t: int, dim: int, theta: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`rotary_angles(arange(t)[None], ...)`, `[1, t, dim]`, memoised: every layer and step
+    of a training run reads the same constants instead of recomputing them. Callers must not
+    modify the returned tensors in place."""
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable under autograd
+        positions = torch.arange(t, device=device)[None]
+        return rotary_angles(positions, dim, theta, dtype=dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
