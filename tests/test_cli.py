@@ -13,11 +13,22 @@ from tests.helpers import run_cli, tiny_config, write_config, write_corpus
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     corpus = write_corpus(tmp / "corpus")
-    config = write_config(tmp / "c.yaml", tiny_config(corpus, tmp / "cache",
-                                                     train={"steps": 6, "checkpoint_every": 3}))
+    config = write_config(
+        tmp / "c.yaml",
+        tiny_config(corpus, tmp / "cache", train={"steps": 6, "checkpoint_every": 3}),
+    )
     run = tmp / "run"
-    result = run_cli("train", "--config", str(config), "--out", str(run),
-                     "--model.d_model", "48", "--train.lr=1e-3", check=True)
+    result = run_cli(
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        "--model.d_model",
+        "48",
+        "--train.lr=1e-3",
+        check=True,
+    )
     return tmp, config, run, json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -65,8 +76,22 @@ def test_eval_prints_one_json_object(cli, trained):
 
 def test_sample_prints_prompt_and_continuation(cli, trained):
     _, _, run, _ = trained
-    args = ("sample", run, "--prompt", "def f(", "--max-new-tokens", "12", "--temperature",
-            "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "3")
+    args = (
+        "sample",
+        run,
+        "--prompt",
+        "def f(",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    )
     result = cli(*args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("def f(")
@@ -74,9 +99,16 @@ def test_sample_prints_prompt_and_continuation(cli, trained):
     assert again.stdout == result.stdout
 
 
-@pytest.mark.parametrize("what,expected", [("mixers", "attention"), ("objectives", "ar"),
-                                           ("tasks", "text"), ("presets", "default"),
-                                           ("samplers", "greedy")])
+@pytest.mark.parametrize(
+    "what,expected",
+    [
+        ("mixers", "attention"),
+        ("objectives", "ar"),
+        ("tasks", "text"),
+        ("presets", "default"),
+        ("samplers", "greedy"),
+    ],
+)
 def test_list(cli, what, expected):
     assert expected in cli("list", what).stdout
 
@@ -84,22 +116,33 @@ def test_list(cli, what, expected):
 def test_unknown_names_list_valid_ones(cli, trained):
     tmp, config, _, _ = trained
     out = str(tmp / "new")
-    assert_user_error(cli("train", "--config", str(config), "--out", out,
-                              "--model.mixer", "nope"), "valid mixers:", "attention")
-    assert_user_error(cli("train", "--config", str(config), "--out", out,
-                              "--objective.name", "nope"), "valid objectives:", "ar")
-    assert_user_error(cli("train", "--config", str(config), "--out", out,
-                              "--task.name", "nope"), "valid tasks:", "text")
-    assert_user_error(cli("train", "--config", str(config), "--out", out,
-                              "--train.stpes", "3"), "train.steps")
+    assert_user_error(
+        cli("train", "--config", str(config), "--out", out, "--model.mixer", "nope"),
+        "valid mixers:",
+        "attention",
+    )
+    assert_user_error(
+        cli("train", "--config", str(config), "--out", out, "--objective.name", "nope"),
+        "valid objectives:",
+        "ar",
+    )
+    assert_user_error(
+        cli("train", "--config", str(config), "--out", out, "--task.name", "nope"),
+        "valid tasks:",
+        "text",
+    )
+    assert_user_error(
+        cli("train", "--config", str(config), "--out", out, "--train.stpes", "3"), "train.steps"
+    )
     assert_user_error(cli("train", "--config", "nope.yaml", "--out", out), "presets:")
 
 
 def test_existing_run_and_missing_checkpoints_are_user_errors(cli, trained):
     tmp, config, run, _ = trained
     assert_user_error(cli("train", "--config", str(config), "--out", str(run)), "--resume")
-    assert_user_error(cli("train", "--config", str(config), "--out", str(tmp / "x"),
-                              "--resume"), "no checkpoint")
+    assert_user_error(
+        cli("train", "--config", str(config), "--out", str(tmp / "x"), "--resume"), "no checkpoint"
+    )
     assert_user_error(cli("eval", str(tmp / "missing")), "no config.yaml")
     assert_user_error(cli("eval", str(run), "--split", "tset"), "valid splits")
 
@@ -118,13 +161,17 @@ def test_corrupt_model_file_is_a_user_error(cli, trained, tmp_path):
 
 def test_user_error_exits_2_from_a_real_process(trained):
     tmp, config, _, _ = trained
-    assert_user_error(run_cli("train", "--config", str(config), "--out", str(tmp / "y"),
-                              "--model.mixer", "nope"), "valid mixers:")
+    assert_user_error(
+        run_cli("train", "--config", str(config), "--out", str(tmp / "y"), "--model.mixer", "nope"),
+        "valid mixers:",
+    )
 
 
 def test_bad_override_syntax():
     assert parse_overrides(["--model.d_model", "8", "--train.lr=0.5"]) == {
-        "model.d_model": 8, "train.lr": 0.5}
+        "model.d_model": 8,
+        "train.lr": 0.5,
+    }
     with pytest.raises(ConfigError, match="overrides look like"):
         parse_overrides(["--steps", "3"])
     with pytest.raises(ConfigError, match="needs a value"):
@@ -133,16 +180,25 @@ def test_bad_override_syntax():
 
 def test_diffusion_run_trains_evaluates_as_bound_and_samples(cli, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", files=6, lines=20)
-    config = write_config(tmp_path / "c.yaml", tiny_config(
-        corpus, tmp_path / "cache", train={"steps": 4, "checkpoint_every": 4},
-        objective={"name": "block_diffusion", "block_size": 4}))
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_config(
+            corpus,
+            tmp_path / "cache",
+            train={"steps": 4, "checkpoint_every": 4},
+            objective={"name": "block_diffusion", "block_size": 4},
+        ),
+    )
     run = tmp_path / "run"
     assert cli("train", "--config", config, "--out", run).returncode == 0
     metrics = json.loads(cli("eval", run, "--split", "validation").stdout)
     assert metrics["bound"] is True and metrics["nll"] > 0
-    for sampler, flags in (("confidence", ["--threshold", "0.5"]),
-                           ("ancestral", ["--steps", "4", "--block-size", "4"])):
-        result = cli("sample", run, "--prompt", "def ", "--max-new-tokens", "8",
-                     "--sampler", sampler, *flags)
+    for sampler, flags in (
+        ("confidence", ["--threshold", "0.5"]),
+        ("ancestral", ["--steps", "4", "--block-size", "4"]),
+    ):
+        result = cli(
+            "sample", run, "--prompt", "def ", "--max-new-tokens", "8", "--sampler", sampler, *flags
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("def ")

@@ -83,8 +83,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     config = _run_config(run_dir)
     model = load(run_dir)
     task = build_task(config)
-    objective = build_objective(config.objective.name, task.vocab_size,
-                                **config.objective.options)
+    objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     torch.manual_seed(args.seed)
     metrics = task.evaluate(model, objective, split=args.split, max_tokens=args.max_tokens)
     print(json.dumps({"split": args.split, "objective": objective.name, **metrics}))
@@ -151,23 +150,33 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     elif sampler == "sample":
         options = {**filters, **penalty, **stops}
     elif sampler in ("beam", "diverse_beam"):
-        options = {**penalty, "num_beams": args.num_beams or 4,
-                   "length_penalty": args.length_penalty}
+        options = {
+            **penalty,
+            "num_beams": args.num_beams or 4,
+            "length_penalty": args.length_penalty,
+        }
         if sampler == "diverse_beam":
-            options.update(num_groups=args.num_groups or 2,
-                           diversity_penalty=args.diversity_penalty)
+            options.update(
+                num_groups=args.num_groups or 2, diversity_penalty=args.diversity_penalty
+            )
     elif sampler == "speculative":
         if not args.draft:
             raise SeqlabError("--sampler speculative needs --draft DIR (a smaller run)")
-        options = {**penalty, **stops, "draft_model": load(Path(args.draft)),
-                   "num_draft_tokens": args.num_draft_tokens, "do_sample": not greedy}
+        options = {
+            **penalty,
+            **stops,
+            "draft_model": load(Path(args.draft)),
+            "num_draft_tokens": args.num_draft_tokens,
+            "do_sample": not greedy,
+        }
         if not greedy:
             options.update(filters)
     elif SAMPLERS.get(sampler).meta.get("paradigm") == "diffusion":
         options = diffusion_options(sampler, args, config, tokenizer.vocab_size)
     else:  # other registered samplers take the options `seqlab sample` always passed
-        options = {} if greedy else {k: filters[k] for k in ("temperature", "top_k", "top_p",
-                                                               "seed")}
+        options = (
+            {} if greedy else {k: filters[k] for k in ("temperature", "top_k", "top_p", "seed")}
+        )
     printed = [""]  # the text streamed so far (one prompt only)
     if args.stream and len(prompts) == 1 and sampler in ("greedy", "sample", "speculative"):
         generated: list[int] = []
@@ -210,18 +219,32 @@ def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from seqlab.harness.compare import write_csv
     from seqlab.registry import MIXERS
 
-    mixers = args.mixers.split(",") if args.mixers else [
-        n for n in MIXERS.names() if "causal" in MIXERS.get(n).meta.get("layouts", ())]
+    mixers = (
+        args.mixers.split(",")
+        if args.mixers
+        else [n for n in MIXERS.names() if "causal" in MIXERS.get(n).meta.get("layouts", ())]
+    )
     for name in mixers:
         MIXERS.get(name)
     try:
         lengths = [int(v) for v in args.lengths.split(",")]
     except ValueError:
-        raise SeqlabError(f"--lengths must be integers separated by commas, got "
-                          f"{args.lengths!r}") from None
-    cells = [BenchCell(m, t, d_model=args.d_model, n_layers=args.layers,
-                       batch_size=args.batch_size, device=args.device, threads=args.threads)
-             for m in mixers for t in lengths]
+        raise SeqlabError(
+            f"--lengths must be integers separated by commas, got {args.lengths!r}"
+        ) from None
+    cells = [
+        BenchCell(
+            m,
+            t,
+            d_model=args.d_model,
+            n_layers=args.layers,
+            batch_size=args.batch_size,
+            device=args.device,
+            threads=args.threads,
+        )
+        for m in mixers
+        for t in lengths
+    ]
     rows = run_bench(cells)
     out = Path(args.out)
     write_csv(out / "bench.csv", rows)
@@ -278,19 +301,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="continue a text prompt with a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--prompt", required=True, action="append",
-                   help="text to continue; repeat for a batch of prompts of any lengths")
+    p.add_argument(
+        "--prompt",
+        required=True,
+        action="append",
+        help="text to continue; repeat for a batch of prompts of any lengths",
+    )
     p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--sampler", default="sample",
-                   help="greedy, sample, beam, diverse_beam or speculative (default: sample)")
+    p.add_argument(
+        "--sampler",
+        default="sample",
+        help="greedy, sample, beam, diverse_beam or speculative (default: sample)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)
     p.add_argument("--typical-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop once the continuation contains TEXT (repeatable)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop once the continuation contains TEXT (repeatable)",
+    )
     p.add_argument("--num-beams", type=int, default=None, help="beam search with N beams")
     p.add_argument("--num-groups", type=int, default=None, help="diverse beam search groups")
     p.add_argument("--diversity-penalty", type=float, default=0.5)
@@ -300,18 +335,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="diffusion: denoising steps")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="diffusion: semi-autoregressive block size (default: the run's)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="confidence sampler: unmask every position above this probability")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="diffusion: classifier-free guidance scale (needs --condition)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="diffusion: semi-autoregressive block size (default: the run's)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence sampler: unmask every position above this probability",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="diffusion: classifier-free guidance scale (needs --condition)",
+    )
     p.add_argument("--condition", type=int, default=None, help="diffusion: class label")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("compare", help="train a grid of runs at equal budget, rank them")
-    p.add_argument("experiment", nargs="?", default="quickstart",
-                   help="comparison YAML or built-in experiment (default: quickstart)")
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        default="quickstart",
+        help="comparison YAML or built-in experiment (default: quickstart)",
+    )
     p.add_argument("--out", help="output directory (default: runs/<name>)")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes")
     p.set_defaults(func=cmd_compare)
@@ -328,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered components")
-    p.add_argument("what", choices=["mixers", "objectives", "tasks", "samplers", "presets",
-                                    "experiments"])
+    p.add_argument(
+        "what", choices=["mixers", "objectives", "tasks", "samplers", "presets", "experiments"]
+    )
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -142,8 +142,10 @@ class Model(nn.Module):
         x = self.embed(tokens)
         if input_embeddings is not None:
             if input_embeddings.shape != x.shape:
-                raise ShapeError(f"input_embeddings must have shape {list(x.shape)}, got "
-                                 f"{list(input_embeddings.shape)}")
+                raise ShapeError(
+                    f"input_embeddings must have shape {list(x.shape)}, got "
+                    f"{list(input_embeddings.shape)}"
+                )
             x = x + input_embeddings
         new_states = []
         for i, block in enumerate(self.blocks):
@@ -172,11 +174,17 @@ class Model(nn.Module):
             raise ShapeError(f"state must hold {len(self.blocks)} layer states, got {len(state)}")
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> ModelState:
         device = device or self.embed.weight.device
         dtype = dtype or self.embed.weight.dtype
-        return tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks)
+        return tuple(
+            b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks
+        )
 
     def state_size(self, seq_len: int) -> int:
         """Numbers kept per sequence to decode after `seq_len` tokens, all layers."""

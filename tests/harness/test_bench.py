@@ -2,8 +2,10 @@ from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_be
 
 
 def test_bench_measures_throughput_memory_and_plots(tmp_path):
-    cells = [BenchCell("attention", t, d_model=32, n_layers=1, train_steps=2, decode_steps=4)
-             for t in (16, 64)]
+    cells = [
+        BenchCell("attention", t, d_model=32, n_layers=1, train_steps=2, decode_steps=4)
+        for t in (16, 64)
+    ]
     rows = run_bench(cells, isolate=False, progress=False)
     assert len(rows) == 2
     for row in rows:
@@ -17,6 +19,8 @@ def test_bench_measures_throughput_memory_and_plots(tmp_path):
 
 
 def test_isolated_cell_runs_in_its_own_process():
-    (row,) = run_bench([BenchCell("attention", 8, d_model=16, n_layers=1, train_steps=1,
-                                  decode_steps=1)], progress=False)
+    (row,) = run_bench(
+        [BenchCell("attention", 8, d_model=16, n_layers=1, train_steps=1, decode_steps=1)],
+        progress=False,
+    )
     assert row["mixer"] == "attention" and row["params"] > 0

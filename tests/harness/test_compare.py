@@ -14,11 +14,16 @@ from tests.helpers import tiny_config, write_corpus
 @pytest.fixture
 def grid(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
-    base = tiny_config(corpus, tmp_path / "cache", train={"steps": 6, "checkpoint_every": 3,
-                                                          "eval_every": 6})
-    return CompareConfig(name="tiny", base=base,
-                         grid={"model.d_model": [16, 32], "model.n_layers": [1, 2]},
-                         lrs=[1e-3, 1e-2], seeds=[0])
+    base = tiny_config(
+        corpus, tmp_path / "cache", train={"steps": 6, "checkpoint_every": 3, "eval_every": 6}
+    )
+    return CompareConfig(
+        name="tiny",
+        base=base,
+        grid={"model.d_model": [16, 32], "model.n_layers": [1, 2]},
+        lrs=[1e-3, 1e-2],
+        seeds=[0],
+    )
 
 
 def test_expand_validates_every_point_up_front(grid):
@@ -36,8 +41,14 @@ def test_compare_writes_results_and_skips_finished_runs(grid, tmp_path):
     assert len(results) == 4
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and {"backbone", "params", "state_size", "train_flops",
-                               "seconds", "test_bits_per_byte"} <= set(rows[0])
+    assert len(rows) == 4 and {
+        "backbone",
+        "params",
+        "state_size",
+        "train_flops",
+        "seconds",
+        "test_bits_per_byte",
+    } <= set(rows[0])
     with open(out / "runs.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
     markdown = (out / "results.md").read_text()
@@ -52,10 +63,23 @@ def test_compare_writes_results_and_skips_finished_runs(grid, tmp_path):
 
 def test_lr_selection_uses_validation_and_reports_seed_spread():
     rows = [
-        {"point_id": "p", "task": "t", "scores_answers": True, "lr": lr, "seed": seed,
-         "seconds": 1.0, "val_accuracy": val, "test_accuracy": test, "run_id": f"{lr}{seed}"}
-        for lr, seed, val, test in [(0.1, 0, 0.9, 0.5), (0.1, 1, 0.8, 0.7),
-                                    (0.3, 0, 0.95, 0.1), (0.3, 1, 0.5, 0.1)]
+        {
+            "point_id": "p",
+            "task": "t",
+            "scores_answers": True,
+            "lr": lr,
+            "seed": seed,
+            "seconds": 1.0,
+            "val_accuracy": val,
+            "test_accuracy": test,
+            "run_id": f"{lr}{seed}",
+        }
+        for lr, seed, val, test in [
+            (0.1, 0, 0.9, 0.5),
+            (0.1, 1, 0.8, 0.7),
+            (0.3, 0, 0.95, 0.1),
+            (0.3, 1, 0.5, 0.1),
+        ]
     ]
     (result,) = aggregate(CompareConfig(), rows)
     assert result["lr"] == 0.1 and result["metric"] == "accuracy"

@@ -121,8 +121,9 @@ class Attention(Mixer):
             positions = positions[None] if state is None else positions[None].expand(b, -1)
             return positions.to(device)
         if positions.shape != (b, t):
-            raise ShapeError(f"positions must have shape [{t}] or [{b}, {t}], got "
-                             f"{list(positions.shape)}")
+            raise ShapeError(
+                f"positions must have shape [{t}] or [{b}, {t}], got {list(positions.shape)}"
+            )
         return positions.to(device)
 
     def _mask(self, q_pos: Tensor, k_pos: Tensor, layout: Layout, n_cached: int) -> Tensor:
@@ -138,8 +139,10 @@ class Attention(Mixer):
             new = block_causal_mask(t, layout.block_size, device=q_pos.device)
         else:
             if n_cached or t % 2:
-                raise SeqlabError("the block_diffusion layout takes the whole [x_t ; x_0] "
-                                  "sequence (even length) and no state")
+                raise SeqlabError(
+                    "the block_diffusion layout takes the whole [x_t ; x_0] "
+                    "sequence (even length) and no state"
+                )
             new = block_diffusion_mask(t // 2, layout.block_size, device=q_pos.device)
         cached = torch.ones(t, n_cached, dtype=torch.bool, device=q_pos.device)
         mask = torch.cat([cached, new], dim=1)[None] & valid
@@ -148,7 +151,11 @@ class Attention(Mixer):
         return mask[:, None]
 
     def init_state(
-        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> KVCache:
         shape = (batch_size, 0, self.n_kv_heads, self.head_dim)
         empty = torch.zeros(shape, device=device, dtype=dtype or torch.float32)

@@ -19,7 +19,11 @@ _SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]
 
 
 def causal_mask(
-    t_q: int, t_k: int | None = None, *, window: int | None = None, device: torch.device | None = None
+    t_q: int,
+    t_k: int | None = None,
+    *,
+    window: int | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     """Query i (at position t_k - t_q + i) reads key j iff j <= its position (and within window)."""
     t_k = t_q if t_k is None else t_k
@@ -31,9 +35,7 @@ def causal_mask(
     return mask
 
 
-def block_causal_mask(
-    t: int, block_size: int, *, device: torch.device | None = None
-) -> Tensor:
+def block_causal_mask(t: int, block_size: int, *, device: torch.device | None = None) -> Tensor:
     """Blocks of `block_size` tokens read themselves fully and every earlier block."""
     block = torch.arange(t, device=device) // block_size
     return block[None, :] <= block[:, None]
@@ -109,7 +111,9 @@ def rotary_angles(
     positions: Tensor, dim: int, theta: float = 10000.0, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor]:
     """cos, sin of shape `[*positions.shape, dim]` for rotary embeddings (half-split pairs)."""
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
+    inv_freq = theta ** (
+        -torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim
+    )
     angles = positions.to(torch.float64)[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -91,8 +91,7 @@ def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunPart
     task = build_task(config)
     if main_first and info.is_main:
         barrier(info)
-    objective = build_objective(config.objective.name, task.vocab_size,
-                                **config.objective.options)
+    objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     vocab_size = objective.model_vocab_size(task.vocab_size)
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, vocab_size=vocab_size)

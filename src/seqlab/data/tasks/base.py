@@ -56,8 +56,13 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(
-        self, model: Model, objective: Objective, *, split: str = "validation",
-        batch_size: int = 16, max_tokens: int | None = None,
+        self,
+        model: Model,
+        objective: Objective,
+        *,
+        split: str = "validation",
+        batch_size: int = 16,
+        max_tokens: int | None = None,
     ) -> dict[str, float]:
         """NLL in nats per scored token (bits per byte for text), and for tasks with answers
         the token accuracy and exact-match rate of the objective's predictions."""
@@ -77,8 +82,11 @@ class Task(ABC):
                 exact += int(((hits | ~scored).all(dim=1) & scored.any(dim=1)).sum())
                 sequences += int(scored.any(dim=1).sum())
         model.train(was_training)
-        metrics: dict[str, float] = {"nll": total.per_token, "tokens": total.tokens,
-                                     "bound": total.bound}
+        metrics: dict[str, float] = {
+            "nll": total.per_token,
+            "tokens": total.tokens,
+            "bound": total.bound,
+        }
         bytes_per_token = self.bytes_per_token(split)
         if bytes_per_token is not None:
             metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
