@@ -1,4 +1,8 @@
-"""Name -> factory registries with metadata: MIXERS, OBJECTIVES, SAMPLERS, TASKS, PRESETS."""
+"""Name -> factory registries with metadata: MIXERS, OBJECTIVES, SAMPLERS, TASKS.
+
+Presets (named experiment configs) are YAML files in `seqlab/presets`, listed by
+`seqlab.config.list_presets`.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +70,6 @@ MIXERS = Registry("mixer")
 OBJECTIVES = Registry("objective")
 SAMPLERS = Registry("sampler")
 TASKS = Registry("task")
-PRESETS = Registry("preset")
 
 
 def build_with_options(registry: Registry, name: str, *args: Any, **options: Any) -> Any:

@@ -56,7 +56,6 @@ class Layout:
 Layout.CAUSAL = Layout("causal")
 Layout.BIDIRECTIONAL = Layout("bidirectional")
 
-LAYOUT_KINDS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 
 
 class Mixer(nn.Module, ABC):
