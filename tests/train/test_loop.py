@@ -80,3 +80,27 @@ def test_same_seed_same_result(tmp_path):
     b = train(config_for(tmp_path, steps=4), tmp_path / "b", progress=False)
     assert a["param_fingerprints"] == b["param_fingerprints"]
     torch.testing.assert_close(a["final_loss"], b["final_loss"])
+
+
+def test_budget_counts_the_tokens_actually_trained(tmp_path):
+    from seqlab.data.tasks import build_task
+
+    config = from_dict(
+        ExperimentConfig,
+        {
+            "model": {"mixer": "attention", "d_model": 16, "n_layers": 1, "n_heads": 2},
+            "task": {
+                "name": "state_tracking",
+                "kind": "parity",
+                "max_len": 12,
+                "test_max_len": 60,
+                "eval_examples": 16,
+            },
+            "train": {"steps": 3, "batch_size": 4, "warmup": 1, "threads": 1},
+        },
+    )
+    summary = train(config, tmp_path / "run", progress=False)
+    task = build_task(config)
+    widths = [task.batch("train", step, 4, seed=0).tokens.shape[1] for step in range(3)]
+    assert max(widths) < task.seq_len, "training rows are shorter than the padded test length"
+    assert summary["train_tokens"] == 4 * sum(widths)

@@ -145,12 +145,13 @@ def _train(
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
     model.to(info.device)
     optimizer = build_optimizer(model, tc)
-    start, elapsed_before = 0, 0.0
+    start, elapsed_before, tokens_seen = 0, 0.0, 0
     if existing is not None:
         checkpoint = load_checkpoint(existing, info.device)
         model.load_state_dict(checkpoint.model, strict=False)
         optimizer.load_state_dict(checkpoint.optimizer)
         start, elapsed_before = checkpoint.step, float(checkpoint.extra.get("seconds", 0.0))
+        tokens_seen = int(checkpoint.extra.get("tokens", 0))
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -164,7 +165,6 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    tokens_per_step = tc.batch_size * task.seq_len
     hide_bar = True if not info.is_main else (None if progress is None else not progress)
     bar = tqdm(total=tc.steps, initial=start, disable=hide_bar, desc="train", dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -191,6 +191,7 @@ def _train(
                 loss, _ = objective.loss(net, batch)
                 (loss / tc.grad_accum).backward()
             loss_value += loss.item() / tc.grad_accum
+            tokens_seen += batch.tokens.numel() * info.world_size
         if not math.isfinite(loss_value):
             raise SeqlabError(
                 f"training diverged at step {step + 1}: loss is {loss_value}; "
@@ -212,7 +213,7 @@ def _train(
                 "loss": mean_across(info, loss_value),
                 "lr": lr,
                 "grad_norm": grad_norm,
-                "tokens": done * tokens_per_step,
+                "tokens": tokens_seen,
                 "seconds": round(seconds, 3),
             }
             if done % tc.eval_every == 0 or is_last:
@@ -231,7 +232,7 @@ def _train(
                     done,
                     model_state(model),
                     optimizer.state_dict(),
-                    {"seconds": seconds},
+                    {"seconds": seconds, "tokens": tokens_seen},
                     keep=tc.keep_checkpoints,
                 )
             barrier(info)
@@ -251,8 +252,8 @@ def _train(
         "params_non_embedding": model.num_params(embeddings=False),
         "state_size": model.state_size(seq_len),
         "flops_per_token": model.flops_per_token(seq_len),
-        "train_tokens": tc.steps * tokens_per_step,
-        "train_flops": 3.0 * model.flops_per_token(seq_len) * tc.steps * tokens_per_step,
+        "train_tokens": tokens_seen,
+        "train_flops": 3.0 * model.flops_per_token(seq_len) * tokens_seen,
         "seconds": round(elapsed_before + time.perf_counter() - t0, 3),
         "param_fingerprints": fingerprints,
     }
