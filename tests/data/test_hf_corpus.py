@@ -1,11 +1,10 @@
 import sys
 
+import datasets
 import pytest
 
 from seqlab.data import load_corpus
 from seqlab.errors import DataError, SeqlabError
-
-datasets = pytest.importorskip("datasets")
 
 SPLITS = ("train", "validation", "test")
 

@@ -9,6 +9,7 @@ forms that never subtract nearly equal numbers, so t close to 0 stays accurate.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -16,7 +17,7 @@ from torch import Tensor
 from seqlab.errors import ConfigError
 
 
-class Schedule:
+class Schedule(ABC):
     """α(t): the probability that a token is still clean at time t."""
 
     name: str
@@ -24,17 +25,17 @@ class Schedule:
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - self.noise_rate(t)
 
+    @abstractmethod
     def noise_rate(self, t: Tensor) -> Tensor:
         """1 − α(t)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def weight(self, t: Tensor) -> Tensor:
         """−α′(t) / (1 − α(t)), the weight of the absorbing ELBO's cross-entropy at time t."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decay(self, t: Tensor) -> Tensor:
         """−α′(t) / α(t), the rate at which clean tokens are noised (uniform-noise ELBO)."""
-        raise NotImplementedError
 
 
 class LogLinear(Schedule):
