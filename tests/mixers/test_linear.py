@@ -202,10 +202,19 @@ def test_bad_option_values_raise_config_error(options):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bidirectional_with_a_state_is_refused(name):
+def test_block_diffusion_with_a_state_is_refused(name):
     mixer = make(name)
-    with pytest.raises(SeqlabError, match="causal"):
-        mixer(torch.randn(1, 3, 16, dtype=F64), mixer.init_state(1), layout=Layout.BIDIRECTIONAL)
+    with pytest.raises(SeqlabError, match="cannot continue from a state"):
+        mixer(
+            torch.randn(1, 4, 16, dtype=F64), mixer.init_state(1), layout=Layout.block_diffusion(2)
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_diffusion_needs_an_even_length(name):
+    mixer = make(name)
+    with pytest.raises(SeqlabError, match="even length"):
+        mixer(torch.randn(1, 5, 16, dtype=F64), layout=Layout.block_diffusion(2))
 
 
 def test_heads_option_sets_the_head_count():

@@ -13,8 +13,11 @@ VOCAB = 7
 MASK = VOCAB
 
 
-def tiny(vocab=VOCAB + 1, n_layers=2):
-    config = ModelConfig(d_model=32, n_layers=n_layers, n_heads=4, vocab_size=vocab)
+RECURRENT = ["gla", "mamba", "gated_deltanet", "lstm"]
+
+
+def tiny(vocab=VOCAB + 1, n_layers=2, mixer="attention"):
+    config = ModelConfig(mixer=mixer, d_model=32, n_layers=n_layers, n_heads=4, vocab_size=vocab)
     return seqlab.build_model(config).double()
 
 
@@ -25,9 +28,13 @@ def all_noised_terms(objective, model, tokens):
         return objective.elbo_terms(model, Batch(tokens), t)[0]
 
 
-def test_block_size_one_is_the_chain_rule():
-    """With every block one token, each masked token reads exactly its clean prefix."""
-    model = tiny()
+@pytest.mark.parametrize("mixer", ["attention", *RECURRENT])
+def test_block_size_one_is_the_chain_rule(mixer):
+    """With every block one token, each masked token reads exactly its clean prefix. For
+    attention that is the causal layout; a recurrent mixer's block_causal(1) layout also
+    scans the one-token block in reverse (see `scan_in_layout`), an AR model of its own."""
+    model = tiny(mixer=mixer)
+    layout = Layout.CAUSAL if mixer == "attention" else Layout.block_causal(1)
     tokens = torch.randint(0, VOCAB, (3, 9))
     objective = build_objective("block_diffusion", VOCAB, block_size=1)
     terms = all_noised_terms(objective, model, tokens)
@@ -36,7 +43,7 @@ def test_block_size_one_is_the_chain_rule():
     with torch.no_grad():
         for i in range(tokens.shape[1]):
             x = torch.cat([tokens[:, :i], torch.full((3, 1), MASK)], dim=1)
-            logp = model(x, layout=Layout.CAUSAL)[0][:, -1, :VOCAB].log_softmax(-1)
+            logp = model(x, layout=layout)[0][:, -1, :VOCAB].log_softmax(-1)
             expected[:, i] = -logp.gather(-1, tokens[:, i : i + 1]).squeeze(-1)
     torch.testing.assert_close(terms, expected, rtol=1e-12, atol=1e-12)
 
@@ -73,10 +80,12 @@ def test_block_size_of_the_sequence_is_full_diffusion_with_the_same_draws(noise,
             torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=0)
 
 
-def test_noised_block_reads_only_its_clean_prefix_and_itself():
+@pytest.mark.parametrize("mixer", ["attention", *RECURRENT])
+def test_noised_block_reads_only_its_clean_prefix_and_itself(mixer):
     """Each block's x̂_0 equals a plain block-causal pass over [x_0 of earlier blocks, x_t of
-    the block]: the context the KV-cached sampler gives it, at the same positions."""
-    model = tiny()
+    the block]: the context the KV-cached (or state-cached) sampler gives it, at the same
+    positions."""
+    model = tiny(mixer=mixer)
     b, length = 4, 10
     objective = build_objective("block_diffusion", VOCAB, block_size=b)
     tokens = torch.randint(0, VOCAB, (2, length))
@@ -114,10 +123,11 @@ def test_mixture_of_block_sizes_and_clipped_times_train():
         build_objective("block_diffusion", VOCAB, clip=[0.8, 0.3])
 
 
-def test_block_diffusion_learns():
+@pytest.mark.parametrize("mixer", ["attention", "gla", "mamba"])
+def test_block_diffusion_learns(mixer):
     torch.manual_seed(0)
     objective = build_objective("block_diffusion", VOCAB, block_size=4)
-    model = tiny(n_layers=1).float()
+    model = tiny(n_layers=1, mixer=mixer).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     base = torch.arange(8) % VOCAB
     for _ in range(100):

@@ -13,9 +13,12 @@ VOCAB = 7
 SAMPLER_NAMES = ["ancestral", "confidence", "topk_confidence", "remask"]
 
 
-def tiny(objective, n_layers=2):
+BLOCK_BACKBONES = ["attention", "gla", "mamba", "lstm"]
+
+
+def tiny(objective, n_layers=2, mixer="attention"):
     vocab = objective.model_vocab_size(VOCAB)
-    config = ModelConfig(d_model=32, n_layers=n_layers, n_heads=4, vocab_size=vocab)
+    config = ModelConfig(mixer=mixer, d_model=32, n_layers=n_layers, n_heads=4, vocab_size=vocab)
     return seqlab.build_model(config).double()
 
 
@@ -24,10 +27,12 @@ def test_samplers_are_registered_as_diffusion():
         assert SAMPLERS.get(name).meta["paradigm"] == "diffusion"
 
 
+@pytest.mark.parametrize("mixer", BLOCK_BACKBONES)
 @pytest.mark.parametrize("prompt_length", [3, 4])
-def test_cached_block_logits_equal_uncached(prompt_length):
+def test_cached_block_logits_equal_uncached(prompt_length, mixer):
+    """The cache is the KV cache for attention and the recurrent state for the others."""
     objective = build_objective("block_diffusion", VOCAB, block_size=4)
-    model = tiny(objective).eval()
+    model = tiny(objective, mixer=mixer).eval()
     x = torch.randint(0, VOCAB + 1, (2, 14))
     cached, uncached = Context(model, 4, cache=True), Context(model, 4, cache=False)
     with torch.no_grad():
@@ -40,10 +45,11 @@ def test_cached_block_logits_equal_uncached(prompt_length):
     assert cached.nfe > uncached.nfe  # the cache costs one pass per finished block
 
 
+@pytest.mark.parametrize("mixer", BLOCK_BACKBONES)
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
-def test_cached_and_uncached_block_sampling_agree(sampler):
+def test_cached_and_uncached_block_sampling_agree(sampler, mixer):
     objective = build_objective("block_diffusion", VOCAB, block_size=4)
-    model = tiny(objective)
+    model = tiny(objective, mixer=mixer)
     prompt = torch.randint(0, VOCAB, (3, 5))
     runs = [
         generate(

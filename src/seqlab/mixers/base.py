@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
+
 State = Any
 
 
@@ -55,7 +57,6 @@ class Layout:
 
 Layout.CAUSAL = Layout("causal")
 Layout.BIDIRECTIONAL = Layout("bidirectional")
-
 
 
 class Mixer(nn.Module, ABC):
@@ -128,7 +129,158 @@ def clone_state(state: State) -> State:
 
 
 def check_input(x: Tensor, d_model: int, name: str = "x") -> None:
-    from seqlab.errors import ShapeError
-
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ShapeError(f"{name} must have shape [B, T, {d_model}], got {list(x.shape)}")
+
+
+def stack_states(states: list[State]) -> State:
+    """Concatenate same-structured states `[B, ...]` into one `[B · len(states), ...]`, row
+    `b · len(states) + j` holding row b of `states[j]` (the order of `fold_blocks`)."""
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        if not first.dim():
+            return first
+        return torch.stack(states, dim=1).flatten(0, 1)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        changes = {
+            f.name: stack_states([getattr(s, f.name) for s in states])
+            for f in dataclasses.fields(first)
+        }
+        return dataclasses.replace(first, **changes)
+    if isinstance(first, tuple | list):
+        return type(first)(stack_states(list(parts)) for parts in zip(*states, strict=True))
+    if isinstance(first, dict):
+        return {k: stack_states([s[k] for s in states]) for k in first}
+    return first
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrent states are kept in float32, or float64 when the module runs in float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_expand(expand: int, name: str) -> None:
+    if not isinstance(expand, int) or expand < 1:
+        raise ConfigError(f"{name} expand must be a positive integer, got {expand!r}")
+
+
+SCAN_LAYOUTS = ("causal", "bidirectional", "block_causal", "block_diffusion")
+
+# One direction of a recurrent mixer: time-indexed inputs (each `[B, T, ...]`) and a state
+# (None: the parallel form from a zero state) -> (output `[B, T, ...]`, new state or None).
+Recur = Callable[[tuple[Tensor, ...], State | None], tuple[Tensor, State | None]]
+
+
+def check_scan_layout(layout: Layout, state: State | None, name: str) -> None:
+    """A scan supports the layouts in `SCAN_LAYOUTS` (see `scan_in_layout`); only the
+    vectorised block-diffusion sequence cannot continue from a carried state."""
+    if layout.kind not in SCAN_LAYOUTS:
+        raise SeqlabError(f"{name} supports the layouts {SCAN_LAYOUTS}, got {layout.kind!r}")
+    if state is not None and layout.kind == "block_diffusion":
+        raise SeqlabError(
+            f"{name}: the block_diffusion layout reads a whole [x_t ; x_0] sequence and cannot "
+            "continue from a state; decode block by block with block_causal and bidirectional"
+        )
+
+
+def scan_in_layout(
+    recur: Recur,
+    inputs: tuple[Tensor, ...],
+    state: State | None,
+    layout: Layout,
+    init_state: Callable[[int], State],
+) -> tuple[Tensor, State | None]:
+    """Run a one-directional recurrence `F` in any layout, by forward and reversed scans.
+
+    With R(x) = flip(F(flip(x); 0)) (the same recurrence over the reversed tokens, from a zero
+    state), the outputs are, before the mixer's output norm and gate:
+
+    * causal: F(x; s).
+    * bidirectional: F(x; s) + R(x), the two scans of Hydra's view.
+    * block_causal(b): F(x; s) + R applied to each block of b tokens separately, so a token
+      reads every earlier token (through the state) and its whole block. Blocks count from
+      the first token given: a chunk continued from a state must start at a block boundary
+      (the state holds no position).
+    * block_diffusion(b): x = [x_t ; x_0] of length 2L. The clean half is block_causal. The
+      noised block j reads F(x_t^j; S_j) + R(x_t^j), where S_j is F's state after the clean
+      blocks before j: the recurrent state carries the clean prefix, and the block is read
+      both ways on top of it. This is exactly what block-wise sampling computes with a state
+      cache (prefill x_0^{<j} block-causally, then read x_t^j bidirectionally from the
+      state), and, as with attention's block-diffusion mask, block j's output depends only
+      on x_0^{<j} and x_t^j. The states S_j come from scanning the clean half one block at a
+      time; the noised blocks then run as one batch of L/b sequences.
+
+    With b = 1 a token reads its prefix and itself, but the reversed scan of the one token
+    adds a term that the causal layout does not have: the block_causal(1) model is an exact
+    autoregressive model, not the same function as the causal layout with the same weights.
+
+    Returns (summed output, F's new state when `state` is given, else None).
+    """
+    if layout.kind in ("causal", "bidirectional", "block_causal"):
+        output, new_state = recur(inputs, state)
+        if layout.kind == "causal":
+            return output, new_state
+        size = layout.block_size if layout.kind == "block_causal" else inputs[0].shape[1]
+        return output + reverse_in_blocks(recur, inputs, size), new_state
+    length, odd = divmod(inputs[0].shape[1], 2)
+    if odd:
+        raise ShapeError(
+            f"the block_diffusion layout needs an even length [x_t ; x_0], got {2 * length + 1}"
+        )
+    size = layout.block_size
+    noised = tuple(u[:, :length] for u in inputs)
+    clean = tuple(u[:, length:] for u in inputs)
+    starts, clean_outputs = [], []
+    carried = init_state(inputs[0].shape[0])
+    for start in range(0, length, size):
+        starts.append(carried)
+        output, carried = recur(tuple(u[:, start : start + size] for u in clean), carried)
+        clean_outputs.append(output)
+    noised_output = forward_blocks_from(recur, noised, size, starts)
+    both = tuple(torch.cat([a, b]) for a, b in zip(noised, clean, strict=True))
+    reverse = reverse_in_blocks(recur, both, size)
+    batch = inputs[0].shape[0]
+    noised_output = noised_output + reverse[:batch]
+    clean_output = torch.cat(clean_outputs, dim=1) + reverse[batch:]
+    return torch.cat([noised_output, clean_output], dim=1), None
+
+
+def fold_blocks(u: Tensor, size: int) -> Tensor:
+    """`[B, n · size, ...]` -> `[B · n, size, ...]` (row b · n + j is block j of row b)."""
+    return u.reshape(u.shape[0] * (u.shape[1] // size), size, *u.shape[2:])
+
+
+def unfold_blocks(u: Tensor, batch: int) -> Tensor:
+    """The inverse of `fold_blocks`."""
+    return u.reshape(batch, -1, *u.shape[2:])
+
+
+def reverse_in_blocks(recur: Recur, inputs: tuple[Tensor, ...], size: int) -> Tensor:
+    """R(x) restarted at every block of `size` tokens (the last block may be shorter)."""
+    batch, steps = inputs[0].shape[:2]
+    full = steps - steps % size
+    parts = []
+    if full:
+        blocks = tuple(fold_blocks(u[:, :full], size).flip(1) for u in inputs)
+        parts.append(unfold_blocks(recur(blocks, None)[0].flip(1), batch))
+    if full < steps:
+        parts.append(recur(tuple(u[:, full:].flip(1) for u in inputs), None)[0].flip(1))
+    return torch.cat(parts, dim=1)
+
+
+def forward_blocks_from(
+    recur: Recur, inputs: tuple[Tensor, ...], size: int, starts: list[State]
+) -> Tensor:
+    """F over each block j of `size` tokens from its own state `starts[j]`, blocks batched."""
+    batch, steps = inputs[0].shape[:2]
+    full = steps // size
+    parts = []
+    if full:
+        blocks = tuple(fold_blocks(u[:, : full * size], size) for u in inputs)
+        output, _ = recur(blocks, stack_states(starts[:full]))
+        parts.append(unfold_blocks(output, batch))
+    if full * size < steps:
+        parts.append(recur(tuple(u[:, full * size :] for u in inputs), starts[full])[0])
+    return torch.cat(parts, dim=1)

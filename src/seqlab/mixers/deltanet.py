@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
+from seqlab.mixers.base import SCAN_LAYOUTS
 from seqlab.mixers.linear import (
     LinearRecurrence,
     LinearState,
@@ -209,7 +210,7 @@ _DELTA_OPTIONS = (
     "deltanet",
     description="DeltaNet (delta rule, short conv, L2-normalised q/k; negative eigenvalues)",
     family="delta_rule",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=_DELTA_OPTIONS,
 )
@@ -221,7 +222,7 @@ def build_deltanet(config: ModelConfig, layer: int, **options: object) -> DeltaN
     "gated_deltanet",
     description="Gated DeltaNet (delta rule with Mamba-2 decay; negative eigenvalues)",
     family="delta_rule",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=(*_DELTA_OPTIONS, "dt_min", "dt_max", "A_min", "A_max"),
 )

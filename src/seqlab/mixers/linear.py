@@ -18,8 +18,15 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout, Mixer, check_input
-from seqlab.mixers.rnn import check_scan_layout, state_dtype
+from seqlab.mixers.base import (
+    SCAN_LAYOUTS,
+    Layout,
+    Mixer,
+    check_input,
+    check_scan_layout,
+    scan_in_layout,
+    state_dtype,
+)
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.attention import apply_rotary, rotary_angles
 from seqlab.ops.linear_attention import gated_linear_attention
@@ -84,9 +91,10 @@ class LinearRecurrence(Mixer):
     Kernel mode: the parallel form and prefills (`T > 1`) run the kernel's chunked form, a
     one-token decode step its recurrent form; `kernel_mode` ("chunk" or "recurrent") forces one
     (tests and benchmarks).
-    Bidirectional layout: the same parameters also run over the reversed sequence (its own
-    conv and recurrence from a zero state); the two directions' kernel outputs are summed
-    before the output norm and gate, the "two scans" view of Hydra (Hwang et al., 2024).
+    Other layouts (`scan_in_layout`): the same parameters also run over the reversed sequence,
+    or each block of it (its own conv and recurrence from a zero state); the two directions'
+    kernel outputs are summed before the output norm and gate, the "two scans" view of Hydra
+    (Hwang et al., 2024).
     Init: the base init, except that an output gate `silu(W_g x)` gets fan-in init
     N(0, 1/d_model). With the model-wide std (0.02) the gate of a small model starts near 0.05
     and scales the whole mixer output down, so the layer barely moves in a short run; fan-in
@@ -124,9 +132,7 @@ class LinearRecurrence(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
         inputs, gate = self._project(x)
-        o, new_state = self._recur(inputs, state)
-        if layout.kind == "bidirectional":
-            o = o + self._recur(tuple(u.flip(1) for u in inputs), None)[0].flip(1)
+        o, new_state = scan_in_layout(self._recur, inputs, state, layout, self.init_state)
         return self._output(o, gate), new_state
 
     @abstractmethod
@@ -496,7 +502,7 @@ def heads_option(config: ModelConfig, options: dict[str, object]) -> int:
     "linear_attention",
     description="linear attention (elu+1 feature map, normaliser, short conv)",
     family="linear_attention",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("heads", "normalize", "conv_size", "chunk_size"),
 )
@@ -508,7 +514,7 @@ def build_linear_attention(config: ModelConfig, layer: int, **options: object) -
     "retnet",
     description="RetNet multi-scale retention (fixed per-head decays, rotary, group norm, gate)",
     family="linear_attention",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("heads", "expand_v", "rotary", "rope_theta", "conv_size", "chunk_size"),
 )
@@ -521,7 +527,7 @@ def build_retnet(config: ModelConfig, layer: int, **options: object) -> RetNet:
     "gla",
     description="gated linear attention (low-rank data-dependent per-key decay, conv, gate)",
     family="linear_attention",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=(
         "heads",

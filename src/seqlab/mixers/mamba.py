@@ -12,8 +12,16 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout, Mixer, check_input
-from seqlab.mixers.rnn import check_expand, check_scan_layout, state_dtype
+from seqlab.mixers.base import (
+    SCAN_LAYOUTS,
+    Layout,
+    Mixer,
+    check_expand,
+    check_input,
+    check_scan_layout,
+    scan_in_layout,
+    state_dtype,
+)
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -73,8 +81,9 @@ class Mamba(Mixer):
     (floored at 1e-4); D = 1.
     `negative_eigenvalues` (Grazzi et al., 2025) maps each decay exp(ΔA) ∈ (0, 1) to
     2 exp(ΔA) − 1 ∈ (−1, 1), which lets a layer track parity.
-    Bidirectional layout: the same conv and S6 also run over the reversed sequence; the two
-    outputs are summed before the gate (each direction includes its own D skip).
+    Other layouts (`scan_in_layout`): the same conv and S6 also run over the reversed sequence
+    (or each block of it); the directions are summed before the gate (each includes its own
+    D skip).
     """
 
     def __init__(
@@ -145,9 +154,9 @@ class Mamba(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "mamba")
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        y, new_state = self._conv_and_scan(u, state)
-        if layout.kind == "bidirectional":
-            y = y + self._conv_and_scan(u.flip(1), None)[0].flip(1)
+        y, new_state = scan_in_layout(
+            lambda inputs, s: self._conv_and_scan(*inputs, s), (u,), state, layout, self.init_state
+        )
         return self.out(y * F.silu(z)), new_state
 
     def _conv_and_scan(
@@ -199,7 +208,7 @@ class Mamba(Mixer):
     "mamba",
     description="Mamba selective SSM block (S6, conv, gate; optional negative eigenvalues)",
     family="ssm",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("expand", "d_state", "d_conv", "dt_rank", "negative_eigenvalues", "dt_min", "dt_max"),
 )

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
+from seqlab.mixers.base import SCAN_LAYOUTS
 from seqlab.mixers.linear import (
     LinearRecurrence,
     LinearState,
@@ -185,7 +186,7 @@ class Mamba2(LinearRecurrence):
     "mamba2",
     description="Mamba-2 SSD block (scalar decay per head, conv, gated norm; negative eigenvalues)",
     family="ssm",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=(
         "heads",

@@ -1,9 +1,5 @@
 """Recurrent mixers: minGRU (log-space parallel scan), LSTM and GRU (torch's fused kernels),
-LRU (complex diagonal scan).
-
-Also the rules that every scan-based mixer here and in `s4d`/`mamba` shares: which layouts a
-fixed-state recurrence serves, the dtype its state is kept in, and the `expand` option.
-"""
+LRU (complex diagonal scan). Every layout runs through `scan_in_layout`."""
 
 from __future__ import annotations
 
@@ -15,34 +11,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
-from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout, Mixer, check_input
+from seqlab.errors import ConfigError
+from seqlab.mixers.base import (
+    SCAN_LAYOUTS,
+    Layout,
+    Mixer,
+    check_expand,
+    check_input,
+    check_scan_layout,
+    scan_in_layout,
+    state_dtype,
+)
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import diagonal_scan, log_space_scan
 from seqlab.registry import MIXERS
-
-
-def check_scan_layout(layout: Layout, state: object, name: str) -> None:
-    """A scan reads causally, or both ways (a forward plus a reversed scan, summed); a carried
-    state can only be continued causally."""
-    if layout.kind not in ("causal", "bidirectional"):
-        raise SeqlabError(
-            f"{name} supports the causal and bidirectional layouts, got {layout.kind!r}"
-        )
-    if state is not None and not layout.is_causal:
-        raise SeqlabError(
-            f"{name} continues from a state only in the causal layout, got {layout.kind!r}"
-        )
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Recurrent states are kept in float32, or float64 when the module runs in float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def check_expand(expand: int, name: str) -> None:
-    if not isinstance(expand, int) or expand < 1:
-        raise ConfigError(f"{name} expand must be a positive integer, got {expand!r}")
 
 
 def log_g(x: Tensor) -> Tensor:
@@ -73,7 +55,8 @@ class MinGRU(Mixer):
     positive moving average, so reading "the token k steps back" needs differences of
     averages with large weights; the conv gives each gate the last few tokens directly, as
     in Mamba's and Griffin's recurrent blocks.
-    Bidirectional layout: the same conv and cell also run over the reversed sequence; summed.
+    Other layouts (`scan_in_layout`): the same conv and cell also run over the reversed
+    sequence (or each block of it); the directions are summed before the output projection.
     """
 
     def __init__(self, d_model: int, *, expand: int = 1, d_conv: int = 4) -> None:
@@ -96,9 +79,9 @@ class MinGRU(Mixer):
     ) -> tuple[Tensor, MinGRUState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "mingru")
-        h, new_state = self._recur(x, state)
-        if layout.kind == "bidirectional":
-            h = h + self._recur(x.flip(1), None)[0].flip(1)
+        h, new_state = scan_in_layout(
+            lambda inputs, s: self._recur(*inputs, s), (x,), state, layout, self.init_state
+        )
         return self.out(h.to(x.dtype)), new_state
 
     def _recur(self, x: Tensor, state: MinGRUState | None) -> tuple[Tensor, MinGRUState | None]:
@@ -162,7 +145,8 @@ class FusedRNN(Mixer):
     Training and decoding run the same module; the state is (h, c) or h.
     Weights keep torch's U(±1/√hidden) init; the LSTM forget-gate bias starts at 1
     (Jozefowicz et al., 2015) so that early gradients flow through the cell.
-    Bidirectional layout: the same cell also runs over the reversed sequence; summed.
+    Other layouts (`scan_in_layout`): the same cell also runs over the reversed sequence (or
+    each block of it); the directions are summed before the output projection.
     """
 
     def __init__(self, d_model: int, *, cell: str, expand: int = 1) -> None:
@@ -196,11 +180,15 @@ class FusedRNN(Mixer):
     ) -> tuple[Tensor, RNNState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.cell)
+        h, new_state = scan_in_layout(
+            lambda inputs, s: self._recur(*inputs, s), (x,), state, layout, self.init_state
+        )
+        return self.out(h), new_state
+
+    def _recur(self, x: Tensor, state: RNNState | None) -> tuple[Tensor, RNNState | None]:
+        """h `[B, T, hidden]` from `state` (zeros when None) and the new state."""
         if state is None:
-            h, _ = self.rnn(x)
-            if layout.kind == "bidirectional":
-                h = h + self.rnn(x.flip(1))[0].flip(1)
-            return self.out(h), None
+            return self.rnn(x)[0], None
         hx = state.h.to(x.dtype)[None]
         if self.cell == "lstm":
             hx = (hx, state.c.to(x.dtype)[None])
@@ -208,7 +196,7 @@ class FusedRNN(Mixer):
         h_last, c_last = last if self.cell == "lstm" else (last, None)
         dtype = state_dtype(x.dtype)
         new_state = RNNState(h_last[0].to(dtype), None if c_last is None else c_last[0].to(dtype))
-        return self.out(h), new_state
+        return h, new_state
 
     def init_state(
         self,
@@ -240,7 +228,7 @@ class FusedRNN(Mixer):
     "mingru",
     description="minGRU: input-gated linear RNN with a log-space parallel scan",
     family="rnn",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("expand", "d_conv"),
 )
@@ -252,7 +240,7 @@ def build_mingru(config: ModelConfig, layer: int, **options: object) -> MinGRU:
     "lstm",
     description="LSTM (torch fused kernel) with an output projection",
     family="rnn",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("expand",),
 )
@@ -264,7 +252,7 @@ def build_lstm(config: ModelConfig, layer: int, **options: object) -> FusedRNN:
     "gru",
     description="GRU (torch fused kernel) with an output projection",
     family="rnn",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("expand",),
 )
@@ -290,8 +278,8 @@ class LRU(Mixer):
     model's residual output scale; the rest is the paper's init: |λ| uniform on the ring
     [r_min, r_max] (by area), arg λ ~ U[0, max_phase], γ = √(1 − |λ|²) (then trained, in
     log space), B ~ CN(0, 1/d_model), D ~ N(0, 1).
-    Bidirectional layout: the same recurrence also scans the reversed sequence; the states
-    are summed before C.
+    Other layouts (`scan_in_layout`): the same recurrence also scans the reversed sequence (or
+    each block of it); the states are summed before C.
     """
 
     def __init__(
@@ -353,14 +341,17 @@ class LRU(Mixer):
         re, im = self.in_proj(x).to(dtype).chunk(2, dim=-1)
         inputs = self.gamma_log.exp().to(dtype) * torch.complex(re, im)
         decay = self.eigenvalues().to(inputs.dtype)
-        h0 = None if state is None else torch.view_as_complex(state.h.to(dtype).contiguous())
-        h, h_last = diagonal_scan(
-            decay, inputs, initial_state=h0, output_final_state=state is not None
-        )
-        if layout.kind == "bidirectional":
-            h = h + diagonal_scan(decay, inputs.flip(1))[0].flip(1)
+
+        def recur(parts: tuple[Tensor, ...], s: LRUState | None) -> tuple[Tensor, LRUState | None]:
+            h0 = None if s is None else torch.view_as_complex(s.h.to(dtype).contiguous())
+            h, h_last = diagonal_scan(
+                decay, parts[0], initial_state=h0, output_final_state=s is not None
+            )
+            return h, None if s is None else LRUState(torch.view_as_real(h_last))
+
+        h, new_state = scan_in_layout(recur, (inputs,), state, layout, self.init_state)
         y = self.out(torch.cat([h.real, h.imag], dim=-1).to(x.dtype)) + self.D * x
-        return y, None if state is None else LRUState(torch.view_as_real(h_last))
+        return y, new_state
 
     def init_state(
         self,
@@ -392,7 +383,7 @@ class LRU(Mixer):
     "lru",
     description="LRU: complex diagonal linear recurrence with ring init and γ normalisation",
     family="rnn",
-    layouts=("causal", "bidirectional"),
+    layouts=SCAN_LAYOUTS,
     state="fixed",
     options=("d_state", "r_min", "r_max", "max_phase"),
 )

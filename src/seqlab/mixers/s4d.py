@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
-from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout, Mixer, check_input
-from seqlab.mixers.rnn import check_expand, check_scan_layout, state_dtype
+from seqlab.errors import ConfigError, SeqlabError
+from seqlab.mixers.base import Layout, Mixer, check_expand, check_input, state_dtype
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -154,7 +153,13 @@ class S4D(Mixer):
         positions: Tensor | None = None,
     ) -> tuple[Tensor, S4DState | None]:
         check_input(x, self.d_model)
-        check_scan_layout(layout, state, "s4d")
+        stateful_bidirectional = state is not None and not layout.is_causal
+        if layout.kind not in ("causal", "bidirectional") or stateful_bidirectional:
+            raise SeqlabError(
+                "s4d supports the causal layout (from a state or not) and the bidirectional "
+                f"layout (without a state), got {layout.kind!r}"
+                + ("" if state is None else " with a state")
+            )
         u, z = self.in_proj(x).chunk(2, dim=-1)
         if layout.kind == "bidirectional":
             steps = u.shape[1]

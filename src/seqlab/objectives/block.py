@@ -8,6 +8,12 @@ before it; clean blocks are block-causal. Both halves carry the same positions 0
 the model learns the task it samples (a noised block on top of a cached clean prefix).
 Block size 1 is the AR chain rule (plus p(x_0) from an empty context); block size ≥ L is
 full-sequence diffusion with the same draws.
+
+Recurrent backbones (every mixer whose registry entry lists the `block_diffusion` layout)
+serve the same layout through `mixers.base.scan_in_layout`: the fixed-size state carries the
+clean prefix, and each noised block is scanned forwards from the state at its start plus
+backwards within the block. Block-wise sampling then caches the state instead of keys and
+values; cached and uncached logits are equal, as for attention.
 """
 
 from __future__ import annotations
