@@ -15,6 +15,7 @@ distinct 4-grams (greedy decoders reach a low NLL by repeating themselves).
 
     PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
     PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
+    PYTHONPATH=src python benchmarks/paradigms.py --mixer gla # a recurrent backbone
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ CELLS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--mixer",
+        default="attention",
+        help="backbone of every paradigm (recurrent ones cache their state in block sampling)",
+    )
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -80,7 +86,12 @@ def experiment(args: argparse.Namespace, name: str, options: dict) -> Experiment
     return from_dict(
         ExperimentConfig,
         {
-            "model": {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads},
+            "model": {
+                "mixer": args.mixer,
+                "d_model": args.d_model,
+                "n_layers": args.layers,
+                "n_heads": args.heads,
+            },
             "objective": {"name": name, **options},
             "task": {"name": "text"},
             "data": {"corpus": "stdlib", "seq_len": args.seq_len},

@@ -178,17 +178,17 @@ def test_bad_override_syntax():
         parse_overrides(["--train.steps"])
 
 
-def test_diffusion_run_trains_evaluates_as_bound_and_samples(cli, tmp_path):
+@pytest.mark.parametrize("mixer", ["attention", "gated_deltanet"])
+def test_diffusion_run_trains_evaluates_as_bound_and_samples(cli, tmp_path, mixer):
     corpus = write_corpus(tmp_path / "corpus", files=6, lines=20)
-    config = write_config(
-        tmp_path / "c.yaml",
-        tiny_config(
-            corpus,
-            tmp_path / "cache",
-            train={"steps": 4, "checkpoint_every": 4},
-            objective={"name": "block_diffusion", "block_size": 4},
-        ),
+    config = tiny_config(
+        corpus,
+        tmp_path / "cache",
+        train={"steps": 4, "checkpoint_every": 4},
+        objective={"name": "block_diffusion", "block_size": 4},
     )
+    config["model"]["mixer"] = mixer
+    config = write_config(tmp_path / "c.yaml", config)
     run = tmp_path / "run"
     assert cli("train", "--config", config, "--out", run).returncode == 0
     metrics = json.loads(cli("eval", run, "--split", "validation").stdout)
