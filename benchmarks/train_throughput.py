@@ -47,13 +47,18 @@ from seqlab.train.loop import build_optimizer
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch.get_num_threads(), all available cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch.get_num_threads(), all available cores)",
+    )
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=None,
-                   help="grouped-query KV heads (default: heads)")
+    p.add_argument(
+        "--kv-heads", type=int, default=None, help="grouped-query KV heads (default: heads)"
+    )
     p.add_argument("--mlp-ratio", type=float, default=4.0, help="SwiGLU hidden = ratio x d_model")
     p.add_argument("--seq-len", type=int, default=256, help="T, positions trained per sequence")
     p.add_argument("--batch", type=int, default=8)
@@ -64,11 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n peak matmul")
     p.add_argument("--matmul-reps", type=int, default=5, help="matmuls per peak window")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the check that both models compute the same logits")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 1 warm-up step, 2 steps x 2 rounds (the peak matmul keeps its "
-                   "size: a small one underestimates the peak and inflates MFU)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check that both models compute the same logits",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 1 warm-up step, 2 steps x 2 rounds (the peak matmul keeps its "
+        "size: a small one underestimates the peak and inflates MFU)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.warmup = 2, 2, 1
@@ -82,11 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def seqlab_model(args: argparse.Namespace) -> Model:
-    return build_model(ModelConfig(
-        mixer="attention", d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-        n_kv_heads=args.kv_heads, vocab_size=args.vocab, mlp_ratio=args.mlp_ratio,
-        tie_embeddings=not args.untied, norm_eps=1e-5, rope_theta=10000.0,
-    ))
+    return build_model(
+        ModelConfig(
+            mixer="attention",
+            d_model=args.d_model,
+            n_layers=args.layers,
+            n_heads=args.heads,
+            n_kv_heads=args.kv_heads,
+            vocab_size=args.vocab,
+            mlp_ratio=args.mlp_ratio,
+            tie_embeddings=not args.untied,
+            norm_eps=1e-5,
+            rope_theta=10000.0,
+        )
+    )
 
 
 def llama_model(args: argparse.Namespace) -> nn.Module:
@@ -240,22 +260,28 @@ def main(argv: list[str] | None = None) -> None:
     total_ours = sum(p.numel() for p in ours.parameters())
     total_llama = sum(p.numel() for p in llama.parameters())
     if (n_ours, total_ours) != (n_llama, total_llama):
-        raise RuntimeError(f"shape mismatch: seqlab {n_ours}/{total_ours} matmul/total params, "
-                           f"llama {n_llama}/{total_llama}")
+        raise RuntimeError(
+            f"shape mismatch: seqlab {n_ours}/{total_ours} matmul/total params, "
+            f"llama {n_llama}/{total_llama}"
+        )
 
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))
     if not args.no_check:
         diff = check_same_function(ours, llama, tokens[:, :-1])
-        print(f"same function check: max |logits_seqlab - logits_llama| = {diff:.2e} "
-              "(both now start from the same weights)")
+        print(
+            f"same function check: max |logits_seqlab - logits_llama| = {diff:.2e} "
+            "(both now start from the same weights)"
+        )
 
     train_config = TrainConfig()
     opt_ours, opt_llama = build_optimizer(ours, train_config), build_optimizer(llama, train_config)
     ours.train()
     llama.train()
     losses: dict[str, list[Tensor]] = {"seqlab": [], "hf-llama": []}
-    steps = {"seqlab": seqlab_step(ours, opt_ours, tokens, losses["seqlab"]),
-             "hf-llama": llama_step(llama, opt_llama, tokens, losses["hf-llama"])}
+    steps = {
+        "seqlab": seqlab_step(ours, opt_ours, tokens, losses["seqlab"]),
+        "hf-llama": llama_step(llama, opt_llama, tokens, losses["hf-llama"]),
+    }
     peak_window = matmul_window(args.matmul_size, args.matmul_reps)
 
     load_before = load_average()
@@ -276,27 +302,39 @@ def main(argv: list[str] | None = None) -> None:
     load_after = load_average()
 
     peak = statistics.median(peaks)
-    flops = {"seqlab": 3.0 * ours.flops_per_token(args.seq_len),
-             "hf-llama": 3.0 * llama_flops_per_token(llama, args)}
+    flops = {
+        "seqlab": 3.0 * ours.flops_per_token(args.seq_len),
+        "hf-llama": 3.0 * llama_flops_per_token(llama, args),
+    }
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, python "
-          f"{platform.python_version()}, {platform.machine()} {os.cpu_count()} logical CPUs, "
-          f"{threads} torch threads")
-    print(f"shape: d_model {args.d_model}, layers {args.layers}, heads {args.heads}"
-          f"/{args.kv_heads or args.heads} kv, SwiGLU hidden "
-          f"{int(round(args.mlp_ratio * args.d_model))}, T {args.seq_len}, batch {args.batch}, "
-          f"vocab {args.vocab}, {'untied' if args.untied else 'tied'} embeddings, float32; "
-          f"{total_ours:,} params ({n_ours:,} in matmuls)")
-    print(f"AdamW lr {train_config.lr}, betas ({train_config.beta1}, {train_config.beta2}), "
-          f"weight decay {train_config.weight_decay} on matrices; {args.warmup} warm-up steps, "
-          f"{args.repeats} rounds x {args.steps} steps, interleaved")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, python "
+        f"{platform.python_version()}, {platform.machine()} {os.cpu_count()} logical CPUs, "
+        f"{threads} torch threads"
+    )
+    print(
+        f"shape: d_model {args.d_model}, layers {args.layers}, heads {args.heads}"
+        f"/{args.kv_heads or args.heads} kv, SwiGLU hidden "
+        f"{int(round(args.mlp_ratio * args.d_model))}, T {args.seq_len}, batch {args.batch}, "
+        f"vocab {args.vocab}, {'untied' if args.untied else 'tied'} embeddings, float32; "
+        f"{total_ours:,} params ({n_ours:,} in matmuls)"
+    )
+    print(
+        f"AdamW lr {train_config.lr}, betas ({train_config.beta1}, {train_config.beta2}), "
+        f"weight decay {train_config.weight_decay} on matrices; {args.warmup} warm-up steps, "
+        f"{args.repeats} rounds x {args.steps} steps, interleaved"
+    )
     print(f"load average (1/5/15 min): before {load_before}, after {load_after}")
-    print(f"fp32 matmul peak ({args.matmul_size}^2, median of {args.repeats}): "
-          f"{peak / 1e9:.1f} GFLOP/s (min {min(peaks) / 1e9:.1f}, max {max(peaks) / 1e9:.1f})")
+    print(
+        f"fp32 matmul peak ({args.matmul_size}^2, median of {args.repeats}): "
+        f"{peak / 1e9:.1f} GFLOP/s (min {min(peaks) / 1e9:.1f}, max {max(peaks) / 1e9:.1f})"
+    )
     print()
-    header = (f"{'model':<10} {'tokens/s':>10} {'min':>9} {'max':>9} {'ms/step':>9} "
-              f"{'train GFLOP/tok':>16} {'GFLOP/s':>8} {'MFU':>6} {'MFU/round':>10}")
+    header = (
+        f"{'model':<10} {'tokens/s':>10} {'min':>9} {'max':>9} {'ms/step':>9} "
+        f"{'train GFLOP/tok':>16} {'GFLOP/s':>8} {'MFU':>6} {'MFU/round':>10}"
+    )
     print(header)
     print("-" * len(header))
     medians = {}
@@ -308,19 +346,28 @@ def main(argv: list[str] | None = None) -> None:
         mfu_round = statistics.median(
             [flops[name] * r / p for r, p in zip(rates[name], peaks, strict=True)]
         )
-        print(f"{name:<10} {rate:>10,.0f} {min(rates[name]):>9,.0f} {max(rates[name]):>9,.0f} "
-              f"{1e3 * tokens_per_step / rate:>9.1f} {flops[name] / 1e9:>16.4f} "
-              f"{achieved / 1e9:>8.1f} {achieved / peak:>6.3f} {mfu_round:>10.3f}")
+        print(
+            f"{name:<10} {rate:>10,.0f} {min(rates[name]):>9,.0f} {max(rates[name]):>9,.0f} "
+            f"{1e3 * tokens_per_step / rate:>9.1f} {flops[name] / 1e9:>16.4f} "
+            f"{achieved / 1e9:>8.1f} {achieved / peak:>6.3f} {mfu_round:>10.3f}"
+        )
     per_round = [a / b for a, b in zip(rates["seqlab"], rates["hf-llama"], strict=True)]
     print()
-    print(f"ratio seqlab/HF (median tokens/s): {medians['seqlab'] / medians['hf-llama']:.3f}  "
-          f"(per-round ratios: median {statistics.median(per_round):.3f}, "
-          f"min {min(per_round):.3f}, max {max(per_round):.3f})")
-    print(f"loss after {len(losses['seqlab'])} steps on the repeated batch: "
-          + ", ".join(f"{name} {float(losses[name][-1]):.4f}" for name in names)
-          + ("" if args.no_check else " (same start and data: close, not bitwise)"))
-    print("MFU = train GFLOP/tok x tokens/s / median peak; MFU/round = median over rounds of "
-          "the same with that round's peak")
+    print(
+        f"ratio seqlab/HF (median tokens/s): {medians['seqlab'] / medians['hf-llama']:.3f}  "
+        f"(per-round ratios: median {statistics.median(per_round):.3f}, "
+        f"min {min(per_round):.3f}, max {max(per_round):.3f})"
+    )
+    print(
+        f"loss after {len(losses['seqlab'])} steps on the repeated batch: "
+        + ", ".join(f"{name} {float(losses[name][-1]):.4f}" for name in names)
+        + ("" if args.no_check else " (same start and data: close, not bitwise)")
+    )
+    print(
+        "MFU = train GFLOP/tok x tokens/s / median peak; MFU/round = median over rounds of "
+        "the same with that round's peak"
+    )
+
 
 if __name__ == "__main__":
     main()
