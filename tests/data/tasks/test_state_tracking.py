@@ -1,14 +1,17 @@
 """Parity and modular arithmetic: XOR, sums and a Python evaluation of the bracketed
-expressions reproduce every answer; test inputs are longer than training inputs."""
+expressions reproduce every answer; test inputs are longer than training inputs; the optional
+length curriculum caps only the training lengths, and changes nothing when off."""
 
 import functools
 import operator
 
 import numpy as np
 import pytest
+import torch
 
 from seqlab.config import ExperimentConfig, TaskConfig
 from seqlab.data.tasks import build_task
+from seqlab.errors import ConfigError
 
 SYMBOLS = {2: "(", 3: ")", 4: "+", 5: "-"}
 
@@ -76,3 +79,75 @@ def test_bracketed_expressions_evaluate_to_the_answer(split, modulus):
         depths.append(depth)
         assert (len(x) > 21) == (split == "test")
     assert max(depths) >= 2, "brackets nest"
+
+
+def lengths_at(task, split, step):
+    batch = task.batch(split, step, 64, seed=0)
+    return [int((row != 0).sum()) - 2 for row in batch.tokens]
+
+
+def test_curriculum_caps_training_lengths_and_grows_to_max_len():
+    task = make(
+        kind="parity",
+        min_len=3,
+        max_len=40,
+        test_max_len=80,
+        curriculum_start=6,
+        curriculum_steps=100,
+    )
+    assert [task.train_max_len(s) for s in (0, 50, 100, 1000)] == [6, 23, 40, 40]
+    assert all(3 <= n <= 6 for n in lengths_at(task, "train", 0))
+    assert all(3 <= n <= 23 for n in lengths_at(task, "train", 50))
+    assert max(n for step in range(100, 104) for n in lengths_at(task, "train", step)) > 23
+    evaluation = [parse(task, t, m) for t, m in rows(task, "validation")]
+    assert max(len(x) for x, _ in evaluation) > 6, "validation keeps the full range"
+    assert all(len(x) > 40 for x, _ in (parse(task, t, m) for t, m in rows(task, "test")))
+    for tokens, mask in rows(task, "train"):
+        x, answer = parse(task, tokens, mask)
+        assert answer == int((x - 6).sum()) % 2
+
+
+def test_without_a_curriculum_training_batches_are_unchanged():
+    plain = make(kind="parity", min_len=3, max_len=40, test_max_len=80)
+    off = make(kind="parity", min_len=3, max_len=40, test_max_len=80, curriculum_steps=0)
+    assert plain.train_max_len(0) == 40
+    for step in range(3):
+        a, b = plain.batch("train", step, 16, seed=1), off.batch("train", step, 16, seed=1)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"curriculum_steps": 10},
+        {"curriculum_steps": 10, "curriculum_start": 2},
+        {"curriculum_steps": 10, "curriculum_start": 41},
+        {"curriculum_steps": -1, "curriculum_start": 5},
+    ],
+)
+def test_curriculum_options_are_validated(options):
+    with pytest.raises(ConfigError):
+        make(kind="parity", min_len=3, max_len=40, test_max_len=80, **options)
+
+
+def test_curriculum_with_brackets_keeps_odd_lengths():
+    with pytest.raises(ConfigError):
+        make(
+            kind="mod_add",
+            brackets=True,
+            min_len=4,
+            max_len=21,
+            test_max_len=61,
+            curriculum_start=4,
+            curriculum_steps=10,
+        )
+    task = make(
+        kind="mod_add",
+        brackets=True,
+        min_len=3,
+        max_len=21,
+        test_max_len=61,
+        curriculum_start=3,
+        curriculum_steps=10,
+    )
+    assert set(lengths_at(task, "train", 0)) == {3}

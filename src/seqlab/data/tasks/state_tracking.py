@@ -11,6 +11,7 @@ from seqlab.data.tasks.synthetic import (
     check_lengths,
     split_lengths,
 )
+from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 EQ, LPAREN, RPAREN, PLUS, MINUS = 1, 2, 3, 4, 5
@@ -39,6 +40,11 @@ class StateTracking(SyntheticTask):
       an odd number of tokens, so n is drawn from the odd lengths of the range. A bracket
       preceded by ``-`` flips the sign of everything inside, which takes a stack to track.
 
+    Length curriculum (off by default): with ``curriculum_steps > 0`` the training split's
+    longest length grows linearly from ``curriculum_start`` at step 0 to ``max_len`` at step
+    ``curriculum_steps`` (inclusive lengths ``min_len .. current``), then stays there. Only
+    training batches follow it; validation and test keep their fixed ranges.
+
     Only the final y is scored: an interleaved ``x_1 y_1 x_2 y_2 ..`` format would score every
     prefix, but under teacher forcing each y_t is then a function of the two previous tokens
     (``y_t = y_{t-1} + x_t``), which removes the state-tracking problem.
@@ -61,6 +67,8 @@ class StateTracking(SyntheticTask):
         max_len: int = 40,
         test_max_len: int = 256,
         eval_examples: int = 512,
+        curriculum_start: int | None = None,
+        curriculum_steps: int = 0,
     ) -> None:
         check(
             kind in KINDS, f"state_tracking: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}"
@@ -79,6 +87,20 @@ class StateTracking(SyntheticTask):
             f"state_tracking: modulus must be an integer >= 2, got {modulus!r}",
         )
         check_lengths("state_tracking", min_len, max_len, test_max_len)
+        check(
+            isinstance(curriculum_steps, int)
+            and not isinstance(curriculum_steps, bool)
+            and curriculum_steps >= 0,
+            f"state_tracking: curriculum_steps must be an integer >= 0, got {curriculum_steps!r}",
+        )
+        if curriculum_steps:
+            check(
+                isinstance(curriculum_start, int) and min_len <= curriculum_start <= max_len,
+                "state_tracking: a curriculum needs an integer curriculum_start in min_len .. "
+                f"max_len ({min_len} .. {max_len}), got {curriculum_start!r}",
+            )
+        self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
+        self._train_max_len: int | None = None
         self.kind = kind
         self.modulus = modulus
         self.brackets = bool(brackets)
@@ -91,12 +113,47 @@ class StateTracking(SyntheticTask):
                     f"state_tracking: bracketed expressions have odd lengths; the {split} range "
                     f"{low}..{high} holds none",
                 )
+            check(
+                self.curriculum is None or (min_len | 1) <= self.curriculum[0],
+                "state_tracking: bracketed expressions have odd lengths; the curriculum's first "
+                f"range {min_len}..{curriculum_start} holds none",
+            )
         self.vocab_size = FIRST_DIGIT + modulus
         self.seq_len = test_max_len + 2
         super().__init__(eval_examples=eval_examples)
 
+    def train_max_len(self, step: int) -> int:
+        """The longest training length at `step`: `max_len`, or the curriculum's current one."""
+        max_len = self.lengths[1]
+        if self.curriculum is None:
+            return max_len
+        start, steps = self.curriculum
+        return start + (max_len - start) * min(step, steps) // steps
+
+    def batch(
+        self,
+        split: str,
+        step: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Batch:
+        """`SyntheticTask.batch`, with training lengths capped by the curriculum at `step`."""
+        if split == "train" and self.curriculum is not None:
+            self._train_max_len = self.train_max_len(step)
+        try:
+            return super().batch(
+                split, step, batch_size, seed=seed, rank=rank, world_size=world_size
+            )
+        finally:
+            self._train_max_len = None
+
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         low, high = split_lengths(split, *self.lengths)
+        if split == "train" and self._train_max_len is not None:
+            high = self._train_max_len
         if self.brackets:
             low |= 1
             n = low + 2 * int(rng.integers(0, (high - low) // 2 + 1))
