@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
 from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.ops.scan import diagonal_scan
+from seqlab.ops.selective_scan import selective_scan
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -51,6 +52,8 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
     beta = torch.rand(b, t, h).requires_grad_()
     a = torch.rand(b, t, h * d).requires_grad_()
     x = torch.randn(b, t, h * d, requires_grad=True)
+    s6_a = (-torch.rand(h * d, 16) - 0.1).requires_grad_()
+    s6_bc = torch.randn(b, t, 16, requires_grad=True)
 
     def run(op):
         def make(mode: str):
@@ -72,6 +75,11 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
         "gated_delta_rule": run(lambda m: gated_delta_rule(q, k, v, g_head, beta, mode=m)),
         "diagonal_scan": run(
             lambda m: diagonal_scan(a, x, mode="parallel" if m == "chunk" else "recurrent")
+        ),
+        "selective_scan (mamba S6, N=16)": run(
+            lambda m: selective_scan(
+                x, a, s6_a, s6_bc, s6_bc, mode="fused" if m == "chunk" else "loop"
+            )
         ),
     }
 

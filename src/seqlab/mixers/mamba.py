@@ -54,18 +54,24 @@ def selective_scan(
         h_t = a_t ⊙ h_{t−1} + Δ_t u_t B_t,   y_t = h_t C_t + D ⊙ u_t
 
     Shapes: u, dt `[B, T, D]`; A `[D, N]` (negative); B, C `[B, T, N]`; D `[D]`;
-    h `[B, D, N]`. Returns (y `[B, T, D]`, h_{T−1} or None). The scan is `diagonal_scan`'s
-    parallel form over `[B, T, D, N]`.
+    h `[B, D, N]`. Returns (y `[B, T, D]`, h_{T−1} or None). Computed by
+    `seqlab.ops.selective_scan.selective_scan` in its "auto" mode: a fused loop over time on
+    the `[B, D, N]` state, chunk by chunk, with a hand-written backward that keeps only the
+    states at chunk boundaries (the `diagonal_scan` form over `[B, T, D, N]` for tiny states).
     """
-    decay = torch.exp(dt[..., None] * A)
-    if negative_eigenvalues:
-        decay = 2 * decay - 1
-    inputs = (dt * u)[..., None] * B[:, :, None, :]
-    h, h_last = diagonal_scan(
-        decay, inputs, initial_state=initial_state, output_final_state=output_final_state
+    from seqlab.ops.selective_scan import selective_scan as s6_scan
+
+    return s6_scan(
+        u,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        negative_eigenvalues=negative_eigenvalues,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
     )
-    y = torch.einsum("btdn,btn->btd", h, C) + D * u
-    return y, h_last
 
 
 class Mamba(Mixer):
