@@ -23,7 +23,7 @@ from seqlab.mixers.base import (
     state_dtype,
 )
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.scan import diagonal_scan
+from seqlab.ops.selective_scan import selective_scan
 from seqlab.registry import MIXERS
 
 
@@ -34,44 +34,6 @@ class MambaState:
 
     conv: Tensor
     ssm: Tensor
-
-
-def selective_scan(
-    u: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    *,
-    negative_eigenvalues: bool = False,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """The selective SSM (S6), ZOH for A and Euler for B as in Mamba:
-
-        a_t = exp(Δ_t A)   (2 exp(Δ_t A) − 1 with `negative_eigenvalues`, range (−1, 1))
-        h_t = a_t ⊙ h_{t−1} + Δ_t u_t B_t,   y_t = h_t C_t + D ⊙ u_t
-
-    Shapes: u, dt `[B, T, D]`; A `[D, N]` (negative); B, C `[B, T, N]`; D `[D]`;
-    h `[B, D, N]`. Returns (y `[B, T, D]`, h_{T−1} or None). Computed by
-    `seqlab.ops.selective_scan.selective_scan` in its "auto" mode: a fused loop over time on
-    the `[B, D, N]` state, chunk by chunk, with a hand-written backward that keeps only the
-    states at chunk boundaries (the `diagonal_scan` form over `[B, T, D, N]` for tiny states).
-    """
-    from seqlab.ops.selective_scan import selective_scan as s6_scan
-
-    return s6_scan(
-        u,
-        dt,
-        A,
-        B,
-        C,
-        D,
-        negative_eigenvalues=negative_eigenvalues,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-    )
 
 
 class Mamba(Mixer):
