@@ -1,5 +1,6 @@
 """Mamba: the selective state-space (S6) block of Gu & Dao, "Mamba: Linear-Time Sequence
-Modeling with Selective State Spaces" (2023), trained with the fused selective scan of `seqlab.ops.selective_scan`."""
+Modeling with Selective State Spaces" (2023), trained with the fused selective scan of
+`seqlab.ops.selective_scan`."""
 
 from __future__ import annotations
 
