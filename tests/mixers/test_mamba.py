@@ -85,7 +85,7 @@ def test_block_matches_reference_loop_float64(negative_eigenvalues):
     y, _ = selective_scan_loop(
         u,
         F.softplus(m.dt_proj(dt)),
-        m.A(),
+        -m.A_log.exp(),
         B,
         C,
         m.D,
@@ -100,7 +100,7 @@ def test_init_gives_s4d_real_A_unit_D_and_log_uniform_dt():
     model = build_model(ModelConfig(mixer="mamba", d_model=64, n_layers=2, vocab_size=16))
     for block in model.blocks:
         m = block.mixer
-        torch.testing.assert_close(m.A(), -torch.arange(1.0, 17.0).expand(m.d_inner, 16))
+        torch.testing.assert_close(-m.A_log.exp(), -torch.arange(1.0, 17.0).expand(m.d_inner, 16))
         torch.testing.assert_close(m.D, torch.ones(m.d_inner))
         dt = F.softplus(m.dt_proj.bias)
         assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
@@ -114,26 +114,20 @@ def test_init_gives_s4d_real_A_unit_D_and_log_uniform_dt():
     assert m.dt_rank == 4 and m.state_size(10) == m.d_inner * 16 + 3 * m.d_inner
 
 
-def test_trainer_puts_no_weight_decay_on_A_D_or_dt_bias():
-    """The paper does not decay A (nor D, b_Δ); the trainer decays parameters with >= 2 dims."""
+@pytest.mark.parametrize("mixer", ["mamba", "s4d"])
+def test_trainer_puts_no_weight_decay_on_the_ssm_spectrum(mixer):
+    """The papers do not decay A or the time step; other matrices are decayed."""
     from seqlab.config import TrainConfig
     from seqlab.train.loop import build_optimizer
 
-    model = build_model(ModelConfig(mixer="mamba", d_model=32, n_layers=1, vocab_size=16))
+    model = build_model(ModelConfig(mixer=mixer, d_model=32, n_layers=1, vocab_size=16))
     m = model.blocks[0].mixer
     opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
-    no_decay = [p for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]]
-    for p in (m.A_log, m.D, m.dt_proj.bias):
-        assert any(p is q for q in no_decay)
-
-
-def test_loads_a_state_dict_with_the_former_2d_A_log():
-    torch.manual_seed(0)
-    m = Mamba(16, d_state=4)
-    with torch.no_grad():
-        m.A_log.uniform_(-1.0, 1.0)
-    old = {k: v.clone() for k, v in m.state_dict().items()}
-    old["A_log"] = old["A_log"].view(m.d_inner, m.d_state)
-    fresh = Mamba(16, d_state=4)
-    fresh.load_state_dict(old)
-    torch.testing.assert_close(fresh.A(), m.A())
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    if mixer == "mamba":
+        spectrum, decayed = (m.A_log, m.D, m.dt_proj.bias), (m.x_proj.weight, m.in_proj.weight)
+    else:
+        spectrum = (m.ssm.log_dt, m.ssm.log_A_real, m.ssm.A_imag)
+        decayed = (m.ssm.C, m.in_proj.weight)
+    assert all(id(p) in no_decay for p in spectrum)
+    assert not any(id(p) in no_decay for p in decayed)

@@ -103,6 +103,14 @@ class Mixer(nn.Module, ABC):
                     nn.init.zeros_(module.bias)
 
 
+def no_weight_decay(*params: nn.Parameter) -> None:
+    """Mark structured parameters (SSM spectra, time steps) that the trainer must not decay:
+    decay pulls log|A| towards 0 and erases an initialised spectrum. The trainer already
+    leaves every parameter with fewer than two dims undecayed."""
+    for param in params:
+        param._no_weight_decay = True  # type: ignore[attr-defined]
+
+
 def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
     """Apply `fn` to every tensor inside a state (dataclasses, tuples, lists, dicts, None)."""
     if state is None:

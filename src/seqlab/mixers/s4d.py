@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout, Mixer, check_expand, check_input, state_dtype
+from seqlab.mixers.base import (
+    Layout,
+    Mixer,
+    check_expand,
+    check_input,
+    no_weight_decay,
+    state_dtype,
+)
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -56,6 +63,7 @@ class DiagonalSSM(nn.Module):
         self.A_imag = nn.Parameter(torch.empty(channels, modes))
         self.B = nn.Parameter(torch.empty(channels, modes, 2))
         self.C = nn.Parameter(torch.empty(channels, modes, 2))
+        no_weight_decay(self.log_dt, self.log_A_real, self.A_imag)
         self.reset_parameters()
 
     @torch.no_grad()

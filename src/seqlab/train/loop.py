@@ -51,10 +51,12 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, biases or per-channel vectors)."""
+    """AdamW with weight decay on matrices only: not on norms, biases, per-channel vectors,
+    nor parameters marked by `mixers.base.no_weight_decay` (SSM spectra and time steps)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decayed = [p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) for p in params]
+    decay = [p for p, d in zip(params, decayed, strict=True) if d]
+    no_decay = [p for p, d in zip(params, decayed, strict=True) if not d]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
