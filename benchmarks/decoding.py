@@ -28,6 +28,7 @@ import torch
 
 import seqlab
 from seqlab.config import ModelConfig, load_config
+from seqlab.harness.bench import interleaved_decode_rates
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -64,25 +65,6 @@ def kv_vs_recompute(model, context: int, steps: int, repeats: int) -> tuple[floa
         kv.append(median_seconds(cached, 1))
         full.append(median_seconds(recompute, 1))
     return steps / statistics.median(kv), steps / statistics.median(full)
-
-
-@torch.no_grad()
-def decode_rates(model, contexts: list[int], steps: int, repeats: int) -> list[float]:
-    """Tokens/s of `steps` greedy decode steps after each context, timed interleaved."""
-    runs = []
-    for context in contexts:
-        prompt = torch.randint(0, model.config.vocab_size, (1, context))
-        _, state0 = model(prompt, model.init_state(1))
-
-        def run(state=state0, tok=prompt[:, -1:]):
-            for _ in range(steps):
-                logits, state = model(tok, state)
-                tok = logits[:, -1:].argmax(-1)
-
-        run()
-        runs.append(run)
-    times = [[median_seconds(run, 1) for run in runs] for _ in range(repeats)]
-    return [steps / statistics.median(column) for column in zip(*times, strict=True)]
 
 
 def train_run(out: Path, steps: int, overrides: dict) -> Path:
@@ -208,7 +190,7 @@ def main() -> None:
         print(f"2. decode tokens/s after {args.short} vs {args.long} context tokens")
         for mixer in args.mixers.split(","):
             model = fresh(mixer)
-            short, long = decode_rates(
+            short, long = interleaved_decode_rates(
                 model, [args.short, args.long], args.steps_decode, args.repeats
             )
             print(

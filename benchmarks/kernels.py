@@ -3,7 +3,8 @@
 Prints, measured side by side in one run:
 1. forward+backward time of each chunked/parallel kernel vs its step-by-step reference loop
    and vs causal softmax attention of the same shape (B=1, H=4, D=64), at T in --lengths;
-2. decode time per token at context 512 vs 8192 for every fixed-state mixer (ratio ~1 = flat);
+2. decode time per token at context 512 vs 8192 for every fixed-state mixer, the two contexts
+   timed interleaved in one process (ratio ~1 = flat);
 3. training tokens/s of the seqlab `mamba2` model vs Hugging Face `Mamba2ForCausalLM` of the
    same shape (needs `pip install transformers`; skipped with a message otherwise).
 
@@ -116,32 +117,28 @@ def bench_kernels(lengths: list[int], max_loop_len: int, repeats: int) -> None:
             )
 
 
-def bench_decode(contexts: tuple[int, int], d_model: int) -> None:
-    import seqlab.mixers  # noqa: F401
-    from seqlab.harness.bench import BenchCell, run_bench
+def bench_decode(contexts: tuple[int, int], d_model: int, steps: int, repeats: int) -> None:
+    import seqlab
+    from seqlab.config import ModelConfig
+    from seqlab.harness.bench import interleaved_decode_rates
     from seqlab.registry import MIXERS
 
     fixed = [n for n in MIXERS.names() if MIXERS.get(n).meta.get("state") == "fixed"]
-    cells = [
-        BenchCell(name, t, d_model=d_model, n_layers=2, train_steps=0, decode_steps=64)
-        for name in fixed + ["attention"]
-        for t in contexts
-    ]
-    rows = run_bench(cells, progress=False)
     print(
         f"\n## Decode: ms per token after a context of {contexts[0]} vs {contexts[1]} "
-        f"(d_model {d_model}, 2 layers, batch 1)\n"
+        f"(d_model {d_model}, 2 layers, batch 1; {repeats} interleaved rounds of {steps} "
+        "greedy steps, medians)\n"
     )
     print(f"| backbone | ms/token @{contexts[0]} | ms/token @{contexts[1]} | ratio |")
     print("|---|---|---|---|")
     for name in fixed + ["attention"]:
-        short, long = (r for r in rows if r["mixer"] == name)
-        ratio = long["decode_ms_per_token"] / short["decode_ms_per_token"]
-        print(
-            f"| {name} | {short['decode_ms_per_token']:.3f} | "
-            f"{long['decode_ms_per_token']:.3f} | {ratio:.2f} |",
-            flush=True,
+        torch.manual_seed(0)
+        config = ModelConfig(mixer=name, d_model=d_model, n_layers=2, n_heads=4, vocab_size=256)
+        model = seqlab.build_model(config).eval()
+        short, long = (
+            1000 / rate for rate in interleaved_decode_rates(model, list(contexts), steps, repeats)
         )
+        print(f"| {name} | {short:.3f} | {long:.3f} | {long / short:.2f} |", flush=True)
 
 
 def bench_mamba2_vs_hf(steps: int, seq_len: int, batch: int, d_model: int, layers: int) -> None:
@@ -231,7 +228,7 @@ def main() -> None:
     if args.only in (None, "kernels"):
         bench_kernels([int(t) for t in args.lengths.split(",")], args.max_loop_len, args.repeats)
     if args.only in (None, "decode"):
-        bench_decode((512, 8192), d_model=128)
+        bench_decode((512, 8192), d_model=128, steps=32, repeats=max(args.repeats, 7))
     if args.only in (None, "mamba2"):
         bench_mamba2_vs_hf(steps=5, seq_len=256, batch=8, d_model=256, layers=4)
 

@@ -7,7 +7,7 @@ import torch
 
 import seqlab.mixers  # noqa: F401
 from seqlab.config import ModelConfig
-from seqlab.mixers.base import Layout
+from seqlab.mixers.base import Layout, map_state
 from seqlab.model import build_mixer, build_model
 from seqlab.registry import MIXERS
 
@@ -82,6 +82,32 @@ def test_state_size_is_reported(name):
         assert mixer.state_size(64) == mixer.state_size(4096)
     else:
         assert mixer.state_size(4096) > mixer.state_size(64)
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    tensors: list[torch.Tensor] = []
+    map_state(lambda t: tensors.append(t) or t, state)
+    return tensors
+
+
+FIXED = [n for n in CAUSAL if MIXERS.get(n).meta["state"] == "fixed"]
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_fixed_state_holds_no_view_of_the_prefill(name):
+    """The memory a fixed-size state keeps alive does not grow with the prefill length."""
+    mixer = make_mixer(name, torch.float32)
+    held = []
+    for length in (8, 200):
+        x = torch.randn(1, length, D_MODEL)
+        with torch.no_grad():
+            _, state = mixer(x, mixer.init_state(1))
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in state_tensors(state)
+        }
+        held.append(sum(storages.values()))
+    assert held[0] == held[1], f"state storage {held[0]} bytes after 8 tokens, {held[1]} after 200"
 
 
 def periodic_batch(generator: torch.Generator, batch: int, length: int, vocab: int, period: int):

@@ -34,6 +34,34 @@ class BenchCell:
     threads: int | None = None
 
 
+@torch.no_grad()
+def interleaved_decode_rates(
+    model: Any, contexts: list[int], steps: int, repeats: int
+) -> list[float]:
+    """Greedy decode tokens/s of `model` after each context length, timed interleaved.
+
+    Each context is prefilled once from random tokens; then `repeats` rounds time `steps`
+    one-token steps from every context's state in turn, so that load on the machine hits all
+    contexts alike. Returns the median rate per context.
+    """
+    runs = []
+    for context in contexts:
+        prompt = torch.randint(0, model.config.vocab_size, (1, context))
+        _, state0 = model(prompt, model.init_state(1))
+
+        def run(state: Any = state0, token: torch.Tensor = prompt[:, -1:]) -> float:
+            start = time.perf_counter()
+            for _ in range(steps):
+                logits, state = model(token, state)
+                token = logits[:, -1:].argmax(-1)
+            return time.perf_counter() - start
+
+        run()
+        runs.append(run)
+    times = [[run() for run in runs] for _ in range(repeats)]
+    return [steps / statistics.median(column) for column in zip(*times, strict=True)]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])

@@ -52,7 +52,8 @@ class ShortConv(nn.Module):
             y = torch.addcmul(y, padded[:, i : i + steps], self.weight[:, i])
         if self.activation == "silu":
             y = F.silu(y)
-        new_state = None if state is None else padded[:, padded.shape[1] - (k - 1) :]
+        # A copy, not a view: a view would keep the whole prefill input alive in the state.
+        new_state = None if state is None else padded[:, padded.shape[1] - (k - 1) :].clone()
         return y, new_state
 
     def init_state(

@@ -63,7 +63,7 @@ def diagonal_scan(
     else:
         h = _DiagonalScan.apply(a, b, h0, chunk_size)
     h = h.reshape(shape)
-    return h, (h[:, -1] if output_final_state else None)
+    return h, (h[:, -1].clone() if output_final_state else None)
 
 
 def log_space_scan(
@@ -118,7 +118,7 @@ def log_space_scan(
             lambda cum_a, cum_b, lh: torch.logaddexp(cum_a + lh, cum_b),
         )
     log_h = log_h.reshape(shape)
-    return log_h.exp(), (log_h[:, -1] if output_final_state else None)
+    return log_h.exp(), (log_h[:, -1].clone() if output_final_state else None)
 
 
 def _check_mode(mode: str, chunk_size: int) -> None:
