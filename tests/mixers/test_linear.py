@@ -221,3 +221,43 @@ def test_heads_option_sets_the_head_count():
     config = ModelConfig(d_model=32, n_heads=4, mixer_options={"deltanet": {"heads": 2}})
     mixer = build_mixer("deltanet", config, 0)
     assert mixer.heads == 2 and mixer.init_state(1).recurrent.shape == (1, 2, 16, 16)
+
+
+BLOCK_VARIANTS = [*VARIANTS, ("retnet", {"rotary": True})]
+
+
+@pytest.mark.parametrize(("name", "options"), BLOCK_VARIANTS)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_block_states_from_one_kernel_call_equal_scanning_block_by_block(name, options, mode):
+    """Block diffusion's start states from the kernel's chunk states (`_block_states`) give
+    the same outputs and input gradients as scanning the clean half one block at a time."""
+    fast = make(name, **options)
+    fast.kernel_mode = mode
+    if isinstance(fast, Mamba2):
+        with torch.no_grad():  # decays 2 exp(-Δ) - 1 of both signs: Δ near ln 2
+            fast.A_log.zero_()
+            fast.dt_bias.fill_(0.2)
+    slow = make(name, **options)
+    slow.load_state_dict(fast.state_dict())
+    slow.kernel_mode = mode
+    slow._block_states = lambda inputs, size: None  # scan_in_layout's block-by-block path
+    x = torch.randn(2, 32, 16, dtype=F64, requires_grad=True)
+    layout = Layout.block_diffusion(4)
+    assert fast._block_states(fast._project(x[:, 16:])[0], 4) is not None
+    outputs, grads = [], []
+    for mixer in (fast, slow):
+        y, _ = mixer(x, layout=layout)
+        outputs.append(y)
+        grads.append(torch.autograd.grad((y * torch.cos(y)).sum(), x)[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-9)
+
+
+def test_block_states_fall_back_where_the_kernel_cannot_chunk_by_the_block_size():
+    gla, delta = make("gla"), make("deltanet")
+    x = torch.randn(1, 12, 16, dtype=F64)
+    assert gla._block_states(gla._project(x)[0], 6) is None  # not a power of two
+    assert delta._block_states(delta._project(x)[0], 6) is not None
+    for mixer in (gla, delta):
+        y, _ = mixer(torch.randn(1, 24, 16, dtype=F64), layout=Layout.block_diffusion(6))
+        assert y.shape == (1, 24, 16)

@@ -179,6 +179,9 @@ SCAN_LAYOUTS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 # One direction of a recurrent mixer: time-indexed inputs (each `[B, T, ...]`) and a state
 # (None: the parallel form from a zero state) -> (output `[B, T, ...]`, new state or None).
 Recur = Callable[[tuple[Tensor, ...], State | None], tuple[Tensor, State | None]]
+# (clean inputs, block size b) -> (F's output from the initial state, the states entering
+# every block stacked as rows r · n + j), or None where the mixer cannot (see scan_in_layout).
+BlockStates = Callable[[tuple[Tensor, ...], int], tuple[Tensor, State] | None]
 
 
 def check_scan_layout(layout: Layout, state: State | None, name: str) -> None:
@@ -199,6 +202,7 @@ def scan_in_layout(
     state: State | None,
     layout: Layout,
     init_state: Callable[[int], State],
+    block_states: BlockStates | None = None,
 ) -> tuple[Tensor, State | None]:
     """Run a one-directional recurrence `F` in any layout, by forward and reversed scans.
 
@@ -217,7 +221,9 @@ def scan_in_layout(
       both ways on top of it. This is exactly what block-wise sampling computes with a state
       cache (prefill x_0^{<j} block-causally, then read x_t^j bidirectionally from the
       state), and, as with attention's block-diffusion mask, block j's output depends only
-      on x_0^{<j} and x_t^j. The states S_j come from scanning the clean half one block at a
+      on x_0^{<j} and x_t^j. The states S_j come from `block_states(clean inputs, b)` when
+      the mixer has it (one chunked-kernel call with chunk = b, whose inter-chunk states are
+      the S_j) and it does not return None, else from scanning the clean half one block at a
       time; the noised blocks then run as one batch of L/b sequences.
 
     With b = 1 a token reads its prefix and itself, but the reversed scan of the one token
@@ -238,20 +244,29 @@ def scan_in_layout(
             f"the block_diffusion layout needs an even length [x_t ; x_0], got {2 * length + 1}"
         )
     size = layout.block_size
+    batch = inputs[0].shape[0]
     noised = tuple(u[:, :length] for u in inputs)
     clean = tuple(u[:, length:] for u in inputs)
-    starts, clean_outputs = [], []
-    carried = init_state(inputs[0].shape[0])
-    for start in range(0, length, size):
-        starts.append(carried)
-        output, carried = recur(tuple(u[:, start : start + size] for u in clean), carried)
-        clean_outputs.append(output)
-    noised_output = forward_blocks_from(recur, noised, size, starts)
+    in_one_call = None
+    if block_states is not None and length % size == 0:
+        in_one_call = block_states(clean, size)
+    if in_one_call is not None:
+        clean_output, stacked_starts = in_one_call
+        blocks = tuple(fold_blocks(u, size) for u in noised)
+        noised_output = unfold_blocks(recur(blocks, stacked_starts)[0], batch)
+    else:
+        starts, clean_outputs = [], []
+        carried = init_state(batch)
+        for start in range(0, length, size):
+            starts.append(carried)
+            output, carried = recur(tuple(u[:, start : start + size] for u in clean), carried)
+            clean_outputs.append(output)
+        noised_output = forward_blocks_from(recur, noised, size, starts)
+        clean_output = torch.cat(clean_outputs, dim=1)
     both = tuple(torch.cat([a, b]) for a, b in zip(noised, clean, strict=True))
     reverse = reverse_in_blocks(recur, both, size)
-    batch = inputs[0].shape[0]
     noised_output = noised_output + reverse[:batch]
-    clean_output = torch.cat(clean_outputs, dim=1) + reverse[batch:]
+    clean_output = clean_output + reverse[batch:]
     return torch.cat([noised_output, clean_output], dim=1), None
 
 

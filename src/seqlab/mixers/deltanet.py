@@ -76,11 +76,13 @@ class DeltaNet(LinearRecurrence):
     def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         return (self.qkv(x), self.beta_proj(x)), self.gate(x)
 
+    power_of_two_blocks = False
+
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, beta_logits, *decay = inputs
-        qkv, conv_state = self._convolve(qkv, state)
+        qkv_in, beta_logits, *decay = inputs
+        qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
         q, k, v = (
             heads_view(u, self.heads)
@@ -88,18 +90,15 @@ class DeltaNet(LinearRecurrence):
         )
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = self.write_strength(beta_logits)
-        kernel = {
-            "initial_state": None if state is None else state.recurrent,
-            "output_final_state": state is not None,
-            "mode": self._mode(qkv.shape[1], state),
-            "chunk_size": self.chunk_size,
-        }
-        o, final = self._kernel(q, k, v, beta, *decay, **kernel)
+        kernel = self._kernel_options(qkv.shape[1], state, boundaries)
+        o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
         return o, self._new_state(final, conv_state)
 
     def _kernel(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, **kernel: object
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, ...]:
         return delta_rule(q, k, v, beta, **kernel)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
@@ -187,7 +186,7 @@ class GatedDeltaNet(DeltaNet):
 
     def _kernel(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay_logits: Tensor, **kernel: object
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, ...]:
         return gated_delta_rule(q, k, v, self.log_decay(decay_logits), beta, **kernel)
 
     def mixing_flops(self, seq_len: int) -> float:

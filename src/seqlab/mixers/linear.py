@@ -132,7 +132,9 @@ class LinearRecurrence(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
         inputs, gate = self._project(x)
-        o, new_state = scan_in_layout(self._recur, inputs, state, layout, self.init_state)
+        o, new_state = scan_in_layout(
+            self._recur, inputs, state, layout, self.init_state, self._block_states
+        )
         return self._output(o, gate), new_state
 
     @abstractmethod
@@ -141,13 +143,62 @@ class LinearRecurrence(Mixer):
 
     @abstractmethod
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
-        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state)."""
+        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state).
+
+        With `boundaries` = b (and a state), the second element is instead the states entering
+        every block of b tokens, stacked as rows r · n + j, taken from the kernel's chunk states
+        in the same call (see `_block_states`).
+        """
 
     @abstractmethod
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
+
+    # The gated_linear_attention kernel needs power-of-two chunks; the delta rule does not.
+    power_of_two_blocks = True
+
+    def _block_states(
+        self, inputs: tuple[Tensor, ...], size: int
+    ) -> tuple[Tensor, LinearState] | None:
+        """Block diffusion's clean half in one kernel call with chunk = `size`: the causal
+        kernel output from the zero state and the states entering every block (the kernel's
+        chunk states, the conv's last inputs before each block); None for block sizes the
+        kernel cannot chunk by."""
+        if self.power_of_two_blocks and size & (size - 1):
+            return None
+        x = inputs[0]
+        start = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self._recur(inputs, start, boundaries=size)
+
+    def _kernel_options(
+        self, steps: int, state: LinearState | None, boundaries: int | None
+    ) -> dict[str, object]:
+        """The kernel's state and mode arguments, for `_recur` with or without `boundaries`."""
+        if boundaries is None:
+            return {
+                "initial_state": None if state is None else state.recurrent,
+                "output_final_state": state is not None,
+                "mode": self._mode(steps, state),
+                "chunk_size": self.chunk_size,
+            }
+        return {
+            "initial_state": state.recurrent,
+            "mode": self.kernel_mode or "chunk",
+            "chunk_size": boundaries,
+            "output_chunk_states": True,
+        }
+
+    def _states_entering_blocks(
+        self, chunk_states: Tensor, conv_input: Tensor, size: int, offset: Tensor | None = None
+    ) -> LinearState:
+        """Chunk states `[B, n, H, K, V]` and the conv input `[B, T, C]` -> the state entering
+        each block of `size` tokens, rows r · n + j."""
+        conv = None
+        if self.conv is not None:
+            conv = self.conv.states_at(conv_input, size).flatten(0, 1).to(chunk_states.dtype)
+        return LinearState(chunk_states.flatten(0, 1), conv, offset)
 
     def _mode(self, t: int, state: LinearState | None) -> str:
         if self.kernel_mode not in KERNEL_MODES:
@@ -246,23 +297,22 @@ class LinearAttention(LinearRecurrence):
         return (self.qkv(x),), None
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
         q, k = F.elu(q) + 1, F.elu(k) + 1
         if self.normalize:
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        o, final = gated_linear_attention(
+        o, final, *chunk_states = gated_linear_attention(
             q,
             k,
             v,
             scale=1.0 if self.normalize else None,
-            initial_state=None if state is None else state.recurrent,
-            output_final_state=state is not None,
-            mode=self._mode(qkv.shape[1], state),
-            chunk_size=self.chunk_size,
+            **self._kernel_options(qkv.shape[1], state, boundaries),
         )
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
 
     def _output(self, o: Tensor, gate: None) -> Tensor:
@@ -345,7 +395,7 @@ class RetNet(LinearRecurrence):
         return (self.qkv(x),), self.gate(x)
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         b, t, _ = qkv.shape
@@ -359,16 +409,15 @@ class RetNet(LinearRecurrence):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             offset = None if state is None else positions[:, -1] + 1
         g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
-        o, final = gated_linear_attention(
-            q,
-            k,
-            v,
-            g,
-            initial_state=None if state is None else state.recurrent,
-            output_final_state=state is not None,
-            mode=self._mode(t, state),
-            chunk_size=self.chunk_size,
+        o, final, *chunk_states = gated_linear_attention(
+            q, k, v, g, **self._kernel_options(t, state, boundaries)
         )
+        if boundaries is not None:
+            starts = None
+            if self.rotary:
+                starts = state.offset.repeat_interleave(-(-t // boundaries))
+                starts = starts + torch.arange(0, t, boundaries, device=qkv.device).repeat(b)
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries, starts)
         return o, self._new_state(final, conv_state, offset)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
@@ -463,23 +512,18 @@ class GLA(LinearRecurrence):
         return (self.qkv(x), self.log_decay(x)), self.gate(x)
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, g = inputs
-        qkv, conv_state = self._convolve(qkv, state)
+        qkv_in, g = inputs
+        qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
         q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
         q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
-        o, final = gated_linear_attention(
-            q,
-            k,
-            v,
-            g,
-            initial_state=None if state is None else state.recurrent,
-            output_final_state=state is not None,
-            mode=self._mode(qkv.shape[1], state),
-            chunk_size=self.chunk_size,
+        o, final, *chunk_states = gated_linear_attention(
+            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries)
         )
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
         return o, self._new_state(final, conv_state)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:

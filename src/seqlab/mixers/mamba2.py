@@ -45,21 +45,27 @@ def signed_log_decay(log_decay: Tensor) -> tuple[Tensor, Tensor]:
 
 def signed_gla(
     q: Tensor, k: Tensor, v: Tensor, log_abs: Tensor, sign: Tensor, **kernel: object
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, ...]:
     """`gated_linear_attention` with scalar decays a_t = sign_t · exp(log_abs_t) of either sign.
 
     With σ_t = Π_{r≤t} sign_r (±1, exact) the products of decays split as
     Π_{s<r≤t} a_r = σ_t σ_s exp(G_t − G_s), so the kernel on q' = σ q, k' = σ k with the
     log-space decay log |a| holds S'_t = σ_t S_t. Since σ_0 = 1 the initial state passes
-    unchanged, and the final state is σ_T S'_T. Shapes as the kernel's; log_abs, sign `[B,T,H]`.
+    unchanged, and the final state is σ_T S'_T (chunk states likewise: the state entering chunk
+    j is σ_{jC−1} S'_{jC−1}). Shapes as the kernel's; log_abs, sign `[B,T,H]`.
     """
     sigma = sign.cumprod(dim=1)
-    o, final = gated_linear_attention(
+    o, final, *chunk_states = gated_linear_attention(
         q * sigma[..., None].to(q.dtype), k * sigma[..., None].to(k.dtype), v, log_abs, **kernel
     )
     if final is not None:
         final = final * sigma[:, -1, :, None, None].to(final.dtype)
-    return o, final
+    if not chunk_states:
+        return o, final
+    chunk = kernel["chunk_size"]
+    before = sigma[:, chunk - 1 :: chunk][:, : chunk_states[0].shape[1] - 1]
+    before = torch.cat([torch.ones_like(sigma[:, :1]), before], dim=1)
+    return o, final, chunk_states[0] * before[..., None, None].to(chunk_states[0].dtype)
 
 
 class Mamba2(LinearRecurrence):
@@ -150,28 +156,25 @@ class Mamba2(LinearRecurrence):
         return delta, -delta * self.A_log.exp()
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
     ) -> tuple[Tensor, LinearState | None]:
-        xbc, dt = inputs
-        xbc, conv_state = self._convolve(xbc, state)
+        xbc_in, dt = inputs
+        xbc, conv_state = self._convolve(xbc_in, state)
         x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
         x = heads_view(x, self.heads)  # [B, T, H, P]
         delta, g = self.step_and_log_decay(dt)  # [B, T, H]
         shape = (*B.shape[:2], self.heads, self.d_state)
         q, k = C[:, :, None].expand(shape), B[:, :, None].expand(shape)
         v = x * delta[..., None]
-        kernel = {
-            "scale": 1.0,
-            "initial_state": None if state is None else state.recurrent,
-            "output_final_state": state is not None,
-            "mode": self._mode(xbc.shape[1], state),
-            "chunk_size": self.chunk_size,
-        }
+        kernel = {"scale": 1.0, **self._kernel_options(xbc.shape[1], state, boundaries)}
         if self.negative_eigenvalues:
-            y, final = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
+            y, final, *chunk_states = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
         else:
-            y, final = gated_linear_attention(q, k, v, g, **kernel)
-        return y + self.D[:, None] * x, self._new_state(final, conv_state)
+            y, final, *chunk_states = gated_linear_attention(q, k, v, g, **kernel)
+        y = y + self.D[:, None] * x
+        if boundaries is not None:
+            return y, self._states_entering_blocks(chunk_states[0], xbc_in, boundaries)
+        return y, self._new_state(final, conv_state)
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
         return self.out(self.norm(y.flatten(2) * F.silu(z)))

@@ -56,6 +56,15 @@ class ShortConv(nn.Module):
         new_state = None if state is None else padded[:, padded.shape[1] - (k - 1) :].clone()
         return y, new_state
 
+    def states_at(self, x: Tensor, size: int) -> Tensor:
+        """The decode states entering every block of `size` tokens of x `[B, T, C]` (the k − 1
+        inputs before each block start, zeros before the first token): `[B, ⌈T/size⌉, k − 1, C]`.
+        """
+        k = self.kernel_size
+        padded = F.pad(x, (0, 0, k - 1, 0))
+        starts = torch.arange(0, x.shape[1], size, device=x.device)
+        return padded[:, starts[:, None] + torch.arange(k - 1, device=x.device)]
+
     def init_state(
         self,
         batch_size: int,

@@ -32,7 +32,8 @@ def delta_rule(
     output_final_state: bool = False,
     mode: str = "chunk",
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    output_chunk_states: bool = False,
+) -> tuple[Tensor, ...]:
     """Delta rule: ``S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``.
 
     The readout is ``o_t = scale * S_t^T q_t``, read after the update with token t.
@@ -46,12 +47,29 @@ def delta_rule(
         output_final_state: also return the state after the last token.
         mode: ``"chunk"`` (chunked WY form) or ``"recurrent"`` (step-by-step reference).
         chunk_size: tokens per chunk in chunk mode.
+        output_chunk_states: also return the states entering every ``chunk_size`` tokens,
+            ``S_0, S_C, S_2C, ...`` (differentiable, in either mode): block diffusion reads
+            the state at every block boundary from this one call.
 
     Returns:
         ``o`` of shape ``[B, T, H, V]`` in q's dtype, and the final state ``[B, H, K, V]``
-        (float32, or float64 for float64 inputs) or None unless ``output_final_state``.
+        (float32, or float64 for float64 inputs) or None unless ``output_final_state``; with
+        ``output_chunk_states`` a third element, the chunk states ``[B, N, H, K, V]``,
+        ``N = ceil(T / chunk_size)``.
     """
-    return _run(q, k, v, None, beta, scale, initial_state, output_final_state, mode, chunk_size)
+    return _run(
+        q,
+        k,
+        v,
+        None,
+        beta,
+        scale,
+        initial_state,
+        output_final_state,
+        mode,
+        chunk_size,
+        output_chunk_states,
+    )
 
 
 def gated_delta_rule(
@@ -66,13 +84,26 @@ def gated_delta_rule(
     output_final_state: bool = False,
     mode: str = "chunk",
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    output_chunk_states: bool = False,
+) -> tuple[Tensor, ...]:
     """Gated delta rule: ``S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``.
 
     The readout is ``o_t = scale * S_t^T q_t``. Arguments and returns are those of
     :func:`delta_rule`, plus ``g`` of shape ``[B, T, H]``: the per-head log decay, ``g <= 0``.
     """
-    return _run(q, k, v, g, beta, scale, initial_state, output_final_state, mode, chunk_size)
+    return _run(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale,
+        initial_state,
+        output_final_state,
+        mode,
+        chunk_size,
+        output_chunk_states,
+    )
 
 
 def _run(
@@ -86,7 +117,8 @@ def _run(
     output_final_state: bool,
     mode: str,
     chunk_size: int,
-) -> tuple[Tensor, Tensor | None]:
+    output_chunk_states: bool,
+) -> tuple[Tensor, ...]:
     """Validate, promote to the state dtype, and dispatch to the chosen mode (g None: no decay)."""
     _check_inputs(q, k, v, g, beta, initial_state, mode, chunk_size)
     B, T, H, K = q.shape
@@ -101,32 +133,36 @@ def _run(
     else:
         state = initial_state.to(dtype)
     if T == 0:
-        o = q_scaled.new_zeros(B, 0, H, V)
+        o, starts = q_scaled.new_zeros(B, 0, H, V), state.new_zeros(B, 0, H, K, V)
     elif mode == "recurrent":
         decay = torch.zeros_like(beta) if g is None else g
-        o, state = _recurrent(q_scaled, k, v, decay, beta, state)
+        o, state, starts = _recurrent(q_scaled, k, v, decay, beta, state, chunk_size)
     else:
-        o, state = _chunk(q_scaled, k, v, g, beta, state, chunk_size)
-    return o.to(q.dtype), (state if output_final_state else None)
+        o, state, starts = _chunk(q_scaled, k, v, g, beta, state, chunk_size)
+    outputs = (o.to(q.dtype), state if output_final_state else None)
+    return (*outputs, starts) if output_chunk_states else outputs
 
 
 def _recurrent(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, chunk_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Reference: one state update per token. q is pre-scaled; state ``[B, H, K, V]``.
+    Returns o, the final state and the states entering every ``chunk_size`` tokens.
 
     Products are broadcasts and sums rather than matmuls: on CPU a threaded BLAS call per tiny
     step costs more than the arithmetic.
     """
     steps = zip(*(x.unbind(1) for x in (q, k, v, beta, g.exp())), strict=True)
-    outputs = []
-    for q_t, k_t, v_t, beta_t, decay_t in steps:
+    outputs, starts = [], []
+    for t, (q_t, k_t, v_t, beta_t, decay_t) in enumerate(steps):
+        if t % chunk_size == 0:
+            starts.append(state)
         k_t = k_t.unsqueeze(-1)  # [B, H, K, 1]
         beta_t, decay_t = beta_t[..., None, None], decay_t[..., None, None]
         recalled = (k_t * state).sum(-2, keepdim=True)  # k_t^T S_{t-1}: [B, H, 1, V]
         state = decay_t * (state - beta_t * k_t * recalled) + beta_t * k_t * v_t.unsqueeze(-2)
         outputs.append((q_t.unsqueeze(-1) * state).sum(-2))
-    return torch.stack(outputs, dim=1), state
+    return torch.stack(outputs, dim=1), state, torch.stack(starts, dim=1)
 
 
 def _chunk(
@@ -137,11 +173,12 @@ def _chunk(
     beta: Tensor,
     state: Tensor,
     chunk_size: int,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Chunked WY form on ``[B, T, H, *]`` inputs (q pre-scaled, ``g`` None for no decay).
 
     Pads time to whole chunks, runs :class:`_ChunkedDeltaRule` on ``[N * B * H, C, *]`` rows,
-    and returns ``o`` as ``[B, T, H, V]`` and the final state.
+    and returns ``o`` as ``[B, T, H, V]``, the final state and the chunk states
+    ``[B, N, H, K, V]``.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -156,11 +193,12 @@ def _chunk(
         return x.reshape(N * B * H, C, *x.shape[4:])
 
     gate = None if g is None else chunks(g)
-    o, state = _ChunkedDeltaRule.apply(
+    o, state, starts = _ChunkedDeltaRule.apply(
         chunks(q), chunks(k), chunks(v), gate, chunks(beta), state.reshape(B * H, K, V), N
     )
     o = o.reshape(N, B, H, C, V).transpose(0, 1).transpose(2, 3).reshape(B, N * C, H, V)
-    return o[:, :T], state.reshape(B, H, K, V)
+    starts = starts.view(N, B, H, K, V).transpose(0, 1)
+    return o[:, :T], state.reshape(B, H, K, V), starts
 
 
 class _ChunkedDeltaRule(torch.autograd.Function):
@@ -180,13 +218,15 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         S' = T S + K'^T U~,        T = e^{c_C} I - K'^T W
         O  = M U~ + Q~ S,          Q~ = diag(e^c) Q - M W
 
-    so that only ``S' = T S + K'^T U~`` is sequential. The backward runs the adjoint of that
+    so that only ``S' = T S + K'^T U~`` is sequential. Outputs o ``[L, C, V]``, the final
+    state and the chunk-start states ``S`` (``[L, K, V]``). The backward runs the adjoint of that
     recursion in reverse, ``dS = T^T dS' + Q~^T dO``, then differentiates every batched product
     by hand (no autograd graph of the many broadcasts); double backward is not supported.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, state, n_chunks):  # noqa: ANN001, ANN205 - autograd API
+        ctx.set_materialize_grads(False)
         L, C, K = q.shape
         V = v.shape[-1]
         lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -238,11 +278,11 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         ctx.save_for_backward(
             q, k, v, beta, kk, a, x, m, k_end, q_tilde, transition, starts, *gate_saved
         )
-        return o, state
+        return o, state, starts
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, d_o, d_final):  # noqa: ANN001, ANN205 - autograd API
+    def backward(ctx, d_o, d_final, d_starts):  # noqa: ANN001, ANN205 - autograd API
         q, k, v, beta, kk, a, x, m, k_end, q_tilde, transition, starts, *gate_saved = (
             ctx.saved_tensors
         )
@@ -255,7 +295,10 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         d_state = q.new_zeros(rows, K, V) if d_final is None else d_final.contiguous()
 
         # Adjoint of S' = T S + inflow: d_end[n] is the gradient of chunk n's end state.
-        inflow_grad = (q_tilde.mT @ d_o).view(n_chunks, rows, K, V)
+        inflow_grad = q_tilde.mT @ d_o
+        if d_starts is not None:
+            inflow_grad += d_starts
+        inflow_grad = inflow_grad.view(n_chunks, rows, K, V)
         d_end = q.new_empty(n_chunks, rows, K, V)
         transition_t = transition.mT.view(n_chunks, rows, K, K)
         for n in range(n_chunks - 1, -1, -1):

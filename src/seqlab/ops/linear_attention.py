@@ -45,7 +45,8 @@ def gated_linear_attention(
     output_final_state: bool = False,
     mode: str = "chunk",
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    output_chunk_states: bool = False,
+) -> tuple[Tensor, ...]:
     """Gated linear attention ``S_t = diag(exp g_t) S_{t-1} + k_t v_tᵀ``, ``o_t = scale·S_tᵀ q_t``.
 
     Args:
@@ -60,11 +61,16 @@ def gated_linear_attention(
         mode: ``"chunk"`` (parallel within chunks, recurrent across chunks; first-order
             gradients only) or ``"recurrent"`` (a plain loop over time steps; the reference).
         chunk_size: chunk length for ``mode="chunk"``, a positive power of two.
+        output_chunk_states: also return the states entering every ``chunk_size`` tokens,
+            ``S_0, S_C, S_2C, ...`` (differentiable, in either mode): block diffusion reads
+            the state at every block boundary from this one call.
 
     Returns:
         ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in q's dtype; ``final_state`` is ``S_T``
         of shape ``[B, H, K, V]`` in float32 (float64 for float64 inputs), or ``None`` unless
-        ``output_final_state``. Computation runs in that state dtype.
+        ``output_final_state``. Computation runs in that state dtype. With
+        ``output_chunk_states`` a third element, the chunk states ``[B, N, H, K, V]`` in the
+        state dtype, ``N = ceil(T / chunk_size)``.
 
     Raises:
         ValueError: on an unknown mode, a chunk_size that is not a power of two, or inputs
@@ -83,12 +89,13 @@ def gated_linear_attention(
     args = (q.to(acc) * scale, k.to(acc), v.to(acc), None if g is None else g.to(acc), state)
 
     if T == 0:
-        o, state = q.new_zeros(B, 0, H, V), state.clone()
+        o, state, starts = q.new_zeros(B, 0, H, V), state.clone(), state.new_zeros(B, 0, H, K, V)
     elif mode == "recurrent":
-        o, state = _recurrent(*args)
+        o, state, starts = _recurrent(*args, chunk_size)
     else:
-        o, state = _chunked(*args, chunk_size)
-    return o.to(q.dtype), (state if output_final_state else None)
+        o, state, starts = _chunked(*args, chunk_size)
+    outputs = (o.to(q.dtype), state if output_final_state else None)
+    return (*outputs, starts) if output_chunk_states else outputs
 
 
 def _check_inputs(
@@ -129,9 +136,12 @@ def _fmt(shape: tuple[int, ...] | torch.Size) -> str:
 
 
 def _recurrent(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Step-by-step reference; q is pre-scaled, all inputs ``[B,T,H,*]``, state ``[B,H,K,V]``."""
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor, chunk_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Step-by-step reference; q is pre-scaled, all inputs ``[B,T,H,*]``, state ``[B,H,K,V]``.
+
+    Returns o, the final state and the states entering every ``chunk_size`` tokens.
+    """
     if g is None:
         decay = None
     elif g.dim() == 3:
@@ -140,12 +150,15 @@ def _recurrent(
         decay = g.exp()[..., None]
     # unbind, not q[:, t]: each indexing op's backward would materialise a full [B,T,...] grad.
     decays = [None] * q.shape[1] if decay is None else decay.unbind(1)
-    outputs = []
-    for q_t, k_t, v_t, decay_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decays, strict=True):
+    outputs, starts = [], []
+    steps = zip(q.unbind(1), k.unbind(1), v.unbind(1), decays, strict=True)
+    for t, (q_t, k_t, v_t, decay_t) in enumerate(steps):
+        if t % chunk_size == 0:
+            starts.append(state)
         kv = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
         state = kv + (state if decay_t is None else state * decay_t)
         outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, state))
-    return torch.stack(outputs, dim=1), state
+    return torch.stack(outputs, dim=1), state, torch.stack(starts, dim=1)
 
 
 def _to_chunks(x: Tensor, chunk: int) -> Tensor:
@@ -160,10 +173,12 @@ def _to_chunks(x: Tensor, chunk: int) -> Tensor:
 
 def _chunked(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Chunked form; q is pre-scaled, inputs ``[B,T,H,*]``, state ``[B,H,K,V]``.
 
-    Padding (k = v = 0, g = 0) after the last token leaves the final state unchanged.
+    Returns o, the final state and the states entering each chunk ``[B,N,H,K,V]`` (with
+    T ≤ chunk_size, one chunk of the next power of two ≥ T). Padding (k = v = 0, g = 0)
+    after the last token leaves the final state unchanged.
     """
     T = q.shape[1]
     chunk = min(chunk_size, 1 << (T - 1).bit_length())
@@ -171,8 +186,8 @@ def _chunked(
     G = None
     if g is not None:
         G = _to_chunks(g if g.dim() == 4 else g.unsqueeze(-1), chunk).cumsum(-2)
-    o, state = _ChunkedGLA.apply(q, k, v, G, state)
-    return o.flatten(2, 3)[:, :, :T].transpose(1, 2), state
+    o, state, entering = _ChunkedGLA.apply(q, k, v, G, state)
+    return o.flatten(2, 3)[:, :, :T].transpose(1, 2), state, entering.transpose(1, 2)
 
 
 class _ChunkedGLA(torch.autograd.Function):
@@ -186,7 +201,8 @@ class _ChunkedGLA(torch.autograd.Function):
         o_n = A v + (q ⊙ exp G) E_n,      E_n = S_{n-1} (the state entering chunk n)
         S_n = diag(exp G_C) S_{n-1} + (k ⊙ exp(G_C − G))ᵀ v
 
-    Outputs o ``[B, H, N, C, V]`` and S_N ``[B, H, K, V]``.
+    Outputs o ``[B, H, N, C, V]``, S_N ``[B, H, K, V]`` and the entering states E
+    ``[B, H, N, K, V]``.
     """
 
     @staticmethod
@@ -197,7 +213,8 @@ class _ChunkedGLA(torch.autograd.Function):
         v: Tensor,
         G: Tensor | None,
         state: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
         A = _intra_scores(q, k, G)
         exp_G = exp_G_to_end = None
         if G is not None:
@@ -208,17 +225,24 @@ class _ChunkedGLA(torch.autograd.Function):
         o = A @ v
         o += q_in @ entering
         ctx.save_for_backward(q, k, v, G, A, entering, exp_G, exp_G_to_end)
-        return o, state
+        return o, state, entering
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: torch.autograd.function.FunctionCtx, d_o: Tensor, d_state: Tensor
+        ctx: torch.autograd.function.FunctionCtx,
+        d_o: Tensor | None,
+        d_state: Tensor | None,
+        d_entering: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         q, k, v, G, A, entering, exp_G, exp_G_to_end = ctx.saved_tensors
-        d_o = d_o.contiguous()
+        d_o = torch.zeros_like(v) if d_o is None else d_o.contiguous()
+        d_state = torch.zeros_like(entering[:, :, 0]) if d_state is None else d_state
         q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
-        d_chunk_kv, d_state = _scan_backward(q_in.mT @ d_o, d_state, decay)
+        d_in = q_in.mT @ d_o
+        if d_entering is not None:
+            d_in += d_entering
+        d_chunk_kv, d_state = _scan_backward(d_in, d_state, decay)
         dv = A.mT @ d_o
         dv += k_out @ d_chunk_kv
         dq = d_o @ entering.mT  # gradient of q_in
