@@ -229,7 +229,7 @@ BLOCK_VARIANTS = [*VARIANTS, ("retnet", {"rotary": True})]
 @pytest.mark.parametrize(("name", "options"), BLOCK_VARIANTS)
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_block_states_from_one_kernel_call_equal_scanning_block_by_block(name, options, mode):
-    """Block diffusion's start states from the kernel's chunk states (`_block_states`) give
+    """Block diffusion's start states from the kernel's chunk states (`_block_forward`) give
     the same outputs and input gradients as scanning the clean half one block at a time."""
     fast = make(name, **options)
     fast.kernel_mode = mode
@@ -240,10 +240,11 @@ def test_block_states_from_one_kernel_call_equal_scanning_block_by_block(name, o
     slow = make(name, **options)
     slow.load_state_dict(fast.state_dict())
     slow.kernel_mode = mode
-    slow._block_states = lambda inputs, size: None  # scan_in_layout's block-by-block path
+    slow._block_forward = lambda noised, clean, size: None  # the block-by-block path
     x = torch.randn(2, 32, 16, dtype=F64, requires_grad=True)
     layout = Layout.block_diffusion(4)
-    assert fast._block_states(fast._project(x[:, 16:])[0], 4) is not None
+    halves = [fast._project(x[:, :16])[0], fast._project(x[:, 16:])[0]]
+    assert fast._block_forward(*halves, 4) is not None
     outputs, grads = [], []
     for mixer in (fast, slow):
         y, _ = mixer(x, layout=layout)
@@ -256,8 +257,8 @@ def test_block_states_from_one_kernel_call_equal_scanning_block_by_block(name, o
 def test_block_states_fall_back_where_the_kernel_cannot_chunk_by_the_block_size():
     gla, delta = make("gla"), make("deltanet")
     x = torch.randn(1, 12, 16, dtype=F64)
-    assert gla._block_states(gla._project(x)[0], 6) is None  # not a power of two
-    assert delta._block_states(delta._project(x)[0], 6) is not None
+    assert gla._block_forward(gla._project(x)[0], gla._project(x)[0], 6) is None  # not 2^n
+    assert delta._block_forward(delta._project(x)[0], delta._project(x)[0], 6) is not None
     for mixer in (gla, delta):
         y, _ = mixer(torch.randn(1, 24, 16, dtype=F64), layout=Layout.block_diffusion(6))
         assert y.shape == (1, 24, 16)

@@ -179,9 +179,10 @@ SCAN_LAYOUTS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 # One direction of a recurrent mixer: time-indexed inputs (each `[B, T, ...]`) and a state
 # (None: the parallel form from a zero state) -> (output `[B, T, ...]`, new state or None).
 Recur = Callable[[tuple[Tensor, ...], State | None], tuple[Tensor, State | None]]
-# (clean inputs, block size b) -> (F's output from the initial state, the states entering
-# every block stacked as rows r · n + j), or None where the mixer cannot (see scan_in_layout).
-BlockStates = Callable[[tuple[Tensor, ...], int], tuple[Tensor, State] | None]
+# (noised inputs, clean inputs, block size b) -> F's outputs on the noised blocks (each from
+# its start state S_j) and on the clean half, or None where the mixer cannot: a mixer's own
+# way to the block-diffusion scans (see scan_in_layout).
+BlockForward = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], int], tuple[Tensor, Tensor] | None]
 
 
 def check_scan_layout(layout: Layout, state: State | None, name: str) -> None:
@@ -202,7 +203,7 @@ def scan_in_layout(
     state: State | None,
     layout: Layout,
     init_state: Callable[[int], State],
-    block_states: BlockStates | None = None,
+    block_forward: BlockForward | None = None,
 ) -> tuple[Tensor, State | None]:
     """Run a one-directional recurrence `F` in any layout, by forward and reversed scans.
 
@@ -221,10 +222,11 @@ def scan_in_layout(
       both ways on top of it. This is exactly what block-wise sampling computes with a state
       cache (prefill x_0^{<j} block-causally, then read x_t^j bidirectionally from the
       state), and, as with attention's block-diffusion mask, block j's output depends only
-      on x_0^{<j} and x_t^j. The states S_j come from `block_states(clean inputs, b)` when
-      the mixer has it (one chunked-kernel call with chunk = b, whose inter-chunk states are
-      the S_j) and it does not return None, else from scanning the clean half one block at a
-      time; the noised blocks then run as one batch of L/b sequences.
+      on x_0^{<j} and x_t^j. The forward scans come from `block_forward(x_t, x_0, b)` when
+      the mixer has it and it does not return None (the matrix-state mixers take every S_j
+      from one chunked-kernel call with chunk = b: they are its inter-chunk states); else
+      the clean half is scanned one block at a time to collect the S_j, and the noised
+      blocks run as one batch of L/b sequences from them.
 
     With b = 1 a token reads its prefix and itself, but the reversed scan of the one token
     adds a term that the causal layout does not have: the block_causal(1) model is an exact
@@ -247,13 +249,11 @@ def scan_in_layout(
     batch = inputs[0].shape[0]
     noised = tuple(u[:, :length] for u in inputs)
     clean = tuple(u[:, length:] for u in inputs)
-    in_one_call = None
-    if block_states is not None and length % size == 0:
-        in_one_call = block_states(clean, size)
-    if in_one_call is not None:
-        clean_output, stacked_starts = in_one_call
-        blocks = tuple(fold_blocks(u, size) for u in noised)
-        noised_output = unfold_blocks(recur(blocks, stacked_starts)[0], batch)
+    forward = None
+    if block_forward is not None and length % size == 0:
+        forward = block_forward(noised, clean, size)
+    if forward is not None:
+        noised_output, clean_output = forward
     else:
         starts, clean_outputs = [], []
         carried = init_state(batch)

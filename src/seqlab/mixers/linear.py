@@ -24,8 +24,10 @@ from seqlab.mixers.base import (
     Mixer,
     check_input,
     check_scan_layout,
+    fold_blocks,
     scan_in_layout,
     state_dtype,
+    unfold_blocks,
 )
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.attention import apply_rotary, rotary_angles
@@ -133,7 +135,7 @@ class LinearRecurrence(Mixer):
         check_scan_layout(layout, state, self.name)
         inputs, gate = self._project(x)
         o, new_state = scan_in_layout(
-            self._recur, inputs, state, layout, self.init_state, self._block_states
+            self._recur, inputs, state, layout, self.init_state, self._block_forward
         )
         return self._output(o, gate), new_state
 
@@ -143,13 +145,17 @@ class LinearRecurrence(Mixer):
 
     @abstractmethod
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state).
 
         With `boundaries` = b (and a state), the second element is instead the states entering
         every block of b tokens, stacked as rows r · n + j, taken from the kernel's chunk states
-        in the same call (see `_block_states`).
+        in the same call (see `_block_forward`). `final=False` skips the new state (None).
         """
 
     @abstractmethod
@@ -159,27 +165,31 @@ class LinearRecurrence(Mixer):
     # The gated_linear_attention kernel needs power-of-two chunks; the delta rule does not.
     power_of_two_blocks = True
 
-    def _block_states(
-        self, inputs: tuple[Tensor, ...], size: int
-    ) -> tuple[Tensor, LinearState] | None:
-        """Block diffusion's clean half in one kernel call with chunk = `size`: the causal
-        kernel output from the zero state and the states entering every block (the kernel's
-        chunk states, the conv's last inputs before each block); None for block sizes the
-        kernel cannot chunk by."""
+    def _block_forward(
+        self, noised: tuple[Tensor, ...], clean: tuple[Tensor, ...], size: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """Block diffusion's forward scans (see `scan_in_layout`): the clean half in one
+        kernel call with chunk = `size`, which also gives the state entering every block (the
+        kernel's chunk states; the conv's last inputs before each block), then every noised
+        block from its start state as one batch, without final states. None for block sizes
+        the kernel cannot chunk by."""
         if self.power_of_two_blocks and size & (size - 1):
             return None
-        x = inputs[0]
+        x = clean[0]
         start = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return self._recur(inputs, start, boundaries=size)
+        clean_output, starts = self._recur(clean, start, boundaries=size)
+        blocks = tuple(fold_blocks(u, size) for u in noised)
+        noised_output, _ = self._recur(blocks, starts, final=False)
+        return unfold_blocks(noised_output, x.shape[0]), clean_output
 
     def _kernel_options(
-        self, steps: int, state: LinearState | None, boundaries: int | None
+        self, steps: int, state: LinearState | None, boundaries: int | None, final: bool = True
     ) -> dict[str, object]:
         """The kernel's state and mode arguments, for `_recur` with or without `boundaries`."""
         if boundaries is None:
             return {
                 "initial_state": None if state is None else state.recurrent,
-                "output_final_state": state is not None,
+                "output_final_state": state is not None and final,
                 "mode": self._mode(steps, state),
                 "chunk_size": self.chunk_size,
             }
@@ -297,7 +307,11 @@ class LinearAttention(LinearRecurrence):
         return (self.qkv(x),), None
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
@@ -309,7 +323,7 @@ class LinearAttention(LinearRecurrence):
             k,
             v,
             scale=1.0 if self.normalize else None,
-            **self._kernel_options(qkv.shape[1], state, boundaries),
+            **self._kernel_options(qkv.shape[1], state, boundaries, final),
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
@@ -395,7 +409,11 @@ class RetNet(LinearRecurrence):
         return (self.qkv(x),), self.gate(x)
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         b, t, _ = qkv.shape
@@ -410,7 +428,7 @@ class RetNet(LinearRecurrence):
             offset = None if state is None else positions[:, -1] + 1
         g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
         o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(t, state, boundaries)
+            q, k, v, g, **self._kernel_options(t, state, boundaries, final)
         )
         if boundaries is not None:
             starts = None
@@ -512,7 +530,11 @@ class GLA(LinearRecurrence):
         return (self.qkv(x), self.log_decay(x)), self.gate(x)
 
     def _recur(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None, boundaries: int | None = None
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv_in, g = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
@@ -520,7 +542,7 @@ class GLA(LinearRecurrence):
         q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
         q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
         o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries)
+            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries, final)
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)

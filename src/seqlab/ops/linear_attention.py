@@ -82,10 +82,14 @@ def gated_linear_attention(
     inputs = (q, k, v) if g is None else (q, k, v, g)
     acc = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     scale = K**-0.5 if scale is None else scale
-    if initial_state is None:
-        state = torch.zeros(B, H, K, V, dtype=acc, device=q.device)
-    else:
+    need_states = output_final_state or output_chunk_states
+    light = mode == "chunk" and not need_states and chunk_size >= T > 0
+    if initial_state is not None:
         state = initial_state.to(acc)
+    elif light:
+        state = None  # zeros that the one-chunk form never reads (see `_chunked`)
+    else:
+        state = torch.zeros(B, H, K, V, dtype=acc, device=q.device)
     args = (q.to(acc) * scale, k.to(acc), v.to(acc), None if g is None else g.to(acc), state)
 
     if T == 0:
@@ -93,7 +97,7 @@ def gated_linear_attention(
     elif mode == "recurrent":
         o, state, starts = _recurrent(*args, chunk_size)
     else:
-        o, state, starts = _chunked(*args, chunk_size)
+        o, state, starts = _chunked(*args, chunk_size, need_states)
     outputs = (o.to(q.dtype), state if output_final_state else None)
     return (*outputs, starts) if output_chunk_states else outputs
 
@@ -172,13 +176,25 @@ def _to_chunks(x: Tensor, chunk: int) -> Tensor:
 
 
 def _chunked(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, state: Tensor, chunk_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    state: Tensor | None,
+    chunk_size: int,
+    need_states: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Chunked form; q is pre-scaled, inputs ``[B,T,H,*]``, state ``[B,H,K,V]``.
 
     Returns o, the final state and the states entering each chunk ``[B,N,H,K,V]`` (with
     T ≤ chunk_size, one chunk of the next power of two ≥ T). Padding (k = v = 0, g = 0)
     after the last token leaves the final state unchanged.
+
+    A sequence of one chunk whose states are not wanted (``need_states`` False) skips the
+    state update ``kᵀv`` altogether, and the read of the start state too when it is zero
+    (``state`` None, only allowed then): the many short sequences of the block layouts
+    (every block scanned from its own start) cost what their intra-chunk products cost. The
+    states are None then.
     """
     T = q.shape[1]
     chunk = min(chunk_size, 1 << (T - 1).bit_length())
@@ -186,8 +202,10 @@ def _chunked(
     G = None
     if g is not None:
         G = _to_chunks(g if g.dim() == 4 else g.unsqueeze(-1), chunk).cumsum(-2)
-    o, state, entering = _ChunkedGLA.apply(q, k, v, G, state)
-    return o.flatten(2, 3)[:, :, :T].transpose(1, 2), state, entering.transpose(1, 2)
+    light = not need_states and chunk >= T
+    o, state, entering = _ChunkedGLA.apply(q, k, v, G, state, light)
+    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
+    return o, state, None if entering is None else entering.transpose(1, 2)
 
 
 class _ChunkedGLA(torch.autograd.Function):
@@ -202,7 +220,8 @@ class _ChunkedGLA(torch.autograd.Function):
         S_n = diag(exp G_C) S_{n-1} + (k ⊙ exp(G_C − G))ᵀ v
 
     Outputs o ``[B, H, N, C, V]``, S_N ``[B, H, K, V]`` and the entering states E
-    ``[B, H, N, K, V]``.
+    ``[B, H, N, K, V]``. With ``light`` (one chunk, states not wanted) S_1 is not formed
+    and both state outputs are None, and a None S_0 stands for zeros: o = A v.
     """
 
     @staticmethod
@@ -212,19 +231,27 @@ class _ChunkedGLA(torch.autograd.Function):
         k: Tensor,
         v: Tensor,
         G: Tensor | None,
-        state: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        state: Tensor | None,
+        light: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         ctx.set_materialize_grads(False)
+        ctx.light = light
         A = _intra_scores(q, k, G)
         exp_G = exp_G_to_end = None
         if G is not None:
             exp_G = _exp_decay_(G.clone())
             exp_G_to_end = _exp_decay_(G[..., -1:, :] - G)
         q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
-        entering, state = _scan(k_out.mT @ v, decay, state)
+        if light:
+            entering, state = (None if state is None else state.unsqueeze(2)), None
+        else:
+            entering, state = _scan(k_out.mT @ v, decay, state)
         o = A @ v
-        o += q_in @ entering
+        if entering is not None:
+            o += q_in @ entering
         ctx.save_for_backward(q, k, v, G, A, entering, exp_G, exp_G_to_end)
+        if light:
+            return o, None, None
         return o, state, entering
 
     @staticmethod
@@ -237,6 +264,8 @@ class _ChunkedGLA(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         q, k, v, G, A, entering, exp_G, exp_G_to_end = ctx.saved_tensors
         d_o = torch.zeros_like(v) if d_o is None else d_o.contiguous()
+        if ctx.light:
+            return _light_backward(d_o, q, k, v, G, A, entering, exp_G, ctx.needs_input_grad[3])
         d_state = torch.zeros_like(entering[:, :, 0]) if d_state is None else d_state
         q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
         d_in = q_in.mT @ d_o
@@ -253,7 +282,7 @@ class _ChunkedGLA(torch.autograd.Function):
             dk *= exp_G_to_end
         _intra_scores_backward(d_o @ v.mT, q, k, G, dq, dk)
         if G is None or not ctx.needs_input_grad[3]:
-            return dq, dk, dv, None, d_state
+            return dq, dk, dv, None, d_state, None
         # Every use of G_t (other than as the chunk end) is through q_t ⊙ exp(G_t) or
         # k_t ⊙ exp(−G_t), and the halving reference points cancel, so ∂/∂G = q ⊙ dq − k ⊙ dk.
         dG = q * dq - k * dk
@@ -261,7 +290,37 @@ class _ChunkedGLA(torch.autograd.Function):
         dG = dG.sum_to_size(G.shape)
         d_decay = (d_chunk_kv * entering).sum_to_size(decay.shape)
         dG[..., -1:, :] += (d_decay * decay).mT
-        return dq, dk, dv, dG, d_state
+        return dq, dk, dv, dG, d_state, None
+
+
+def _light_backward(
+    d_o: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    G: Tensor | None,
+    A: Tensor,
+    entering: Tensor | None,
+    exp_G: Tensor | None,
+    needs_dG: bool,
+) -> tuple[Tensor | None, ...]:
+    """``_ChunkedGLA``'s backward for one chunk without state outputs: o = A v + q_in S_0."""
+    dv = A.mT @ d_o
+    dk = torch.zeros_like(k)
+    d_state = None
+    if entering is None:
+        dq = torch.zeros_like(q)
+    else:
+        dq = d_o @ entering.mT  # gradient of q_in
+        q_in = q if exp_G is None else q * exp_G
+        d_state = (q_in.mT @ d_o).squeeze(2)
+        if exp_G is not None:
+            dq *= exp_G
+    _intra_scores_backward(d_o @ v.mT, q, k, G, dq, dk)
+    dG = None
+    if G is not None and needs_dG:
+        dG = (q * dq - k * dk).sum_to_size(G.shape)
+    return dq, dk, dv, dG, d_state, None
 
 
 def _inter_operands(
