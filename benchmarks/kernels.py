@@ -105,13 +105,12 @@ def bench_kernels(lengths: list[int], max_loop_len: int, repeats: int) -> None:
         attention = attention_time(t, repeats)
         for name, make in kernel_cases(t).items():
             fast = median_seconds(make("chunk"), repeats)
-            loop = (
-                median_seconds(make("recurrent"), max(1, repeats // 2))
-                if t <= max_loop_len
-                else float("nan")
-            )
+            loop_cells = "not run | –"  # past --max-loop-len
+            if t <= max_loop_len:
+                loop = median_seconds(make("recurrent"), max(1, repeats // 2))
+                loop_cells = f"{loop:.3f} | {loop / fast:.1f}x"
             print(
-                f"| {name} | {t} | {fast:.4f} | {loop:.3f} | {loop / fast:.1f}x | "
+                f"| {name} | {t} | {fast:.4f} | {loop_cells} | "
                 f"{attention:.4f} | {attention / fast:.1f}x |",
                 flush=True,
             )

@@ -57,19 +57,8 @@ def delta_rule(
         ``output_chunk_states`` a third element, the chunk states ``[B, N, H, K, V]``,
         ``N = ceil(T / chunk_size)``.
     """
-    return _run(
-        q,
-        k,
-        v,
-        None,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        mode,
-        chunk_size,
-        output_chunk_states,
-    )
+    options = (scale, initial_state, output_final_state, mode, chunk_size, output_chunk_states)
+    return _run(q, k, v, None, beta, *options)
 
 
 def gated_delta_rule(
@@ -91,19 +80,8 @@ def gated_delta_rule(
     The readout is ``o_t = scale * S_t^T q_t``. Arguments and returns are those of
     :func:`delta_rule`, plus ``g`` of shape ``[B, T, H]``: the per-head log decay, ``g <= 0``.
     """
-    return _run(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        mode,
-        chunk_size,
-        output_chunk_states,
-    )
+    options = (scale, initial_state, output_final_state, mode, chunk_size, output_chunk_states)
+    return _run(q, k, v, g, beta, *options)
 
 
 def _run(
