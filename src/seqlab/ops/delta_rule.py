@@ -106,17 +106,21 @@ def _run(
     q_scaled = q.to(dtype) * (K**-0.5 if scale is None else scale)
     k, v, beta = (x.to(dtype) for x in (k, v, beta))
     g = None if g is None else g.to(dtype)
-    if initial_state is None:
-        state = q.new_zeros(B, H, K, V, dtype=dtype)
-    else:
+    need_states = output_final_state or output_chunk_states
+    light = mode == "chunk" and not need_states and chunk_size >= T > 0
+    if initial_state is not None:
         state = initial_state.to(dtype)
+    elif light:
+        state = None  # zeros that the one-chunk form never reads (see `_chunk`)
+    else:
+        state = q.new_zeros(B, H, K, V, dtype=dtype)
     if T == 0:
         o, starts = q_scaled.new_zeros(B, 0, H, V), state.new_zeros(B, 0, H, K, V)
     elif mode == "recurrent":
         decay = torch.zeros_like(beta) if g is None else g
         o, state, starts = _recurrent(q_scaled, k, v, decay, beta, state, chunk_size)
     else:
-        o, state, starts = _chunk(q_scaled, k, v, g, beta, state, chunk_size)
+        o, state, starts = _chunk(q_scaled, k, v, g, beta, state, chunk_size, light)
     outputs = (o.to(q.dtype), state if output_final_state else None)
     return (*outputs, starts) if output_chunk_states else outputs
 
@@ -149,14 +153,16 @@ def _chunk(
     v: Tensor,
     g: Tensor | None,
     beta: Tensor,
-    state: Tensor,
+    state: Tensor | None,
     chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+    light: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Chunked WY form on ``[B, T, H, *]`` inputs (q pre-scaled, ``g`` None for no decay).
 
     Pads time to whole chunks, runs :class:`_ChunkedDeltaRule` on ``[N * B * H, C, *]`` rows,
     and returns ``o`` as ``[B, T, H, V]``, the final state and the chunk states
-    ``[B, N, H, K, V]``.
+    ``[B, N, H, K, V]``. ``light``: one chunk whose states are not wanted (both come back
+    None); a None ``state`` then stands for zeros.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -171,10 +177,13 @@ def _chunk(
         return x.reshape(N * B * H, C, *x.shape[4:])
 
     gate = None if g is None else chunks(g)
+    start = None if state is None else state.reshape(B * H, K, V)
     o, state, starts = _ChunkedDeltaRule.apply(
-        chunks(q), chunks(k), chunks(v), gate, chunks(beta), state.reshape(B * H, K, V), N
+        chunks(q), chunks(k), chunks(v), gate, chunks(beta), start, N, light
     )
     o = o.reshape(N, B, H, C, V).transpose(0, 1).transpose(2, 3).reshape(B, N * C, H, V)
+    if light:
+        return o[:, :T], None, None
     starts = starts.view(N, B, H, K, V).transpose(0, 1)
     return o[:, :T], state.reshape(B, H, K, V), starts
 
@@ -200,11 +209,15 @@ class _ChunkedDeltaRule(torch.autograd.Function):
     state and the chunk-start states ``S`` (``[L, K, V]``). The backward runs the adjoint of that
     recursion in reverse, ``dS = T^T dS' + Q~^T dO``, then differentiates every batched product
     by hand (no autograd graph of the many broadcasts); double backward is not supported.
+
+    ``light`` (one chunk, no state outputs: the block layouts' short scans) forms neither T
+    nor K'^T U~: O = M U~ + Q~ S, or O = M U~ when ``state`` is None (zeros).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, state, n_chunks):  # noqa: ANN001, ANN205 - autograd API
+    def forward(ctx, q, k, v, g, beta, state, n_chunks, light):  # noqa: ANN001, ANN205
         ctx.set_materialize_grads(False)
+        ctx.light = light
         L, C, K = q.shape
         V = v.shape[-1]
         lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -233,6 +246,19 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         x = torch.linalg.solve_triangular(
             a.mT, rhs.mT, upper=True, left=False, unitriangular=True
         ).mT
+        ctx.gated = g is not None
+        if light:
+            q_tilde = None
+            if state is None:
+                o = m @ x[..., :V]
+            else:
+                mx = m @ x
+                q_tilde = q_decayed - mx[..., V:]
+                o = torch.baddbmm(mx[..., :V], q_tilde, state)
+            ctx.save_for_backward(
+                q, k, v, beta, kk, a, x, m, None, q_tilde, None, state, *gate_saved
+            )
+            return o, None, None
         kx = k_end.mT @ x  # [L, K, V + K] = [K'^T U~, K'^T W]
         transition = kx[..., V:].neg()
         transition.diagonal(dim1=-2, dim2=-1).add_(
@@ -252,7 +278,6 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         o = torch.baddbmm(mx[..., :V], q_tilde, starts)
 
         ctx.n_chunks = n_chunks
-        ctx.gated = g is not None
         ctx.save_for_backward(
             q, k, v, beta, kk, a, x, m, k_end, q_tilde, transition, starts, *gate_saved
         )
@@ -264,33 +289,18 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         q, k, v, beta, kk, a, x, m, k_end, q_tilde, transition, starts, *gate_saved = (
             ctx.saved_tensors
         )
-        n_chunks, gated = ctx.n_chunks, ctx.gated
+        gated = ctx.gated
         L, C, K = q.shape
         V = v.shape[-1]
-        rows = L // n_chunks
         if d_o is None:
             d_o = q.new_zeros(L, C, V)
-        d_state = q.new_zeros(rows, K, V) if d_final is None else d_final.contiguous()
-
-        # Adjoint of S' = T S + inflow: d_end[n] is the gradient of chunk n's end state.
-        inflow_grad = q_tilde.mT @ d_o
-        if d_starts is not None:
-            inflow_grad += d_starts
-        inflow_grad = inflow_grad.view(n_chunks, rows, K, V)
-        d_end = q.new_empty(n_chunks, rows, K, V)
-        transition_t = transition.mT.view(n_chunks, rows, K, K)
-        for n in range(n_chunks - 1, -1, -1):
-            d_end[n] = d_state
-            d_state = torch.baddbmm(inflow_grad[n], transition_t[n], d_state)
-        d_end = d_end.view(L, K, V)
-
-        d_transition = d_end @ starts.mT  # [L, K, K]
-        d_q_tilde = d_o @ starts.mT  # [L, C, K]
-        d_mx = torch.cat([d_o, d_q_tilde.neg()], dim=-1)  # gradient of M X
-        d_kx = torch.cat([d_end, d_transition.neg()], dim=-1)  # gradient of K'^T X
-        d_m = d_mx @ x.mT
-        d_x = torch.baddbmm(m.mT @ d_mx, k_end, d_kx)
-        d_k_end = x @ d_kx.mT
+        if ctx.light:
+            d_m, d_x, d_q_tilde, d_state = _light_gradients(d_o, x, m, q_tilde, starts)
+            d_k_end = d_transition = None
+        else:
+            d_m, d_x, d_k_end, d_q_tilde, d_transition, d_state = _chunk_gradients(
+                ctx.n_chunks, d_o, d_final, d_starts, x, m, k_end, q_tilde, transition, starts
+            )
 
         # X = (I + A)^{-1} R: dR = (I + A)^{-T} dX, dA = -dR X^T on the strict lower triangle.
         d_rhs = torch.linalg.solve_triangular(
@@ -316,21 +326,81 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         d_q = d_qk @ k
         if not gated:
             d_beta += d_rhs_k_dot_k
-            d_k += d_k_end
-            d_q += d_q_tilde
-            return d_q, d_k, d_v, None, d_beta, d_state, None
+            if d_k_end is not None:
+                d_k += d_k_end
+            if d_q_tilde is not None:
+                d_q += d_q_tilde
+            return d_q, d_k, d_v, None, d_beta, d_state, None, None
 
         d_beta += decay_in * d_rhs_k_dot_k
-        d_k.addcmul_(to_end.unsqueeze(-1), d_k_end)
-        d_q.addcmul_(decay_in.unsqueeze(-1), d_q_tilde)
         # Gradient of the cumulative log decay c: through R's keys, diag(e^c) Q, K' and D.
-        d_to_end = (d_k_end * k_end).sum(-1)  # gradient of (c_C - c_t)
-        d_c = write * d_rhs_k_dot_k + (d_q_tilde * q_decayed).sum(-1) - d_to_end
+        d_c = write * d_rhs_k_dot_k
         d_log_d = d_kk * kk + d_m * m  # gradient of log D_ts = c_t - c_s
         d_c += d_log_d.sum(-1) - d_log_d.sum(-2)
-        d_c[:, -1] += d_to_end.sum(-1) + end_decay * d_transition.diagonal(dim1=-2, dim2=-1).sum(-1)
+        if d_q_tilde is not None:
+            d_q.addcmul_(decay_in.unsqueeze(-1), d_q_tilde)
+            d_c += (d_q_tilde * q_decayed).sum(-1)
+        if d_k_end is not None:
+            d_k.addcmul_(to_end.unsqueeze(-1), d_k_end)
+            d_to_end = (d_k_end * k_end).sum(-1)  # gradient of (c_C - c_t)
+            d_c -= d_to_end
+            trace = d_transition.diagonal(dim1=-2, dim2=-1).sum(-1)
+            d_c[:, -1] += d_to_end.sum(-1) + end_decay * trace
         d_g = d_c.flip(-1).cumsum(-1).flip(-1)
-        return d_q, d_k, d_v, d_g, d_beta, d_state, None
+        return d_q, d_k, d_v, d_g, d_beta, d_state, None, None
+
+
+def _chunk_gradients(
+    n_chunks: int,
+    d_o: Tensor,
+    d_final: Tensor | None,
+    d_starts: Tensor | None,
+    x: Tensor,
+    m: Tensor,
+    k_end: Tensor,
+    q_tilde: Tensor,
+    transition: Tensor,
+    starts: Tensor,
+) -> tuple[Tensor, ...]:
+    """``_ChunkedDeltaRule``'s backward up to the UT solve: the adjoint state recursion, then
+    the gradients of M, X, K', Q~ and T, and of the initial state."""
+    L, C, V = d_o.shape
+    K = x.shape[-1] - V
+    rows = L // n_chunks
+    d_state = d_o.new_zeros(rows, K, V) if d_final is None else d_final.contiguous()
+    # Adjoint of S' = T S + inflow: d_end[n] is the gradient of chunk n's end state.
+    inflow_grad = q_tilde.mT @ d_o
+    if d_starts is not None:
+        inflow_grad += d_starts
+    inflow_grad = inflow_grad.view(n_chunks, rows, K, V)
+    d_end = d_o.new_empty(n_chunks, rows, K, V)
+    transition_t = transition.mT.view(n_chunks, rows, K, K)
+    for n in range(n_chunks - 1, -1, -1):
+        d_end[n] = d_state
+        d_state = torch.baddbmm(inflow_grad[n], transition_t[n], d_state)
+    d_end = d_end.view(L, K, V)
+
+    d_transition = d_end @ starts.mT  # [L, K, K]
+    d_q_tilde = d_o @ starts.mT  # [L, C, K]
+    d_mx = torch.cat([d_o, d_q_tilde.neg()], dim=-1)  # gradient of M X
+    d_kx = torch.cat([d_end, d_transition.neg()], dim=-1)  # gradient of K'^T X
+    d_m = d_mx @ x.mT
+    d_x = torch.baddbmm(m.mT @ d_mx, k_end, d_kx)
+    d_k_end = x @ d_kx.mT
+    return d_m, d_x, d_k_end, d_q_tilde, d_transition, d_state
+
+
+def _light_gradients(
+    d_o: Tensor, x: Tensor, m: Tensor, q_tilde: Tensor | None, start: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The same for one chunk without state outputs, O = M U~ + Q~ S (S None: zeros)."""
+    V = d_o.shape[-1]
+    if start is None:
+        d_x = torch.cat([m.mT @ d_o, torch.zeros_like(x[..., V:])], dim=-1)
+        return d_o @ x[..., :V].mT, d_x, None, None
+    d_q_tilde = d_o @ start.mT
+    d_mx = torch.cat([d_o, d_q_tilde.neg()], dim=-1)
+    return d_mx @ x.mT, m.mT @ d_mx, d_q_tilde, q_tilde.mT @ d_o
 
 
 def _check_inputs(
