@@ -1,10 +1,13 @@
-"""Copy and selective copy: an independent parser reproduces every scored label."""
+"""Copy and selective copy: an independent parser reproduces every scored label; selective
+copy's token-count curriculum shapes only the training rows."""
 
 import numpy as np
 import pytest
+import torch
 
 from seqlab.config import ExperimentConfig, TaskConfig
 from seqlab.data.tasks import build_task
+from seqlab.errors import ConfigError
 
 
 def make(name: str, **options):
@@ -51,3 +54,62 @@ def test_selective_copy_outputs_the_content_in_order(split):
         assert len(content) == 8
         assert tokens[marker + 1 :].tolist() == content.tolist()
         assert np.flatnonzero(mask).tolist() == list(range(marker + 1, 65))
+
+
+def selective_copy_row(tokens, mask):
+    """(content in order of appearance, region length, answers, scored positions) of a row."""
+    row = tokens[tokens != 0]
+    marker = int(np.flatnonzero(row == 2)[0])
+    region = row[:marker]
+    return region[region >= 3].tolist(), marker, row[marker + 1 :].tolist(), np.flatnonzero(mask)
+
+
+def test_selective_copy_curriculum_grows_the_token_count_in_training_only():
+    task = make(
+        "selective_copy",
+        seq_len=64,
+        num_tokens=8,
+        alphabet_size=16,
+        curriculum_start=2,
+        curriculum_steps=60,
+    )
+    assert [task.train_tokens(s) for s in (0, 9, 10, 30, 59, 60, 1000)] == [2, 2, 3, 5, 7, 8, 8]
+    for step in (0, 30, 60, 500):
+        batch = task.batch("train", step, 16, seed=0)
+        count = task.train_tokens(step)
+        assert batch.tokens.shape == (16, 56 + 1 + count)
+        for tokens, mask in zip(batch.tokens.numpy(), batch.mask.numpy(), strict=True):
+            content, marker, answers, scored = selective_copy_row(tokens, mask)
+            assert marker == 56, "the region keeps its length"
+            assert len(content) == count and answers == content
+            assert scored.tolist() == list(range(57, 57 + count))
+    for split in ("validation", "test"):
+        for tokens, mask in rows(task, split):
+            content, marker, answers, _ = selective_copy_row(tokens, mask)
+            assert len(content) == 8 and answers == content and len(tokens) == 65
+
+
+def test_selective_copy_without_a_curriculum_is_unchanged():
+    plain = make("selective_copy", seq_len=32, num_tokens=4)
+    off = make("selective_copy", seq_len=32, num_tokens=4, curriculum_steps=0)
+    assert plain.train_tokens(0) == 4
+    for step in range(3):
+        a, b = plain.batch("train", step, 8, seed=1), off.batch("train", step, 8, seed=1)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"curriculum_steps": 10},
+        {"curriculum_steps": 10, "curriculum_start": 0},
+        {"curriculum_steps": 10, "curriculum_start": 9},
+        {"curriculum_steps": 10, "curriculum_start": 2.0},
+        {"curriculum_steps": -1, "curriculum_start": 2},
+        {"curriculum_steps": True, "curriculum_start": 2},
+        {"curriculum_start": 2},
+    ],
+)
+def test_selective_copy_curriculum_options_are_validated(options):
+    with pytest.raises(ConfigError, match="selective_copy"):
+        make("selective_copy", seq_len=64, num_tokens=8, **options)

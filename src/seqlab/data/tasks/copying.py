@@ -11,6 +11,7 @@ from seqlab.data.tasks.synthetic import (
     check_lengths,
     split_lengths,
 )
+from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 BOS, SEP, EOS = 1, 2, 3
@@ -85,11 +86,19 @@ class SelectiveCopy(SyntheticTask):
     random symbols sit at uniform random distinct positions and every other position is
     BLANK, then COPY, then the symbols in order of appearance, all scored. Under AR the model
     emits each symbol after COPY and the previous ones (the paper feeds one marker per output
-    instead). Test rows follow the training distribution (held-out examples).
+    instead; under `ar` every target is also the next input, so that format would need another
+    objective). Test rows follow the training distribution (held-out examples).
 
     Example (``seq_len=10, num_tokens=3``; symbols a=3, b=4; _ is BLANK; scored in brackets)::
 
         _ b _ _ a _ a | [b] [a] [a]   ->   1 4 1 1 3 1 3 2 [4] [3] [3]
+
+    Token-count curriculum (off by default): with ``curriculum_steps > 0`` a training row
+    holds k content tokens, k growing linearly from ``curriculum_start`` at step 0 to
+    ``num_tokens`` at step ``curriculum_steps``, then staying there. The region keeps its
+    ``seq_len - num_tokens`` positions (the rows are ``num_tokens - k`` shorter: fewer
+    answers). Only training batches follow it; validation and test always hold
+    ``num_tokens``.
     """
 
     name = "selective_copy"
@@ -100,6 +109,8 @@ class SelectiveCopy(SyntheticTask):
         num_tokens: int = 8,
         alphabet_size: int = 16,
         eval_examples: int = 512,
+        curriculum_start: int | None = None,
+        curriculum_steps: int = 0,
     ) -> None:
         check(
             isinstance(num_tokens, int)
@@ -112,6 +123,28 @@ class SelectiveCopy(SyntheticTask):
             isinstance(alphabet_size, int) and alphabet_size >= 1,
             f"selective_copy: alphabet_size must be a positive integer, got {alphabet_size!r}",
         )
+        check(
+            isinstance(curriculum_steps, int)
+            and not isinstance(curriculum_steps, bool)
+            and curriculum_steps >= 0,
+            f"selective_copy: curriculum_steps must be an integer >= 0, got {curriculum_steps!r}",
+        )
+        if curriculum_steps:
+            check(
+                isinstance(curriculum_start, int)
+                and not isinstance(curriculum_start, bool)
+                and 1 <= curriculum_start <= num_tokens,
+                "selective_copy: a curriculum needs an integer curriculum_start in 1 .. "
+                f"num_tokens ({num_tokens}), got {curriculum_start!r}",
+            )
+        else:
+            check(
+                curriculum_start is None,
+                "selective_copy: curriculum_start needs curriculum_steps > 0, got "
+                f"curriculum_start={curriculum_start!r} curriculum_steps={curriculum_steps!r}",
+            )
+        self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
+        self._train_tokens: int | None = None
         self.region = seq_len - num_tokens
         self.num_tokens = num_tokens
         self.alphabet_size = alphabet_size
@@ -119,13 +152,45 @@ class SelectiveCopy(SyntheticTask):
         self.seq_len = seq_len + 1
         super().__init__(eval_examples=eval_examples)
 
+    def train_tokens(self, step: int) -> int:
+        """The number of content tokens of a training row at `step`: `num_tokens`, or the
+        curriculum's current count."""
+        if self.curriculum is None:
+            return self.num_tokens
+        start, steps = self.curriculum
+        return start + (self.num_tokens - start) * min(step, steps) // steps
+
+    def batch(
+        self,
+        split: str,
+        step: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Batch:
+        """`SyntheticTask.batch`, with the training rows' token count set by the curriculum."""
+        if split == "train" and self.curriculum is not None:
+            self._train_tokens = self.train_tokens(step)
+        try:
+            return super().batch(
+                split, step, batch_size, seed=seed, rank=rank, world_size=world_size
+            )
+        finally:
+            self._train_tokens = None
+
     def sample(self, rng: np.random.Generator, split: str) -> Example:
-        positions = np.sort(rng.permutation(self.region)[: self.num_tokens])
-        content = 3 + rng.integers(0, self.alphabet_size, self.num_tokens)
-        tokens = np.full(self.seq_len, BLANK, dtype=np.int64)
+        count = self.num_tokens
+        if split == "train" and self._train_tokens is not None:
+            count = self._train_tokens
+        positions = np.sort(rng.permutation(self.region)[:count])
+        content = 3 + rng.integers(0, self.alphabet_size, count)
+        length = self.region + 1 + count
+        tokens = np.full(length, BLANK, dtype=np.int64)
         tokens[positions] = content
         tokens[self.region] = COPY
         tokens[self.region + 1 :] = content
-        scored = np.zeros(self.seq_len, dtype=bool)
+        scored = np.zeros(length, dtype=bool)
         scored[self.region + 1 :] = True
         return Example(tokens, scored)
