@@ -107,7 +107,7 @@ def bench_kernels(lengths: list[int], max_loop_len: int, repeats: int) -> None:
             fast = median_seconds(make("chunk"), repeats)
             loop_cells = "not run | –"  # past --max-loop-len
             if t <= max_loop_len:
-                loop = median_seconds(make("recurrent"), max(1, repeats // 2))
+                loop = median_seconds(make("recurrent"), repeats)
                 loop_cells = f"{loop:.3f} | {loop / fast:.1f}x"
             print(
                 f"| {name} | {t} | {fast:.4f} | {loop_cells} | "
