@@ -9,9 +9,9 @@ from seqlab.data.tasks.synthetic import (
     SyntheticTask,
     check,
     check_lengths,
+    linear_curriculum,
     split_lengths,
 )
-from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 BOS, SEP, EOS = 1, 2, 3
@@ -144,7 +144,6 @@ class SelectiveCopy(SyntheticTask):
                 f"curriculum_start={curriculum_start!r} curriculum_steps={curriculum_steps!r}",
             )
         self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
-        self._train_tokens: int | None = None
         self.region = seq_len - num_tokens
         self.num_tokens = num_tokens
         self.alphabet_size = alphabet_size
@@ -157,33 +156,16 @@ class SelectiveCopy(SyntheticTask):
         curriculum's current count."""
         if self.curriculum is None:
             return self.num_tokens
-        start, steps = self.curriculum
-        return start + (self.num_tokens - start) * min(step, steps) // steps
+        return linear_curriculum(self.curriculum[0], self.num_tokens, self.curriculum[1], step)
 
-    def batch(
-        self,
-        split: str,
-        step: int,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Batch:
-        """`SyntheticTask.batch`, with the training rows' token count set by the curriculum."""
-        if split == "train" and self.curriculum is not None:
-            self._train_tokens = self.train_tokens(step)
-        try:
-            return super().batch(
-                split, step, batch_size, seed=seed, rank=rank, world_size=world_size
-            )
-        finally:
-            self._train_tokens = None
+    def curriculum_level(self, step: int) -> int | None:
+        """With a curriculum, the number of content tokens of the training rows at `step`."""
+        return None if self.curriculum is None else self.train_tokens(step)
 
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         count = self.num_tokens
-        if split == "train" and self._train_tokens is not None:
-            count = self._train_tokens
+        if split == "train" and self.level is not None:
+            count = self.level
         positions = np.sort(rng.permutation(self.region)[:count])
         content = 3 + rng.integers(0, self.alphabet_size, count)
         length = self.region + 1 + count

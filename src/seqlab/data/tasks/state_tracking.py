@@ -9,9 +9,9 @@ from seqlab.data.tasks.synthetic import (
     SyntheticTask,
     check,
     check_lengths,
+    linear_curriculum,
     split_lengths,
 )
-from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 EQ, LPAREN, RPAREN, PLUS, MINUS = 1, 2, 3, 4, 5
@@ -100,7 +100,6 @@ class StateTracking(SyntheticTask):
                 f"max_len ({min_len} .. {max_len}), got {curriculum_start!r}",
             )
         self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
-        self._train_max_len: int | None = None
         self.kind = kind
         self.modulus = modulus
         self.brackets = bool(brackets)
@@ -127,33 +126,16 @@ class StateTracking(SyntheticTask):
         max_len = self.lengths[1]
         if self.curriculum is None:
             return max_len
-        start, steps = self.curriculum
-        return start + (max_len - start) * min(step, steps) // steps
+        return linear_curriculum(self.curriculum[0], max_len, self.curriculum[1], step)
 
-    def batch(
-        self,
-        split: str,
-        step: int,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Batch:
-        """`SyntheticTask.batch`, with training lengths capped by the curriculum at `step`."""
-        if split == "train" and self.curriculum is not None:
-            self._train_max_len = self.train_max_len(step)
-        try:
-            return super().batch(
-                split, step, batch_size, seed=seed, rank=rank, world_size=world_size
-            )
-        finally:
-            self._train_max_len = None
+    def curriculum_level(self, step: int) -> int | None:
+        """With a curriculum, the longest training length at `step`."""
+        return None if self.curriculum is None else self.train_max_len(step)
 
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         low, high = split_lengths(split, *self.lengths)
-        if split == "train" and self._train_max_len is not None:
-            high = self._train_max_len
+        if split == "train" and self.level is not None:
+            high = self.level
         if self.brackets:
             low |= 1
             n = low + 2 * int(rng.integers(0, (high - low) // 2 + 1))

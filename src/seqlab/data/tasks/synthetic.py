@@ -107,10 +107,22 @@ class Predictions:
     infos: list[Any]
 
 
+def linear_curriculum(start: int, end: int, steps: int, step: int) -> int:
+    """A level growing linearly (integer steps) from `start` at step 0 to `end` at `steps`,
+    then staying there."""
+    return start + (end - start) * min(step, steps) // steps
+
+
 class SyntheticTask(Task):
-    """A task whose examples are generated on the fly by `sample`; see the module docstring."""
+    """A task whose examples are generated on the fly by `sample`; see the module docstring.
+
+    Curriculum (a task opts in by overriding `curriculum_level`): the training rows of step s
+    are drawn while `self.level` holds `curriculum_level(s)`, a task-defined difficulty that
+    `sample` reads; it is None for evaluation rows and outside `batch`.
+    """
 
     test_is_longer: bool = False
+    level: int | None = None
 
     def __init__(self, *, eval_examples: int) -> None:
         check(
@@ -120,6 +132,11 @@ class SyntheticTask(Task):
         self.eval_examples = eval_examples
         self._eval_sets: dict[str, EvalSet] = {}
         self._last_batch: tuple[tuple[int, str, int, int], Tensor, Tensor] | None = None
+
+    def curriculum_level(self, step: int) -> int | None:
+        """The difficulty of the training rows at `step` (read by `sample` as `self.level`),
+        or None for none: the default."""
+        return None
 
     @abstractmethod
     def sample(self, rng: np.random.Generator, split: str) -> Example:
@@ -195,7 +212,11 @@ class SyntheticTask(Task):
         key = (seed, split, step, batch_size * world_size)
         if self._last_batch is None or self._last_batch[0] != key:
             rng = np.random.default_rng([seed, split_index, step])
-            tokens, mask = self.pad(self.examples(rng, split, batch_size * world_size))
+            self.level = self.curriculum_level(step) if split == "train" else None
+            try:
+                tokens, mask = self.pad(self.examples(rng, split, batch_size * world_size))
+            finally:
+                self.level = None
             self._last_batch = (key, tokens, mask)
         _, tokens, mask = self._last_batch
         rows = slice(rank * batch_size, (rank + 1) * batch_size)
