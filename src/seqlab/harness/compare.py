@@ -116,6 +116,10 @@ def run_all(runs: list[Run], out: Path, workers: int, progress: bool | None) -> 
             for row in pool.imap(_pool_run, [(r, str(out), threads) for r in runs]):
                 rows.append(row)
                 bar.update(1)
+            # Let the workers exit on their own (the context manager would terminate them,
+            # and the resource tracker would then report their progress-bar locks as leaked).
+            pool.close()
+            pool.join()
     bar.close()
     return rows
 
