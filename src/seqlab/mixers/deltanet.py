@@ -83,7 +83,7 @@ class DeltaNet(LinearRecurrence):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv_in, beta_logits, *decay = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
@@ -94,7 +94,7 @@ class DeltaNet(LinearRecurrence):
         )
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = self.write_strength(beta_logits)
-        kernel = self._kernel_options(qkv.shape[1], state, boundaries, final)
+        kernel = self._kernel_options(qkv.shape[1], state, boundaries, need_final)
         o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)

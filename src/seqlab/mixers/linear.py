@@ -149,13 +149,13 @@ class LinearRecurrence(Mixer):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state).
 
         With `boundaries` = b (and a state), the second element is instead the states entering
         every block of b tokens, stacked as rows r · n + j, taken from the kernel's chunk states
-        in the same call (see `_block_forward`). `final=False` skips the new state (None).
+        in the same call (see `_block_forward`). `need_final=False` skips the new state (None).
         """
 
     @abstractmethod
@@ -179,17 +179,17 @@ class LinearRecurrence(Mixer):
         start = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         clean_output, starts = self._recur(clean, start, boundaries=size)
         blocks = tuple(fold_blocks(u, size) for u in noised)
-        noised_output, _ = self._recur(blocks, starts, final=False)
+        noised_output, _ = self._recur(blocks, starts, need_final=False)
         return unfold_blocks(noised_output, x.shape[0]), clean_output
 
     def _kernel_options(
-        self, steps: int, state: LinearState | None, boundaries: int | None, final: bool = True
+        self, steps: int, state: LinearState | None, boundaries: int | None, need_final: bool = True
     ) -> dict[str, object]:
         """The kernel's state and mode arguments, for `_recur` with or without `boundaries`."""
         if boundaries is None:
             return {
                 "initial_state": None if state is None else state.recurrent,
-                "output_final_state": state is not None and final,
+                "output_final_state": state is not None and need_final,
                 "mode": self._mode(steps, state),
                 "chunk_size": self.chunk_size,
             }
@@ -311,7 +311,7 @@ class LinearAttention(LinearRecurrence):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
@@ -323,7 +323,7 @@ class LinearAttention(LinearRecurrence):
             k,
             v,
             scale=1.0 if self.normalize else None,
-            **self._kernel_options(qkv.shape[1], state, boundaries, final),
+            **self._kernel_options(qkv.shape[1], state, boundaries, need_final),
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
@@ -413,7 +413,7 @@ class RetNet(LinearRecurrence):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv, conv_state = self._convolve(inputs[0], state)
         b, t, _ = qkv.shape
@@ -428,7 +428,7 @@ class RetNet(LinearRecurrence):
             offset = None if state is None else positions[:, -1] + 1
         g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
         o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(t, state, boundaries, final)
+            q, k, v, g, **self._kernel_options(t, state, boundaries, need_final)
         )
         if boundaries is not None:
             starts = None
@@ -534,7 +534,7 @@ class GLA(LinearRecurrence):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv_in, g = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
@@ -542,7 +542,7 @@ class GLA(LinearRecurrence):
         q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
         q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
         o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries, final)
+            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries, need_final)
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)

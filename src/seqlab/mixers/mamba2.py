@@ -160,7 +160,7 @@ class Mamba2(LinearRecurrence):
         inputs: tuple[Tensor, ...],
         state: LinearState | None,
         boundaries: int | None = None,
-        final: bool = True,
+        need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         xbc_in, dt = inputs
         xbc, conv_state = self._convolve(xbc_in, state)
@@ -170,7 +170,7 @@ class Mamba2(LinearRecurrence):
         shape = (*B.shape[:2], self.heads, self.d_state)
         q, k = C[:, :, None].expand(shape), B[:, :, None].expand(shape)
         v = x * delta[..., None]
-        kernel = {"scale": 1.0, **self._kernel_options(xbc.shape[1], state, boundaries, final)}
+        kernel = {"scale": 1.0, **self._kernel_options(xbc.shape[1], state, boundaries, need_final)}
         if self.negative_eigenvalues:
             y, final, *chunk_states = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
         else:

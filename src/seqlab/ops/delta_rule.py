@@ -220,7 +220,6 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         ctx.light = light
         L, C, K = q.shape
         V = v.shape[-1]
-        lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         kk = k @ k.mT
         a = kk * beta.unsqueeze(-1)  # only its strict lower triangle is ever read
         m = q @ k.mT
@@ -232,7 +231,8 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         else:
             c = g.cumsum(-1)
             decay_in = c.exp()
-            d = (c.unsqueeze(-1) - c.unsqueeze(-2)).masked_fill_(~lower, float("-inf")).exp_()
+            upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
+            d = (c.unsqueeze(-1) - c.unsqueeze(-2)).masked_fill_(upper, float("-inf")).exp_()
             a.mul_(d)
             m.mul_(d)
             rhs = torch.cat([beta.unsqueeze(-1) * v, (beta * decay_in).unsqueeze(-1) * k], dim=-1)

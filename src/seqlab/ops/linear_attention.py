@@ -97,7 +97,7 @@ def gated_linear_attention(
     elif mode == "recurrent":
         o, state, starts = _recurrent(*args, chunk_size)
     else:
-        o, state, starts = _chunked(*args, chunk_size, need_states)
+        o, state, starts = _chunked(*args, chunk_size, light)
     outputs = (o.to(q.dtype), state if output_final_state else None)
     return (*outputs, starts) if output_chunk_states else outputs
 
@@ -182,7 +182,7 @@ def _chunked(
     g: Tensor | None,
     state: Tensor | None,
     chunk_size: int,
-    need_states: bool = True,
+    light: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Chunked form; q is pre-scaled, inputs ``[B,T,H,*]``, state ``[B,H,K,V]``.
 
@@ -190,11 +190,10 @@ def _chunked(
     T ≤ chunk_size, one chunk of the next power of two ≥ T). Padding (k = v = 0, g = 0)
     after the last token leaves the final state unchanged.
 
-    A sequence of one chunk whose states are not wanted (``need_states`` False) skips the
-    state update ``kᵀv`` altogether, and the read of the start state too when it is zero
-    (``state`` None, only allowed then): the many short sequences of the block layouts
-    (every block scanned from its own start) cost what their intra-chunk products cost. The
-    states are None then.
+    ``light``: a sequence of one chunk whose states are not wanted skips the state update
+    ``kᵀv`` altogether, and the read of the start state too when it is zero (``state`` None,
+    only allowed then): the many short sequences of the block layouts (every block scanned
+    from its own start) cost what their intra-chunk products cost. The states are None then.
     """
     T = q.shape[1]
     chunk = min(chunk_size, 1 << (T - 1).bit_length())
@@ -202,7 +201,6 @@ def _chunked(
     G = None
     if g is not None:
         G = _to_chunks(g if g.dim() == 4 else g.unsqueeze(-1), chunk).cumsum(-2)
-    light = not need_states and chunk >= T
     o, state, entering = _ChunkedGLA.apply(q, k, v, G, state, light)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return o, state, None if entering is None else entering.transpose(1, 2)
@@ -237,21 +235,19 @@ class _ChunkedGLA(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.light = light
         A = _intra_scores(q, k, G)
-        exp_G = exp_G_to_end = None
-        if G is not None:
-            exp_G = _exp_decay_(G.clone())
-            exp_G_to_end = _exp_decay_(G[..., -1:, :] - G)
-        q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
-        if light:
-            entering, state = (None if state is None else state.unsqueeze(2)), None
-        else:
-            entering, state = _scan(k_out.mT @ v, decay, state)
         o = A @ v
-        if entering is not None:
-            o += q_in @ entering
-        ctx.save_for_backward(q, k, v, G, A, entering, exp_G, exp_G_to_end)
-        if light:
+        exp_G = None if G is None else _exp_decay_(G.clone())
+        if light:  # no k_out, no scan: only the read of a given start state
+            entering = None if state is None else state.unsqueeze(2)
+            if entering is not None:
+                o += (q if exp_G is None else q * exp_G) @ entering
+            ctx.save_for_backward(q, k, v, G, A, entering, exp_G, None)
             return o, None, None
+        exp_G_to_end = None if G is None else _exp_decay_(G[..., -1:, :] - G)
+        q_in, k_out, decay = _inter_operands(q, k, exp_G, exp_G_to_end)
+        entering, state = _scan(k_out.mT @ v, decay, state)
+        o += q_in @ entering
+        ctx.save_for_backward(q, k, v, G, A, entering, exp_G, exp_G_to_end)
         return o, state, entering
 
     @staticmethod

@@ -164,7 +164,7 @@ class SelectiveCopy(SyntheticTask):
 
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         count = self.num_tokens
-        if split == "train" and self.level is not None:
+        if self.level is not None:  # set by `batch` for training rows only
             count = self.level
         positions = np.sort(rng.permutation(self.region)[:count])
         content = 3 + rng.integers(0, self.alphabet_size, count)

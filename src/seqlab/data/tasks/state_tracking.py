@@ -134,7 +134,7 @@ class StateTracking(SyntheticTask):
 
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         low, high = split_lengths(split, *self.lengths)
-        if split == "train" and self.level is not None:
+        if self.level is not None:  # set by `batch` for training rows only
             high = self.level
         if self.brackets:
             low |= 1
