@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[0.9, 0.7, 0.5],
         help="confidence sampler thresholds to compare",
     )
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        choices=[label for label, _, _ in CELLS],
+        default=[label for label, _, _ in CELLS],
+        help="paradigms to train and evaluate (sampling needs ar and block-16)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--out",
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     root = Path(args.out or tempfile.mkdtemp(prefix="paradigms-"))
     rows, trained = [], {}
-    for label, name, options in CELLS:
+    for label, name, options in (cell for cell in CELLS if cell[0] in args.cells):
         config = experiment(args, name, options)
         if name != "ar":
             config.objective.options["eval_samples"] = args.eval_samples
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |"
         )
 
+    if not {"ar", "block-16"} <= trained.keys():
+        return
     judge, ar_parts = trained["ar"]
     block_model, block_parts = trained["block-16"]
     batch = next(iter(ar_parts.task.eval_batches("test", args.prompts)))

@@ -114,6 +114,32 @@ def test_init_gives_s4d_real_A_unit_D_and_log_uniform_dt():
     assert m.dt_rank == 4 and m.state_size(10) == m.d_inner * 16 + 3 * m.d_inner
 
 
+def test_projections_keep_the_reference_uniform_init_so_the_selective_path_starts_alive():
+    """The reference Mamba leaves in_proj / x_proj / out_proj at PyTorch's U(±fan_in^−½)
+    (out_proj rescaled per layer); the model-wide Normal(0, 0.02) made the bilinear
+    Δ·B·C path 2e-5 of the D skip at init and training sat at chance on selective copying."""
+    torch.manual_seed(0)
+    config = ModelConfig(mixer="mamba", d_model=64, n_layers=2, vocab_size=16)
+    model = build_model(config)
+    m = model.blocks[0].mixer
+    for linear in (m.in_proj, m.x_proj):
+        bound = linear.in_features**-0.5
+        assert linear.weight.abs().max() <= bound
+        assert abs(linear.weight.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
+    out_bound = m.out.in_features**-0.5 / math.sqrt(2 * config.n_layers)
+    assert m.out.weight.abs().max() <= out_bound * (1 + 1e-6)
+    assert m.out.weight.abs().max() > 0.9 * out_bound
+
+    # the selective part of S6 (y − D·u) against the skip D·u, on the first layer's input
+    x = model.blocks[0].mixer_norm(model.embed(torch.randint(0, 16, (4, 64))))
+    u, _ = m.in_proj(x).chunk(2, dim=-1)
+    u, _ = m.conv(u)
+    dt, B, C = m.x_proj(u).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
+    dt = F.softplus(m.dt_proj(dt))
+    y, _ = selective_scan(u, dt, -m.A_log.exp(), B, C, torch.zeros_like(m.D))
+    assert y.std() > 1e-3 * u.std()  # 3e-3 here; 2e-5 under Normal(0, 0.02)
+
+
 @pytest.mark.parametrize("mixer", ["mamba", "s4d"])
 def test_trainer_puts_no_weight_decay_on_the_ssm_spectrum(mixer):
     """The papers do not decay A or the time step; other matrices are decayed."""
