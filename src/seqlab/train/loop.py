@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import math
 import os
@@ -113,7 +114,13 @@ def train(
     """Train `config` into `out_dir`; returns the run summary (also written to summary.json)."""
     info = init_distributed(config.train.device)
     try:
-        return _train(config, Path(out_dir), info, resume, progress)
+        summary = _train(config, Path(out_dir), info, resume, progress)
+        if info.distributed:
+            # Tear the group down only once every rank is done and the DDP wrapper (kept
+            # alive by reference cycles) is freed: a rank that left first aborted in CI.
+            gc.collect()
+            barrier(info)
+        return summary
     finally:
         shutdown(info)
 
