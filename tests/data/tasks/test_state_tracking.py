@@ -123,6 +123,8 @@ def test_without_a_curriculum_training_batches_are_unchanged():
         {"curriculum_steps": 10, "curriculum_start": 2},
         {"curriculum_steps": 10, "curriculum_start": 41},
         {"curriculum_steps": -1, "curriculum_start": 5},
+        {"curriculum_steps": 10, "curriculum_start": True},
+        {"curriculum_start": 5},
     ],
 )
 def test_curriculum_options_are_validated(options):

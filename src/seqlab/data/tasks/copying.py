@@ -8,6 +8,7 @@ from seqlab.data.tasks.synthetic import (
     Example,
     SyntheticTask,
     check,
+    check_curriculum,
     check_lengths,
     linear_curriculum,
     split_lengths,
@@ -123,27 +124,9 @@ class SelectiveCopy(SyntheticTask):
             isinstance(alphabet_size, int) and alphabet_size >= 1,
             f"selective_copy: alphabet_size must be a positive integer, got {alphabet_size!r}",
         )
-        check(
-            isinstance(curriculum_steps, int)
-            and not isinstance(curriculum_steps, bool)
-            and curriculum_steps >= 0,
-            f"selective_copy: curriculum_steps must be an integer >= 0, got {curriculum_steps!r}",
+        self.curriculum = check_curriculum(
+            "selective_copy", curriculum_start, curriculum_steps, (1, num_tokens), "1 .. num_tokens"
         )
-        if curriculum_steps:
-            check(
-                isinstance(curriculum_start, int)
-                and not isinstance(curriculum_start, bool)
-                and 1 <= curriculum_start <= num_tokens,
-                "selective_copy: a curriculum needs an integer curriculum_start in 1 .. "
-                f"num_tokens ({num_tokens}), got {curriculum_start!r}",
-            )
-        else:
-            check(
-                curriculum_start is None,
-                "selective_copy: curriculum_start needs curriculum_steps > 0, got "
-                f"curriculum_start={curriculum_start!r} curriculum_steps={curriculum_steps!r}",
-            )
-        self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
         self.region = seq_len - num_tokens
         self.num_tokens = num_tokens
         self.alphabet_size = alphabet_size

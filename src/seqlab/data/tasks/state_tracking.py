@@ -8,6 +8,7 @@ from seqlab.data.tasks.synthetic import (
     Example,
     SyntheticTask,
     check,
+    check_curriculum,
     check_lengths,
     linear_curriculum,
     split_lengths,
@@ -87,19 +88,13 @@ class StateTracking(SyntheticTask):
             f"state_tracking: modulus must be an integer >= 2, got {modulus!r}",
         )
         check_lengths("state_tracking", min_len, max_len, test_max_len)
-        check(
-            isinstance(curriculum_steps, int)
-            and not isinstance(curriculum_steps, bool)
-            and curriculum_steps >= 0,
-            f"state_tracking: curriculum_steps must be an integer >= 0, got {curriculum_steps!r}",
+        self.curriculum = check_curriculum(
+            "state_tracking",
+            curriculum_start,
+            curriculum_steps,
+            (min_len, max_len),
+            "min_len .. max_len",
         )
-        if curriculum_steps:
-            check(
-                isinstance(curriculum_start, int) and min_len <= curriculum_start <= max_len,
-                "state_tracking: a curriculum needs an integer curriculum_start in min_len .. "
-                f"max_len ({min_len} .. {max_len}), got {curriculum_start!r}",
-            )
-        self.curriculum = (curriculum_start, curriculum_steps) if curriculum_steps else None
         self.kind = kind
         self.modulus = modulus
         self.brackets = bool(brackets)

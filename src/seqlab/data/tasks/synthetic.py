@@ -303,3 +303,31 @@ def split_lengths(split: str, min_len: int, max_len: int, test_max_len: int) -> 
     """The inclusive length range of `split`: training lengths, or for ``test`` the longer
     ones ``max_len + 1 .. test_max_len``."""
     return (max_len + 1, test_max_len) if split == "test" else (min_len, max_len)
+
+
+def check_curriculum(
+    name: str, start: object, steps: object, bounds: tuple[int, int], bound_names: str
+) -> tuple[int, int] | None:
+    """Validate the curriculum options; returns `(start, steps)`, or None for no curriculum.
+
+    `steps` must be an integer >= 0 (0: off); with a curriculum `start` must be an integer in
+    `bounds` (named `bound_names` in the message), without one it must be left unset.
+    """
+    check(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0,
+        f"{name}: curriculum_steps must be an integer >= 0, got {steps!r}",
+    )
+    if not steps:
+        check(
+            start is None,
+            f"{name}: curriculum_start needs curriculum_steps > 0, got "
+            f"curriculum_start={start!r} curriculum_steps={steps!r}",
+        )
+        return None
+    low, high = bounds
+    check(
+        isinstance(start, int) and not isinstance(start, bool) and low <= start <= high,
+        f"{name}: a curriculum needs an integer curriculum_start in {bound_names} "
+        f"({low} .. {high}), got {start!r}",
+    )
+    return start, steps
