@@ -129,6 +129,10 @@ def test_projections_keep_the_reference_uniform_init_so_the_selective_path_start
     out_bound = m.out.in_features**-0.5 / math.sqrt(2 * config.n_layers)
     assert m.out.weight.abs().max() <= out_bound * (1 + 1e-6)
     assert m.out.weight.abs().max() > 0.9 * out_bound
+    # the conv keeps U(±d_conv^−½) weights but a zero bias (a measured departure, see Mamba)
+    conv_bound = m.conv.kernel_size**-0.5
+    assert m.conv.weight.abs().max() <= conv_bound and m.conv.weight.std() > 0.4 * conv_bound
+    assert torch.count_nonzero(m.conv.bias) == 0
 
     # the selective part of S6 (y − D·u) against the skip D·u, on the first layer's input
     x = model.blocks[0].mixer_norm(model.embed(torch.randint(0, 16, (4, 64))))
