@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if not {"ar", "block-16"} <= trained.keys():
+        print("No sampling comparison: it needs the ar and block-16 cells (--cells).")
         return
     judge, ar_parts = trained["ar"]
     block_model, block_parts = trained["block-16"]

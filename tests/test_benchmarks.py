@@ -27,4 +27,4 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     paradigms.main(["--quick", "--threads", "1", "--out", str(tmp_path), "--cells", "ar"])
     out = capsys.readouterr().out
     assert "| ar | " in out and "| block-4 | " not in out
-    assert "Sampling" not in out
+    assert "Sampling" not in out and "No sampling comparison" in out
