@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlab.config import ModelConfig
+from seqlab.errors import ConfigError
 from seqlab.mixers.mamba import Mamba, selective_scan
 from seqlab.model import build_model
 
@@ -142,6 +144,34 @@ def test_projections_keep_the_reference_uniform_init_so_the_selective_path_start
     dt = F.softplus(m.dt_proj(dt))
     y, _ = selective_scan(u, dt, -m.A_log.exp(), B, C, torch.zeros_like(m.D))
     assert y.std() > 1e-3 * u.std()  # 3e-3 here; 2e-5 under Normal(0, 0.02)
+
+
+def test_mimetic_init_ties_c_to_b_and_starts_with_little_decay():
+    """`mimetic`: C's rows of W_x start equal to B's (so C_t·B_s = B_t·B_s ≥ 0 on the diagonal:
+    each input matches itself, as attention with q = k), and A_n = −n/100; the rest is the
+    reference init. The tie is an init only: both rows train apart."""
+    torch.manual_seed(0)
+    options = {"mamba": {"mimetic": True}}
+    config = ModelConfig(mixer="mamba", d_model=64, n_layers=2, vocab_size=16)
+    model = build_model(dataclasses.replace(config, mixer_options=options))
+    for block in model.blocks:
+        m = block.mixer
+        w_dt, w_b, w_c = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])
+        assert torch.equal(w_b, w_c) and w_b.abs().max() > 0
+        torch.testing.assert_close(-m.A_log.exp(), -torch.arange(1, 17).expand(128, 16) / 100)
+        torch.testing.assert_close(m.D, torch.ones(m.d_inner))
+    reference = build_model(config).blocks[0].mixer
+    w_dt, w_b, w_c = reference.x_proj.weight.split([reference.dt_rank, 16, 16])
+    assert not torch.allclose(w_b, w_c)  # untied without the option
+
+    x = torch.randn(2, 12, 64)
+    m.zero_grad()
+    m(x)[0].square().sum().backward()
+    grad_b, grad_c = m.x_proj.weight.grad[m.dt_rank :].split(16)
+    assert not torch.allclose(grad_b, grad_c)  # so the rows part after the first step
+
+    with pytest.raises(ConfigError, match="mamba mimetic must be true or false"):
+        Mamba(16, mimetic="yes")
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "s4d"])

@@ -55,6 +55,11 @@ class Mamba(Mixer):
     run, docs/results.md).
     `negative_eigenvalues` (Grazzi et al., 2025) maps each decay exp(ΔA) ∈ (0, 1) to
     2 exp(ΔA) − 1 ∈ (−1, 1), which lets a layer track parity.
+    `mimetic` starts S6 close to linear attention with tied queries and keys, the idea of
+    Trockman et al. 2024 ("Mimetic Initialization Helps State Space Models Learn to Recall"):
+    the C rows of W_x start as a copy of the B rows, so C_t·B_s is a similarity of the two
+    inputs (q = k), and A_n = −n/100, so that exp(ΔA) ≈ 1 and the state forgets little at
+    first (A stays learnable; the parameter choices are seqlab's).
     Other layouts (`scan_in_layout`): the same conv and S6 also run over the reversed sequence
     (or each block of it); the directions are summed before the gate (each includes its own
     D skip).
@@ -71,6 +76,7 @@ class Mamba(Mixer):
         negative_eigenvalues: bool = False,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        mimetic: bool = False,
     ) -> None:
         super().__init__()
         check_expand(expand, "mamba")
@@ -84,13 +90,12 @@ class Mamba(Mixer):
             raise ConfigError(f"mamba d_state and d_conv must be positive, got {d_state}, {d_conv}")
         if not 0 < dt_min <= dt_max:
             raise ConfigError(f"mamba needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        if not isinstance(negative_eigenvalues, bool):
-            raise ConfigError(
-                f"mamba negative_eigenvalues must be true or false, got {negative_eigenvalues!r}"
-            )
+        for name, flag in (("negative_eigenvalues", negative_eigenvalues), ("mimetic", mimetic)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"mamba {name} must be true or false, got {flag!r}")
         self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
         self.dt_rank, self.dt_min, self.dt_max = dt_rank, dt_min, dt_max
-        self.negative_eigenvalues = negative_eigenvalues
+        self.negative_eigenvalues, self.mimetic = negative_eigenvalues, mimetic
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv = ShortConv(self.d_inner, d_conv, activation="silu")
         self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
@@ -123,6 +128,10 @@ class Mamba(Mixer):
         dt = dt.exp().clamp(min=1e-4)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         n = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype)
+        if self.mimetic:
+            n = n / 100
+            b_rows = slice(self.dt_rank, self.dt_rank + self.d_state)
+            self.x_proj.weight[self.dt_rank + self.d_state :] = self.x_proj.weight[b_rows]
         self.A_log.copy_(n.log().expand_as(self.A_log))
         self.D.fill_(1.0)
 
@@ -189,11 +198,20 @@ class Mamba(Mixer):
 
 @MIXERS.register(
     "mamba",
-    description="Mamba selective SSM block (S6, conv, gate; optional negative eigenvalues)",
+    description="Mamba selective SSM block (S6, conv, gate; negative eigenvalues, mimetic init)",
     family="ssm",
     layouts=SCAN_LAYOUTS,
     state="fixed",
-    options=("expand", "d_state", "d_conv", "dt_rank", "negative_eigenvalues", "dt_min", "dt_max"),
+    options=(
+        "expand",
+        "d_state",
+        "d_conv",
+        "dt_rank",
+        "negative_eigenvalues",
+        "dt_min",
+        "dt_max",
+        "mimetic",
+    ),
 )
 def build_mamba(config: ModelConfig, layer: int, **options: object) -> Mamba:
     return Mamba(config.d_model, **options)
