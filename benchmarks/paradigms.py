@@ -31,7 +31,7 @@ import torch
 import seqlab
 from seqlab.config import ExperimentConfig, from_dict
 from seqlab.objectives import Batch, build_objective
-from seqlab.train.loop import build_run, train
+from seqlab.train.loop import RunParts, build_run, train
 
 CELLS = [
     ("ar", "ar", {}),
@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--eval-samples", type=int, default=8, help="t draws per diffusion ELBO")
+    p.add_argument(
+        "--eval-repeats",
+        type=int,
+        default=3,
+        help="independent ELBO estimates per diffusion cell (their standard error is printed)",
+    )
     p.add_argument("--prompts", type=int, default=16, help="sampled continuations")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=96)
@@ -117,6 +123,27 @@ def experiment(args: argparse.Namespace, name: str, options: dict) -> Experiment
     )
 
 
+def evaluate(
+    parts: RunParts, model: seqlab.model.Model, args: argparse.Namespace
+) -> dict[str, float]:
+    """Test metrics; a bound (diffusion ELBO) is the mean of `--eval-repeats` estimates under
+    seeds 0, 1, ..., with its standard error as `nll_stderr` (the first alone for one repeat)."""
+    repeats = args.eval_repeats if parts.objective.bound else 1
+    estimates = []
+    for seed in range(max(repeats, 1)):
+        torch.manual_seed(seed)
+        estimates.append(
+            parts.task.evaluate(model, parts.objective, split="test", max_tokens=args.eval_tokens)
+        )
+    metrics = dict(estimates[0])
+    if len(estimates) > 1:
+        for key in ("nll", "bits_per_byte"):
+            metrics[key] = sum(e[key] for e in estimates) / len(estimates)
+        nll = torch.tensor([e["nll"] for e in estimates], dtype=torch.float64)
+        metrics["nll_stderr"] = float(nll.std() / math.sqrt(len(estimates)))
+    return metrics
+
+
 def judged_nll(judge: seqlab.model.Model, tokens: torch.Tensor, prompt_len: int) -> float:
     """The AR judge's NLL per token of the continuation after the prompt."""
     mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -146,10 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = json.loads(summary.read_text())["seconds"]
         parts = build_run(config)
         model = seqlab.load(root / label)
-        torch.manual_seed(0)
-        metrics = parts.task.evaluate(
-            model, parts.objective, split="test", max_tokens=args.eval_tokens
-        )
+        metrics = evaluate(parts, model, args)
         rows.append((label, metrics, seconds))
         trained[label] = (model, parts)
         print(f"trained {label}: {metrics['nll']:.4f} nats/token in {seconds:.0f} s", flush=True)
@@ -162,9 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for label, m, seconds in rows:
         sign = "≤ " if m["bound"] else ""
+        error = f" ± {m['nll_stderr']:.4f}" if "nll_stderr" in m else ""
         print(
-            f"| {label} | {sign}{m['nll']:.4f} | {sign}{m['bits_per_byte']:.4f} | "
+            f"| {label} | {sign}{m['nll']:.4f}{error} | {sign}{m['bits_per_byte']:.4f} | "
             f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |"
+        )
+    if any("nll_stderr" in m for _, m, _ in rows):
+        print(
+            f"\n(± is the standard error of the mean of {args.eval_repeats} independent ELBO "
+            f"estimates, each with {args.eval_samples} t draws per sequence)"
         )
 
     if not {"ar", "block-16"} <= trained.keys():
