@@ -3,8 +3,9 @@
 Trains `ar`, `block_diffusion` with blocks 4 and 16, and `masked_diffusion` on the built-in
 corpus (`stdlib`, byte tokens) with the same model, steps, batch and learning rate, then
 prints the test NLL of each in nats per token and bits per byte (an ELBO bound, "≤", for
-the diffusion paradigms; every paradigm scores all L tokens except `ar`, which takes the
-first as given). BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
+the diffusion paradigms, the mean of `--eval-repeats` Monte Carlo estimates ± its standard
+error; every paradigm scores all L tokens except `ar`, which takes the first as given).
+BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
 
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
 block-16 `confidence` sampling (Fast-dLLM threshold, KV cache of finished blocks; argmax
