@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="tiny settings, a smoke test")
     args = p.parse_args(argv)
+    if args.eval_repeats < 1:
+        p.error(f"--eval-repeats must be at least 1, got {args.eval_repeats}")
     if args.quick:
         args.steps, args.d_model, args.layers, args.seq_len = 20, 32, 1, 32
         args.eval_tokens, args.prompts, args.prompt_len, args.new_tokens = 1024, 2, 8, 16
@@ -131,17 +134,17 @@ def evaluate(
     seeds 0, 1, ..., with its standard error as `nll_stderr` (the first alone for one repeat)."""
     repeats = args.eval_repeats if parts.objective.bound else 1
     estimates = []
-    for seed in range(max(repeats, 1)):
+    for seed in range(repeats):
         torch.manual_seed(seed)
         estimates.append(
             parts.task.evaluate(model, parts.objective, split="test", max_tokens=args.eval_tokens)
         )
     metrics = dict(estimates[0])
-    if len(estimates) > 1:
+    if repeats > 1:
         for key in ("nll", "bits_per_byte"):
-            metrics[key] = sum(e[key] for e in estimates) / len(estimates)
-        nll = torch.tensor([e["nll"] for e in estimates], dtype=torch.float64)
-        metrics["nll_stderr"] = float(nll.std() / math.sqrt(len(estimates)))
+            metrics[key] = statistics.fmean(e[key] for e in estimates)
+        nll_stdev = statistics.stdev(e["nll"] for e in estimates)
+        metrics["nll_stderr"] = nll_stdev / math.sqrt(repeats)
     return metrics
 
 

@@ -5,6 +5,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -31,3 +33,10 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| ar | " in out and "| block-4 | " not in out
     assert "Sampling" not in out and "No sampling comparison" in out
+
+
+def test_paradigms_rejects_fewer_than_one_elbo_estimate(capsys):
+    paradigms = load_script("paradigms")
+    with pytest.raises(SystemExit):
+        paradigms.parse_args(["--eval-repeats", "0"])
+    assert "--eval-repeats must be at least 1, got 0" in capsys.readouterr().err

@@ -156,12 +156,12 @@ def test_mimetic_init_ties_c_to_b_and_starts_with_little_decay():
     model = build_model(dataclasses.replace(config, mixer_options=options))
     for block in model.blocks:
         m = block.mixer
-        w_dt, w_b, w_c = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])
+        _, w_b, w_c = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])
         assert torch.equal(w_b, w_c) and w_b.abs().max() > 0
         torch.testing.assert_close(-m.A_log.exp(), -torch.arange(1, 17).expand(128, 16) / 100)
         torch.testing.assert_close(m.D, torch.ones(m.d_inner))
     reference = build_model(config).blocks[0].mixer
-    w_dt, w_b, w_c = reference.x_proj.weight.split([reference.dt_rank, 16, 16])
+    _, w_b, w_c = reference.x_proj.weight.split([reference.dt_rank, 16, 16])
     assert not torch.allclose(w_b, w_c)  # untied without the option
 
     x = torch.randn(2, 12, 64)

@@ -130,8 +130,8 @@ class Mamba(Mixer):
         n = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype)
         if self.mimetic:
             n = n / 100
-            b_rows = slice(self.dt_rank, self.dt_rank + self.d_state)
-            self.x_proj.weight[self.dt_rank + self.d_state :] = self.x_proj.weight[b_rows]
+            _, w_b, w_c = self.x_proj.weight.split([self.dt_rank, self.d_state, self.d_state])
+            w_c.copy_(w_b)
         self.A_log.copy_(n.log().expand_as(self.A_log))
         self.D.fill_(1.0)
 
