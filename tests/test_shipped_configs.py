@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seqlab.config import list_presets, load_config, read_config_mapping
+from seqlab.config import ExperimentConfig, list_presets, load_config, read_config_mapping
 from seqlab.data.tasks.base import build_task
 from seqlab.harness.grid import check_names, expand, list_experiments, load_compare_config
 from seqlab.registry import TASKS
@@ -23,7 +23,7 @@ def _is_comparison(source: str | Path) -> bool:
     return "grid" in read_config_mapping(source)
 
 
-def _check_experiment(experiment) -> None:
+def _check_experiment(experiment: ExperimentConfig) -> None:
     check_names(experiment)
     if not TASKS.get(experiment.task.name).meta.get("uses_data"):
         task = build_task(experiment)
