@@ -158,16 +158,17 @@ def test_mimetic_init_ties_c_to_b_and_starts_with_little_decay():
         m = block.mixer
         _, w_b, w_c = m.x_proj.weight.split([m.dt_rank, m.d_state, m.d_state])
         assert torch.equal(w_b, w_c) and w_b.abs().max() > 0
-        torch.testing.assert_close(-m.A_log.exp(), -torch.arange(1, 17).expand(128, 16) / 100)
+        n = torch.arange(1, m.d_state + 1, dtype=m.A_log.dtype)
+        torch.testing.assert_close(-m.A_log.exp(), -(n / 100).expand(m.d_inner, m.d_state))
         torch.testing.assert_close(m.D, torch.ones(m.d_inner))
     reference = build_model(config).blocks[0].mixer
-    _, w_b, w_c = reference.x_proj.weight.split([reference.dt_rank, 16, 16])
+    _, w_b, w_c = reference.x_proj.weight.split([reference.dt_rank, *[reference.d_state] * 2])
     assert not torch.allclose(w_b, w_c)  # untied without the option
 
     x = torch.randn(2, 12, 64)
     m.zero_grad()
     m(x)[0].square().sum().backward()
-    grad_b, grad_c = m.x_proj.weight.grad[m.dt_rank :].split(16)
+    grad_b, grad_c = m.x_proj.weight.grad[m.dt_rank :].split(m.d_state)
     assert not torch.allclose(grad_b, grad_c)  # so the rows part after the first step
 
     with pytest.raises(ConfigError, match="mamba mimetic must be true or false"):
