@@ -8,15 +8,19 @@ error; every paradigm scores all L tokens except `ar`, which takes the first as 
 BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
 
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
-block-16 `confidence` sampling (Fast-dLLM threshold, KV cache of finished blocks; argmax
-candidates at T=0, drawn ones at T=1), and
-reports tokens/s, NFE, and sample quality as the AR model's NLL of the continuations
-(lower is better; the AR model judging its own samples favours AR) beside the share of
-distinct 4-grams (greedy decoders reach a low NLL by repeating themselves).
+block-diffusion sampling of the `--sample-cells` models (default block-16): `ancestral`,
+and `confidence` (Fast-dLLM threshold, KV cache of finished blocks; argmax candidates at
+T=0, drawn ones at T=1). It reports tokens/s, NFE, and sample quality as the AR model's
+NLL of the continuations (lower is better; the AR model judging its own samples favours
+AR) beside the share of distinct 4-grams (greedy decoders reach a low NLL by repeating
+themselves).
 
     PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
     PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
     PYTHONPATH=src python benchmarks/paradigms.py --mixer gla # a recurrent backbone
+
+`--cells ar block-16-from-ar` adds AR-to-block-diffusion conversion (Fast-dLLM v2, SDAR):
+a shifted block-diffusion model started from the AR cell's weights.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import json
 import math
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 import seqlab
 from seqlab.config import ExperimentConfig, from_dict
 from seqlab.objectives import Batch, build_objective
+from seqlab.sampling.ar import Generation
 from seqlab.train.loop import RunParts, build_run, train
 
 CELLS = [
@@ -40,6 +47,12 @@ CELLS = [
     ("block-4", "block_diffusion", {"block_size": 4}),
     ("block-16", "block_diffusion", {"block_size": 16}),
     ("masked", "masked_diffusion", {}),
+]
+# AR-to-block-diffusion conversion (Fast-dLLM v2, SDAR): shifted x̂_0, started from the `ar`
+# cell's weights and trained `--steps` more at `--convert-lr`. Not in the default cells.
+CONVERTED = [
+    ("block-4-from-ar", "block_diffusion", {"block_size": 4, "shift": True}),
+    ("block-16-from-ar", "block_diffusion", {"block_size": 16, "shift": True}),
 ]
 
 
@@ -57,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--convert-lr",
+        type=float,
+        default=1e-3,
+        help="learning rate of the *-from-ar cells (block diffusion started from the AR cell)",
+    )
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--eval-samples", type=int, default=8, help="t draws per diffusion ELBO")
     p.add_argument(
@@ -67,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--prompts", type=int, default=16, help="sampled continuations")
     p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument(
+        "--sample-batch",
+        type=int,
+        default=None,
+        help="prompts per sampling call (default: all at once; 1 measures single-prompt "
+        "latency, where each prompt's parallelism is its own)",
+    )
     p.add_argument("--new-tokens", type=int, default=96)
     p.add_argument(
         "--thresholds",
@@ -78,9 +104,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cells",
         nargs="+",
-        choices=[label for label, _, _ in CELLS],
+        choices=[label for label, _, _ in CELLS + CONVERTED],
         default=[label for label, _, _ in CELLS],
-        help="paradigms to train and evaluate (sampling needs ar and block-16)",
+        help="paradigms to train and evaluate (sampling needs ar and a block cell)",
+    )
+    p.add_argument(
+        "--sample-cells",
+        nargs="+",
+        choices=[label for label, name, _ in CELLS + CONVERTED if name == "block_diffusion"],
+        default=["block-16"],
+        help="block-diffusion cells whose samplers are compared with AR sampling",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
@@ -148,6 +181,25 @@ def evaluate(
     return metrics
 
 
+class Sampled(NamedTuple):
+    tokens: torch.Tensor
+    nfe: float  # mean model calls per batch
+    seconds: float
+
+
+def in_batches(
+    run: Callable[[torch.Tensor], Generation], prompts: torch.Tensor, size: int
+) -> Sampled:
+    """`run` over the prompts `size` at a time: every continuation, the mean NFE per batch
+    and the summed wall time."""
+    outs = [run(prompts[i : i + size]) for i in range(0, prompts.shape[0], size)]
+    return Sampled(
+        torch.cat([o.tokens for o in outs]),
+        statistics.fmean(o.nfe for o in outs),
+        sum(o.seconds for o in outs),
+    )
+
+
 def judged_nll(judge: seqlab.model.Model, tokens: torch.Tensor, prompt_len: int) -> float:
     """The AR judge's NLL per token of the continuation after the prompt."""
     mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -167,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     root = Path(args.out or tempfile.mkdtemp(prefix="paradigms-"))
     rows, trained = [], {}
-    for label, name, options in (cell for cell in CELLS if cell[0] in args.cells):
+    for label, name, options in (cell for cell in CELLS + CONVERTED if cell[0] in args.cells):
         config = experiment(args, name, options)
+        if label.endswith("-from-ar"):
+            if not (root / "ar" / "summary.json").exists():
+                raise SystemExit(f"{label} starts from the ar cell: list ar first in --cells")
+            config.train.init_from, config.train.lr = str(root / "ar"), args.convert_lr
         if name != "ar":
             config.objective.options["eval_samples"] = args.eval_samples
         summary = root / label / "summary.json"
@@ -201,53 +257,49 @@ def main(argv: list[str] | None = None) -> None:
             f"estimates, each with {args.eval_samples} t draws per sequence)"
         )
 
-    if not {"ar", "block-16"} <= trained.keys():
-        print("No sampling comparison: it needs the ar and block-16 cells (--cells).")
+    samplers = [label for label in args.sample_cells if label in trained]
+    if "ar" not in trained or not samplers:
+        print("No sampling comparison: it needs the ar cell and a --sample-cells cell (--cells).")
         return
     judge, ar_parts = trained["ar"]
-    block_model, block_parts = trained["block-16"]
     batch = next(iter(ar_parts.task.eval_batches("test", args.prompts)))
     prompt = batch.tokens[: args.prompts, : args.prompt_len]
     reference = batch.tokens[: args.prompts, : args.prompt_len + args.new_tokens]
     new = args.new_tokens
-    runs = {
-        "ar sample": lambda: seqlab.generate(
-            judge, prompt, max_new_tokens=new, sampler="sample", seed=0
+    runs: dict[str, Callable[[torch.Tensor], Generation]] = {
+        "ar sample": lambda x: seqlab.generate(
+            judge, x, max_new_tokens=new, sampler="sample", seed=0
         ),
-        "ar greedy": lambda: seqlab.generate(judge, prompt, max_new_tokens=new, sampler="greedy"),
+        "ar greedy": lambda x: seqlab.generate(judge, x, max_new_tokens=new, sampler="greedy"),
     }
-    runs["block-16 ancestral, 16 steps/block"] = lambda: seqlab.generate(
-        block_model,
-        prompt,
-        max_new_tokens=new,
-        sampler="ancestral",
-        objective=block_parts.objective,
-        seed=0,
-    )
-    for temperature in (0.0, 1.0):
-        for threshold in args.thresholds:
-            runs[f"block-16 confidence {threshold}, T={temperature:g}"] = (
-                lambda threshold=threshold, temperature=temperature: seqlab.generate(
-                    block_model,
-                    prompt,
-                    max_new_tokens=new,
-                    sampler="confidence",
-                    objective=block_parts.objective,
-                    threshold=threshold,
-                    temperature=temperature,
-                    seed=0,
-                )
+    for label in samplers:
+        model, parts = trained[label]
+        diffusion = {"max_new_tokens": new, "objective": parts.objective, "seed": 0}
+        runs[f"{label} ancestral, {parts.objective.block_size} steps/block"] = (
+            lambda x, model=model, diffusion=diffusion: seqlab.generate(
+                model, x, sampler="ancestral", **diffusion
             )
+        )
+        for temperature in (0.0, 1.0):
+            for threshold in args.thresholds:
+                runs[f"{label} confidence {threshold}, T={temperature:g}"] = (
+                    lambda x, model=model, diffusion=diffusion, h=threshold, t=temperature: (
+                        seqlab.generate(
+                            model, x, sampler="confidence", threshold=h, temperature=t, **diffusion
+                        )
+                    )
+                )
+    size = args.sample_batch or args.prompts
     print(
         f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "
-        f"prompts (median of 3 runs)\n"
+        f"prompts in batches of {size} (median of 3 runs; NFE: model calls per batch)\n"
     )
     print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR sample | distinct 4-grams |")
     print("|---|---|---|---|---|---|")
     results = {}
     for label, run in runs.items():
-        run()  # warm-up
-        outs = [run() for _ in range(3)]
+        run(prompt[:size])  # warm-up
+        outs = [in_batches(run, prompt, size) for _ in range(3)]
         seconds = sorted(o.seconds for o in outs)[1]
         results[label] = (args.prompts * args.new_tokens / seconds, outs[0])
     base_speed, base_out = results["ar sample"]
@@ -255,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, (speed, out) in results.items():
         nll = judged_nll(judge, out.tokens, args.prompt_len)
         print(
-            f"| {label} | {speed:.0f} | {out.nfe} | {nll:.4f} | "
+            f"| {label} | {speed:.0f} | {out.nfe:.4g} | {nll:.4f} | "
             f"{speed / base_speed:.2f}x speed, {nll / base_nll - 1:+.1%} NLL | "
             f"{distinct(out.tokens[:, args.prompt_len :]):.2f} |"
         )

@@ -34,6 +34,18 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     assert "| ar | " in out and "| block-4 | " not in out
     assert "Sampling" not in out and "No sampling comparison" in out
 
+    # conversion: block diffusion started from the ar cell's weights, sampled beside AR
+    argv = ["--quick", "--threads", "1", "--out", str(tmp_path), "--thresholds", "0.5"]
+    argv += ["--cells", "ar", "block-4-from-ar", "--sample-cells", "block-4-from-ar"]
+    argv += ["--sample-batch", "1"]
+    paradigms.main(argv)
+    out = capsys.readouterr().out
+    assert re.search(r"\| block-4-from-ar \| ≤ \d+\.\d{4} ± ", out)
+    assert "| block-4-from-ar confidence 0.5, T=1 | " in out
+    assert "2 x 16 tokens after 8-token prompts in batches of 1" in out
+    config = (tmp_path / "block-4-from-ar" / "config.yaml").read_text()
+    assert "init_from" in config and "shift: true" in config
+
 
 def test_paradigms_rejects_fewer_than_one_elbo_estimate(capsys):
     paradigms = load_script("paradigms")

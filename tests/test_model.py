@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -106,3 +108,31 @@ def test_public_listings():
     assert "ar" in seqlab.list_objectives()
     assert {"greedy", "sample"} <= set(seqlab.list_samplers())
     assert "default" in seqlab.list_presets()
+
+
+def test_initialize_from_copies_weights_and_the_shared_vocabulary_rows(tmp_path):
+    from seqlab.errors import CheckpointError
+    from seqlab.io import initialize_from
+
+    source = seqlab.build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=7))
+    seqlab.save(source, tmp_path / "ar")
+    config = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=8, tie_embeddings=False)
+    source_untied = seqlab.build_model(dataclasses.replace(config, vocab_size=7))
+    seqlab.save(source_untied, tmp_path / "ar-untied")
+    target = seqlab.build_model(config)
+    fresh_mask_row = target.embed.weight[7].clone()
+    initialize_from(target, tmp_path / "ar-untied")
+    for name, tensor in source_untied.state_dict().items():
+        if name in ("embed.weight", "head.weight"):
+            torch.testing.assert_close(target.state_dict()[name][:7], tensor, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(target.state_dict()[name], tensor, rtol=0, atol=0)
+    torch.testing.assert_close(target.embed.weight[7], fresh_mask_row, rtol=0, atol=0)
+
+    with pytest.raises(CheckpointError, match="another architecture"):
+        initialize_from(seqlab.build_model(config), tmp_path / "ar")  # tied: no head.weight
+    wider = seqlab.build_model(dataclasses.replace(config, d_model=64))
+    with pytest.raises(CheckpointError, match="has shape"):
+        initialize_from(wider, tmp_path / "ar-untied")
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        initialize_from(target, tmp_path / "nowhere")

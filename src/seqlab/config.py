@@ -133,6 +133,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         positive = ["steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"]

@@ -142,3 +142,41 @@ def load_model_state(model: Model, weights: dict[str, torch.Tensor], source: Pat
                 f"{tuple(tensor.shape)}"
             )
     model.load_state_dict(weights, strict=False)
+
+
+VOCABULARY_ROWS = ("embed.weight", "head.weight")
+
+
+def initialize_from(model: Model, directory: PathLike) -> None:
+    """Start `model` from the weights of a saved model or run directory (`train.init_from`).
+
+    Every tensor must match in name and shape, except the token embedding and output head,
+    whose vocabulary rows may differ: the shared rows are copied and the others keep their
+    fresh initialisation. That is how a diffusion model with an extra mask token starts
+    from an autoregressive model over the same data vocabulary (Fast-dLLM v2, SDAR).
+    """
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise CheckpointError(f"{directory}: no model.safetensors to initialise from")
+    source = load_tensors(directory / "model.safetensors")
+    expected = model_state(model)
+    missing = sorted(set(expected) - set(source))
+    unexpected = sorted(set(source) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: its model has another architecture (missing: {missing[:5]}, "
+            f"unexpected: {unexpected[:5]})"
+        )
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            weights = source[name]
+            if name in VOCABULARY_ROWS and weights.shape[1:] == tensor.shape[1:]:
+                rows = min(weights.shape[0], tensor.shape[0])
+                tensor[:rows].copy_(weights[:rows])
+            elif weights.shape == tensor.shape:
+                tensor.copy_(weights)
+            else:
+                raise CheckpointError(
+                    f"{directory}: {name} has shape {tuple(weights.shape)}, this model needs "
+                    f"{tuple(tensor.shape)}"
+                )

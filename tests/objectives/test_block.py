@@ -80,14 +80,15 @@ def test_block_size_of_the_sequence_is_full_diffusion_with_the_same_draws(noise,
             torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("mixer", ["attention", *RECURRENT])
-def test_noised_block_reads_only_its_clean_prefix_and_itself(mixer):
+def test_noised_block_reads_only_its_clean_prefix_and_itself(mixer, shift):
     """Each block's x̂_0 equals a plain block-causal pass over [x_0 of earlier blocks, x_t of
     the block]: the context the KV-cached (or state-cached) sampler gives it, at the same
-    positions."""
+    positions. Shifted, position i reads that pass's output at i − 1 (0 reads its own)."""
     model = tiny(mixer=mixer)
     b, length = 4, 10
-    objective = build_objective("block_diffusion", VOCAB, block_size=b)
+    objective = build_objective("block_diffusion", VOCAB, block_size=b, shift=shift)
     tokens = torch.randint(0, VOCAB, (2, length))
     x_t = torch.where(torch.rand(2, length) < 0.5, MASK, tokens)
     with torch.no_grad():
@@ -95,7 +96,13 @@ def test_noised_block_reads_only_its_clean_prefix_and_itself(mixer):
         for start in range(0, length, b):
             end = min(start + b, length)
             x = torch.cat([tokens[:, :start], x_t[:, start:end]], dim=1)
-            expected = model(x, layout=Layout.block_causal(b))[0][:, start:end]
+            out = model(x, layout=Layout.block_causal(b))[0]
+            if not shift:
+                expected = out[:, start:end]
+            elif start == 0:
+                expected = torch.cat([out[:, :1], out[:, : end - 1]], dim=1)
+            else:
+                expected = out[:, start - 1 : end - 1]
             torch.testing.assert_close(logits[:, start:end], expected, rtol=1e-10, atol=1e-10)
         # later clean tokens change nothing before them
         changed = tokens.clone()
@@ -103,6 +110,24 @@ def test_noised_block_reads_only_its_clean_prefix_and_itself(mixer):
         torch.testing.assert_close(
             objective.denoise(model, x_t, changed)[:, :8], logits[:, :8], rtol=0, atol=0
         )
+
+
+def test_shifted_block_size_one_from_ar_weights_is_the_ar_model(tmp_path):
+    """Fast-dLLM v2 / SDAR start: AR weights under `shift` with blocks of one token score
+    every position after the first with the AR model's own next-token distribution."""
+    from seqlab.io import initialize_from
+
+    ar = tiny(vocab=VOCAB)
+    seqlab.save(ar, tmp_path / "ar")
+    objective = build_objective("block_diffusion", VOCAB, block_size=1, shift=True)
+    model = tiny()
+    initialize_from(model, tmp_path / "ar")
+    tokens = torch.randint(0, VOCAB, (3, 9))
+    terms = all_noised_terms(objective, model, tokens)
+    with torch.no_grad():
+        logp = ar(tokens, layout=Layout.CAUSAL)[0][:, :-1].log_softmax(-1)
+    expected = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(terms[:, 1:], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_mixture_of_block_sizes_and_clipped_times_train():

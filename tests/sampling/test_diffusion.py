@@ -27,14 +27,17 @@ def test_samplers_are_registered_as_diffusion():
         assert SAMPLERS.get(name).meta["paradigm"] == "diffusion"
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("mixer", BLOCK_BACKBONES)
 @pytest.mark.parametrize("prompt_length", [3, 4])
-def test_cached_block_logits_equal_uncached(prompt_length, mixer):
-    """The cache is the KV cache for attention and the recurrent state for the others."""
+def test_cached_block_logits_equal_uncached(prompt_length, mixer, shift):
+    """The cache is the KV cache for attention and the recurrent state for the others;
+    shifted, the block's first position reads the cached prefix's last output."""
     objective = build_objective("block_diffusion", VOCAB, block_size=4)
     model = tiny(objective, mixer=mixer).eval()
     x = torch.randint(0, VOCAB + 1, (2, 14))
-    cached, uncached = Context(model, 4, cache=True), Context(model, 4, cache=False)
+    cached = Context(model, 4, cache=True, shift=shift)
+    uncached = Context(model, 4, cache=False, shift=shift)
     with torch.no_grad():
         for position in range(prompt_length, 14, 4):
             start = cached.block_start(position)
@@ -45,10 +48,11 @@ def test_cached_block_logits_equal_uncached(prompt_length, mixer):
     assert cached.nfe > uncached.nfe  # the cache costs one pass per finished block
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("mixer", BLOCK_BACKBONES)
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
-def test_cached_and_uncached_block_sampling_agree(sampler, mixer):
-    objective = build_objective("block_diffusion", VOCAB, block_size=4)
+def test_cached_and_uncached_block_sampling_agree(sampler, mixer, shift):
+    objective = build_objective("block_diffusion", VOCAB, block_size=4, shift=shift)
     model = tiny(objective, mixer=mixer)
     prompt = torch.randint(0, VOCAB, (3, 5))
     runs = [

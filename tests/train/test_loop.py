@@ -104,3 +104,23 @@ def test_budget_counts_the_tokens_actually_trained(tmp_path):
     widths = [task.batch("train", step, 4, seed=0).tokens.shape[1] for step in range(3)]
     assert max(widths) < task.seq_len, "training rows are shorter than the padded test length"
     assert summary["train_tokens"] == 4 * sum(widths)
+
+
+def test_block_diffusion_starts_from_an_ar_run(tmp_path):
+    """`train.init_from` + `shift`: the converted model starts near the AR model's loss, far
+    below a fresh start; a missing source is a clear error."""
+    corpus = write_corpus(tmp_path / "corpus")
+
+    def run(name, objective, **train_options):
+        options = {"steps": 40, "lr": 1e-2, "eval_every": 40, **train_options}
+        config = tiny_config(corpus, tmp_path / "cache", objective=objective, train=options)
+        train(from_dict(ExperimentConfig, config), tmp_path / name, progress=False)
+        return read_metrics(tmp_path / name / "metrics.jsonl")
+
+    ar = run("ar", {"name": "ar"})
+    block = {"name": "block_diffusion", "block_size": 4, "shift": True}
+    fresh = run("fresh", block, steps=1)
+    converted = run("converted", block, steps=1, init_from=str(tmp_path / "ar"))
+    assert converted[0]["loss"] < fresh[0]["loss"] - 1.0, (ar[-1], fresh[0], converted[0])
+    with pytest.raises(SeqlabError, match="no model.safetensors"):
+        run("lost", block, steps=1, init_from=str(tmp_path / "nowhere"))

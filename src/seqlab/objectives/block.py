@@ -14,6 +14,13 @@ serve the same layout through `mixers.base.scan_in_layout`: the fixed-size state
 clean prefix, and each noised block is scanned forwards from the state at its start plus
 backwards within the block. Block-wise sampling then caches the state instead of keys and
 values; cached and uncached logits are equal, as for attention.
+
+`shift=True` keeps the next-token reading of an autoregressive model (Fast-dLLM v2, SDAR),
+so a block-diffusion model can start from AR weights (`train.init_from`): x̂_0 at position i
+comes from the output at i − 1, the clean half's output for the first position of a block
+(an AR prediction from the clean prefix), the noised block's own for the others. Position 0
+has no predecessor and reads its own output. With block size 1 and AR weights this is the
+AR model exactly, for every position after the first.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ class BlockDiffusion(Diffusion):
     """`block_size` is the evaluation (and sampling) block; `block_sizes` trains on a mixture,
     one size drawn per step (BlockGen); `clip = [low, high]` draws training times from
     [low, high] only (BD3-LM's clipped schedule, a variance reduction: the evaluation bound
-    always integrates over [0, 1])."""
+    always integrates over [0, 1]); `shift` reads x̂_0 at i from the output at i − 1 (see the
+    module docstring)."""
 
     name = "block_diffusion"
 
@@ -50,6 +58,7 @@ class BlockDiffusion(Diffusion):
         schedule: str = "loglinear",
         eval_samples: int = 4,
         estimator: str = "time",
+        shift: bool = False,
     ) -> None:
         super().__init__(
             noise=noise, schedule=schedule, eval_samples=eval_samples, estimator=estimator
@@ -60,6 +69,7 @@ class BlockDiffusion(Diffusion):
         if clip is not None and not 0 <= clip[0] < clip[1] <= 1:
             raise ConfigError(f"clip must be [low, high] with 0 <= low < high <= 1, got {clip}")
         self.block_size, self.block_sizes, self.clip = block_size, sizes, clip
+        self.shift = bool(shift)
 
     def groups(self, length: int, device: torch.device) -> Tensor:
         return torch.arange(length, device=device) // self.block_size
@@ -67,13 +77,19 @@ class BlockDiffusion(Diffusion):
     def denoise(
         self, model: Model, x_t: Tensor, tokens: Tensor, prefix: Tensor | None = None
     ) -> Tensor:
-        """x̂_0 logits of every noised block from [x_t ; x_0] (no class prefix: block
-        diffusion takes no class condition here)."""
+        """x̂_0 logits `[B, L, V]` of every noised block from [x_t ; x_0] (no class prefix:
+        block diffusion takes no class condition here)."""
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device).repeat(2)
         layout = Layout.block_diffusion(self.block_size)
         logits, _ = model(torch.cat([x_t, tokens], dim=1), layout=layout, positions=positions)
-        return logits[:, :length]
+        noised, clean = logits[:, :length], logits[:, length:]
+        if not self.shift:
+            return noised
+        block_start = torch.arange(length, device=tokens.device) % self.block_size == 0
+        block_start[0] = False
+        previous = torch.where(block_start[:, None], clean.roll(1, 1), noised.roll(1, 1))
+        return torch.cat([noised[:, :1], previous[:, 1:]], dim=1)
 
     def train_times(self, n: int, device: torch.device) -> Tensor:
         low, high = (0.0, 1.0) if self.clip is None else self.clip
@@ -107,6 +123,7 @@ def build_block_diffusion(
     schedule: str = "loglinear",
     eval_samples: int = 4,
     estimator: str = "time",
+    shift: bool = False,
 ) -> BlockDiffusion:
     return BlockDiffusion(
         block_size=block_size,
@@ -116,4 +133,5 @@ def build_block_diffusion(
         schedule=schedule,
         eval_samples=eval_samples,
         estimator=estimator,
+        shift=shift,
     )

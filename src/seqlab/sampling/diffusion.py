@@ -13,7 +13,8 @@ model reads depends on the objective it was trained with:
   of them. With `cache=True` the finished blocks live in the model's decode state (KV
   cache) and only the current block is run; without it the clean prefix is recomputed.
   Both give the same logits: the cache is exact. Prompt tokens that share a block with new
-  tokens are that block's already-unmasked tokens.
+  tokens are that block's already-unmasked tokens. A `shift` objective reads x̂_0 at i from
+  the output at i − 1: for the block's first position, the last output of the clean prefix.
 
 Samplers: `ancestral` (the reverse process; a step that changed nothing reuses the last
 prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per step),
@@ -67,13 +68,22 @@ class Context:
 
     `block_causal=None`: the whole canvas bidirectionally. Otherwise blocks of that size
     from position 0: earlier blocks clean and block-causal, from a KV cache when `cache`.
+    `shift` (block-causal only): position i reads the output at i − 1, as `BlockDiffusion`.
     """
 
     def __init__(
-        self, model: Model, block_causal: int | None, cache: bool, prefix: Tensor | None = None
+        self,
+        model: Model,
+        block_causal: int | None,
+        cache: bool,
+        prefix: Tensor | None = None,
+        shift: bool = False,
     ) -> None:
+        if shift and block_causal is None:
+            raise SeqlabError("shifted x̂_0 needs block-causal decoding (block diffusion)")
         self.model, self.block, self.cache, self.prefix = model, block_causal, cache, prefix
-        self.state, self.cached = None, 0
+        self.shift = shift
+        self.state, self.cached, self.prefix_last = None, 0, None
         self.nfe = 0
 
     def block_start(self, position: int) -> int:
@@ -96,15 +106,27 @@ class Context:
         if self.block is None:
             return self.model(x, layout=Layout.BIDIRECTIONAL)[0][:, start:end]
         if not self.cache:
-            return self.model(x[:, :end], layout=Layout.block_causal(self.block))[0][:, start:]
+            out = self.model(x[:, :end], layout=Layout.block_causal(self.block))[0]
+            if self.shift and start > 0:
+                return out[:, start - 1 : end - 1]
+            return self._shifted(out[:, start:], None)
         if self.cached < start:  # prefill the clean blocks before this one (aligned chunks)
             if self.state is None:
                 self.state = self.model.init_state(x.shape[0])
             chunk = x[:, self.cached : start]
-            _, self.state = self.model(chunk, self.state, layout=Layout.block_causal(self.block))
+            out, self.state = self.model(chunk, self.state, layout=Layout.block_causal(self.block))
+            self.prefix_last = out[:, -1:]
             self.cached = start
             self.nfe += 1
-        return self.model(x[:, start:end], self.state, layout=Layout.BIDIRECTIONAL)[0]
+        out = self.model(x[:, start:end], self.state, layout=Layout.BIDIRECTIONAL)[0]
+        return self._shifted(out, self.prefix_last if start > 0 else None)
+
+    def _shifted(self, out: Tensor, before: Tensor | None) -> Tensor:
+        """The block's x̂_0 logits from its outputs `out` and the output before the block
+        (`before` `[B, 1, V]`; None at position 0, which reads its own output)."""
+        if not self.shift:
+            return out
+        return torch.cat([out[:, :1] if before is None else before, out[:, :-1]], dim=1)
 
 
 # A rule updates one block: (tokens [B, n], x̂_0 probabilities [B, n, N] float64, the
@@ -171,7 +193,11 @@ def denoise(
     else:
         block_causal, size = None, block_size or max(max_new_tokens, 1)
     context = Context(
-        model, block_causal, cache, _class_prefix(objective, condition, guidance, b, prompt.device)
+        model,
+        block_causal,
+        cache,
+        _class_prefix(objective, condition, guidance, b, prompt.device),
+        shift=isinstance(objective, BlockDiffusion) and objective.shift,
     )
     shape = (b, max_new_tokens)
     if objective.noise == "absorbing":

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from seqlab.config import ExperimentConfig, TrainConfig, save_config
 from seqlab.data.tasks import Task, build_task
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.io import atomic_write_json, model_state, save
+from seqlab.io import atomic_write_json, initialize_from, model_state, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -152,6 +152,8 @@ def _train(
 
     parts = build_run(config, info)
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
+    if existing is None and tc.init_from:
+        initialize_from(model, tc.init_from)
     model.to(info.device)
     optimizer = build_optimizer(model, tc)
     start, elapsed_before, tokens_seen = 0, 0.0, 0
