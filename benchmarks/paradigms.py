@@ -188,11 +188,12 @@ class Sampled(NamedTuple):
 
 
 def in_batches(
-    run: Callable[[torch.Tensor], Generation], prompts: torch.Tensor, size: int
+    run: Callable[[torch.Tensor, int], Generation], prompts: torch.Tensor, size: int
 ) -> Sampled:
-    """`run` over the prompts `size` at a time: every continuation, the mean NFE per batch
-    and the summed wall time."""
-    outs = [run(prompts[i : i + size]) for i in range(0, prompts.shape[0], size)]
+    """`run(prompts, seed)` over the prompts `size` at a time, batch k with seed k: every
+    continuation, the mean NFE per batch and the summed wall time."""
+    starts = range(0, prompts.shape[0], size)
+    outs = [run(prompts[i : i + size], k) for k, i in enumerate(starts)]
     return Sampled(
         torch.cat([o.tokens for o in outs]),
         statistics.fmean(o.nfe for o in outs),
@@ -266,26 +267,32 @@ def main(argv: list[str] | None = None) -> None:
     prompt = batch.tokens[: args.prompts, : args.prompt_len]
     reference = batch.tokens[: args.prompts, : args.prompt_len + args.new_tokens]
     new = args.new_tokens
-    runs: dict[str, Callable[[torch.Tensor], Generation]] = {
-        "ar sample": lambda x: seqlab.generate(
-            judge, x, max_new_tokens=new, sampler="sample", seed=0
+    runs: dict[str, Callable[[torch.Tensor, int], Generation]] = {
+        "ar sample": lambda x, seed: seqlab.generate(
+            judge, x, max_new_tokens=new, sampler="sample", seed=seed
         ),
-        "ar greedy": lambda x: seqlab.generate(judge, x, max_new_tokens=new, sampler="greedy"),
+        "ar greedy": lambda x, _: seqlab.generate(judge, x, max_new_tokens=new, sampler="greedy"),
     }
     for label in samplers:
         model, parts = trained[label]
-        diffusion = {"max_new_tokens": new, "objective": parts.objective, "seed": 0}
+        diffusion = {"max_new_tokens": new, "objective": parts.objective}
         runs[f"{label} ancestral, {parts.objective.block_size} steps/block"] = (
-            lambda x, model=model, diffusion=diffusion: seqlab.generate(
-                model, x, sampler="ancestral", **diffusion
+            lambda x, seed, model=model, diffusion=diffusion: seqlab.generate(
+                model, x, sampler="ancestral", seed=seed, **diffusion
             )
         )
         for temperature in (0.0, 1.0):
             for threshold in args.thresholds:
                 runs[f"{label} confidence {threshold}, T={temperature:g}"] = (
-                    lambda x, model=model, diffusion=diffusion, h=threshold, t=temperature: (
+                    lambda x, seed, model=model, diffusion=diffusion, h=threshold, t=temperature: (
                         seqlab.generate(
-                            model, x, sampler="confidence", threshold=h, temperature=t, **diffusion
+                            model,
+                            x,
+                            sampler="confidence",
+                            threshold=h,
+                            temperature=t,
+                            seed=seed,
+                            **diffusion,
                         )
                     )
                 )
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     results = {}
     for label, run in runs.items():
-        run(prompt[:size])  # warm-up
+        run(prompt[:size], 0)  # warm-up
         outs = [in_batches(run, prompt, size) for _ in range(3)]
         seconds = sorted(o.seconds for o in outs)[1]
         results[label] = (args.prompts * args.new_tokens / seconds, outs[0])

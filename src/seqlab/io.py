@@ -125,16 +125,18 @@ def load(directory: PathLike, device: str | torch.device = "cpu") -> Model:
     return model
 
 
-def load_model_state(model: Model, weights: dict[str, torch.Tensor], source: PathLike) -> None:
-    """Copy `weights` into `model`, naming any missing, unexpected or misshapen tensor."""
-    expected = model_state(model)
+def _check_names(expected: dict[str, Any], weights: dict[str, Any], problem: str) -> None:
+    """Raise `problem` naming the tensors one side has and the other lacks."""
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not match the config (missing: {missing[:5]}, "
-            f"unexpected: {unexpected[:5]})"
-        )
+        raise CheckpointError(f"{problem} (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+
+
+def load_model_state(model: Model, weights: dict[str, torch.Tensor], source: PathLike) -> None:
+    """Copy `weights` into `model`, naming any missing, unexpected or misshapen tensor."""
+    expected = model_state(model)
+    _check_names(expected, weights, f"{source}: weights do not match the config")
     for name, tensor in expected.items():
         if tensor.shape != weights[name].shape:
             raise CheckpointError(
@@ -160,13 +162,7 @@ def initialize_from(model: Model, directory: PathLike) -> None:
         raise CheckpointError(f"{directory}: no model.safetensors to initialise from")
     source = load_tensors(directory / "model.safetensors")
     expected = model_state(model)
-    missing = sorted(set(expected) - set(source))
-    unexpected = sorted(set(source) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory}: its model has another architecture (missing: {missing[:5]}, "
-            f"unexpected: {unexpected[:5]})"
-        )
+    _check_names(expected, source, f"{directory}: its model has another architecture")
     with torch.no_grad():
         for name, tensor in expected.items():
             weights = source[name]
