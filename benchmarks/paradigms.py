@@ -52,6 +52,7 @@ CELLS = [
 # cell's weights and trained `--steps` more at `--convert-lr`. Not in the default cells.
 CONVERTED = [
     ("block-4-from-ar", "block_diffusion", {"block_size": 4, "shift": True}),
+    ("block-8-from-ar", "block_diffusion", {"block_size": 8, "shift": True}),
     ("block-16-from-ar", "block_diffusion", {"block_size": 16, "shift": True}),
 ]
 

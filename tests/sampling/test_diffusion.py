@@ -29,7 +29,7 @@ def test_samplers_are_registered_as_diffusion():
 
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("mixer", BLOCK_BACKBONES)
-@pytest.mark.parametrize("prompt_length", [3, 4])
+@pytest.mark.parametrize("prompt_length", [0, 3, 4])
 def test_cached_block_logits_equal_uncached(prompt_length, mixer, shift):
     """The cache is the KV cache for attention and the recurrent state for the others;
     shifted, the block's first position reads the cached prefix's last output."""
