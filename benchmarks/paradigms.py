@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, trained = [], {}
     for label, name, options in (cell for cell in CELLS + CONVERTED if cell[0] in args.cells):
         config = experiment(args, name, options)
-        if label.endswith("-from-ar"):
+        if (label, name, options) in CONVERTED:
             if not (root / "ar" / "summary.json").exists():
                 raise SystemExit(f"{label} starts from the ar cell: list ar first in --cells")
             config.train.init_from, config.train.lr = str(root / "ar"), args.convert_lr

@@ -86,10 +86,10 @@ class BlockDiffusion(Diffusion):
         noised, clean = logits[:, :length], logits[:, length:]
         if not self.shift:
             return noised
-        block_start = torch.arange(length, device=tokens.device) % self.block_size == 0
-        block_start[0] = False
-        previous = torch.where(block_start[:, None], clean.roll(1, 1), noised.roll(1, 1))
-        return torch.cat([noised[:, :1], previous[:, 1:]], dim=1)
+        # position j feeds j + 1: from the clean half where j + 1 starts a block
+        block_end = (torch.arange(length, device=tokens.device) + 1) % self.block_size == 0
+        feeds_next = torch.where(block_end[:, None], clean, noised)
+        return torch.cat([noised[:, :1], feeds_next[:, :-1]], dim=1)
 
     def train_times(self, n: int, device: torch.device) -> Tensor:
         low, high = (0.0, 1.0) if self.clip is None else self.clip

@@ -107,9 +107,7 @@ class Context:
             return self.model(x, layout=Layout.BIDIRECTIONAL)[0][:, start:end]
         if not self.cache:
             out = self.model(x[:, :end], layout=Layout.block_causal(self.block))[0]
-            if self.shift and start > 0:
-                return out[:, start - 1 : end - 1]
-            return self._shifted(out[:, start:], None)
+            return self._shifted(out[:, start:], out[:, start - 1 : start] if start else None)
         if self.cached < start:  # prefill the clean blocks before this one (aligned chunks)
             if self.state is None:
                 self.state = self.model.init_state(x.shape[0])
