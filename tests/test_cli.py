@@ -202,3 +202,43 @@ def test_diffusion_run_trains_evaluates_as_bound_and_samples(cli, tmp_path, mixe
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("def ")
+
+
+def test_eval_scores_a_run_on_an_overridden_task_setting(cli, tmp_path):
+    """`seqlab eval RUN --task.KEY VALUE` scores the trained model on another setting of its
+    task (here longer test rows) and prints what `Task.evaluate` gives for that setting."""
+    import torch
+
+    from seqlab.config import load_config
+    from seqlab.data.tasks import build_task
+    from seqlab.io import load
+    from seqlab.objectives import build_objective
+
+    config = tiny_config(
+        tmp_path / "unused",
+        tmp_path / "cache",
+        train={"steps": 3, "checkpoint_every": 3, "eval_tokens": 2048},
+        task={"name": "selective_copy", "seq_len": 24, "num_tokens": 4, "eval_examples": 16},
+    )
+    config["model"]["mixer"] = "mamba"
+    run = tmp_path / "run"
+    assert (
+        cli("train", "--config", write_config(tmp_path / "c.yaml", config), "--out", run).returncode
+        == 0
+    )
+    plain = json.loads(cli("eval", run).stdout)
+    longer = json.loads(cli("eval", run, "--task.test_seq_len", "96").stdout)
+    assert plain["tokens"] == longer["tokens"] == 16 * 4
+    overridden = load_config(run / "config.yaml", {"task.test_seq_len": 96})
+    task = build_task(overridden)
+    assert task.seq_len == 97
+    objective = build_objective("ar", task.vocab_size)
+    with torch.no_grad():
+        expected = task.evaluate(load(run), objective, split="test")
+    assert longer["nll"] == pytest.approx(expected["nll"], rel=1e-6)
+    assert longer["accuracy"] == pytest.approx(expected["accuracy"])
+    assert longer["nll"] != pytest.approx(plain["nll"], rel=1e-6), "the rows did change"
+
+    assert_user_error(cli("eval", run, "--model.d_model", "8"), "only --task.*", "--model.d_model")
+    assert_user_error(cli("eval", run, "--task.alphabet_size", "5"), "vocab_size 8", "19")
+    assert_user_error(cli("eval", run, "--task.test_seq_len", "10"), "test_seq_len must be")

@@ -58,3 +58,23 @@ def test_builtin_experiment_expands(name: str):
 @pytest.mark.parametrize("name", list_presets())
 def test_preset_loads(name: str):
     _check_experiment(load_config(name))
+
+
+LATER_STAGES = [
+    p for p in REPO_CONFIGS if _is_comparison(p) and load_compare_config(p).init_from is not None
+]
+
+
+def test_the_length_curriculum_ships_as_a_later_stage():
+    assert "selective-copy-long-from-short" in {p.stem for p in LATER_STAGES}
+
+
+@pytest.mark.parametrize("path", LATER_STAGES, ids=[p.stem for p in LATER_STAGES])
+def test_a_later_stage_names_a_shipped_earlier_stage(path: Path):
+    """A config with `init_from: runs/NAME` continues the comparison of configs/NAME.yaml:
+    that config ships and has a run of every id this one starts from."""
+    stage = Path(load_compare_config(path).init_from)
+    earlier = path.parent / f"{stage.name}.yaml"
+    assert stage.parent == Path("runs") and earlier.is_file(), f"{path.name}: {stage}"
+    earlier_ids = {run.run_id for run in expand(load_compare_config(earlier))}
+    assert {run.run_id for run in expand(load_compare_config(path))} <= earlier_ids

@@ -59,15 +59,16 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _run_config(run_dir: Path) -> ExperimentConfig:
+def _run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     from seqlab.errors import CheckpointError
 
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a run or model directory (no config.yaml)")
     try:
-        return load_config(run_dir / "config.yaml")
+        config = load_config(run_dir / "config.yaml")
     except ConfigError as err:
         raise CheckpointError(f"{run_dir / 'config.yaml'}: {err}") from None
+    return load_config(run_dir / "config.yaml", overrides) if overrides else config
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -79,11 +80,23 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     if args.split not in SPLITS:
         raise SeqlabError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
+    outside_task = sorted(key for key in overrides if not key.startswith("task."))
+    if outside_task:
+        raise ConfigError(
+            "seqlab eval takes only --task.* overrides (the trained model is fixed), got "
+            + ", ".join(f"--{key}" for key in outside_task)
+        )
     run_dir = Path(args.run)
-    config = _run_config(run_dir)
+    config = _run_config(run_dir, overrides)
     model = load(run_dir)
     task = build_task(config)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
+    if objective.model_vocab_size(task.vocab_size) != model.config.vocab_size:
+        raise ConfigError(
+            f"the task as overridden has vocab_size {task.vocab_size}, the model of {run_dir} "
+            f"was trained on {model.config.vocab_size - objective.extra_tokens}; only overrides "
+            "that keep the vocabulary can be scored"
+        )
     torch.manual_seed(args.seed)
     metrics = task.evaluate(model, objective, split=args.split, max_tokens=args.max_tokens)
     print(json.dumps({"split": args.split, "objective": objective.name, **metrics}))
@@ -292,7 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="NLL / bits per byte of a trained run on a split")
+    p = sub.add_parser(
+        "eval",
+        help="NLL / bits per byte of a trained run on a split",
+        description="Score a trained run on a split of its task. --task.KEY VALUE overrides "
+        "score it on another setting of the task, e.g. --task.test_seq_len 1024 (length "
+        "extrapolation); the vocabulary must stay the same.",
+    )
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test")
     p.add_argument("--max-tokens", type=int, default=None)
@@ -391,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(rest)
-        if overrides and args.command not in ("train",):
+        if overrides and args.command not in ("train", "eval"):
             raise ConfigError(f"seqlab {args.command} takes no config overrides")
         return args.func(args, overrides)
     except SeqlabError as err:

@@ -92,3 +92,35 @@ def test_unknown_experiment_lists_builtins(capsys):
         load_compare_config("nope")
     assert main(["compare", "nope"]) == 2
     assert "quickstart" in capsys.readouterr().err
+
+
+def first_loss(run_dir):
+    import json
+
+    with open(run_dir / "metrics.jsonl") as handle:
+        return next(json.loads(line)["loss"] for line in handle if '"loss"' in line)
+
+
+def test_a_comparison_can_start_from_an_earlier_one(grid, tmp_path):
+    """`init_from`: each run of the second stage starts from the finished run of the same id
+    in the first; a missing predecessor is named before anything trains."""
+    import dataclasses
+
+    grid.grid = {"model.d_model": [16, 32]}
+    grid.lrs = [1e-2]
+    first = tmp_path / "first"
+    compare(grid, first, progress=False, plots=False)
+    second = dataclasses.replace(grid, init_from=str(first))
+    runs = expand(second)
+    for run in runs:
+        assert run.config.train.init_from == str(first / "runs" / run.run_id)
+    compare(second, tmp_path / "second", progress=False, plots=False)
+    for run in runs:
+        start, again = first / "runs" / run.run_id, tmp_path / "second" / "runs" / run.run_id
+        assert "init_from" in (again / "config.yaml").read_text()
+        assert first_loss(again) < first_loss(start) - 0.5, "the second stage starts trained"
+
+    second.seeds = [0, 1]
+    with pytest.raises(ConfigError, match=r"no finished run .*seed1; the earlier"):
+        compare(second, tmp_path / "third", progress=False, plots=False)
+    assert not (tmp_path / "third").exists(), "nothing trained"

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from seqlab.config import to_dict
+from seqlab.errors import ConfigError
 from seqlab.harness.grid import (
     HIGHER_IS_BETTER,
     CompareConfig,
@@ -95,6 +96,27 @@ def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
     }
     atomic_write_json(done, row)
     return row
+
+
+def check_earlier_stage(runs: list[Run], out: Path) -> None:
+    """Before anything trains: every run that will start from an earlier stage (`init_from`;
+    not finished, no checkpoint to resume from) finds that stage's finished run."""
+    from seqlab.train.checkpoint import latest_checkpoint
+
+    missing = [
+        run.config.train.init_from
+        for run in runs
+        if run.config.train.init_from
+        and not (Path(run.config.train.init_from) / "model.safetensors").is_file()
+        and not (out / "runs" / run.run_id / "result.json").is_file()
+        and latest_checkpoint(out / "runs" / run.run_id) is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"init_from: no finished run (model.safetensors) in {', '.join(missing)}; the "
+            "earlier comparison needs the same grid, learning rates and seeds, and must have "
+            "finished"
+        )
 
 
 def _pool_run(args: tuple[Run, str, int | None]) -> dict[str, Any]:
@@ -207,6 +229,7 @@ def compare(
 
     out = Path(out)
     runs = expand(config)
+    check_earlier_stage(runs, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", dump(config))
     rows = run_all(runs, out, workers or config.workers, progress)

@@ -11,6 +11,15 @@ A comparison YAML looks like
     seeds: [0, 1]                                       # mean ± std over seeds
     metric: {mqar: accuracy, text: bits_per_byte}       # ranking metric per task (optional)
     task_overrides: {text: {data.seq_len: 128}}         # extra dotted keys per task (optional)
+    init_from: runs/stage-1                             # optional, see below
+
+A comparison can be the next stage of an earlier one (a curriculum: short sequences first,
+then long ones): with ``init_from: DIR`` every run starts from the weights of the run of the
+same id (grid point, learning rate and seed) in the comparison written to ``DIR`` (a path
+relative to the working directory, like ``--out``), through ``train.init_from``. Run ids
+depend only on those, so the two comparisons must share their grid, learning rates and
+seeds; `compare` checks that every run still to train finds its finished predecessor before
+anything trains.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ class CompareConfig:
     metric: dict[str, str] = field(default_factory=dict)
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: int = 1
+    init_from: str | None = None
 
 
 @dataclass
@@ -147,7 +157,19 @@ def expand(config: CompareConfig) -> list[Run]:
                 apply_overrides(to_dict(experiment), {"train.lr": lr, "train.seed": seed}),
             )
             runs.append(Run(point, float(lr), int(seed), cell))
+    if config.init_from is not None:
+        runs = [_from_earlier_stage(run, Path(config.init_from)) for run in runs]
     return runs
+
+
+def _from_earlier_stage(run: Run, stage_dir: Path) -> Run:
+    """`run` set to start from the run of the same id in the comparison `stage_dir` (that it
+    has finished is checked by `compare` for the runs that still have to train)."""
+    source = stage_dir / "runs" / run.run_id
+    cell = from_dict(
+        ExperimentConfig, apply_overrides(to_dict(run.config), {"train.init_from": str(source)})
+    )
+    return Run(run.point, run.lr, run.seed, cell)
 
 
 def check_names(experiment: ExperimentConfig) -> None:

@@ -113,3 +113,34 @@ def test_selective_copy_without_a_curriculum_is_unchanged():
 def test_selective_copy_curriculum_options_are_validated(options):
     with pytest.raises(ConfigError, match="selective_copy"):
         make("selective_copy", seq_len=64, num_tokens=8, **options)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_selective_copy_test_rows_can_be_longer(split):
+    task = make("selective_copy", seq_len=64, num_tokens=8, alphabet_size=16, test_seq_len=256)
+    assert task.seq_len == 257 and task.vocab_size == 19
+    region = 248 if split == "test" else 56
+    for tokens, mask in rows(task, split):
+        content, marker, answers, scored = selective_copy_row(tokens, mask)
+        assert marker == region and len(content) == 8 and answers == content
+        assert scored.tolist() == list(range(region + 1, region + 9))
+    if split == "test":
+        positions = [np.flatnonzero(t[:region] >= 3) for t, _ in rows(task, split)]
+        assert max(p.max() for p in positions) > 200, "content spreads over the whole region"
+
+
+def test_selective_copy_longer_test_rows_leave_the_other_splits_unchanged():
+    plain = make("selective_copy", seq_len=32, num_tokens=4)
+    longer = make("selective_copy", seq_len=32, num_tokens=4, test_seq_len=128)
+    a, b = plain.batch("train", 3, 8, seed=1), longer.batch("train", 3, 8, seed=1)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+    (a,), (b,) = plain.eval_batches("validation", 32), longer.eval_batches("validation", 32)
+    assert torch.equal(a.tokens, b.tokens)
+    assert longer.eval_count("validation", 33 * 10) == 10, "validation rows counted at 33"
+    assert longer.eval_count("test", 129 * 10) == 10
+
+
+@pytest.mark.parametrize("test_seq_len", [32, 16, 64.0, True])
+def test_selective_copy_test_seq_len_is_validated(test_seq_len):
+    with pytest.raises(ConfigError, match="test_seq_len"):
+        make("selective_copy", seq_len=32, num_tokens=4, test_seq_len=test_seq_len)

@@ -128,8 +128,10 @@ def test_evaluation_sets_are_fixed_and_max_tokens_keeps_a_prefix(name, options):
         full = torch.cat([b.tokens for b in task.eval_batches(split, 5)])
         assert len(full) == EVAL["eval_examples"]
         assert torch.equal(full, torch.cat([b.tokens for b in other.eval_batches(split, 7)]))
-        capped = torch.cat([b.tokens for b in task.eval_batches(split, 5, 10 * task.seq_len)])
+        width = full.shape[1]  # the split's longest row: test rows may be longer
+        capped = torch.cat([b.tokens for b in task.eval_batches(split, 5, 10 * width)])
         assert torch.equal(capped, full[:10])
+        assert len(list(task.eval_batches(split, 100, 10 * width + width - 1))) == 1
     assert not torch.equal(
         task.eval_set("validation").tokens, task.batch("validation", 0, 24, seed=0).tokens
     )

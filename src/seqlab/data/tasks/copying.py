@@ -88,7 +88,11 @@ class SelectiveCopy(SyntheticTask):
     BLANK, then COPY, then the symbols in order of appearance, all scored. Under AR the model
     emits each symbol after COPY and the previous ones (the paper feeds one marker per output
     instead; under `ar` every target is also the next input, so that format would need another
-    objective). Test rows follow the training distribution (held-out examples).
+    objective). Test rows follow the training distribution (held-out examples), unless
+    ``test_seq_len`` is set: then test rows have a region of ``test_seq_len - num_tokens``
+    positions (length extrapolation: the same content among many more blanks, which a
+    selective model can skip and a time-invariant one cannot), and the task's ``seq_len``
+    covers them; training and validation rows keep ``seq_len``.
 
     Example (``seq_len=10, num_tokens=3``; symbols a=3, b=4; _ is BLANK; scored in brackets)::
 
@@ -112,6 +116,7 @@ class SelectiveCopy(SyntheticTask):
         eval_examples: int = 512,
         curriculum_start: int | None = None,
         curriculum_steps: int = 0,
+        test_seq_len: int | None = None,
     ) -> None:
         check(
             isinstance(num_tokens, int)
@@ -127,11 +132,23 @@ class SelectiveCopy(SyntheticTask):
         self.curriculum = check_curriculum(
             "selective_copy", curriculum_start, curriculum_steps, (1, num_tokens), "1 .. num_tokens"
         )
+        check(
+            test_seq_len is None
+            or (
+                isinstance(test_seq_len, int)
+                and not isinstance(test_seq_len, bool)
+                and test_seq_len > seq_len
+            ),
+            f"selective_copy: test_seq_len must be an integer > seq_len={seq_len!r} (or unset), "
+            f"got {test_seq_len!r}",
+        )
         self.region = seq_len - num_tokens
+        self.test_region = self.region if test_seq_len is None else test_seq_len - num_tokens
+        self.test_is_longer = test_seq_len is not None
         self.num_tokens = num_tokens
         self.alphabet_size = alphabet_size
         self.vocab_size = alphabet_size + 3
-        self.seq_len = seq_len + 1
+        self.seq_len = (seq_len if test_seq_len is None else test_seq_len) + 1
         super().__init__(eval_examples=eval_examples)
 
     def train_tokens(self, step: int) -> int:
@@ -149,13 +166,14 @@ class SelectiveCopy(SyntheticTask):
         count = self.num_tokens
         if self.level is not None:  # set by `batch` for training rows only
             count = self.level
-        positions = np.sort(rng.permutation(self.region)[:count])
+        region = self.test_region if split == "test" else self.region
+        positions = np.sort(rng.permutation(region)[:count])
         content = 3 + rng.integers(0, self.alphabet_size, count)
-        length = self.region + 1 + count
+        length = region + 1 + count
         tokens = np.full(length, BLANK, dtype=np.int64)
         tokens[positions] = content
-        tokens[self.region] = COPY
-        tokens[self.region + 1 :] = content
+        tokens[region] = COPY
+        tokens[region + 1 :] = content
         scored = np.zeros(length, dtype=bool)
-        scored[self.region + 1 :] = True
+        scored[region + 1 :] = True
         return Example(tokens, scored)

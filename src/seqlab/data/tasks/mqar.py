@@ -125,7 +125,7 @@ class MQAR(SyntheticTask):
         metrics = super().evaluate(
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
-        counts = np.asarray(self.eval_set(split).infos[: self.eval_count(max_tokens)])
+        counts = np.asarray(self.eval_set(split).infos[: self.eval_count(split, max_tokens)])
         if len(set(counts.tolist())) > 1:
             result = self.eval_predictions(
                 model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens

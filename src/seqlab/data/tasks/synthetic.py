@@ -17,7 +17,7 @@ that into the `Task` contract:
 * **Evaluation sets** are fixed: ``eval_examples`` examples per split from a generator seeded
   with a constant of its own (`EVAL_STREAM`), independent of the training seed, so every run
   is scored on the same examples. ``max_tokens`` keeps a prefix of
-  ``max_tokens // seq_len`` rows.
+  ``max_tokens // width`` rows, where width is the split's longest row.
 * **Splits.** ``train`` and ``validation`` follow the training distribution; ``test`` is the
   task's evaluation distribution, which may be longer (length extrapolation).
 * **Disjointness by construction.** Every example has a partition key (its tokens unless the
@@ -231,22 +231,25 @@ class SyntheticTask(Task):
             self._eval_sets[split] = EvalSet(tokens, mask, [e.info for e in examples])
         return self._eval_sets[split]
 
-    def eval_count(self, max_tokens: int | None) -> int:
-        """How many evaluation rows `max_tokens` allows (all when None)."""
+    def eval_count(self, split: str, max_tokens: int | None) -> int:
+        """How many of `split`'s evaluation rows `max_tokens` allows (all when None), counting
+        each row at the split's padded width: where test rows are longer, validation keeps
+        as many rows as its own length allows."""
         if max_tokens is None:
             return self.eval_examples
-        if max_tokens < self.seq_len:
+        width = int(self.eval_set(split).tokens.shape[1])
+        if max_tokens < width:
             raise ValueError(
-                f"max_tokens={max_tokens} is less than one example of seq_len={self.seq_len}"
+                f"max_tokens={max_tokens} is less than one {split} example of {width} tokens"
             )
-        return min(self.eval_examples, max_tokens // self.seq_len)
+        return min(self.eval_examples, max_tokens // width)
 
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        count = self.eval_count(max_tokens)
+        count = self.eval_count(split, max_tokens)
         data = self.eval_set(split)
         for start in range(0, count, batch_size):
             rows = slice(start, min(start + batch_size, count))
@@ -273,7 +276,7 @@ class SyntheticTask(Task):
             ]
         finally:
             model.train(was_training)
-        count = self.eval_count(max_tokens)
+        count = self.eval_count(split, max_tokens)
         data = self.eval_set(split)
         return Predictions(
             data.tokens[:count],
