@@ -59,6 +59,11 @@ def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -
         f"{max(r['seeds'] for r in results)} seed(s). NLL is in nats per scored token "
         "(≤ marks a bound)."
     )
+    if config.init_from is not None:
+        lines[-1] += (
+            f" Every run continues the run of the same id in `{config.init_from}` (an earlier "
+            "stage); train FLOPs and time count this stage only."
+        )
     for label, rows in group_by_task(results).items():
         rows = ranked(rows)
         metric = rows[0]["metric"]
