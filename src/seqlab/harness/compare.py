@@ -56,7 +56,7 @@ def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
     from seqlab.train import train
     from seqlab.train.checkpoint import latest_checkpoint
 
-    run_dir = Path(out) / "runs" / run.run_id
+    run_dir = run.directory(out)
     done = run_dir / "result.json"
     if done.is_file():
         return read_json(done)
@@ -108,8 +108,8 @@ def check_earlier_stage(runs: list[Run], out: Path) -> None:
         for run in runs
         if run.config.train.init_from
         and not (Path(run.config.train.init_from) / "model.safetensors").is_file()
-        and not (out / "runs" / run.run_id / "result.json").is_file()
-        and latest_checkpoint(out / "runs" / run.run_id) is None
+        and not (run.directory(out) / "result.json").is_file()
+        and latest_checkpoint(run.directory(out)) is None
     ]
     if missing:
         raise ConfigError(

@@ -24,6 +24,7 @@ anything trains.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -82,6 +83,10 @@ class Run:
     @property
     def run_id(self) -> str:
         return f"{self.point_id}__lr{self.lr:g}__seed{self.seed}"
+
+    def directory(self, out: str | os.PathLike[str]) -> Path:
+        """This run's training directory in the comparison written to `out`."""
+        return Path(out) / "runs" / self.run_id
 
 
 def experiments_dir() -> Path:
@@ -165,11 +170,8 @@ def expand(config: CompareConfig) -> list[Run]:
 def _from_earlier_stage(run: Run, stage_dir: Path) -> Run:
     """`run` set to start from the run of the same id in the comparison `stage_dir` (that it
     has finished is checked by `compare` for the runs that still have to train)."""
-    source = stage_dir / "runs" / run.run_id
-    cell = from_dict(
-        ExperimentConfig, apply_overrides(to_dict(run.config), {"train.init_from": str(source)})
-    )
-    return Run(run.point, run.lr, run.seed, cell)
+    train = dataclasses.replace(run.config.train, init_from=str(run.directory(stage_dir)))
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, train=train))
 
 
 def check_names(experiment: ExperimentConfig) -> None:
