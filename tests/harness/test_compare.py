@@ -115,9 +115,10 @@ def test_a_comparison_can_start_from_an_earlier_one(grid, tmp_path):
     for run in runs:
         assert run.config.train.init_from == str(first / "runs" / run.run_id)
     compare(second, tmp_path / "second", progress=False, plots=False)
-    assert f"continues the run of the same id in `{first}`" in (
-        tmp_path / "second" / "results.md"
-    ).read_text()
+    assert (
+        f"continues the run of the same id in `{first}`"
+        in (tmp_path / "second" / "results.md").read_text()
+    )
     assert "earlier stage" not in (first / "results.md").read_text()
     for run in runs:
         start, again = first / "runs" / run.run_id, tmp_path / "second" / "runs" / run.run_id

@@ -113,6 +113,14 @@ def drop_last(cache: KVCache, drop: Tensor) -> KVCache:
     return compact_cache(KVCache(cache.k, cache.v, positions, cache.offset - drop))
 
 
+def forget_last(cache: KVCache, n: int) -> KVCache:
+    """Forget the `n` newest entries of every row (rows are left-padded, so the last `n`
+    columns)."""
+    if n == 0:
+        return cache
+    return KVCache(cache.k[:, :-n], cache.v[:, :-n], cache.positions[:, :-n], cache.offset - n)
+
+
 def is_kv_only(state: State) -> bool:
     """True when every layer state of a model state is a KV cache."""
     return all(isinstance(s, KVCache) for s in state)
