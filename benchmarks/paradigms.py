@@ -10,10 +10,10 @@ BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
 block-diffusion sampling of the `--sample-cells` models (default block-16): `ancestral`,
 and `confidence` (Fast-dLLM threshold, KV cache of finished blocks; argmax candidates at
-T=0, drawn ones at T=1). It reports tokens/s, NFE, and sample quality as the AR model's
-NLL of the continuations (lower is better; the AR model judging its own samples favours
-AR) beside the share of distinct 4-grams (greedy decoders reach a low NLL by repeating
-themselves).
+T=0, drawn ones at each other `--temperatures` value). It reports tokens/s, NFE, and sample
+quality as the AR model's NLL of the continuations (lower is better; the AR model judging
+its own samples favours AR) beside the share of distinct 4-grams (greedy decoders reach a
+low NLL by repeating themselves). Each row is compared with AR at its own temperature.
 
     PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
     PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
@@ -101,6 +101,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[0.9, 0.7, 0.5],
         help="confidence sampler thresholds to compare",
+    )
+    p.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0],
+        help="confidence sampler temperatures (0: argmax candidates); each row is compared "
+        "with AR at its own temperature (AR greedy at 0)",
     )
     p.add_argument(
         "--cells",
@@ -215,6 +223,11 @@ def distinct(tokens: torch.Tensor, n: int = 4) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
+def ar_label(temperature: float) -> str:
+    """The AR row a sampler at `temperature` is compared with."""
+    return "ar greedy" if temperature == 0 else f"ar sample, T={temperature:g}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -269,11 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     reference = batch.tokens[: args.prompts, : args.prompt_len + args.new_tokens]
     new = args.new_tokens
     runs: dict[str, Callable[[torch.Tensor, int], Generation]] = {
-        "ar sample": lambda x, seed: seqlab.generate(
-            judge, x, max_new_tokens=new, sampler="sample", seed=seed
-        ),
         "ar greedy": lambda x, _: seqlab.generate(judge, x, max_new_tokens=new, sampler="greedy"),
     }
+    for temperature in sorted({1.0, *args.temperatures} - {0.0}, reverse=True):
+        runs[ar_label(temperature)] = lambda x, seed, t=temperature: seqlab.generate(
+            judge, x, max_new_tokens=new, sampler="sample", temperature=t, seed=seed
+        )
+    baselines = {}  # row -> the AR row it is compared with
     for label in samplers:
         model, parts = trained[label]
         diffusion = {"max_new_tokens": new, "objective": parts.objective}
@@ -282,9 +297,11 @@ def main(argv: list[str] | None = None) -> None:
                 model, x, sampler="ancestral", seed=seed, **diffusion
             )
         )
-        for temperature in (0.0, 1.0):
+        for temperature in args.temperatures:
             for threshold in args.thresholds:
-                runs[f"{label} confidence {threshold}, T={temperature:g}"] = (
+                row = f"{label} confidence {threshold}, T={temperature:g}"
+                baselines[row] = ar_label(temperature)
+                runs[row] = (
                     lambda x, seed, model=model, diffusion=diffusion, h=threshold, t=temperature: (
                         seqlab.generate(
                             model,
@@ -302,18 +319,21 @@ def main(argv: list[str] | None = None) -> None:
         f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "
         f"prompts in batches of {size} (median of 3 runs; NFE: model calls per batch)\n"
     )
-    print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR sample | distinct 4-grams |")
+    print(
+        "(vs AR: tokens/s and judged NLL against AR sampling at the row's temperature, "
+        "AR greedy at T=0; AR rows against AR sampling at T=1)\n"
+    )
+    print("| sampler | tokens/s | NFE | AR-judged NLL | vs AR | distinct 4-grams |")
     print("|---|---|---|---|---|---|")
     results = {}
     for label, run in runs.items():
         run(prompt[:size], 0)  # warm-up
         outs = [in_batches(run, prompt, size) for _ in range(3)]
         seconds = sorted(o.seconds for o in outs)[1]
-        results[label] = (args.prompts * args.new_tokens / seconds, outs[0])
-    base_speed, base_out = results["ar sample"]
-    base_nll = judged_nll(judge, base_out.tokens, args.prompt_len)
-    for label, (speed, out) in results.items():
-        nll = judged_nll(judge, out.tokens, args.prompt_len)
+        nll = judged_nll(judge, outs[0].tokens, args.prompt_len)
+        results[label] = (args.prompts * args.new_tokens / seconds, outs[0], nll)
+    for label, (speed, out, nll) in results.items():
+        base_speed, _, base_nll = results[baselines.get(label, ar_label(1.0))]
         print(
             f"| {label} | {speed:.0f} | {out.nfe:.4g} | {nll:.4f} | "
             f"{speed / base_speed:.2f}x speed, {nll / base_nll - 1:+.1%} NLL | "

@@ -25,7 +25,7 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     for label in ("block-4", "block-16", "masked"):  # ELBO bounds: mean ± standard error
         assert re.match(rf"\| {label} \| ≤ \d+\.\d{{4}} ± \d+\.\d{{4}} \| ", rows[label])
     assert re.match(r"\| ar \| \d+\.\d{4} \| ", rows["ar"])  # exact: one evaluation
-    assert "| ar sample | " in out and "| block-16 confidence 0.5, T=0 | " in out
+    assert "| ar sample, T=1 | " in out and "| block-16 confidence 0.5, T=0 | " in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ar", "block-16", "block-4", "masked"]
 
     # --cells: only the named paradigms; finished runs are reused, sampling needs block-16
@@ -37,11 +37,16 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     # conversion: block diffusion started from the ar cell's weights, sampled beside AR
     argv = ["--quick", "--threads", "1", "--out", str(tmp_path), "--thresholds", "0.5"]
     argv += ["--cells", "ar", "block-4-from-ar", "--sample-cells", "block-4-from-ar"]
-    argv += ["--sample-batch", "1"]
+    argv += ["--sample-batch", "1", "--temperatures", "0.7"]
     paradigms.main(argv)
     out = capsys.readouterr().out
     assert re.search(r"\| block-4-from-ar \| ≤ \d+\.\d{4} ± ", out)
-    assert "| block-4-from-ar confidence 0.5, T=1 | " in out
+    assert "T=1 | " not in out.replace("| ar sample, T=1 | ", "")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()}
+    ar_nll = float(rows["ar sample, T=0.7"][3])
+    row = rows["block-4-from-ar confidence 0.5, T=0.7"]
+    percent = float(re.search(r"([-+]\d+\.\d)% NLL", row[4]).group(1))
+    assert percent == pytest.approx(100 * (float(row[3]) / ar_nll - 1), abs=0.051)
     assert "2 x 16 tokens after 8-token prompts in batches of 1" in out
     config = (tmp_path / "block-4-from-ar" / "config.yaml").read_text()
     assert "init_from" in config and "shift: true" in config
