@@ -223,6 +223,17 @@ def distinct(tokens: torch.Tensor, n: int = 4) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
+@torch.no_grad()
+def confident_share(
+    judge: seqlab.model.Model, tokens: torch.Tensor, thresholds: list[float]
+) -> dict[float, float]:
+    """Share of next-token predictions of the AR `judge` on `tokens [B, L]` whose largest
+    probability exceeds each threshold: with the whole left context known, how often a
+    confidence rule could commit a position at all."""
+    top = judge(tokens)[0][:, :-1].float().softmax(-1).amax(-1)
+    return {h: float((top > h).float().mean()) for h in thresholds}
+
+
 def ar_label(temperature: float) -> str:
     """The AR row a sampler at `temperature` is compared with."""
     return "ar greedy" if temperature == 0 else f"ar sample, T={temperature:g}"
@@ -314,6 +325,13 @@ def main(argv: list[str] | None = None) -> None:
                         )
                     )
                 )
+    rows = next(iter(ar_parts.task.eval_batches("test", 64))).tokens
+    shares = confident_share(judge, rows, args.thresholds)
+    print(
+        "\nAR model's next-token confidence on test text (share of positions whose top "
+        "probability exceeds the threshold): "
+        + ", ".join(f"> {h:g}: {share:.3f}" for h, share in shares.items())
+    )
     size = args.sample_batch or args.prompts
     print(
         f"\nSampling {args.prompts} x {args.new_tokens} tokens after {args.prompt_len}-token "

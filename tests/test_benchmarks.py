@@ -27,6 +27,9 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     assert re.match(r"\| ar \| \d+\.\d{4} \| ", rows["ar"])  # exact: one evaluation
     assert "| ar sample, T=1 | " in out and "| block-16 confidence 0.5, T=0 | " in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ar", "block-16", "block-4", "masked"]
+    confident = re.search(r"> 0\.9: (\S+), > 0\.7: (\S+), > 0\.5: (\S+)\n", out)
+    shares = [float(share) for share in confident.groups()]
+    assert 0 <= shares[0] <= shares[1] <= shares[2] <= 1  # a lower bar admits more positions
 
     # --cells: only the named paradigms; finished runs are reused, sampling needs block-16
     paradigms.main(["--quick", "--threads", "1", "--out", str(tmp_path), "--cells", "ar"])
