@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     for run in runs.values():
         run(prompt[:size], 0)  # warm-up
     # three rounds over every row, so that load on the machine hits all rows alike
-    rounds = [{label: in_batches(run, prompt, size) for label, run in runs.items()} for _ in "abc"]
+    rounds = [
+        {label: in_batches(run, prompt, size) for label, run in runs.items()} for _ in range(3)
+    ]
     results = {}
     for label in runs:
         outs = [done[label] for done in rounds]

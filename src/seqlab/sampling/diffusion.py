@@ -15,9 +15,9 @@ model reads depends on the objective it was trained with:
   Both give the same logits: the cache is exact. A KV cache takes the blocks finished
   since the last step in the same pass as the next block's first step, then forgets that
   block's entries; a recurrent state, which cannot forget, is prefilled in a pass of its
-  own. Prompt tokens that share a block with new
-  tokens are that block's already-unmasked tokens. A `shift` objective reads x̂_0 at i from
-  the output at i − 1: for the block's first position, the last output of the clean prefix.
+  own. Prompt tokens that share a block with new tokens are that block's already-unmasked
+  tokens. A `shift` objective reads x̂_0 at i from the output at i − 1: for the block's
+  first position, the last output of the clean prefix.
 
 Samplers: `ancestral` (the reverse process; a step that changed nothing reuses the last
 prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per step),
@@ -134,7 +134,7 @@ class Context:
     def _prefill_with_block(self, x: Tensor, start: int, end: int) -> Tensor:
         """One pass over the finished clean blocks and the current block, block-causally (the
         block reads them and itself, as on top of the cache); the cache then forgets the
-        block's entries. Saves the separate prefill pass per block (Fast-dLLM's block cache)."""
+        block's entries. Saves the separate prefill pass per block."""
         out, state = self.model(
             x[:, self.cached : end], self.state, layout=Layout.block_causal(self.block)
         )
