@@ -40,6 +40,14 @@ def test_drop_last_forgets_per_row_and_compacts():
     cache = drop_last(s1[0], torch.tensor([2, 0]))
     assert cache.positions.tolist() == [[-1, -1, 0, 1, 2], [0, 1, 2, 3, 4]]
     assert cache.offset.tolist() == [3, 5]
+    # an int forgets as many in every row, by slicing: the same cache as the per-row form
+    sliced, compacted = drop_last(cache, 1), drop_last(cache, torch.tensor([1, 1]))
+    assert sliced.positions.tolist() == [[-1, -1, 0, 1], [0, 1, 2, 3]]
+    assert torch.equal(sliced.positions, compacted.positions)
+    assert torch.equal(sliced.offset, compacted.offset)
+    valid = sliced.positions >= 0  # padding entries are never read; their values may differ
+    assert torch.equal(sliced.k[valid], compacted.k[valid])
+    assert torch.equal(sliced.v[valid], compacted.v[valid])
 
 
 def test_rewind_matches_feeding_only_the_kept_tokens():

@@ -49,7 +49,7 @@ from seqlab.objectives.diffusion import Diffusion
 from seqlab.objectives.noise import absorbing_posterior, uniform_posterior
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation
-from seqlab.sampling.state import forget_last, is_kv_only
+from seqlab.sampling.state import drop_last, is_kv_only
 
 
 def diffusion_objective(model: Model, objective: Objective | str | None) -> Diffusion:
@@ -138,7 +138,7 @@ class Context:
         out, state = self.model(
             x[:, self.cached : end], self.state, layout=Layout.block_causal(self.block)
         )
-        self.state = tuple(forget_last(cache, end - start) for cache in state)
+        self.state = tuple(drop_last(cache, end - start) for cache in state)
         clean = start - self.cached
         self.prefix_last = out[:, clean - 1 : clean]
         self.cached = start

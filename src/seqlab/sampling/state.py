@@ -104,21 +104,20 @@ def compact_cache(cache: KVCache) -> KVCache:
     )
 
 
-def drop_last(cache: KVCache, drop: Tensor) -> KVCache:
-    """Forget the last `drop[i]` entries of row i (all rows wrote the same last columns)."""
+def drop_last(cache: KVCache, drop: Tensor | int) -> KVCache:
+    """Forget the last `drop[i]` entries of row i (all rows wrote the same last columns).
+    An int forgets as many in every row: rows are left-padded, so those are the last
+    columns, sliced off without compacting."""
+    if isinstance(drop, int):
+        if drop == 0:
+            return cache
+        k, v, positions = (s[:, :-drop] for s in (cache.k, cache.v, cache.positions))
+        return KVCache(k, v, positions, cache.offset - drop)
     t = cache.k.shape[1]
     column = torch.arange(t, device=drop.device)
     forget = column[None] >= (t - drop)[:, None]
     positions = cache.positions.masked_fill(forget, -1)
     return compact_cache(KVCache(cache.k, cache.v, positions, cache.offset - drop))
-
-
-def forget_last(cache: KVCache, n: int) -> KVCache:
-    """Forget the `n` newest entries of every row (rows are left-padded, so the last `n`
-    columns)."""
-    if n == 0:
-        return cache
-    return KVCache(cache.k[:, :-n], cache.v[:, :-n], cache.positions[:, :-n], cache.offset - n)
 
 
 def is_kv_only(state: State) -> bool:
