@@ -122,7 +122,7 @@ def bench_decode(contexts: tuple[int, int], d_model: int, steps: int, repeats: i
     from seqlab.harness.bench import interleaved_decode_rates
     from seqlab.registry import MIXERS
 
-    fixed = [n for n in MIXERS.names() if MIXERS.get(n).meta.get("state") == "fixed"]
+    fixed = [n for n in MIXERS.names() if MIXERS.get(n).declared("state_kind") == "fixed"]
     print(
         f"\n## Decode: ms per token after a context of {contexts[0]} vs {contexts[1]} "
         f"(d_model {d_model}, 2 layers, batch 1; {repeats} interleaved rounds of {steps} "

@@ -16,6 +16,7 @@ from seqlab.config import (
 )
 from seqlab.io import load, save
 from seqlab.model import build_model
+from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
 from seqlab.sampling import Generation, generate
 
 __version__ = "0.1.0"
@@ -42,27 +43,16 @@ __all__ = [
 
 
 def list_mixers() -> list[str]:
-    import seqlab.mixers  # noqa: F401
-    from seqlab.registry import MIXERS
-
     return MIXERS.names()
 
 
 def list_objectives() -> list[str]:
-    import seqlab.objectives  # noqa: F401
-    from seqlab.registry import OBJECTIVES
-
     return OBJECTIVES.names()
 
 
 def list_tasks() -> list[str]:
-    import seqlab.data.tasks  # noqa: F401
-    from seqlab.registry import TASKS
-
     return TASKS.names()
 
 
 def list_samplers() -> list[str]:
-    from seqlab.registry import SAMPLERS
-
     return SAMPLERS.names()

@@ -107,7 +107,6 @@ def diffusion_options(
     sampler: str, args: argparse.Namespace, config: ExperimentConfig, vocab_size: int
 ) -> dict[str, Any]:
     """The run's own objective plus the `seqlab sample` flags this diffusion sampler takes."""
-    import inspect
 
     from seqlab.objectives import build_objective
     from seqlab.registry import SAMPLERS
@@ -123,7 +122,7 @@ def diffusion_options(
         "temperature": args.temperature,
         "seed": args.seed,
     }
-    accepted = inspect.signature(SAMPLERS.get(sampler).factory).parameters
+    accepted = SAMPLERS.get(sampler).parameters()
     return {k: v for k, v in wanted.items() if k in accepted and v is not None}
 
 
@@ -184,7 +183,7 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         }
         if not greedy:
             options.update(filters)
-    elif SAMPLERS.get(sampler).meta.get("paradigm") == "diffusion":
+    elif SAMPLERS.get(sampler).declared("paradigm") == "diffusion":
         options = diffusion_options(sampler, args, config, tokenizer.vocab_size)
     else:  # other registered samplers take the options `seqlab sample` always passed
         options = (
@@ -227,15 +226,15 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    import seqlab.mixers  # noqa: F401
     from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
     from seqlab.harness.compare import write_csv
+    from seqlab.mixers.base import LayoutKind
     from seqlab.registry import MIXERS
 
     mixers = (
         args.mixers.split(",")
         if args.mixers
-        else [n for n in MIXERS.names() if "causal" in MIXERS.get(n).meta.get("layouts", ())]
+        else [n for n in MIXERS.names() if LayoutKind.CAUSAL in MIXERS.get(n).target.layouts]
     )
     for name in mixers:
         MIXERS.get(name)
@@ -269,10 +268,6 @@ def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    import seqlab.data.tasks  # noqa: F401
-    import seqlab.mixers  # noqa: F401
-    import seqlab.objectives  # noqa: F401
-    import seqlab.sampling  # noqa: F401
     from seqlab.config import list_presets
     from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
 

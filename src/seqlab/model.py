@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.mixers.base import Layout, Mixer
+from seqlab.registry import MIXERS
 
 ModelState = tuple
 
@@ -63,11 +64,10 @@ class _GatedSiLU(torch.autograd.Function):
 
 
 def build_mixer(name: str, config: ModelConfig, layer: int) -> Mixer:
-    """Instantiate mixer `name` for `layer`, passing `config.mixer_options[name]` as kwargs."""
-    import seqlab.mixers  # noqa: F401  (registers the built-in mixers)
-    from seqlab.registry import MIXERS, build_with_options
-
-    return build_with_options(MIXERS, name, config, layer, **config.mixer_options.get(name, {}))
+    """Mixer `name` (registered, or an import path `package.module:Name`) for `layer`, with
+    `config.mixer_options[name]` as its options."""
+    mixer_class = MIXERS.get(name).target
+    return mixer_class.from_config(config, layer, **config.mixer_options.get(name, {}))
 
 
 class Block(nn.Module):
@@ -95,8 +95,6 @@ class Model(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        from seqlab.registry import MIXERS
-
         self.config = config
         names = config.layer_names()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -106,9 +104,7 @@ class Model(nn.Module):
         self.tied = config.tie_embeddings
         if self.tied:
             self.head.weight = self.embed.weight
-        self.layouts = set.intersection(
-            *(set(MIXERS.get(n).meta.get("layouts", ("causal",))) for n in names)
-        )
+        self.layouts = frozenset.intersection(*(block.mixer.layouts for block in self.blocks))
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -167,8 +163,8 @@ class Model(nn.Module):
             )
         if layout.kind not in self.layouts:
             raise SeqlabError(
-                f"layout {layout.kind!r} is not supported by mixers {self.config.layer_names()}; "
-                f"supported: {sorted(self.layouts)}"
+                f"layout {layout.kind.value!r} is not supported by mixers "
+                f"{self.config.layer_names()}; supported: {sorted(str(k) for k in self.layouts)}"
             )
         if state is not None and len(state) != len(self.blocks):
             raise ShapeError(f"state must hold {len(self.blocks)} layer states, got {len(state)}")

@@ -1,4 +1,16 @@
-"""Name -> factory registries with metadata: MIXERS, OBJECTIVES, SAMPLERS, TASKS.
+"""Registries that read the code: MIXERS, OBJECTIVES, SAMPLERS, TASKS.
+
+A component registers itself where it is defined (`@MIXERS.register("gla")` on the class, or
+on the function for samplers); its options are the keyword parameters of its constructor or
+function, read from the signature, and what it declares about itself (a mixer's `layouts`
+and `state_kind`, a sampler's `paradigm`) is an attribute of the class or function, so
+nothing is stated twice.
+
+Discovery: the first lookup imports every module of the registry's package (a new module in
+`seqlab/mixers/` needs no edit anywhere else) and every installed entry point of its group
+(`seqlab.mixers`, `seqlab.objectives`, `seqlab.samplers`, `seqlab.tasks`). Any place that
+takes a name also takes an import path `package.module:Name`, so a user's component outside
+this repository needs no registration at all.
 
 Presets (named experiment configs) are YAML files in `seqlab/presets`, listed by
 `seqlab.config.list_presets`.
@@ -6,97 +18,232 @@ Presets (named experiment configs) are YAML files in `seqlab/presets`, listed by
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import inspect
+import pkgutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from seqlab.errors import UnknownNameError
+from seqlab.errors import ConfigError, UnknownNameError
+
+IMPORT_PATH_SEPARATOR = ":"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered component: its factory and what it declares about itself."""
+    """One component: its name, the class or function itself, and the registry it is in."""
 
     name: str
-    factory: Callable[..., Any]
-    description: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    target: Any
+    registry: Registry
+
+    @property
+    def description(self) -> str:
+        """The first paragraph of the target's docstring, on one line."""
+        paragraph = (inspect.getdoc(self.target) or "").strip().split("\n\n")[0]
+        return " ".join(paragraph.split())
+
+    def declared(self, key: str) -> Any:
+        """What the component declares about itself (`layouts`, `state_kind`, `paradigm`)."""
+        if key not in self.registry.declarations:
+            raise KeyError(f"{self.registry.kind}s declare {sorted(self.registry.declarations)}")
+        return getattr(self.target, key, self.registry.declarations[key])
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The options: keyword parameters of the constructor or function, in order, without
+        the leading arguments that every component of the registry receives positionally."""
+        params = list(inspect.signature(self.target).parameters.values())
+        params = params[self.registry.positional :]
+        return {
+            p.name: p
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def options(self) -> dict[str, Any]:
+        """Option name -> default (`inspect.Parameter.empty` where the option is required)."""
+        return {name: p.default for name, p in self.parameters().items()}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise ConfigError naming the valid options when one is unknown."""
+        valid = self.parameters()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {unknown} for {self.registry.kind} {self.name!r}; valid "
+                "options: " + (", ".join(valid) or "none")
+            )
+
+    def build(self, *args: Any, **options: Any) -> Any:
+        """Call the target with the registry's leading arguments and checked options."""
+        self.check_options(options)
+        try:
+            inspect.signature(self.target).bind(*args, **options)
+        except TypeError as err:
+            raise ConfigError(
+                f"{self.registry.kind} {self.name!r}: bad options {options}: {err}"
+            ) from None
+        return self.target(*args, **options)
 
 
 class Registry:
-    """A table of named factories of one kind ("mixer", "objective", ...)."""
+    """The components of one kind, found in `package`, in entry-point `group`, or by path.
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    `base`: the import path of the class every target must subclass (None for function
+    registries), resolved on first use, so that this module imports nothing of seqlab's
+    components and every component module may import it.
+    `positional`: how many leading parameters every target receives positionally and so are
+    not options (samplers: model, prompt, max_new_tokens).
+    `declarations`: the attributes a component may declare, with their defaults.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        package: str,
+        *,
+        base: str | None = None,
+        positional: int = 0,
+        declarations: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind, self.package = kind, package
+        self.group = package.replace("seqlab.data.", "seqlab.")
+        self._base = base
+        self.positional = positional
+        self.declarations = dict(declarations or {})
         self._entries: dict[str, Entry] = {}
+        self._by_path: dict[str, Entry] = {}
+        self._discovered = False
 
-    def register(
-        self, name: str, *, description: str = "", **meta: Any
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering `factory` under `name`; a second registration is an error."""
+    def register(self, name: str, **declared: Any) -> Callable[[Any], Any]:
+        """Decorator: register the class or function under `name`, setting what it declares
+        (e.g. `layouts=...` on a mixer) as attributes of the target."""
+        unknown = sorted(set(declared) - set(self.declarations))
+        if unknown:
+            raise TypeError(
+                f"{self.kind}s declare only {sorted(self.declarations)}, got {unknown}"
+            )
 
-        def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-            if name in self._entries:
+        def decorate(target: Any) -> Any:
+            if name in self._entries and self._entries[name].target is not target:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            doc = description or (factory.__doc__ or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, factory, doc, dict(meta))
-            return factory
+            for key, value in declared.items():
+                setattr(target, key, value)
+            self._entries[name] = Entry(name, target, self)
+            return target
 
         return decorate
 
     def get(self, name: str) -> Entry:
+        """The entry registered as `name`, or the object at import path `package.module:Name`."""
+        if not isinstance(name, str):
+            raise ConfigError(f"a {self.kind} is named by a string, got {name!r}")
+        if IMPORT_PATH_SEPARATOR in name:
+            return self._from_path(name)
+        self.discover()
         try:
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, self._entries) from None
 
-    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name).factory(*args, **kwargs)
+    def entry_for(self, target: Any) -> Entry:
+        """The entry of a class or function given directly (registered or not)."""
+        self.discover()
+        for entry in self._entries.values():
+            if entry.target is target:
+                return entry
+        self._check_target(target, getattr(target, "__qualname__", repr(target)))
+        path = f"{target.__module__}{IMPORT_PATH_SEPARATOR}{target.__qualname__}"
+        return Entry(path, target, self)
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        return self.get(name).build(*args, **options)
 
     def names(self) -> list[str]:
+        self.discover()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
+        self.discover()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def discover(self) -> None:
+        """Import every module of the package and every entry point of the group, once."""
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for module in pkgutil.walk_packages(package.__path__, f"{self.package}."):
+            importlib.import_module(module.name)
+        for point in importlib.metadata.entry_points(group=self.group):
+            if point.name in self._entries:
+                continue
+            try:
+                target = point.load()
+            except Exception as err:
+                raise ConfigError(
+                    f"entry point {point.name!r} of {self.group} ({point.value}) does not "
+                    f"import: {type(err).__name__}: {err}"
+                ) from None
+            self._check_target(target, point.value)
+            self._entries[point.name] = Entry(point.name, target, self)
 
-MIXERS = Registry("mixer")
-OBJECTIVES = Registry("objective")
-SAMPLERS = Registry("sampler")
-TASKS = Registry("task")
-
-
-def build_with_options(registry: Registry, name: str, *args: Any, **options: Any) -> Any:
-    """`registry.build(name, *args, **options)`, naming the valid options when one is unknown.
-
-    The valid options are the factory's keyword parameters, or `meta["options"]` when the
-    factory forwards `**kwargs`.
-    """
-    import inspect
-
-    from seqlab.errors import ConfigError
-
-    entry = registry.get(name)
-    params = inspect.signature(entry.factory).parameters
-    positional = list(params)[: len(args)]
-    valid = entry.meta.get("options")
-    if valid is None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = [p for p in params if p not in positional]
-    if valid is not None:
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
+    def _from_path(self, path: str) -> Entry:
+        if path in self._by_path:
+            return self._by_path[path]
+        module_name, _, attribute = path.partition(IMPORT_PATH_SEPARATOR)
+        if not module_name or not attribute:
             raise ConfigError(
-                f"unknown option(s) {unknown} for {registry.kind} {name!r}; valid options: "
-                + (", ".join(sorted(valid)) or "none")
+                f"{self.kind} import path {path!r} must look like package.module:Name"
             )
-    try:
-        inspect.signature(entry.factory).bind(*args, **options)
-    except TypeError as err:
-        raise ConfigError(f"{registry.kind} {name!r}: bad options {options}: {err}") from None
-    return entry.factory(*args, **options)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:
+            raise ConfigError(
+                f"{self.kind} {path!r}: module {module_name!r} does not import "
+                f"({type(err).__name__}: {err})"
+            ) from None
+        target = module
+        for part in attribute.split("."):
+            if not hasattr(target, part):
+                raise ConfigError(f"{self.kind} {path!r}: {module_name} has no {attribute!r}")
+            target = getattr(target, part)
+        self._check_target(target, path)
+        self.discover()
+        for entry in self._entries.values():
+            if entry.target is target:
+                self._by_path[path] = entry
+                return entry
+        self._by_path[path] = Entry(path, target, self)
+        return self._by_path[path]
+
+    def _check_target(self, target: Any, where: str) -> None:
+        if self._base is not None:
+            module, _, name = self._base.partition(IMPORT_PATH_SEPARATOR)
+            base = getattr(importlib.import_module(module), name)
+            if not (isinstance(target, type) and issubclass(target, base)):
+                raise ConfigError(
+                    f"{self.kind} {where!r} is not a {base.__module__}.{base.__qualname__} "
+                    f"subclass (got {type(target).__name__})"
+                )
+        elif not callable(target):
+            raise ConfigError(f"{self.kind} {where!r} is not callable")
+
+
+MIXERS = Registry(
+    "mixer",
+    "seqlab.mixers",
+    base="seqlab.mixers.base:Mixer",
+    declarations={"layouts": frozenset({"causal"}), "state_kind": "fixed"},
+)
+OBJECTIVES = Registry("objective", "seqlab.objectives", base="seqlab.objectives.base:Objective")
+SAMPLERS = Registry("sampler", "seqlab.sampling", positional=3, declarations={"paradigm": "ar"})
+TASKS = Registry("task", "seqlab.data.tasks", base="seqlab.data.tasks.base:Task")

@@ -12,9 +12,9 @@ from seqlab.model import build_mixer, build_model
 from seqlab.registry import MIXERS
 
 ALL = MIXERS.names()
-CAUSAL = [n for n in ALL if "causal" in MIXERS.get(n).meta.get("layouts", ())]
-BIDIRECTIONAL = [n for n in ALL if "bidirectional" in MIXERS.get(n).meta.get("layouts", ())]
-BLOCK_DIFFUSION = [n for n in ALL if "block_diffusion" in MIXERS.get(n).meta.get("layouts", ())]
+CAUSAL = [n for n in ALL if "causal" in MIXERS.get(n).declared("layouts")]
+BIDIRECTIONAL = [n for n in ALL if "bidirectional" in MIXERS.get(n).declared("layouts")]
+BLOCK_DIFFUSION = [n for n in ALL if "block_diffusion" in MIXERS.get(n).declared("layouts")]
 D_MODEL = 32
 
 
@@ -77,7 +77,7 @@ def test_bidirectional_layout_reads_both_directions(name):
 def test_state_size_is_reported(name):
     mixer = make_mixer(name)
     assert mixer.state_size(64) > 0
-    kind = MIXERS.get(name).meta["state"]
+    kind = MIXERS.get(name).declared("state_kind")
     if kind == "fixed":
         assert mixer.state_size(64) == mixer.state_size(4096)
     else:
@@ -90,7 +90,7 @@ def state_tensors(state) -> list[torch.Tensor]:
     return tensors
 
 
-FIXED = [n for n in CAUSAL if MIXERS.get(n).meta["state"] == "fixed"]
+FIXED = [n for n in CAUSAL if MIXERS.get(n).declared("state_kind") == "fixed"]
 
 
 @pytest.mark.parametrize("name", FIXED)

@@ -130,7 +130,7 @@ def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
 
 @pytest.mark.parametrize("name", SCAN_MIXERS)
 def test_option_typo_names_the_valid_options(name):
-    valid = MIXERS.get(name).meta["options"]
+    valid = list(MIXERS.get(name).target.option_defaults())
     typo = valid[0][:-1]
     config = ModelConfig(mixer=name, d_model=16, mixer_options={name: {typo: 2}})
     with pytest.raises(ConfigError, match=rf"unknown option\(s\) \['{typo}'\]") as error:

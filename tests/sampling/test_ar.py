@@ -138,7 +138,7 @@ def test_user_processor_changes_decoding():
 def test_ragged_prompts_are_refused_by_non_autoregressive_samplers():
     from seqlab.registry import SAMPLERS
 
-    others = [e.name for e in SAMPLERS.entries() if e.meta.get("paradigm") != "ar"]
+    others = [e.name for e in SAMPLERS.entries() if e.declared("paradigm") != "ar"]
     assert others, "the diffusion samplers are registered"
     with pytest.raises(ShapeError, match="one length"):
         seqlab.generate(tiny(), [[1], [1, 2]], max_new_tokens=2, sampler=others[0])

@@ -24,7 +24,7 @@ def tiny(objective, n_layers=2, mixer="attention"):
 
 def test_samplers_are_registered_as_diffusion():
     for name in SAMPLER_NAMES:
-        assert SAMPLERS.get(name).meta["paradigm"] == "diffusion"
+        assert SAMPLERS.get(name).declared("paradigm") == "diffusion"
 
 
 @pytest.mark.parametrize("shift", [False, True])

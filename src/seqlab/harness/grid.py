@@ -44,6 +44,7 @@ from seqlab.config import (
     to_dict,
 )
 from seqlab.errors import ConfigError, SeqlabError
+from seqlab.registry import MIXERS, OBJECTIVES, TASKS
 
 HIGHER_IS_BETTER = {
     "accuracy": True,
@@ -176,11 +177,6 @@ def _from_earlier_stage(run: Run, stage_dir: Path) -> Run:
 
 def check_names(experiment: ExperimentConfig) -> None:
     """Fail early on unknown mixer, objective or task names (before anything trains)."""
-    import seqlab.data.tasks  # noqa: F401
-    import seqlab.mixers  # noqa: F401
-    import seqlab.objectives  # noqa: F401
-    from seqlab.registry import MIXERS, OBJECTIVES, TASKS
-
     for name in experiment.model.layer_names():
         MIXERS.get(name)
     OBJECTIVES.get(experiment.objective.name)

@@ -1,14 +1,6 @@
-"""Token mixers, one family per module; importing this package registers them all."""
+"""Token mixers, one component per module; the registry (`seqlab.registry.MIXERS`) finds
+them by importing every module of this package on first lookup."""
 
-from seqlab.mixers import (  # noqa: F401
-    attention,  # noqa: F401
-    deltanet,
-    linear,
-    mamba,
-    mamba2,
-    rnn,
-    s4d,
-)
-from seqlab.mixers.base import Layout, Mixer, clone_state, map_state, reorder_state
+from seqlab.mixers.base import Layout, LayoutKind, Mixer, clone_state, map_state, reorder_state
 
-__all__ = ["Layout", "Mixer", "clone_state", "map_state", "reorder_state"]
+__all__ = ["Layout", "LayoutKind", "Mixer", "clone_state", "map_state", "reorder_state"]

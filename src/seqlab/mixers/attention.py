@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
-from seqlab.mixers.base import Layout, Mixer, check_input
+from seqlab.mixers.base import ALL_LAYOUTS, Layout, LayoutKind, Mixer, check_input
 from seqlab.ops.attention import (
     apply_rotary,
     arange_rotary_angles,
@@ -32,12 +31,16 @@ class KVCache:
     offset: Tensor
 
 
+@MIXERS.register("attention")
 class Attention(Mixer):
     """o = softmax(q kᵀ / √D + mask) v with rotary positions on q and k.
 
     `n_kv_heads < n_heads` shares each key/value head across a group of query heads.
     `window` limits causal reads to the last `window` positions (the cache is trimmed to it).
     """
+
+    layouts = ALL_LAYOUTS
+    state_kind = "kv_cache"
 
     def __init__(
         self,
@@ -131,11 +134,11 @@ class Attention(Mixer):
         window); among the new tokens the layout decides."""
         t = q_pos.shape[1]
         valid = (k_pos >= 0)[:, None, :]
-        if layout.kind == "causal":
+        if layout.kind is LayoutKind.CAUSAL:
             new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device).tril()
-        elif layout.kind == "bidirectional":
+        elif layout.kind is LayoutKind.BIDIRECTIONAL:
             new = torch.ones(t, t, dtype=torch.bool, device=q_pos.device)
-        elif layout.kind == "block_causal":
+        elif layout.kind is LayoutKind.BLOCK_CAUSAL:
             new = block_causal_mask(t, layout.block_size, device=q_pos.device)
         else:
             if n_cached or t % 2:
@@ -146,7 +149,7 @@ class Attention(Mixer):
             new = block_diffusion_mask(t // 2, layout.block_size, device=q_pos.device)
         cached = torch.ones(t, n_cached, dtype=torch.bool, device=q_pos.device)
         mask = torch.cat([cached, new], dim=1)[None] & valid
-        if self.window is not None and layout.kind == "causal":
+        if self.window is not None and layout.is_causal:
             mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < self.window
         return mask[:, None]
 
@@ -174,22 +177,3 @@ class Attention(Mixer):
         """Forward FLOPs per token of q·kᵀ and p·v, averaged over a causal sequence."""
         context = (seq_len + 1) / 2 if self.window is None else min(self.window, (seq_len + 1) / 2)
         return 4.0 * self.d_model * context
-
-
-@MIXERS.register(
-    "attention",
-    description="softmax attention (GQA, rotary, sliding window, KV cache)",
-    family="attention",
-    layouts=("causal", "bidirectional", "block_causal", "block_diffusion"),
-    state="kv_cache",
-    options=("qk_norm",),
-)
-def build_attention(config: ModelConfig, layer: int, **options: object) -> Attention:
-    return Attention(
-        config.d_model,
-        config.n_heads,
-        n_kv_heads=config.n_kv_heads,
-        rope_theta=config.rope_theta,
-        window=config.window,
-        **options,
-    )

@@ -9,17 +9,32 @@ beams, speculative drafts and diffusion blocks can copy and branch it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 
 State = Any
+
+
+class LayoutKind(str, Enum):
+    """The ways positions may read each other (see `Layout`)."""
+
+    CAUSAL = "causal"
+    BIDIRECTIONAL = "bidirectional"
+    BLOCK_CAUSAL = "block_causal"
+    BLOCK_DIFFUSION = "block_diffusion"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -32,35 +47,98 @@ class Layout:
     clean blocks are block-causal (see `ops.attention.block_diffusion_mask`).
     """
 
-    kind: str
+    kind: LayoutKind
     block_size: int | None = None
 
     CAUSAL: ClassVar[Layout]
     BIDIRECTIONAL: ClassVar[Layout]
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", LayoutKind(self.kind))
+        except ValueError:
+            valid = ", ".join(k.value for k in LayoutKind)
+            raise ConfigError(f"unknown layout {self.kind!r}; valid layouts: {valid}") from None
+
     @staticmethod
     def block_causal(block_size: int) -> Layout:
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
-        return Layout("block_causal", block_size)
+        return Layout(LayoutKind.BLOCK_CAUSAL, block_size)
 
     @staticmethod
     def block_diffusion(block_size: int) -> Layout:
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
-        return Layout("block_diffusion", block_size)
+        return Layout(LayoutKind.BLOCK_DIFFUSION, block_size)
 
     @property
     def is_causal(self) -> bool:
-        return self.kind == "causal"
+        return self.kind is LayoutKind.CAUSAL
 
 
-Layout.CAUSAL = Layout("causal")
-Layout.BIDIRECTIONAL = Layout("bidirectional")
+Layout.CAUSAL = Layout(LayoutKind.CAUSAL)
+Layout.BIDIRECTIONAL = Layout(LayoutKind.BIDIRECTIONAL)
+
+ALL_LAYOUTS = frozenset(LayoutKind)
+CAUSAL_ONLY = frozenset({LayoutKind.CAUSAL})
 
 
 class Mixer(nn.Module, ABC):
-    """A token mixer. Subclasses declare `layouts` they support in the registry metadata."""
+    """A token mixer.
+
+    A subclass declares, as class attributes, the layouts it supports (`layouts`, causal only
+    by default) and whether its decode state is of fixed size or grows with the context
+    (`state_kind`: "fixed" or "kv_cache"). Its constructor takes by keyword whichever
+    `ModelConfig` fields it needs (`d_model`, `n_heads`, `rope_theta`, ...), optionally
+    `layer` (its index in the stack), and its own options; `from_config` fills the first two
+    from the model config, so the options a user may set are read from the signature.
+    """
+
+    layouts: ClassVar[frozenset[LayoutKind]] = CAUSAL_ONLY
+    state_kind: ClassVar[str] = "fixed"
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, layer: int = 0, **options: Any) -> Mixer:
+        """The mixer for `layer` of a model with `config`.
+
+        Constructor parameters named like a `ModelConfig` field (`d_model`, `n_heads`,
+        `rope_theta`, ...) take that field; `layer` takes the layer index; every other keyword
+        parameter is an option (`option_defaults`), and an unknown one is a ConfigError
+        naming the valid ones. `heads` is an option whose default is `model.n_heads`.
+        """
+        valid = cls.option_defaults()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {unknown} for mixer {cls.__name__}; valid options: "
+                + (", ".join(sorted(valid)) or "none")
+            )
+        params = constructor_parameters(cls)
+        kwargs = {name: getattr(config, name) for name in params if name in CONFIG_FIELDS}
+        for name, field in CONFIG_DEFAULTS.items():
+            if name in params:
+                kwargs[name] = getattr(config, field)
+        if "layer" in params:
+            kwargs["layer"] = layer
+        kwargs.update(options)
+        missing = [n for n, p in params.items() if n not in kwargs and p.default is p.empty]
+        if missing:
+            raise ConfigError(
+                f"mixer {cls.__name__} needs {missing}, which are neither ModelConfig fields "
+                "nor given as options"
+            )
+        return cls(**kwargs)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The options a user may set, with their defaults (`model.FIELD` where the model
+        config supplies it; `inspect.Parameter.empty` where the option is required)."""
+        return {
+            name: f"model.{CONFIG_DEFAULTS[name]}" if name in CONFIG_DEFAULTS else p.default
+            for name, p in constructor_parameters(cls).items()
+            if name not in CONFIG_FIELDS and name != "layer"
+        }
 
     @abstractmethod
     def forward(
@@ -92,14 +170,14 @@ class Mixer(nn.Module, ABC):
         return 0.0
 
     def init_weights(self, std: float, out_std: float) -> None:
-        """Normal(0, std) for linear weights, `out_std` for the output projection `out`.
-
-        Mixers with structured parameters (decays, SSM matrices) extend this.
-        """
+        """Normal(0, std) for linear weights, `out_std` for the output projection `out`, zero
+        linear biases; a parameter marked by `keep_init` keeps the initialisation its module
+        gave it (decays, SSM spectra, fan-in gates)."""
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=out_std if name == "out" else std)
-                if module.bias is not None:
+                if not keeps_init(module.weight):
+                    nn.init.normal_(module.weight, std=out_std if name == "out" else std)
+                if module.bias is not None and not keeps_init(module.bias):
                     nn.init.zeros_(module.bias)
 
 
@@ -109,6 +187,27 @@ def no_weight_decay(*params: nn.Parameter) -> None:
     leaves every parameter with fewer than two dims undecayed."""
     for param in params:
         param._no_weight_decay = True  # type: ignore[attr-defined]
+
+
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+# Options whose default is a model config field.
+CONFIG_DEFAULTS = {"heads": "n_heads"}
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The parameters of `cls`'s constructor that can be passed by keyword."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def keep_init(*params: nn.Parameter) -> None:
+    """Mark structured parameters whose own initialisation the model-wide init must keep."""
+    for param in params:
+        param._keep_init = True  # type: ignore[attr-defined]
+
+
+def keeps_init(param: nn.Parameter) -> bool:
+    return getattr(param, "_keep_init", False)
 
 
 def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
@@ -174,8 +273,6 @@ def check_expand(expand: int, name: str) -> None:
         raise ConfigError(f"{name} expand must be a positive integer, got {expand!r}")
 
 
-SCAN_LAYOUTS = ("causal", "bidirectional", "block_causal", "block_diffusion")
-
 # One direction of a recurrent mixer: time-indexed inputs (each `[B, T, ...]`) and a state
 # (None: the parallel form from a zero state) -> (output `[B, T, ...]`, new state or None).
 Recur = Callable[[tuple[Tensor, ...], State | None], tuple[Tensor, State | None]]
@@ -186,11 +283,9 @@ BlockForward = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], int], tuple[Ten
 
 
 def check_scan_layout(layout: Layout, state: State | None, name: str) -> None:
-    """A scan supports the layouts in `SCAN_LAYOUTS` (see `scan_in_layout`); only the
+    """A scan supports every layout (see `scan_in_layout`); only the
     vectorised block-diffusion sequence cannot continue from a carried state."""
-    if layout.kind not in SCAN_LAYOUTS:
-        raise SeqlabError(f"{name} supports the layouts {SCAN_LAYOUTS}, got {layout.kind!r}")
-    if state is not None and layout.kind == "block_diffusion":
+    if state is not None and layout.kind is LayoutKind.BLOCK_DIFFUSION:
         raise SeqlabError(
             f"{name}: the block_diffusion layout reads a whole [x_t ; x_0] sequence and cannot "
             "continue from a state; decode block by block with block_causal and bidirectional"
@@ -234,11 +329,12 @@ def scan_in_layout(
 
     Returns (summed output, F's new state when `state` is given, else None).
     """
-    if layout.kind in ("causal", "bidirectional", "block_causal"):
+    if layout.kind is not LayoutKind.BLOCK_DIFFUSION:
         output, new_state = recur(inputs, state)
-        if layout.kind == "causal":
+        if layout.is_causal:
             return output, new_state
-        size = layout.block_size if layout.kind == "block_causal" else inputs[0].shape[1]
+        block_causal = layout.kind is LayoutKind.BLOCK_CAUSAL
+        size = layout.block_size if block_causal else inputs[0].shape[1]
         return output + reverse_in_blocks(recur, inputs, size), new_state
     length, odd = divmod(inputs[0].shape[1], 2)
     if odd:

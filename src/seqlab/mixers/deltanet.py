@@ -8,16 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import SCAN_LAYOUTS
 from seqlab.mixers.linear import (
     LinearRecurrence,
     LinearState,
     check_bool,
     check_positive,
     head_dim,
-    heads_option,
     heads_view,
 )
 from seqlab.mixers.short_conv import ShortConv
@@ -25,6 +22,7 @@ from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
 from seqlab.registry import MIXERS
 
 
+@MIXERS.register("deltanet")
 class DeltaNet(LinearRecurrence):
     """DeltaNet (Yang et al., "Parallelizing Linear Transformers with the Delta Rule over
     Sequence Length", 2024):
@@ -120,6 +118,7 @@ class DeltaNet(LinearRecurrence):
         return kernel + conv + 6.0 * self.heads * (2 * k + v)
 
 
+@MIXERS.register("gated_deltanet")
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet (Yang et al., "Gated Delta Networks: Improving Mamba2 with Delta Rule",
     2025): DeltaNet with Mamba-2's scalar decay per head,
@@ -197,37 +196,3 @@ class GatedDeltaNet(DeltaNet):
         """DeltaNet's, plus the decay factors inside the chunk (~2C per token and head)."""
         c = min(self.chunk_size, max(seq_len, 1))
         return super().mixing_flops(seq_len) + self.heads * (2.0 * c + 8.0)
-
-
-_DELTA_OPTIONS = (
-    "heads",
-    "expand_k",
-    "expand_v",
-    "conv_size",
-    "negative_eigenvalues",
-    "chunk_size",
-)
-
-
-@MIXERS.register(
-    "deltanet",
-    description="DeltaNet (delta rule, short conv, L2-normalised q/k; negative eigenvalues)",
-    family="delta_rule",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=_DELTA_OPTIONS,
-)
-def build_deltanet(config: ModelConfig, layer: int, **options: object) -> DeltaNet:
-    return DeltaNet(config.d_model, heads_option(config, options), **options)
-
-
-@MIXERS.register(
-    "gated_deltanet",
-    description="Gated DeltaNet (delta rule with Mamba-2 decay; negative eigenvalues)",
-    family="delta_rule",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=(*_DELTA_OPTIONS, "dt_min", "dt_max", "A_min", "A_max"),
-)
-def build_gated_deltanet(config: ModelConfig, layer: int, **options: object) -> GatedDeltaNet:
-    return GatedDeltaNet(config.d_model, heads_option(config, options), **options)

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import (
-    SCAN_LAYOUTS,
+    ALL_LAYOUTS,
     Layout,
     Mixer,
     check_input,
@@ -104,6 +103,7 @@ class LinearRecurrence(Mixer):
     """
 
     name: str = "linear_recurrence"
+    layouts = ALL_LAYOUTS
 
     def __init__(self, d_model: int, heads: int, chunk_size: int) -> None:
         super().__init__()
@@ -265,6 +265,7 @@ class LinearRecurrence(Mixer):
         return kernel + conv
 
 
+@MIXERS.register("linear_attention")
 class LinearAttention(LinearRecurrence):
     """Linear attention (Katharopoulos et al., "Transformers are RNNs", 2020):
 
@@ -344,6 +345,7 @@ def retnet_decays(heads: int) -> Tensor:
     return 1 - 2.0 ** (-5 - torch.arange(heads, dtype=torch.float64))
 
 
+@MIXERS.register("retnet")
 class RetNet(LinearRecurrence):
     """Multi-scale retention (Sun et al., "Retentive Network", 2023):
 
@@ -459,6 +461,7 @@ class RetNet(LinearRecurrence):
         return super().mixing_flops(seq_len) + 6.0 * self.d_model + 12.0 * width
 
 
+@MIXERS.register("gla")
 class GLA(LinearRecurrence):
     """Gated linear attention (Yang et al., "Gated Linear Attention Transformers with
     Hardware-Efficient Training", 2024):
@@ -557,53 +560,3 @@ class GLA(LinearRecurrence):
         width = self.heads * self.state_v
         return super().mixing_flops(seq_len) + 8.0 * self.heads * self.state_k + 12.0 * width
 
-
-def heads_option(config: ModelConfig, options: dict[str, object]) -> int:
-    """Remove the `heads` option from `options`; its value, or `config.n_heads` when unset."""
-    heads = options.pop("heads", None)
-    return config.n_heads if heads is None else heads
-
-
-@MIXERS.register(
-    "linear_attention",
-    description="linear attention (elu+1 feature map, normaliser, short conv)",
-    family="linear_attention",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("heads", "normalize", "conv_size", "chunk_size"),
-)
-def build_linear_attention(config: ModelConfig, layer: int, **options: object) -> LinearAttention:
-    return LinearAttention(config.d_model, heads_option(config, options), **options)
-
-
-@MIXERS.register(
-    "retnet",
-    description="RetNet multi-scale retention (fixed per-head decays, rotary, group norm, gate)",
-    family="linear_attention",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("heads", "expand_v", "rotary", "rope_theta", "conv_size", "chunk_size"),
-)
-def build_retnet(config: ModelConfig, layer: int, **options: object) -> RetNet:
-    options.setdefault("rope_theta", config.rope_theta)
-    return RetNet(config.d_model, heads_option(config, options), **options)
-
-
-@MIXERS.register(
-    "gla",
-    description="gated linear attention (low-rank data-dependent per-key decay, conv, gate)",
-    family="linear_attention",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=(
-        "heads",
-        "expand_k",
-        "expand_v",
-        "gate_rank",
-        "gate_normalizer",
-        "conv_size",
-        "chunk_size",
-    ),
-)
-def build_gla(config: ModelConfig, layer: int, **options: object) -> GLA:
-    return GLA(config.d_model, heads_option(config, options), **options)

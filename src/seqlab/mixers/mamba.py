@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import (
-    SCAN_LAYOUTS,
+    ALL_LAYOUTS,
     Layout,
     Mixer,
     check_expand,
@@ -38,6 +37,7 @@ class MambaState:
     ssm: Tensor
 
 
+@MIXERS.register("mamba")
 class Mamba(Mixer):
     """The Mamba block:
 
@@ -64,6 +64,9 @@ class Mamba(Mixer):
     (or each block of it); the directions are summed before the gate (each includes its own
     D skip).
     """
+
+    layouts = ALL_LAYOUTS
+
 
     def __init__(
         self,
@@ -194,24 +197,3 @@ class Mamba(Mixer):
         update h, read out with C), the depthwise conv (2 · d_conv), softplus, skip and the
         SiLU gates (~12)."""
         return self.d_inner * (9.0 * self.d_state + 2.0 * self.conv.kernel_size + 12.0)
-
-
-@MIXERS.register(
-    "mamba",
-    description="Mamba selective SSM block (S6, conv, gate; negative eigenvalues, mimetic init)",
-    family="ssm",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=(
-        "expand",
-        "d_state",
-        "d_conv",
-        "dt_rank",
-        "negative_eigenvalues",
-        "dt_min",
-        "dt_max",
-        "mimetic",
-    ),
-)
-def build_mamba(config: ModelConfig, layer: int, **options: object) -> Mamba:
-    return Mamba(config.d_model, **options)

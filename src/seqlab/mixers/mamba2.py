@@ -9,16 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import SCAN_LAYOUTS
 from seqlab.mixers.linear import (
     LinearRecurrence,
     LinearState,
     check_bool,
     check_positive,
     head_dim,
-    heads_option,
     heads_view,
 )
 from seqlab.mixers.short_conv import ShortConv
@@ -68,6 +65,7 @@ def signed_gla(
     return o, final, chunk_states[0] * before[..., None, None].to(chunk_states[0].dtype)
 
 
+@MIXERS.register("mamba2")
 class Mamba2(LinearRecurrence):
     """The Mamba-2 block (SSD, one B/C group shared by all heads):
 
@@ -187,26 +185,3 @@ class Mamba2(LinearRecurrence):
         """The chunked kernel (K = d_state, V = headdim) and conv, Δ, the D skip, the gate and
         the norm (~12 per inner channel)."""
         return super().mixing_flops(seq_len) + 12.0 * self.d_inner
-
-
-@MIXERS.register(
-    "mamba2",
-    description="Mamba-2 SSD block (scalar decay per head, conv, gated norm; negative eigenvalues)",
-    family="ssm",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=(
-        "heads",
-        "expand",
-        "d_state",
-        "d_conv",
-        "negative_eigenvalues",
-        "dt_min",
-        "dt_max",
-        "A_min",
-        "A_max",
-        "chunk_size",
-    ),
-)
-def build_mamba2(config: ModelConfig, layer: int, **options: object) -> Mamba2:
-    return Mamba2(config.d_model, heads_option(config, options), **options)

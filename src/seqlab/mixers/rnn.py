@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import (
-    SCAN_LAYOUTS,
+    ALL_LAYOUTS,
     Layout,
     Mixer,
     check_expand,
@@ -41,6 +40,7 @@ class MinGRUState:
     conv: Tensor | None = None
 
 
+@MIXERS.register("mingru")
 class MinGRU(Mixer):
     """minGRU (Feng et al., "Were RNNs All We Needed?", 2024) behind a short causal conv.
 
@@ -58,6 +58,9 @@ class MinGRU(Mixer):
     Other layouts (`scan_in_layout`): the same conv and cell also run over the reversed
     sequence (or each block of it); the directions are summed before the output projection.
     """
+
+    layouts = ALL_LAYOUTS
+
 
     def __init__(self, d_model: int, *, expand: int = 1, d_conv: int = 4) -> None:
         super().__init__()
@@ -149,6 +152,9 @@ class FusedRNN(Mixer):
     each block of it); the directions are summed before the output projection.
     """
 
+    layouts = ALL_LAYOUTS
+
+
     def __init__(self, d_model: int, *, cell: str, expand: int = 1) -> None:
         super().__init__()
         check_expand(expand, cell)
@@ -224,40 +230,23 @@ class FusedRNN(Mixer):
         return gates * self.hidden * (2.0 * (self.d_model + self.hidden) + 5)
 
 
-@MIXERS.register(
-    "mingru",
-    description="minGRU: input-gated linear RNN with a log-space parallel scan",
-    family="rnn",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("expand", "d_conv"),
-)
-def build_mingru(config: ModelConfig, layer: int, **options: object) -> MinGRU:
-    return MinGRU(config.d_model, **options)
 
 
-@MIXERS.register(
-    "lstm",
-    description="LSTM (torch fused kernel) with an output projection",
-    family="rnn",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("expand",),
-)
-def build_lstm(config: ModelConfig, layer: int, **options: object) -> FusedRNN:
-    return FusedRNN(config.d_model, cell="lstm", **options)
+
+@MIXERS.register("lstm")
+class LSTM(FusedRNN):
+    """LSTM (torch's fused kernel) with an output projection; see `FusedRNN`."""
+
+    def __init__(self, d_model: int, *, expand: int = 1) -> None:
+        super().__init__(d_model, cell="lstm", expand=expand)
 
 
-@MIXERS.register(
-    "gru",
-    description="GRU (torch fused kernel) with an output projection",
-    family="rnn",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("expand",),
-)
-def build_gru(config: ModelConfig, layer: int, **options: object) -> FusedRNN:
-    return FusedRNN(config.d_model, cell="gru", **options)
+@MIXERS.register("gru")
+class GRU(FusedRNN):
+    """GRU (torch's fused kernel) with an output projection; see `FusedRNN`."""
+
+    def __init__(self, d_model: int, *, expand: int = 1) -> None:
+        super().__init__(d_model, cell="gru", expand=expand)
 
 
 @dataclass
@@ -267,6 +256,7 @@ class LRUState:
     h: Tensor
 
 
+@MIXERS.register("lru")
 class LRU(Mixer):
     """Linear Recurrent Unit (Orvieto et al., "Resurrecting Recurrent Neural Networks for Long
     Sequences", 2023).
@@ -281,6 +271,9 @@ class LRU(Mixer):
     Other layouts (`scan_in_layout`): the same recurrence also scans the reversed sequence (or
     each block of it); the states are summed before C.
     """
+
+    layouts = ALL_LAYOUTS
+
 
     def __init__(
         self,
@@ -377,15 +370,3 @@ class LRU(Mixer):
         """Per complex state number: γ scaling and the scan's complex multiply-add (~10);
         plus the D skip (2 per model channel)."""
         return 10.0 * self.d_state + 2.0 * self.d_model
-
-
-@MIXERS.register(
-    "lru",
-    description="LRU: complex diagonal linear recurrence with ring init and γ normalisation",
-    family="rnn",
-    layouts=SCAN_LAYOUTS,
-    state="fixed",
-    options=("d_state", "r_min", "r_max", "max_phase"),
-)
-def build_lru(config: ModelConfig, layer: int, **options: object) -> LRU:
-    return LRU(config.d_model, **options)

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.mixers.base import (
     Layout,
+    LayoutKind,
     Mixer,
     check_expand,
     check_input,
@@ -99,6 +99,7 @@ class DiagonalSSM(nn.Module):
         return 2 * torch.einsum("cn,cnl->lc", c * b_bar, vandermonde).real
 
 
+@MIXERS.register("s4d")
 class S4D(Mixer):
     """A gated S4D block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)).
 
@@ -115,6 +116,9 @@ class S4D(Mixer):
     anti-causal half comes from a second, separately parameterised SSM (lags 1 … T, so the
     present is counted once).
     """
+
+    layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
+
 
     def __init__(
         self,
@@ -162,14 +166,14 @@ class S4D(Mixer):
     ) -> tuple[Tensor, S4DState | None]:
         check_input(x, self.d_model)
         stateful_bidirectional = state is not None and not layout.is_causal
-        if layout.kind not in ("causal", "bidirectional") or stateful_bidirectional:
+        if layout.kind not in self.layouts or stateful_bidirectional:
             raise SeqlabError(
                 "s4d supports the causal layout (from a state or not) and the bidirectional "
                 f"layout (without a state), got {layout.kind!r}"
                 + ("" if state is None else " with a state")
             )
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        if layout.kind == "bidirectional":
+        if layout.kind is LayoutKind.BIDIRECTIONAL:
             steps = u.shape[1]
             kernel = torch.stack([self.ssm.kernel(steps), self.ssm_reverse.kernel(steps + 1)[1:]])
             y, new_state = fft_conv(u, kernel, bidirectional=True)[0], None
@@ -239,15 +243,3 @@ class S4D(Mixer):
         (2C, C = min(chunk_size, T)), writing and reading the chunk-boundary states (a complex
         multiply-add, ~8, per complex mode each way: 8 · d_state), then skip, GELU, gate (~10)."""
         return self.d_inner * (2.0 * min(self.chunk_size, seq_len) + 8.0 * self.d_state + 10.0)
-
-
-@MIXERS.register(
-    "s4d",
-    description="S4D diagonal state-space model (S4D-Lin/Inv init, long convolution)",
-    family="ssm",
-    layouts=("causal", "bidirectional"),
-    state="fixed",
-    options=("expand", "d_state", "init", "dt_min", "dt_max", "chunk_size"),
-)
-def build_s4d(config: ModelConfig, layer: int, **options: object) -> S4D:
-    return S4D(config.d_model, **options)

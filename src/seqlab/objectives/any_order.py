@@ -41,7 +41,11 @@ def embedding_shape(model: Model) -> tuple[int, torch.dtype]:
     return inner.config.d_model, inner.embed.weight.dtype
 
 
+@OBJECTIVES.register("any_order")
 class AnyOrder(Objective):
+    """Any-order autoregression (σ-GPT): the chain rule along a random permutation (see the
+    module docstring)."""
+
     name = "any_order"
     layout = Layout.CAUSAL
     extra_tokens = 1
@@ -123,15 +127,3 @@ class AnyOrder(Objective):
             torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
         )
         return torch.where(scored, predictions, batch.tokens), scored
-
-
-@OBJECTIVES.register(
-    "any_order",
-    description="any-order autoregression (σ-GPT): chain rule along a random permutation",
-    layout="causal",
-    bound=True,
-)
-def build_any_order(
-    order: str = "random", eval_orders: int = 1, position_scale: float = 0.1
-) -> AnyOrder:
-    return AnyOrder(order=order, eval_orders=eval_orders, position_scale=position_scale)

@@ -12,8 +12,11 @@ from seqlab.objectives.base import NLL, Batch, Objective
 from seqlab.registry import OBJECTIVES
 
 
+@OBJECTIVES.register("ar")
 class Autoregressive(Objective):
-    """Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets."""
+    """Autoregressive next-token cross-entropy (exact NLL).
+
+    Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets."""
 
     name = "ar"
     bound = False
@@ -51,13 +54,3 @@ class Autoregressive(Objective):
         nll, mask = self.token_nll(model, batch)
         nats = (nll.detach().double() * mask.double()).sum()
         return NLL(float(nats), int(mask.sum()), bound=False)
-
-
-@OBJECTIVES.register(
-    "ar",
-    description="autoregressive next-token cross-entropy (exact NLL)",
-    layout="causal",
-    bound=False,
-)
-def build_ar() -> Autoregressive:
-    return Autoregressive()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from seqlab.errors import ShapeError
 from seqlab.mixers.base import Layout
-from seqlab.model import Model
+
+if TYPE_CHECKING:
+    from seqlab.model import Model
 
 
 @dataclass

@@ -39,8 +39,11 @@ from seqlab.objectives.noise import stratified_times
 from seqlab.registry import OBJECTIVES
 
 
+@OBJECTIVES.register("block_diffusion")
 class BlockDiffusion(Diffusion):
-    """`block_size` is the evaluation (and sampling) block; `block_sizes` trains on a mixture,
+    """Block diffusion (BD3-LM): autoregressive over blocks, diffusion within (ELBO bound).
+
+    `block_size` is the evaluation (and sampling) block; `block_sizes` trains on a mixture,
     one size drawn per step (BlockGen); `clip = [low, high]` draws training times from
     [low, high] only (BD3-LM's clipped schedule, a variance reduction: the evaluation bound
     always integrates over [0, 1]); `shift` reads x̂_0 at i from the output at i − 1 (see the
@@ -53,7 +56,7 @@ class BlockDiffusion(Diffusion):
         *,
         block_size: int = 16,
         block_sizes: list[int] | None = None,
-        clip: tuple[float, float] | None = None,
+        clip: list[float] | None = None,
         noise: str = "absorbing",
         schedule: str = "loglinear",
         eval_samples: int = 4,
@@ -66,8 +69,9 @@ class BlockDiffusion(Diffusion):
         sizes = [block_size] if block_sizes is None else list(block_sizes)
         if not sizes or min(sizes + [block_size]) < 1:
             raise ConfigError(f"block sizes must be positive, got {block_size}, {block_sizes}")
-        if clip is not None and not 0 <= clip[0] < clip[1] <= 1:
+        if clip is not None and (len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 1):
             raise ConfigError(f"clip must be [low, high] with 0 <= low < high <= 1, got {clip}")
+        clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.block_size, self.block_sizes, self.clip = block_size, sizes, clip
         self.shift = bool(shift)
 
@@ -107,31 +111,3 @@ class BlockDiffusion(Diffusion):
         size = self.block_sizes[int(torch.randint(len(self.block_sizes), ()))]
         loss, metrics = Diffusion.loss(self.with_block_size(size), model, batch)
         return loss, {**metrics, "block_size": float(size)}
-
-
-@OBJECTIVES.register(
-    "block_diffusion",
-    description="block diffusion (BD3-LM): AR over blocks, diffusion within (ELBO bound)",
-    layout="block_diffusion",
-    bound=True,
-)
-def build_block_diffusion(
-    block_size: int = 16,
-    block_sizes: list[int] | None = None,
-    clip: list[float] | None = None,
-    noise: str = "absorbing",
-    schedule: str = "loglinear",
-    eval_samples: int = 4,
-    estimator: str = "time",
-    shift: bool = False,
-) -> BlockDiffusion:
-    return BlockDiffusion(
-        block_size=block_size,
-        block_sizes=block_sizes,
-        clip=None if clip is None else (float(clip[0]), float(clip[1])),
-        noise=noise,
-        schedule=schedule,
-        eval_samples=eval_samples,
-        estimator=estimator,
-        shift=shift,
-    )

@@ -266,53 +266,49 @@ class Diffusion(Objective):
         return torch.where(scored, guess, tokens), scored
 
 
+@OBJECTIVES.register("masked_diffusion")
 class MaskedDiffusion(Diffusion):
+    """Absorbing-state diffusion (MDLM: SUBS parameterisation, continuous-time ELBO bound)."""
+
     name = "masked_diffusion"
 
+    def __init__(
+        self,
+        *,
+        schedule: str = "loglinear",
+        eval_samples: int = 4,
+        estimator: str = "time",
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+    ) -> None:
+        super().__init__(
+            noise="absorbing",
+            schedule=schedule,
+            eval_samples=eval_samples,
+            estimator=estimator,
+            num_classes=num_classes,
+            label_dropout=label_dropout,
+        )
 
+
+@OBJECTIVES.register("uniform_diffusion")
 class UniformDiffusion(Diffusion):
+    """Uniform-state diffusion (UDLM: closed-form posterior, continuous-time ELBO bound)."""
+
     name = "uniform_diffusion"
 
-
-@OBJECTIVES.register(
-    "masked_diffusion",
-    description="absorbing-state diffusion (MDLM, SUBS, continuous-time ELBO bound)",
-    layout="bidirectional",
-    bound=True,
-)
-def build_masked_diffusion(
-    schedule: str = "loglinear",
-    eval_samples: int = 4,
-    estimator: str = "time",
-    num_classes: int = 0,
-    label_dropout: float = 0.1,
-) -> MaskedDiffusion:
-    return MaskedDiffusion(
-        noise="absorbing",
-        schedule=schedule,
-        eval_samples=eval_samples,
-        estimator=estimator,
-        num_classes=num_classes,
-        label_dropout=label_dropout,
-    )
-
-
-@OBJECTIVES.register(
-    "uniform_diffusion",
-    description="uniform-state diffusion (UDLM, closed-form posterior, ELBO bound)",
-    layout="bidirectional",
-    bound=True,
-)
-def build_uniform_diffusion(
-    schedule: str = "loglinear",
-    eval_samples: int = 4,
-    num_classes: int = 0,
-    label_dropout: float = 0.1,
-) -> UniformDiffusion:
-    return UniformDiffusion(
-        noise="uniform",
-        schedule=schedule,
-        eval_samples=eval_samples,
-        num_classes=num_classes,
-        label_dropout=label_dropout,
-    )
+    def __init__(
+        self,
+        *,
+        schedule: str = "loglinear",
+        eval_samples: int = 4,
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+    ) -> None:
+        super().__init__(
+            noise="uniform",
+            schedule=schedule,
+            eval_samples=eval_samples,
+            num_classes=num_classes,
+            label_dropout=label_dropout,
+        )

@@ -24,12 +24,15 @@ from seqlab.objectives.base import Batch
 from seqlab.registry import OBJECTIVES
 
 
+@OBJECTIVES.register("mtp")
 class MultiTokenPrediction(Autoregressive):
-    """`heads` next-token predictors: head i at position t scores x_{t+1+i}."""
+    """Multi-token prediction with linear heads (exact next-token NLL from head 0).
+
+    `heads` next-token predictors: head i at position t scores x_{t+1+i}."""
 
     name = "mtp"
 
-    def __init__(self, heads: int = 2) -> None:
+    def __init__(self, *, heads: int = 2) -> None:
         if not isinstance(heads, int) or heads < 1:
             raise ConfigError(f"mtp heads must be a positive integer, got {heads!r}")
         self.heads = heads
@@ -80,13 +83,3 @@ class MultiTokenPrediction(Autoregressive):
         if batch.mask is not None:
             scored &= batch.mask
         return predictions, scored
-
-
-@OBJECTIVES.register(
-    "mtp",
-    description="multi-token prediction with linear heads (exact next-token NLL from head 0)",
-    layout="causal",
-    bound=False,
-)
-def build_mtp(heads: int = 2) -> MultiTokenPrediction:
-    return MultiTokenPrediction(heads)

@@ -1,4 +1,5 @@
-"""Decoders; importing this package registers them all."""
+"""Decoders, one or a few per module; the registry (`seqlab.registry.SAMPLERS`) finds them by
+importing every module of this package on first lookup."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
-import seqlab.sampling.diffusion  # noqa: F401  (registers the diffusion samplers)
+from seqlab.errors import SeqlabError, ShapeError
 from seqlab.model import Model
-from seqlab.sampling import ar, beam, speculative  # noqa: F401  (register the samplers)
-from seqlab.sampling.ar import Generation
+from seqlab.registry import SAMPLERS
+from seqlab.sampling.ar import Generation, as_prompt
 
 __all__ = ["Generation", "generate"]
 
@@ -32,13 +33,11 @@ def generate(
     example `temperature`, `top_k`, `num_beams`, `draft_model`); `seqlab.list_samplers()`
     names them and an unknown option is an error listing the valid ones.
     """
-    from seqlab.errors import SeqlabError, ShapeError
-    from seqlab.registry import SAMPLERS, build_with_options
-
     if max_new_tokens < 0:
         raise SeqlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    prompt = ar.as_prompt(prompt, model.device)
-    if not isinstance(prompt, Tensor) and SAMPLERS.get(sampler).meta.get("paradigm") != "ar":
+    prompt = as_prompt(prompt, model.device)
+    entry = SAMPLERS.get(sampler)
+    if not isinstance(prompt, Tensor) and entry.declared("paradigm") != "ar":
         lengths = sorted({p.numel() for p in prompt})
         raise ShapeError(f"sampler {sampler!r} needs prompts of one length, got {lengths}")
-    return build_with_options(SAMPLERS, sampler, model, prompt, max_new_tokens, **options)
+    return entry.build(model, prompt, max_new_tokens, **options)

@@ -284,7 +284,7 @@ def decode(
     return out.result(nfe, start)
 
 
-@SAMPLERS.register("greedy", description="argmax at every step", paradigm="ar")
+@SAMPLERS.register("greedy")
 def greedy(
     model: Model,
     prompt: Prompt,
@@ -311,11 +311,7 @@ def greedy(
     )
 
 
-@SAMPLERS.register(
-    "sample",
-    description="ancestral sampling with temperature/top-k/top-p/min-p/typical-p",
-    paradigm="ar",
-)
+@SAMPLERS.register("sample")
 def sample(
     model: Model,
     prompt: Prompt,

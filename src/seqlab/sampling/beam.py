@@ -185,7 +185,7 @@ def beam_search(
     )
 
 
-@SAMPLERS.register("beam", description="beam search (length penalty, n-best)", paradigm="ar")
+@SAMPLERS.register("beam")
 def beam(
     model: Model,
     prompt: Prompt,
@@ -215,11 +215,7 @@ def beam(
     )
 
 
-@SAMPLERS.register(
-    "diverse_beam",
-    description="diverse (group) beam search with Hamming diversity",
-    paradigm="ar",
-)
+@SAMPLERS.register("diverse_beam")
 def diverse_beam(
     model: Model,
     prompt: Prompt,

@@ -400,11 +400,7 @@ def _absorbing(objective: Diffusion, sampler: str) -> None:
         raise SeqlabError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
 
 
-@SAMPLERS.register(
-    "ancestral",
-    description="reverse-process steps x_s ~ q(x_s | x_t, x̂_0) (MDLM/UDLM), block-wise",
-    paradigm="diffusion",
-)
+@SAMPLERS.register("ancestral", paradigm="diffusion")
 def ancestral(
     model: Model,
     prompt: Tensor,
@@ -439,11 +435,7 @@ def ancestral(
     )
 
 
-@SAMPLERS.register(
-    "confidence",
-    description="Fast-dLLM parallel decoding: unmask all above a confidence threshold",
-    paradigm="diffusion",
-)
+@SAMPLERS.register("confidence", paradigm="diffusion")
 def confidence(
     model: Model,
     prompt: Tensor,
@@ -479,11 +471,7 @@ def confidence(
     )
 
 
-@SAMPLERS.register(
-    "topk_confidence",
-    description="LLaDA low-confidence remasking: unmask the k most confident per step",
-    paradigm="diffusion",
-)
+@SAMPLERS.register("topk_confidence", paradigm="diffusion")
 def topk_confidence(
     model: Model,
     prompt: Tensor,
@@ -519,11 +507,7 @@ def topk_confidence(
     )
 
 
-@SAMPLERS.register(
-    "remask",
-    description="ReMDM: ancestral steps that may remask decoded tokens (cap or rescale)",
-    paradigm="diffusion",
-)
+@SAMPLERS.register("remask", paradigm="diffusion")
 def remask(
     model: Model,
     prompt: Tensor,

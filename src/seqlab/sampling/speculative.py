@@ -170,11 +170,7 @@ def _prefix(drafts: list[Tensor], b: int, device: torch.device) -> Tensor:
     return torch.stack(drafts, dim=1)
 
 
-@SAMPLERS.register(
-    "speculative",
-    description="speculative decoding with a draft model (greedy or rejection sampling)",
-    paradigm="ar",
-)
+@SAMPLERS.register("speculative")
 def speculative(
     model: Model,
     prompt: Prompt,
@@ -279,11 +275,7 @@ def self_speculative_decode(
     return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
 
 
-@SAMPLERS.register(
-    "self_speculative",
-    description="self-speculative decoding with multi-token prediction heads (objective mtp)",
-    paradigm="ar",
-)
+@SAMPLERS.register("self_speculative")
 def self_speculative(
     model: Model,
     prompt: Prompt,

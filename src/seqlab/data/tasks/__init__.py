@@ -1,15 +1,6 @@
-"""Tasks; importing this package registers them all."""
+"""Tasks, one or a few per module; the registry (`seqlab.registry.TASKS`) finds them by
+importing every module of this package on first lookup."""
 
-from seqlab.data.tasks import (  # noqa: F401
-    copying,
-    formal,
-    listops,
-    mqar,
-    regbench,
-    sort,
-    state_tracking,
-    text,
-)
 from seqlab.data.tasks.base import SPLITS, Task, build_task
 
 __all__ = ["SPLITS", "Task", "build_task"]

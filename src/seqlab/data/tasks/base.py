@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqlab.objectives.base import NLL, Batch
+from seqlab.registry import TASKS
 
 if TYPE_CHECKING:
     from seqlab.config import ExperimentConfig
@@ -97,10 +98,9 @@ class Task(ABC):
 
 
 def build_task(config: ExperimentConfig) -> Task:
-    """The task named by `config.task` (tasks marked `uses_data` also read `config.data`)."""
-    import seqlab.data.tasks  # noqa: F401  (registers the built-in tasks)
-    from seqlab.registry import TASKS, build_with_options
-
+    """The task named by `config.task` (a name or import path) with its options; a task whose
+    constructor takes `data` also receives `config.data`."""
     entry = TASKS.get(config.task.name)
-    args = (config.data,) if entry.meta.get("uses_data") else ()
-    return build_with_options(TASKS, config.task.name, *args, **config.task.options)
+    if "data" in entry.parameters():
+        return entry.build(data=config.data, **config.task.options)
+    return entry.build(**config.task.options)

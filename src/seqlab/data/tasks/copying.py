@@ -18,11 +18,7 @@ from seqlab.registry import TASKS
 BOS, SEP, EOS = 1, 2, 3
 
 
-@TASKS.register(
-    "copy",
-    description="copy a random string (Repeat After Me), tested on up to 3x longer strings",
-    kind="synthetic",
-)
+@TASKS.register("copy")
 class Copy(SyntheticTask):
     """String copying (Jelassi et al., "Repeat After Me"): ``$ x | x .``.
 
@@ -72,11 +68,7 @@ class Copy(SyntheticTask):
 BLANK, COPY = 1, 2
 
 
-@TASKS.register(
-    "selective_copy",
-    description="selective copying (Mamba): output the content tokens scattered among blanks",
-    kind="synthetic",
-)
+@TASKS.register("selective_copy")
 class SelectiveCopy(SyntheticTask):
     """Selective copying (Gu & Dao, Mamba): content tokens scattered among blanks, then a
     marker after which the content tokens must be produced in order.

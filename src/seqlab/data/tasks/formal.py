@@ -49,11 +49,7 @@ LANGUAGES = {
 }
 
 
-@TASKS.register(
-    "formal",
-    description="Chomsky-hierarchy tasks (Delétang et al.): train short, test on longer inputs",
-    kind="synthetic",
-)
+@TASKS.register("formal")
 class Formal(SyntheticTask):
     """Delétang et al.'s transduction tasks as ``x SEP y``: x is uniform over the input
     alphabet with length uniform in ``min_len .. max_len`` (train, validation) or

@@ -26,11 +26,7 @@ def apply(op: int, values: list[int]) -> int:
     return sum(values) % 10
 
 
-@TASKS.register(
-    "listops",
-    description="ListOps: the value of a nested MAX/MIN/MED/SM expression over digits",
-    kind="synthetic",
-)
+@TASKS.register("listops")
 class ListOps(SyntheticTask):
     """ListOps classification (Nangia & Bowman; the Long Range Arena task at small scale).
 

@@ -14,11 +14,7 @@ if TYPE_CHECKING:
     from seqlab.objectives.base import Objective
 
 
-@TASKS.register(
-    "mqar",
-    description="multi-query associative recall (Zoology): recall the value of each queried key",
-    kind="synthetic",
-)
+@TASKS.register("mqar")
 class MQAR(SyntheticTask):
     """Multi-query associative recall (Arora, Eyuboglu et al., Zoology).
 
@@ -141,11 +137,7 @@ class MQAR(SyntheticTask):
 TRIGGER = 1
 
 
-@TASKS.register(
-    "induction",
-    description="induction heads: after a repeated trigger, recall the token that followed it",
-    kind="synthetic",
-)
+@TASKS.register("induction")
 class Induction(SyntheticTask):
     """Induction heads: a random sequence holds a special trigger once, followed by a target;
     the sequence ends with the trigger again and the target must be recalled.

@@ -64,11 +64,7 @@ def canonical_form(table: np.ndarray) -> bytes:
     return np.array(rows, dtype=np.int32).tobytes()
 
 
-@TASKS.register(
-    "regbench",
-    description="in-context language learning (RegBench): continue strings of a random DFA",
-    kind="synthetic",
-)
+@TASKS.register("regbench")
 class RegBench(SyntheticTask):
     """In-context language learning (Akyürek et al., RegBench).
 

@@ -11,11 +11,7 @@ SEP = 1
 FIRST_NUMBER = 2
 
 
-@TASKS.register(
-    "sort",
-    description="sort a set of distinct numbers; exact match is the metric of record",
-    kind="synthetic",
-)
+@TASKS.register("sort")
 class Sort(SyntheticTask):
     """Sorting: ``x SEP sorted(x)``.
 

@@ -20,11 +20,7 @@ FIRST_DIGIT = 6
 KINDS = ("parity", "mod_add")
 
 
-@TASKS.register(
-    "state_tracking",
-    description="parity / modular addition (with brackets) of a sequence, longer at test",
-    kind="synthetic",
-)
+@TASKS.register("state_tracking")
 class StateTracking(SyntheticTask):
     """Parity and modular arithmetic, trained short and tested long (Grazzi et al.; Delétang
     et al.): ``x_1 .. x_n = y``.

@@ -12,6 +12,7 @@ from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 
+@TASKS.register("text")
 class TextTask(Task):
     """Windows of `seq_len + 1` tokens; scored in nats per token and bits per byte."""
 
@@ -58,12 +59,3 @@ class TextTask(Task):
     def bytes_per_token(self, split: str) -> float:
         return self.data.bytes_per_token(split)
 
-
-@TASKS.register(
-    "text",
-    description="language modelling on a corpus, scored in bits per byte",
-    uses_data=True,
-    kind="text",
-)
-def build_text(data: DataConfig) -> TextTask:
-    return TextTask(data)
