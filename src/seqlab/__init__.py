@@ -2,7 +2,17 @@
 
 Public API: build_model, save, load, generate, list_mixers, list_objectives, list_tasks,
 list_samplers, list_presets, and the config dataclasses.
+
+The config and registry names are imported eagerly (they are light); the model, files and
+sampling names on first use (PEP 562), so that `import seqlab.config` stays free of torch
+models.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from typing import Any
 
 from seqlab.config import (
     DataConfig,
@@ -14,12 +24,9 @@ from seqlab.config import (
     list_presets,
     load_config,
 )
-from seqlab.io import load, save
-from seqlab.model import build_model
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
-from seqlab.sampling import Generation, generate
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("seqlab")
 
 __all__ = [
     "DataConfig",
@@ -40,6 +47,20 @@ __all__ = [
     "load_config",
     "save",
 ]
+
+_LAZY = {
+    "build_model": "seqlab.model",
+    "load": "seqlab.io",
+    "save": "seqlab.io",
+    "generate": "seqlab.sampling",
+    "Generation": "seqlab.sampling",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'seqlab' has no attribute {name!r}")
 
 
 def list_mixers() -> list[str]:

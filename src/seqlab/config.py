@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from seqlab.errors import ConfigError
+from seqlab.files import atomic_write_text
 
 
 @dataclass
@@ -335,6 +336,4 @@ def load_config(
 
 def save_config(config: Any, path: str | os.PathLike[str]) -> None:
     """Write a config as YAML atomically."""
-    from seqlab.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

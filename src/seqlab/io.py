@@ -1,81 +1,21 @@
-"""Files on disk: atomic writes, safetensors with clear corruption errors, model save/load.
-
-A saved model is a directory with `config.yaml` (the model config under `model:`, the same
-shape as an experiment config) and `model.safetensors`. No pickle anywhere.
-"""
+"""Saved models: a directory with `config.yaml` (the model config under `model:`, the same
+shape as an experiment config) and `model.safetensors`; loading, and starting a model from
+another's weights (`train.init_from`)."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from seqlab.config import ExperimentConfig, from_dict, read_config_mapping, save_config
 from seqlab.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from seqlab.config import ExperimentConfig
-    from seqlab.model import Model
+from seqlab.files import load_tensors, save_tensors
+from seqlab.model import Model, build_model
 
 PathLike = str | os.PathLike[str]
-
-
-def _atomic_replace(path: PathLike, write: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write text so that `path` holds either the old or the new content, never a torn file."""
-    _atomic_replace(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def save_tensors(
-    tensors: dict[str, torch.Tensor], path: PathLike, metadata: dict[str, str] | None = None
-) -> None:
-    """Atomically write a safetensors file (tensors made contiguous and unshared)."""
-    plain = {name: t.detach().contiguous().clone() for name, t in tensors.items()}
-    _atomic_replace(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
-
-
-def load_tensors(path: PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing or damaged file raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({err})") from None
-
-
-def read_json(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: truncated or corrupt JSON ({err})") from None
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,8 +33,6 @@ def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None 
     `experiment` (a training run's whole config) is written instead of the bare model config
     so that a run directory is also a loadable model directory.
     """
-    from seqlab.config import ExperimentConfig, save_config
-
     if experiment is not None and experiment.model != model.config:
         raise ValueError("experiment.model differs from the model's own config")
     directory = Path(directory)
@@ -106,9 +44,6 @@ def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None 
 
 def load(directory: PathLike, device: str | torch.device = "cpu") -> Model:
     """Rebuild a model saved by `save` (or a training run directory) with its weights."""
-    from seqlab.config import ExperimentConfig, from_dict, read_config_mapping
-    from seqlab.model import build_model
-
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such model directory")

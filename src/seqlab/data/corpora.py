@@ -66,7 +66,7 @@ from seqlab.data.tokenizers import (
     Tokenizer,
 )
 from seqlab.errors import DataError, SeqlabError, UnknownNameError
-from seqlab.io import atomic_write_json
+from seqlab.files import atomic_write_json
 
 try:
     import fcntl

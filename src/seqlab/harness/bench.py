@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from seqlab.config import ModelConfig
+from seqlab.model import build_model
+
 
 @dataclass(frozen=True)
 class BenchCell:
@@ -80,9 +83,6 @@ def _sync(device: torch.device) -> None:
 def measure(cell: BenchCell) -> dict[str, Any]:
     """Median time of `train_steps` AdamW steps on [batch, seq_len] (skipped when 0) and of
     `decode_steps` one-token steps after a `seq_len` prefill; throughput and peak memory."""
-    from seqlab.config import ModelConfig
-    from seqlab.model import build_model
-
     if cell.threads:
         torch.set_num_threads(cell.threads)
     device = torch.device(cell.device)

@@ -25,7 +25,9 @@ import torch
 from tqdm import tqdm
 
 from seqlab.config import to_dict
+from seqlab.data.tasks import build_task
 from seqlab.errors import ConfigError
+from seqlab.files import atomic_write_json, atomic_write_text, read_json
 from seqlab.harness.grid import (
     HIGHER_IS_BETTER,
     CompareConfig,
@@ -35,7 +37,11 @@ from seqlab.harness.grid import (
     metric_for,
     point_labels,
 )
-from seqlab.io import atomic_write_json, atomic_write_text, read_json
+from seqlab.harness.report import leaderboard_markdown, write_plots
+from seqlab.io import load
+from seqlab.objectives import build_objective
+from seqlab.train import train
+from seqlab.train.checkpoint import latest_checkpoint
 
 
 def describe_backbone(config: dict[str, Any]) -> str:
@@ -50,11 +56,6 @@ def describe_backbone(config: dict[str, Any]) -> str:
 
 def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
     """Train (or resume) one run and evaluate it on the test split; returns its row."""
-    from seqlab.data.tasks import build_task
-    from seqlab.io import load
-    from seqlab.objectives import build_objective
-    from seqlab.train import train
-    from seqlab.train.checkpoint import latest_checkpoint
 
     run_dir = run.directory(out)
     done = run_dir / "result.json"
@@ -101,7 +102,6 @@ def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
 def check_earlier_stage(runs: list[Run], out: Path) -> None:
     """Before anything trains: every run that will start from an earlier stage (`init_from`;
     not finished, no checkpoint to resume from) finds that stage's finished run."""
-    from seqlab.train.checkpoint import latest_checkpoint
 
     missing = [
         run.config.train.init_from
@@ -225,7 +225,6 @@ def compare(
     plots: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the comparison into `out`; returns the aggregated results (one per grid point)."""
-    from seqlab.harness.report import leaderboard_markdown, write_plots
 
     out = Path(out)
     runs = expand(config)

@@ -9,7 +9,6 @@ replaced atomically, so a run killed at any moment leaves the previous checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,15 @@ from typing import Any
 import torch
 
 from seqlab.errors import CheckpointError
-from seqlab.io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+from seqlab.files import (
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    load_tensors,
+    read_json,
+    save_tensors,
+    sha256_file,
+)
 
 
 @dataclass
@@ -28,22 +35,6 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     extra: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -95,15 +86,16 @@ def save_checkpoint(
     opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
     save_tensors(model_tensors, tmp / "model.safetensors")
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    files = {name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.safetensors")}
+    names = ("model.safetensors", "optimizer.safetensors")
+    files = {name: sha256_file(tmp / name) for name in names}
     atomic_write_json(
         tmp / "state.json", {"step": step, "optimizer": opt_meta, "extra": extra, "sha256": files}
     )
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / "latest", final.name + "\n")
     for old in sorted(root.glob("step-????????"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -130,7 +122,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: file not found")
-        if _sha256(file) != expected:
+        if sha256_file(file) != expected:
             raise CheckpointError(f"{file}: checksum mismatch, the file is truncated or corrupt")
     model = load_tensors(path / "model.safetensors", device)
     optimizer = unflatten_optimizer(

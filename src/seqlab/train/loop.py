@@ -26,7 +26,8 @@ from tqdm import tqdm
 from seqlab.config import ExperimentConfig, TrainConfig, save_config
 from seqlab.data.tasks import Task, build_task
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.io import atomic_write_json, initialize_from, model_state, save
+from seqlab.files import atomic_write_json
+from seqlab.io import initialize_from, model_state, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
