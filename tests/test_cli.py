@@ -242,3 +242,52 @@ def test_eval_scores_a_run_on_an_overridden_task_setting(cli, tmp_path):
     assert_user_error(cli("eval", run, "--model.d_model", "8"), "only --task.*", "--model.d_model")
     assert_user_error(cli("eval", run, "--task.alphabet_size", "5"), "vocab_size 8", "19")
     assert_user_error(cli("eval", run, "--task.test_seq_len", "10"), "test_seq_len must be")
+
+
+def test_version_prints_the_installed_version(cli, capsys):
+    import seqlab
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"seqlab {seqlab.__version__}"
+
+
+def test_train_help_lists_every_config_key_with_default_and_doc(capsys):
+    from seqlab.config import config_keys
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    keys = config_keys()
+    assert len(keys) > 40
+    for key in keys:
+        assert key.doc, f"{key.key} has no doc line in its dataclass's Keys: section"
+        line = next(line for line in text.splitlines() if line.split()[:1] == [f"--{key.key}"])
+        assert repr(key.default) in line and key.doc.split()[0] in line
+
+
+def test_print_config_prints_the_resolved_config_and_trains_nothing(cli, tmp_path):
+    import yaml
+
+    result = cli("train", "--print-config", "--model.mixer", "gla", "--train.steps", "7")
+    assert result.returncode == 0
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["mixer"] == "gla" and printed["train"]["steps"] == 7
+    assert not list(tmp_path.iterdir())
+    assert_user_error(cli("train", "--model.mixer", "gla"), "needs --out")
+
+
+def test_list_verbose_shows_each_components_options_with_defaults(cli):
+    result = cli("list", "mixers", "-v")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    gla = lines.index(next(line for line in lines if line.startswith("gla ")))
+    options = []
+    for line in lines[gla + 1 :]:
+        if not line.startswith(" "):
+            break
+        options.append(line.strip())
+    assert "heads = model.n_heads" in options and "gate_rank = 16" in options
+    objectives = cli("list", "objectives", "-v").stdout
+    assert "block_size = 16" in objectives

@@ -7,14 +7,36 @@ User errors (unknown names, bad configs, missing or corrupt checkpoints) print o
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seqlab.config import ExperimentConfig, load_config, parse_value
-from seqlab.errors import ConfigError, SeqlabError
+import torch
+import yaml
+
+from seqlab import __version__
+from seqlab.config import (
+    ExperimentConfig,
+    config_keys,
+    list_presets,
+    load_config,
+    parse_value,
+    to_dict,
+)
+from seqlab.data.tasks import SPLITS, build_task
+from seqlab.errors import CheckpointError, ConfigError, SeqlabError
+from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
+from seqlab.harness.compare import compare, write_csv
+from seqlab.harness.grid import list_experiments, load_compare_config
+from seqlab.io import load
+from seqlab.mixers.base import LayoutKind
+from seqlab.objectives import build_objective
+from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.train import train
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -40,13 +62,16 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from seqlab.train import train
-
-    out = Path(args.out)
     source = args.config
-    if args.resume and source is None and (out / "config.yaml").is_file():
-        source = out / "config.yaml"
+    if args.resume and source is None and args.out and (Path(args.out) / "config.yaml").is_file():
+        source = Path(args.out) / "config.yaml"
     config = load_config(source if source is not None else "default", overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    if not args.out:
+        raise ConfigError("seqlab train needs --out DIR (the run directory)")
+    out = Path(args.out)
     summary = train(config, out, resume=args.resume)
     if summary.get("world_size", 1) == 1 or _is_rank_zero():
         print(json.dumps({k: v for k, v in summary.items() if k != "param_fingerprints"}))
@@ -54,13 +79,11 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def _is_rank_zero() -> bool:
-    import os
 
     return os.environ.get("RANK", "0") == "0"
 
 
 def _run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    from seqlab.errors import CheckpointError
 
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a run or model directory (no config.yaml)")
@@ -72,11 +95,6 @@ def _run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Exper
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    import torch
-
-    from seqlab.data.tasks import SPLITS, build_task
-    from seqlab.io import load
-    from seqlab.objectives import build_objective
 
     if args.split not in SPLITS:
         raise SeqlabError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
@@ -214,8 +232,6 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from seqlab.harness.compare import compare
-    from seqlab.harness.grid import load_compare_config
 
     config = load_compare_config(args.experiment)
     out = Path(args.out or Path("runs") / config.name)
@@ -226,10 +242,6 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
-    from seqlab.harness.compare import write_csv
-    from seqlab.mixers.base import LayoutKind
-    from seqlab.registry import MIXERS
 
     mixers = (
         args.mixers.split(",")
@@ -268,12 +280,7 @@ def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from seqlab.config import list_presets
-    from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
-
     if args.what in ("presets", "experiments"):
-        from seqlab.harness.grid import list_experiments
-
         for name in list_presets() if args.what == "presets" else list_experiments():
             print(name)
         return 0
@@ -283,7 +290,31 @@ def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     width = max((len(n) for n in registry.names()), default=0)
     for entry in registry.entries():
         print(f"{entry.name:<{width}}  {entry.description}")
+        if args.verbose:
+            for line in option_lines(entry.options()):
+                print(f"{'':<{width}}    {line}")
     return 0
+
+
+def option_lines(options: dict[str, Any]) -> list[str]:
+    """`name = default` per option (`name (required)` without a default)."""
+    return [
+        f"{name} (required)" if default is inspect.Parameter.empty else f"{name} = {default!r}"
+        for name, default in options.items()
+    ]
+
+
+def train_epilog() -> str:
+    """Every config key with its default and doc, for `seqlab train --help`."""
+    keys = config_keys()
+    width = max(len(k.key) for k in keys) + 2
+    lines = [
+        "config keys (set any with --KEY VALUE, e.g. --model.d_model 256; a section's "
+        "component options with --objective.KEY / --task.KEY / --model.mixer_options.NAME.KEY):"
+    ]
+    for key in keys:
+        lines.append(f"  --{key.key:<{width}} {key.default!r:<12} {key.doc}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,12 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate, sample and compare sequence models.",
         epilog="Config overrides: --section.key VALUE, e.g. --model.d_model 256.",
     )
+    parser.add_argument("--version", action="version", version=f"seqlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (torchrun-aware)")
+    p = sub.add_parser(
+        "train",
+        help="train a model (torchrun-aware)",
+        epilog=train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML file or preset name (default: the 'default' preset)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", help="run directory (required unless --print-config)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (preset or file plus overrides) as YAML and exit",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -395,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered components")
     p.add_argument(
         "what", choices=["mixers", "objectives", "tasks", "samplers", "presets", "experiments"]
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also list each component's options"
     )
     p.set_defaults(func=cmd_list)
     return parser

@@ -20,8 +20,22 @@ from seqlab.files import atomic_write_text
 class ModelConfig:
     """The backbone: embed -> [Block(mixer, mlp)] x n_layers -> norm -> head.
 
-    `layers` names one mixer per layer (a hybrid such as [gla, gla, attention]); when it is
-    given it fixes `n_layers`. `mixer_options` maps a mixer name to its keyword arguments.
+    Keys:
+        mixer: the token mixer of every layer: a name (`seqlab list mixers`) or an import
+            path package.module:Name
+        layers: one mixer per layer, e.g. [gla, gla, attention] (a hybrid); fixes n_layers
+        d_model: residual stream width
+        n_layers: number of blocks
+        n_heads: attention heads (and the default `heads` option of multi-head mixers)
+        n_kv_heads: key/value heads of attention (grouped-query attention; null: n_heads)
+        vocab_size: token vocabulary (set from the task when training)
+        mlp_ratio: SwiGLU hidden width / d_model (0: no MLP)
+        tie_embeddings: share the input embedding and the output head
+        norm_eps: RMSNorm epsilon
+        rope_theta: rotary base of attention (and of retnet's rotary)
+        window: sliding-window length of attention (null: full causal attention)
+        init_std: std of the normal init (output projections scaled by 1/sqrt(2 n_layers))
+        mixer_options: mixer name -> its options (`seqlab list mixers -v`)
     """
 
     mixer: str = "attention"
@@ -80,7 +94,12 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """A generation paradigm by name; every other key is passed to its factory."""
+    """A generation paradigm; every other key of the section is one of its options.
+
+    Keys:
+        name: the paradigm: a name (`seqlab list objectives -v`) or package.module:Name
+        options: its options (also written as plain keys of the section)
+    """
 
     name: str = "ar"
     options: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +107,12 @@ class ObjectiveConfig:
 
 @dataclass
 class TaskConfig:
-    """A task by name (`text` reads the `data` section); other keys go to its generator."""
+    """A task; every other key of the section is one of its options (`text` reads `data`).
+
+    Keys:
+        name: the task: a name (`seqlab list tasks -v`) or package.module:Name
+        options: its options (also written as plain keys of the section)
+    """
 
     name: str = "text"
     options: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +120,19 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where text comes from and how it becomes tokens."""
+    """Where text comes from and how it becomes tokens (the `text` task).
+
+    Keys:
+        corpus: stdlib (the Python standard library's source), path (a text file or a
+            folder of them) or hf (a Hugging Face dataset saved to disk or by name)
+        path: the file, folder or dataset that the path and hf corpora read
+        seq_len: tokens per training row
+        tokenizer: byte or bpe
+        vocab_size: vocabulary of a trained bpe tokenizer
+        cache_dir: where tokenized corpora are cached (null: $SEQLAB_CACHE or ~/.cache/seqlab)
+        text_field: the text column of an hf dataset
+        hf_split: use only this split of an hf dataset (null: all)
+    """
 
     corpus: str = "stdlib"
     path: str | None = None
@@ -114,7 +150,29 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, evaluation and checkpointing schedule."""
+    """Optimisation, evaluation and checkpointing schedule.
+
+    Keys:
+        steps: optimizer steps
+        batch_size: rows per step (per rank)
+        grad_accum: micro-batches accumulated per step
+        lr: peak learning rate (AdamW)
+        min_lr_ratio: final learning rate / lr of the cosine decay
+        warmup: linear warm-up steps
+        weight_decay: AdamW decoupled weight decay (matrices only)
+        beta1: AdamW beta1
+        beta2: AdamW beta2
+        grad_clip: global gradient-norm clip
+        eval_every: steps between validation evaluations
+        eval_tokens: validation tokens per evaluation
+        checkpoint_every: steps between checkpoints
+        keep_checkpoints: checkpoints kept on disk
+        log_every: steps between log lines
+        seed: seed of initialisation and data order
+        device: auto, cpu, cuda or cuda:N
+        threads: torch CPU threads (null: torch's default)
+        init_from: a run or model directory whose weights start this run
+    """
 
     steps: int = 200
     batch_size: int = 16
@@ -149,7 +207,15 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One training run: model x objective x task/data x training schedule."""
+    """One training run: model x objective x task/data x training schedule.
+
+    Keys:
+        model: the backbone
+        objective: the generation paradigm
+        task: what is learned and how it is scored
+        data: the corpus of the text task
+        train: the optimisation schedule
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -159,6 +225,53 @@ class ExperimentConfig:
 
 
 _OPEN_SECTIONS = (ObjectiveConfig, TaskConfig)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One key of the experiment config: dotted name, default and one-line doc."""
+
+    key: str
+    default: Any
+    doc: str
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The `Keys:` section of a config dataclass's docstring: field -> one-line doc."""
+    lines = (cls.__doc__ or "").split("\n")
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Keys:")
+    except StopIteration:
+        return {}
+    docs: dict[str, str] = {}
+    current = None
+    for line in lines[start + 1 :]:
+        text = line.strip()
+        if not text:
+            break
+        name, sep, doc = text.partition(": ")
+        if sep and name.isidentifier() and line.startswith(" " * 8) and not line.startswith(
+            " " * 12
+        ):
+            current, docs[name] = name, doc
+        elif current is not None:
+            docs[current] += " " + text
+    return docs
+
+
+def config_keys(cls: type | None = None, prefix: str = "") -> list[ConfigKey]:
+    """Every key of the experiment config with its default and doc, in declaration order."""
+    cls = cls or ExperimentConfig
+    docs = field_docs(cls)
+    keys: list[ConfigKey] = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(config_keys(hint, f"{prefix}{f.name}."))
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        keys.append(ConfigKey(f"{prefix}{f.name}", default, docs.get(f.name, "")))
+    return keys
 
 
 def parse_value(text: str) -> Any:

@@ -63,7 +63,12 @@ class Entry:
         }
 
     def options(self) -> dict[str, Any]:
-        """Option name -> default (`inspect.Parameter.empty` where the option is required)."""
+        """Option name -> default (`inspect.Parameter.empty` where the option is required).
+
+        A target that fills some constructor parameters from elsewhere (a mixer takes
+        `d_model` from the model config) lists its options with `option_defaults()`."""
+        if hasattr(self.target, "option_defaults"):
+            return self.target.option_defaults()
         return {name: p.default for name, p in self.parameters().items()}
 
     def check_options(self, options: dict[str, Any]) -> None:

@@ -135,7 +135,7 @@ class Mixer(nn.Module, ABC):
         """The options a user may set, with their defaults (`model.FIELD` where the model
         config supplies it; `inspect.Parameter.empty` where the option is required)."""
         return {
-            name: f"model.{CONFIG_DEFAULTS[name]}" if name in CONFIG_DEFAULTS else p.default
+            name: ConfigDefault(CONFIG_DEFAULTS[name]) if name in CONFIG_DEFAULTS else p.default
             for name, p in constructor_parameters(cls).items()
             if name not in CONFIG_FIELDS and name != "layer"
         }
@@ -192,6 +192,16 @@ def no_weight_decay(*params: nn.Parameter) -> None:
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 # Options whose default is a model config field.
 CONFIG_DEFAULTS = {"heads": "n_heads"}
+
+
+@dataclass(frozen=True)
+class ConfigDefault:
+    """The default of an option that a model config field supplies."""
+
+    field: str
+
+    def __repr__(self) -> str:
+        return f"model.{self.field}"
 
 
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:

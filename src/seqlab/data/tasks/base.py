@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +32,13 @@ class Task(ABC):
     vocab_size: int
     seq_len: int
     scores_answers: bool = True
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The options a user may set, with their defaults (`data`, the experiment's data
+        section, is passed by `build_task` to a task that takes it)."""
+        params = inspect.signature(cls).parameters.values()
+        return {p.name: p.default for p in params if p.name != "data" and p.kind != p.VAR_KEYWORD}
 
     @abstractmethod
     def batch(

@@ -20,7 +20,9 @@ BOS, SEP, EOS = 1, 2, 3
 
 @TASKS.register("copy")
 class Copy(SyntheticTask):
-    """String copying (Jelassi et al., "Repeat After Me"): ``$ x | x .``.
+    """Copy a random string (Repeat After Me), tested on up to 3x longer strings.
+
+    String copying (Jelassi et al., "Repeat After Me"): ``$ x | x .``.
 
     Ids: 0 PAD, 1 ``$`` (start), 2 ``|`` (separator), 3 ``.`` (end), alphabet symbols
     ``4 .. alphabet_size + 3``. x is a uniform random string whose length is uniform in
@@ -70,7 +72,9 @@ BLANK, COPY = 1, 2
 
 @TASKS.register("selective_copy")
 class SelectiveCopy(SyntheticTask):
-    """Selective copying (Gu & Dao, Mamba): content tokens scattered among blanks, then a
+    """Selective copying (Mamba): output the content tokens scattered among blanks.
+
+    Selective copying (Gu & Dao, Mamba): content tokens scattered among blanks, then a
     marker after which the content tokens must be produced in order.
 
     Ids: 0 PAD, 1 BLANK (noise), 2 COPY (marker), content symbols

@@ -51,7 +51,9 @@ LANGUAGES = {
 
 @TASKS.register("formal")
 class Formal(SyntheticTask):
-    """Delétang et al.'s transduction tasks as ``x SEP y``: x is uniform over the input
+    """Chomsky-hierarchy tasks (Delétang et al.): train short, test on longer inputs.
+
+    Delétang et al.'s transduction tasks as ``x SEP y``: x is uniform over the input
     alphabet with length uniform in ``min_len .. max_len`` (train, validation) or
     ``max_len + 1 .. test_max_len`` (test; strictly longer), y is the answer, all scored.
 

@@ -28,7 +28,9 @@ def apply(op: int, values: list[int]) -> int:
 
 @TASKS.register("listops")
 class ListOps(SyntheticTask):
-    """ListOps classification (Nangia & Bowman; the Long Range Arena task at small scale).
+    """ListOps: the value of a nested MAX/MIN/MED/SM expression over digits.
+
+    ListOps classification (Nangia & Bowman; the Long Range Arena task at small scale).
 
     Ids: 0 PAD, 1 ANSWER marker, 2 ``]``, 3 ``[MAX``, 4 ``[MIN``, 5 ``[MED``, 6 ``[SM``,
     digits ``d -> 7 + d``. The root is an operator with 2 .. ``max_args`` arguments (uniform);

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 @TASKS.register("mqar")
 class MQAR(SyntheticTask):
-    """Multi-query associative recall (Arora, Eyuboglu et al., Zoology).
+    """Multi-query associative recall (Zoology): recall the value of each queried key.
+
+    Multi-query associative recall (Arora, Eyuboglu et al., Zoology).
 
     Ids: 0 is PAD (and the blank filler when ``random_non_queries`` is off); keys are
     ``1 .. vocab_size//2 - 1``, values ``vocab_size//2 .. vocab_size - 1``. A row holds
@@ -139,7 +141,9 @@ TRIGGER = 1
 
 @TASKS.register("induction")
 class Induction(SyntheticTask):
-    """Induction heads: a random sequence holds a special trigger once, followed by a target;
+    """Induction heads: after a repeated trigger, recall the token that followed it.
+
+    Induction heads: a random sequence holds a special trigger once, followed by a target;
     the sequence ends with the trigger again and the target must be recalled.
 
     Ids: 0 PAD, 1 TRIGGER, alphabet symbols ``2 .. alphabet_size + 1``. A training row holds

@@ -66,7 +66,9 @@ def canonical_form(table: np.ndarray) -> bytes:
 
 @TASKS.register("regbench")
 class RegBench(SyntheticTask):
-    """In-context language learning (Akyürek et al., RegBench).
+    """In-context language learning (RegBench): continue strings of a random DFA.
+
+    In-context language learning (Akyürek et al., RegBench).
 
     Each example samples a probabilistic finite automaton: k states (uniform in
     ``min_states .. max_states``), an alphabet of k symbols drawn from ``num_symbols``, and

@@ -13,7 +13,9 @@ FIRST_NUMBER = 2
 
 @TASKS.register("sort")
 class Sort(SyntheticTask):
-    """Sorting: ``x SEP sorted(x)``.
+    """Sort a set of distinct numbers; exact match is the metric of record.
+
+    Sorting: ``x SEP sorted(x)``.
 
     Ids: 0 PAD, 1 SEP, numbers ``v -> 2 + v`` for ``v < num_values``. x is a set of k distinct
     uniform numbers in random order, k uniform in ``min_items .. max_items``; the sorted

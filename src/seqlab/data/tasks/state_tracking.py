@@ -22,7 +22,9 @@ KINDS = ("parity", "mod_add")
 
 @TASKS.register("state_tracking")
 class StateTracking(SyntheticTask):
-    """Parity and modular arithmetic, trained short and tested long (Grazzi et al.; Delétang
+    """Parity / modular addition (with brackets) of a sequence, longer at test.
+
+    Parity and modular arithmetic, trained short and tested long (Grazzi et al.; Delétang
     et al.): ``x_1 .. x_n = y``.
 
     Ids: 0 PAD, 1 ``=``, 2 ``(``, 3 ``)``, 4 ``+``, 5 ``-``, digits ``d -> 6 + d`` for

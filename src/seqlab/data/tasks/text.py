@@ -14,7 +14,9 @@ from seqlab.registry import TASKS
 
 @TASKS.register("text")
 class TextTask(Task):
-    """Windows of `seq_len + 1` tokens; scored in nats per token and bits per byte."""
+    """Language modelling on a corpus, scored in bits per byte.
+
+    Windows of `seq_len + 1` tokens; scored in nats per token and bits per byte."""
 
     name = "text"
     scores_answers = False
@@ -58,4 +60,3 @@ class TextTask(Task):
 
     def bytes_per_token(self, split: str) -> float:
         return self.data.bytes_per_token(split)
-
