@@ -459,3 +459,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`seqlab list mixers | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,1 @@
+"""An example seqlab plugin package: one mixer, `seqlab_toy.ema:EMA`."""
