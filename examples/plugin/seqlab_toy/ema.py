@@ -38,7 +38,9 @@ class EMA(Mixer):
     def __init__(self, d_model: int, *, expand: int = 1, conv_size: int = 4) -> None:
         super().__init__()
         if expand < 1 or conv_size < 1:
-            raise ConfigError(f"ema needs expand >= 1 and conv_size >= 1, got {expand}, {conv_size}")
+            raise ConfigError(
+                f"ema needs expand >= 1 and conv_size >= 1, got {expand}, {conv_size}"
+            )
         self.d_model, self.d_inner = d_model, expand * d_model
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv = ShortConv(self.d_inner, conv_size)

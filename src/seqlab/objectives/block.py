@@ -63,9 +63,8 @@ class BlockDiffusion(Diffusion):
         estimator: str = "time",
         shift: bool = False,
     ) -> None:
-        super().__init__(
-            noise=noise, schedule=schedule, eval_samples=eval_samples, estimator=estimator
-        )
+        self.noise = noise
+        super().__init__(schedule=schedule, eval_samples=eval_samples, estimator=estimator)
         sizes = [block_size] if block_sizes is None else list(block_sizes)
         if not sizes or min(sizes + [block_size]) < 1:
             raise ConfigError(f"block sizes must be positive, got {block_size}, {block_sizes}")

@@ -120,22 +120,23 @@ class Diffusion(Objective):
 
     bound = True
     layout = Layout.BIDIRECTIONAL
+    noise: str  # a key of PROCESSES, set by each subclass
 
     def __init__(
         self,
         *,
-        noise: str = "absorbing",
         schedule: str = "loglinear",
         eval_samples: int = 4,
         estimator: str = "time",
         num_classes: int = 0,
         label_dropout: float = 0.1,
     ) -> None:
+        noise = self.noise
         if noise not in PROCESSES:
             raise ConfigError(f"unknown noise {noise!r}; choose one of {sorted(PROCESSES)}")
         if eval_samples < 1:
             raise ConfigError(f"eval_samples must be >= 1, got {eval_samples}")
-        self.noise, self.schedule = noise, build_schedule(schedule)
+        self.schedule = build_schedule(schedule)
         if num_classes < 0 or not 0 <= label_dropout <= 1:
             raise ConfigError(
                 f"need num_classes >= 0 and label_dropout in [0, 1], got {num_classes}, "
@@ -271,24 +272,7 @@ class MaskedDiffusion(Diffusion):
     """Absorbing-state diffusion (MDLM: SUBS parameterisation, continuous-time ELBO bound)."""
 
     name = "masked_diffusion"
-
-    def __init__(
-        self,
-        *,
-        schedule: str = "loglinear",
-        eval_samples: int = 4,
-        estimator: str = "time",
-        num_classes: int = 0,
-        label_dropout: float = 0.1,
-    ) -> None:
-        super().__init__(
-            noise="absorbing",
-            schedule=schedule,
-            eval_samples=eval_samples,
-            estimator=estimator,
-            num_classes=num_classes,
-            label_dropout=label_dropout,
-        )
+    noise = "absorbing"
 
 
 @OBJECTIVES.register("uniform_diffusion")
@@ -296,19 +280,4 @@ class UniformDiffusion(Diffusion):
     """Uniform-state diffusion (UDLM: closed-form posterior, continuous-time ELBO bound)."""
 
     name = "uniform_diffusion"
-
-    def __init__(
-        self,
-        *,
-        schedule: str = "loglinear",
-        eval_samples: int = 4,
-        num_classes: int = 0,
-        label_dropout: float = 0.1,
-    ) -> None:
-        super().__init__(
-            noise="uniform",
-            schedule=schedule,
-            eval_samples=eval_samples,
-            num_classes=num_classes,
-            label_dropout=label_dropout,
-        )
+    noise = "uniform"
