@@ -278,9 +278,8 @@ def check_state_size(s: MixerSubject) -> None:
             if t + 1 in (8, 13):
                 seen.append((t + 1, state_numbers(state, batch)))
     wrong = [(t, n, mixer.state_size(t)) for t, n in seen if n != mixer.state_size(t)]
-    assert not wrong, "; ".join(
-        f"after {t} tokens the state holds {n:g} numbers per sequence, state_size({t}) = {r}"
-        for t, n, r in wrong
+    assert not wrong, "numbers per sequence in the returned state vs state_size(T): " + "; ".join(
+        f"T={t}: {n:g} held, state_size({t}) = {r}" for t, n, r in wrong
     )
 
 
