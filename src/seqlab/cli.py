@@ -1,4 +1,4 @@
-"""`seqlab train | eval | sample | compare | bench | list`: plain functions behind argparse.
+"""`seqlab train | eval | sample | compare | bench | check | list`: plain functions behind argparse.
 
 User errors (unknown names, bad configs, missing or corrupt checkpoints) print one line
 `seqlab: error: ...` and exit with code 2.
@@ -36,6 +36,7 @@ from seqlab.io import load
 from seqlab.mixers.base import LayoutKind
 from seqlab.objectives import build_objective
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.testing import check_mixer, check_objective, check_sampler
 from seqlab.train import train
 
 
@@ -317,6 +318,25 @@ def train_epilog() -> str:
     return "\n".join(lines)
 
 
+def cmd_check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """Run the conformance kit on one component; exit 0 when every invariant holds, 1 when
+    one fails (the report names it), 2 on a user error (unknown name, bad path or option)."""
+    options: dict[str, Any] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        if key.strip() in ("only", "raise_on_failure"):
+            raise ConfigError(f"--option {key.strip()} is not an option of the {args.kind}")
+        options[key.strip()] = parse_value(value)
+    check = {"mixer": check_mixer, "objective": check_objective, "sampler": check_sampler}[
+        args.kind
+    ]
+    report = check(args.name, raise_on_failure=False, **options)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqlab",
@@ -442,6 +462,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="also list each component's options"
     )
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "check",
+        help="run the conformance kit on a mixer, objective or sampler",
+        description="Check that a component keeps the invariants of its interface "
+        "(seqlab.testing): exit 0 when all hold, 1 when one fails, 2 on a user error.",
+    )
+    p.add_argument("name", help="registered name or import path package.module:Name")
+    p.add_argument("--kind", choices=["mixer", "objective", "sampler"], default="mixer")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="an option of the component (YAML value), repeatable",
+    )
+    p.set_defaults(func=cmd_check)
     return parser
 
 

@@ -34,3 +34,12 @@ class DataError(SeqlabError):
 
 class ShapeError(SeqlabError, ValueError):
     """A tensor has the wrong shape or dtype; the message names the expected one."""
+
+
+class ConformanceError(SeqlabError):
+    """A component fails invariants of the conformance kit (`seqlab.testing`); the message
+    names each failed invariant and `report` holds the whole `seqlab.testing.Report`."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
