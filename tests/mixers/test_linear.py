@@ -10,9 +10,11 @@ import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.mixers.base import Layout
-from seqlab.mixers.deltanet import DeltaNet, GatedDeltaNet
-from seqlab.mixers.linear import LinearRecurrence, retnet_decays
+from seqlab.mixers.deltanet import DeltaNet
+from seqlab.mixers.gated_deltanet import GatedDeltaNet
+from seqlab.mixers.linear_recurrence import LinearRecurrence
 from seqlab.mixers.mamba2 import Mamba2, signed_gla, signed_log_decay
+from seqlab.mixers.retnet import retnet_decays
 from seqlab.model import build_mixer, build_model
 
 F64 = torch.float64

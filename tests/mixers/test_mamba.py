@@ -131,7 +131,7 @@ def test_projections_keep_the_reference_uniform_init_so_the_selective_path_start
     out_bound = m.out.in_features**-0.5 / math.sqrt(2 * config.n_layers)
     assert m.out.weight.abs().max() <= out_bound * (1 + 1e-6)
     assert m.out.weight.abs().max() > 0.9 * out_bound
-    # the conv keeps U(±d_conv^−½) weights but a zero bias (a measured departure, see Mamba)
+    # the conv keeps U(±conv_size^−½) weights but a zero bias (a measured departure, see Mamba)
     conv_bound = m.conv.kernel_size**-0.5
     assert m.conv.weight.abs().max() <= conv_bound and m.conv.weight.std() > 0.4 * conv_bound
     assert torch.count_nonzero(m.conv.bias) == 0

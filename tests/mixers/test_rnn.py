@@ -8,16 +8,17 @@ import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.mixers.base import Layout
-from seqlab.mixers.rnn import LRU, MinGRU
+from seqlab.mixers.lru import LRU
+from seqlab.mixers.mingru import MinGRU
 from seqlab.model import build_mixer, build_model
 from seqlab.registry import MIXERS
 
 F64 = torch.float64
 
-# Every mixer built on rnn.py's shared rules (scan layouts, float32 states), with options
+# Every mixer built on the scan mixers' shared rules (scan layouts, float32 states), with options
 # that differ from the defaults so that a round trip must carry them.
 SCAN_MIXERS = {
-    "mingru": {"d_conv": 0, "expand": 2},
+    "mingru": {"conv_size": 0, "expand": 2},
     "lstm": {"expand": 2},
     "gru": {},
     "s4d": {"init": "inv", "d_state": 4},
@@ -44,9 +45,9 @@ def mingru_loop(m: MinGRU, x: torch.Tensor) -> torch.Tensor:
     return m.out(torch.stack(hs, 1))
 
 
-@pytest.mark.parametrize("d_conv", [0, 4])
-def test_mingru_log_space_scan_matches_step_loop_forward_and_backward_float64(d_conv):
-    m = MinGRU(12, expand=2, d_conv=d_conv).double()
+@pytest.mark.parametrize("conv_size", [0, 4])
+def test_mingru_log_space_scan_matches_step_loop_forward_and_backward_float64(conv_size):
+    m = MinGRU(12, expand=2, conv_size=conv_size).double()
     m.init_weights(0.5, 0.5)
     x = torch.randn(3, 37, 12, dtype=F64)
     weight = torch.randn(3, 37, 12, dtype=F64)
@@ -63,7 +64,7 @@ def test_mingru_log_space_scan_matches_step_loop_forward_and_backward_float64(d_
 
 
 def test_mingru_hidden_state_stays_positive():
-    m = MinGRU(8, d_conv=0)
+    m = MinGRU(8, conv_size=0)
     m.init_weights(3.0, 1.0)
     x = 10 * torch.randn(2, 200, 8)
     state = m.init_state(2)
@@ -168,7 +169,7 @@ def test_invalid_option_values_raise_config_error():
     bad = {
         "s4d": {"init": "legs"},
         "mamba": {"dt_rank": 0},
-        "mingru": {"d_conv": -1},
+        "mingru": {"conv_size": -1},
         "gru": {"expand": 0},
     }
     for name, options in bad.items():

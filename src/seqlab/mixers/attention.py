@@ -33,7 +33,10 @@ class KVCache:
 
 @MIXERS.register("attention")
 class Attention(Mixer):
-    """o = softmax(q kᵀ / √D + mask) v with rotary positions on q and k.
+    """Softmax attention (Vaswani et al., 2017) with grouped-query heads, rotary positions,
+    an optional sliding window and a KV cache.
+
+    o = softmax(q kᵀ / √D + mask) v with rotary positions on q and k.
 
     `n_kv_heads < n_heads` shares each key/value head across a group of query heads.
     `window` limits causal reads to the last `window` positions (the cache is trimmed to it).

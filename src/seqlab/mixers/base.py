@@ -278,11 +278,6 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def check_expand(expand: int, name: str) -> None:
-    if not isinstance(expand, int) or expand < 1:
-        raise ConfigError(f"{name} expand must be a positive integer, got {expand!r}")
-
-
 # One direction of a recurrent mixer: time-indexed inputs (each `[B, T, ...]`) and a state
 # (None: the parallel form from a zero state) -> (output `[B, T, ...]`, new state or None).
 Recur = Callable[[tuple[Tensor, ...], State | None], tuple[Tensor, State | None]]

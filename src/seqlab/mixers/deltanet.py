@@ -1,31 +1,24 @@
-"""Delta-rule mixers: DeltaNet and Gated DeltaNet, on `ops.delta_rule`."""
+"""DeltaNet (Yang et al., 2024): linear attention with the delta rule, on `ops.delta_rule`."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError
-from seqlab.mixers.linear import (
-    LinearRecurrence,
-    LinearState,
-    check_bool,
-    check_positive,
-    head_dim,
-    heads_view,
-)
+from seqlab.mixers.common import check_bool, check_positive, head_dim, heads_view
+from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
+from seqlab.ops.delta_rule import delta_rule
 from seqlab.registry import MIXERS
 
 
 @MIXERS.register("deltanet")
 class DeltaNet(LinearRecurrence):
-    """DeltaNet (Yang et al., "Parallelizing Linear Transformers with the Delta Rule over
-    Sequence Length", 2024):
+    """DeltaNet (Yang et al., 2024): linear attention whose state is written by the delta
+    rule, which replaces the value stored under each key instead of adding to it.
+
+    From "Parallelizing Linear Transformers with the Delta Rule over Sequence Length":
 
         q, k, v = SiLU(conv(W_qkv x));  q, k ← q/‖q‖, k/‖k‖ per head;  β_t = σ(W_β x_t)
         S_t = (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,  o_t = S_tᵀ q_t / √K
@@ -62,7 +55,7 @@ class DeltaNet(LinearRecurrence):
         self.qkv = nn.Linear(d_model, 2 * key_width + value_width, bias=False)
         self.conv = ShortConv(2 * key_width + value_width, conv_size, activation="silu")
         self.beta_proj = nn.Linear(d_model, heads, bias=False)
-        self.gate = nn.Linear(d_model, value_width, bias=False)
+        self.gate = self.output_gate(value_width)
         self.norm = nn.RMSNorm(self.state_v, eps=1e-5)
         self.out = nn.Linear(value_width, d_model, bias=False)
 
@@ -116,83 +109,3 @@ class DeltaNet(LinearRecurrence):
         kernel = self.heads * (4.0 * c * k + 3.0 * c * v + 2.0 * k * k + 6.0 * k * v)
         conv = 2.0 * self.conv.kernel_size * self.conv.channels
         return kernel + conv + 6.0 * self.heads * (2 * k + v)
-
-
-@MIXERS.register("gated_deltanet")
-class GatedDeltaNet(DeltaNet):
-    """Gated DeltaNet (Yang et al., "Gated Delta Networks: Improving Mamba2 with Delta Rule",
-    2025): DeltaNet with Mamba-2's scalar decay per head,
-
-        α_t = exp(g_t),  g_t = −exp(A_log) · softplus(W_a x_t + b_Δ)
-        S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ
-
-    Init as Mamba-2's: A = exp(A_log) ~ U[A_min, A_max] per head, b_Δ = softplus⁻¹(Δ₀) with
-    Δ₀ log-uniform in [dt_min, dt_max]. V defaults to 2 · d_model / heads (the paper's
-    expand_v = 2). Everything else, `negative_eigenvalues` included, is DeltaNet's.
-    """
-
-    name = "gated_deltanet"
-
-    def __init__(
-        self,
-        d_model: int,
-        heads: int,
-        *,
-        expand_k: float = 1.0,
-        expand_v: float = 2.0,
-        conv_size: int = 4,
-        negative_eigenvalues: bool = False,
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        A_min: float = 1.0,
-        A_max: float = 16.0,
-        chunk_size: int = 64,
-    ) -> None:
-        super().__init__(
-            d_model,
-            heads,
-            expand_k=expand_k,
-            expand_v=expand_v,
-            conv_size=conv_size,
-            negative_eigenvalues=negative_eigenvalues,
-            chunk_size=chunk_size,
-        )
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"{self.name} needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        if not 0 < A_min <= A_max:
-            raise ConfigError(f"{self.name} needs 0 < A_min <= A_max, got {A_min}, {A_max}")
-        self.dt_min, self.dt_max, self.A_min, self.A_max = dt_min, dt_max, A_min, A_max
-        self.decay_proj = nn.Linear(d_model, heads, bias=False)
-        self.A_log = nn.Parameter(torch.empty(heads))
-        self.dt_bias = nn.Parameter(torch.empty(heads))
-        self._reset_structured()
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        super().init_weights(std, out_std)
-        self._reset_structured()
-
-    @torch.no_grad()
-    def _reset_structured(self) -> None:
-        self.conv.reset_parameters()
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(self.A_min, self.A_max).log())
-        dt = torch.empty_like(self.dt_bias).uniform_(math.log(self.dt_min), math.log(self.dt_max))
-        dt = dt.exp().clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-
-    def log_decay(self, decay_logits: Tensor) -> Tensor:
-        """g = −exp(A_log) · softplus(W_a x + b_Δ) `[B, T, H]` (≤ 0) from W_a x."""
-        return -self.A_log.exp() * F.softplus(decay_logits + self.dt_bias)
-
-    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        (qkv, beta_logits), gate = super()._project(x)
-        return (qkv, beta_logits, self.decay_proj(x)), gate
-
-    def _kernel(
-        self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay_logits: Tensor, **kernel: object
-    ) -> tuple[Tensor, ...]:
-        return gated_delta_rule(q, k, v, self.log_decay(decay_logits), beta, **kernel)
-
-    def mixing_flops(self, seq_len: int) -> float:
-        """DeltaNet's, plus the decay factors inside the chunk (~2C per token and head)."""
-        c = min(self.chunk_size, max(seq_len, 1))
-        return super().mixing_flops(seq_len) + self.heads * (2.0 * c + 8.0)

@@ -16,12 +16,19 @@ from seqlab.mixers.base import (
     ALL_LAYOUTS,
     Layout,
     Mixer,
-    check_expand,
     check_input,
     check_scan_layout,
+    keep_init,
     no_weight_decay,
     scan_in_layout,
     state_dtype,
+)
+from seqlab.mixers.common import (
+    check_bool,
+    check_expand,
+    check_range,
+    dt_bias_init,
+    s4d_real_A_log,
 )
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.selective_scan import selective_scan
@@ -30,7 +37,7 @@ from seqlab.registry import MIXERS
 
 @dataclass
 class MambaState:
-    """`conv`: the last d_conv − 1 conv inputs `[B, d_conv − 1, d_inner]`;
+    """`conv`: the last conv_size − 1 conv inputs `[B, conv_size − 1, d_inner]`;
     `ssm`: h `[B, d_inner, d_state]`."""
 
     conv: Tensor
@@ -39,7 +46,10 @@ class MambaState:
 
 @MIXERS.register("mamba")
 class Mamba(Mixer):
-    """The Mamba block:
+    """Mamba (Gu & Dao, 2023): the selective state-space (S6) block, with input-dependent
+    Δ, B and C, run as a fused selective scan.
+
+    The block:
 
         u, z = W_in x;  u = SiLU(conv(u));  (δ, B, C) = W_x u;  Δ = softplus(W_Δ δ + b_Δ)
         y = W_out(S6(u; Δ, A, B, C, D) ⊙ SiLU(z))
@@ -48,9 +58,14 @@ class Mamba(Mixer):
     δ `[B, T, dt_rank]`; B, C `[B, T, d_state]`; A `[d_inner, d_state]`.
     Init (the paper's): A = −exp(A_log) with A_n = −n, n = 1 … d_state ("S4D-Real");
     W_Δ ~ U(±dt_rank^−½); b_Δ = softplus⁻¹(Δ₀) with Δ₀ log-uniform in [dt_min, dt_max]
-    (floored at 1e-4); D = 1. One deliberate departure: the conv bias starts at 0, not at
-    nn.Conv1d's U(±d_conv^−½) as in the reference; with that bias selective copying solved
-    0 of 5 seeds instead of 3 of 5 (docs/results.md). A is not weight-decayed (as in the
+    (floored at 1e-4); D = 1; the input, x and output projections keep PyTorch's
+    U(±fan_in^−½), the output one scaled by 1/√(2 n_layers) (the residual rescaling, which
+    is out_std / std of `Model.init_weights`), and the model-wide init leaves them (with
+    Normal(0, 0.02) the selective part of S6, Δ·B·C, started at 2e-5 of the D skip instead
+    of 3e-3, and selective copying sat at chance for hundreds to thousands of steps).
+    One deliberate departure: the conv bias starts at 0, not at nn.Conv1d's U(±conv_size^−½)
+    as in the reference; with that bias selective copying solved 0 of 5 seeds instead of 3
+    of 5 (docs/results.md). A is not weight-decayed (as in the
     paper; decay pulled log|A_n| towards 0 and erased the A_n = −n spacing in a 3000-step
     run, docs/results.md).
     `negative_eigenvalues` (Grazzi et al., 2025) maps each decay exp(ΔA) ∈ (0, 1) to
@@ -67,14 +82,14 @@ class Mamba(Mixer):
 
     layouts = ALL_LAYOUTS
 
-
     def __init__(
         self,
         d_model: int,
         *,
+        n_layers: int = 1,
         expand: int = 2,
         d_state: int = 16,
-        d_conv: int = 4,
+        conv_size: int = 4,
         dt_rank: int | str = "auto",
         negative_eigenvalues: bool = False,
         dt_min: float = 1e-3,
@@ -89,54 +104,32 @@ class Mamba(Mixer):
             raise ConfigError(
                 f"mamba dt_rank must be 'auto' or a positive integer, got {dt_rank!r}"
             )
-        if d_state < 1 or d_conv < 1:
-            raise ConfigError(f"mamba d_state and d_conv must be positive, got {d_state}, {d_conv}")
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"mamba needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        for name, flag in (("negative_eigenvalues", negative_eigenvalues), ("mimetic", mimetic)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"mamba {name} must be true or false, got {flag!r}")
+        if d_state < 1 or conv_size < 1:
+            raise ConfigError(
+                f"mamba d_state and conv_size must be positive, got {d_state}, {conv_size}"
+            )
+        check_range("mamba", "dt_min", dt_min, "dt_max", dt_max)
+        check_bool("mamba", negative_eigenvalues=negative_eigenvalues, mimetic=mimetic)
         self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
-        self.dt_rank, self.dt_min, self.dt_max = dt_rank, dt_min, dt_max
-        self.negative_eigenvalues, self.mimetic = negative_eigenvalues, mimetic
+        self.dt_rank = dt_rank
+        self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv = ShortConv(self.d_inner, d_conv, activation="silu")
+        self.conv = ShortConv(self.d_inner, conv_size, activation="silu")
         self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, self.d_inner)
-        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
-        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, 100.0 if mimetic else 1.0))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
         no_weight_decay(self.A_log)
         self.out = nn.Linear(self.d_inner, d_model, bias=False)
-        self._reset_structured()
-
-    @torch.no_grad()
-    def init_weights(self, std: float, out_std: float) -> None:
-        """The reference implementation's init, not the model-wide Normal(0, std): the input,
-        x and output projections keep PyTorch's default U(±fan_in^−½), the output one scaled
-        by out_std / std (the residual rescaling). With Normal(0, 0.02) everywhere the
-        selective part of S6 (Δ·B·C) started at 2e-5 of the D skip (3e-3 with this init) and
-        selective copying sat at chance for hundreds to thousands of steps."""
-        for linear in (self.in_proj, self.x_proj, self.out):
-            linear.reset_parameters()
-        self.out.weight.mul_(out_std / std)
-        self._reset_structured()
-
-    @torch.no_grad()
-    def _reset_structured(self) -> None:
-        self.conv.reset_parameters()
-        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.empty_like(self.dt_proj.bias).uniform_(
-            math.log(self.dt_min), math.log(self.dt_max)
-        )
-        dt = dt.exp().clamp(min=1e-4)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        n = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype)
-        if self.mimetic:
-            n = n / 100
-            _, w_b, w_c = self.x_proj.weight.split([self.dt_rank, self.d_state, self.d_state])
-            w_c.copy_(w_b)
-        self.A_log.copy_(n.log().expand_as(self.A_log))
-        self.D.fill_(1.0)
+        with torch.no_grad():
+            self.out.weight.mul_((2 * n_layers) ** -0.5)
+            nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max))
+            if mimetic:
+                _, w_b, w_c = self.x_proj.weight.split([dt_rank, d_state, d_state])
+                w_c.copy_(w_b)
+        keep_init(self.in_proj.weight, self.x_proj.weight, self.out.weight)
+        keep_init(self.dt_proj.weight, self.dt_proj.bias)
 
     def forward(
         self,
@@ -194,6 +187,6 @@ class Mamba(Mixer):
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per inner channel: the selective scan (~9 per state element: discretise A and B,
-        update h, read out with C), the depthwise conv (2 · d_conv), softplus, skip and the
+        update h, read out with C), the depthwise conv (2 · conv_size), softplus, skip and the
         SiLU gates (~12)."""
         return self.d_inner * (9.0 * self.d_state + 2.0 * self.conv.kernel_size + 12.0)

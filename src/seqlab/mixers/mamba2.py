@@ -3,21 +3,20 @@ linear attention kernel."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError
-from seqlab.mixers.linear import (
-    LinearRecurrence,
-    LinearState,
+from seqlab.mixers.common import (
     check_bool,
     check_positive,
+    check_range,
+    dt_bias_init,
     head_dim,
     heads_view,
+    uniform_A_log,
 )
+from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.registry import MIXERS
@@ -67,7 +66,10 @@ def signed_gla(
 
 @MIXERS.register("mamba2")
 class Mamba2(LinearRecurrence):
-    """The Mamba-2 block (SSD, one B/C group shared by all heads):
+    """Mamba-2 (Dao & Gu, 2024): the SSD block, a selective SSM with a scalar decay per head,
+    run on the gated linear attention kernel.
+
+    One B/C group shared by all heads:
 
         z, xBC, δ = W_in u;  x, B, C = SiLU(conv(xBC));  Δ = softplus(δ + b_Δ)     per head
         h_t = exp(Δ_t A) h_{t−1} + B_t (Δ_t x_t)ᵀ,  y_t = h_tᵀ C_t + D x_t
@@ -99,7 +101,7 @@ class Mamba2(LinearRecurrence):
         *,
         expand: int = 2,
         d_state: int = 64,
-        d_conv: int = 4,
+        conv_size: int = 4,
         negative_eigenvalues: bool = False,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
@@ -108,38 +110,21 @@ class Mamba2(LinearRecurrence):
         chunk_size: int = 64,
     ) -> None:
         super().__init__(d_model, heads, chunk_size)
-        check_positive(self.name, expand=expand, d_state=d_state, d_conv=d_conv)
+        check_positive(self.name, expand=expand, d_state=d_state, conv_size=conv_size)
         check_bool(self.name, negative_eigenvalues=negative_eigenvalues)
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"mamba2 needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        if not 0 < A_min <= A_max:
-            raise ConfigError(f"mamba2 needs 0 < A_min <= A_max, got {A_min}, {A_max}")
+        check_range(self.name, "dt_min", dt_min, "dt_max", dt_max)
+        check_range(self.name, "A_min", A_min, "A_max", A_max)
         self.d_inner, self.d_state = expand * d_model, d_state
         self.state_k, self.state_v = d_state, head_dim(self.name, "inner", self.d_inner, heads)
         self.negative_eigenvalues = negative_eigenvalues
-        self.dt_min, self.dt_max, self.A_min, self.A_max = dt_min, dt_max, A_min, A_max
         conv_width = self.d_inner + 2 * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + conv_width + heads, bias=False)
-        self.conv = ShortConv(conv_width, d_conv, activation="silu")
-        self.A_log = nn.Parameter(torch.empty(heads))
-        self.dt_bias = nn.Parameter(torch.empty(heads))
-        self.D = nn.Parameter(torch.empty(heads))
+        self.conv = ShortConv(conv_width, conv_size, activation="silu")
+        self.A_log = nn.Parameter(uniform_A_log(heads, A_min, A_max))
+        self.dt_bias = nn.Parameter(dt_bias_init(heads, dt_min, dt_max))
+        self.D = nn.Parameter(torch.ones(heads))
         self.norm = nn.RMSNorm(self.d_inner, eps=1e-5)
         self.out = nn.Linear(self.d_inner, d_model, bias=False)
-        self._reset_structured()
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        super().init_weights(std, out_std)
-        self._reset_structured()
-
-    @torch.no_grad()
-    def _reset_structured(self) -> None:
-        self.conv.reset_parameters()
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(self.A_min, self.A_max).log())
-        dt = torch.empty_like(self.dt_bias).uniform_(math.log(self.dt_min), math.log(self.dt_max))
-        dt = dt.exp().clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.D.fill_(1.0)
 
     def _project(self, u: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         """W_in u -> ((xBC `[B, T, d_inner + 2 d_state]`, δ `[B, T, H]`), z `[B, T, d_inner]`)."""

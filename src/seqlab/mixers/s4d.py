@@ -16,15 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import (
-    Layout,
-    LayoutKind,
-    Mixer,
-    check_expand,
-    check_input,
-    no_weight_decay,
-    state_dtype,
-)
+from seqlab.mixers.base import Layout, LayoutKind, Mixer, check_input, no_weight_decay, state_dtype
+from seqlab.mixers.common import check_expand, check_range, log_uniform_log_dt
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -75,7 +68,7 @@ class DiagonalSSM(nn.Module):
             imag = (self.d_state / math.pi) * (self.d_state / (2 * n + 1) - 1)
         self.log_A_real.fill_(math.log(0.5))
         self.A_imag.copy_(imag.expand_as(self.A_imag))
-        self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
+        self.log_dt.copy_(log_uniform_log_dt(self.log_dt.shape, self.dt_min, self.dt_max))
         self.B.zero_()
         self.B[..., 0] = 1.0
         self.C.normal_(std=math.sqrt(0.5))
@@ -101,8 +94,10 @@ class DiagonalSSM(nn.Module):
 
 @MIXERS.register("s4d")
 class S4D(Mixer):
-    """A gated S4D block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)).
+    """S4D (Gu et al., 2022): a gated block around a diagonal state-space model per channel,
+    applied as a long convolution.
 
+    The block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)), where
     SSM(u)_t = Σ_{s≤t} K_{t−s} ⊙ u_s, each channel's kernel from `DiagonalSSM`; equivalently
     the recurrence h_t = Ā h_{t−1} + B̄ u_t, SSM(u)_t = 2 Re(Σ_n C_n h_t,n).
     Shapes: x `[B, T, d_model]`, u, z `[B, T, d_inner]` (d_inner = expand · d_model),
@@ -118,7 +113,6 @@ class S4D(Mixer):
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
-
 
     def __init__(
         self,
@@ -137,8 +131,7 @@ class S4D(Mixer):
         if d_state < 2 or d_state % 2:
             raise ConfigError(f"s4d d_state must be a positive even number, got {d_state}")
         check_expand(expand, "s4d")
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"s4d needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        check_range("s4d", "dt_min", dt_min, "dt_max", dt_max)
         if chunk_size < 1:
             raise ConfigError(f"s4d chunk_size must be positive, got {chunk_size}")
         self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
@@ -149,12 +142,6 @@ class S4D(Mixer):
         self.ssm_reverse = DiagonalSSM(self.d_inner, d_state, **ssm_options)
         self.D = nn.Parameter(torch.randn(self.d_inner))
         self.out = nn.Linear(self.d_inner, d_model, bias=False)
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        super().init_weights(std, out_std)
-        self.ssm.reset_parameters()
-        self.ssm_reverse.reset_parameters()
-        nn.init.normal_(self.D)
 
     def forward(
         self,

@@ -1,0 +1,91 @@
+"""Linear attention (Katharopoulos et al., 2020) on the gated linear attention kernel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.mixers.common import check_bool, check_conv_size, head_dim, heads_view
+from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
+from seqlab.mixers.short_conv import ShortConv
+from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.registry import MIXERS
+
+
+@MIXERS.register("linear_attention")
+class LinearAttention(LinearRecurrence):
+    """Linear attention (Katharopoulos et al., 2020): softmax replaced by a positive feature
+    map φ, so that attention runs as a recurrence on a matrix state.
+
+    From "Transformers are RNNs":
+
+        φ(x) = elu(x) + 1,  S_t = S_{t−1} + φ(k_t) v_tᵀ,  z_t = z_{t−1} + φ(k_t)
+        o_t = S_tᵀ φ(q_t) / (z_tᵀ φ(q_t) + ε)     (`normalize`; without it o_t = S_tᵀ φ(q_t)/√K)
+        y = W_out o
+
+    Shapes: q, k `[B, T, H, K]`, v `[B, T, H, V]` with K = V = d_model / heads. The normaliser
+    rides in the same kernel call as an extra value column of ones, so the state is
+    `[B, H, K, V + 1]` (z in the last column). φ > 0 keeps the denominator positive; ε = 1e-6.
+
+    `conv_size` > 0 puts a short causal conv (with SiLU) on q, k and v, fla's
+    `use_short_conv`: without decay or positions the paper's layer sees the prefix as a bag of
+    tokens, and the conv gives it the local order (with the default 4 the 2-layer periodic-copy
+    test learns; `conv_size: 0` is the paper's layer exactly).
+    """
+
+    name = "linear_attention"
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        *,
+        normalize: bool = True,
+        conv_size: int = 4,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, heads, chunk_size)
+        check_bool(self.name, normalize=normalize)
+        check_conv_size(self.name, conv_size)
+        self.normalize = normalize
+        self.state_k = head_dim(self.name, "model", d_model, heads)
+        self.state_v = self.state_k + int(normalize)  # z rides in the last value column
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = ShortConv(3 * d_model, conv_size) if conv_size else None
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], None]:
+        return (self.qkv(x),), None
+
+    def _recur(
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        need_final: bool = True,
+    ) -> tuple[Tensor, LinearState | None]:
+        qkv, conv_state = self._convolve(inputs[0], state)
+        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        if self.normalize:
+            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        o, final, *chunk_states = gated_linear_attention(
+            q,
+            k,
+            v,
+            scale=1.0 if self.normalize else None,
+            **self._kernel_options(qkv.shape[1], state, boundaries, need_final),
+        )
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
+        return o, self._new_state(final, conv_state)
+
+    def _output(self, o: Tensor, gate: None) -> Tensor:
+        if self.normalize:
+            o = o[..., :-1] / (o[..., -1:] + 1e-6)
+        return self.out(o.flatten(2))
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel (normaliser column included) and conv, φ and the division."""
+        return super().mixing_flops(seq_len) + 4.0 * self.d_model

@@ -1,0 +1,226 @@
+"""The base of seqlab's matrix-state recurrences (linear attention, RetNet, GLA, Mamba-2,
+DeltaNet, Gated DeltaNet): the state value, the layouts, the choice of kernel mode, block
+diffusion's start states, and the bidirectional form.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.errors import ConfigError
+from seqlab.mixers.base import (
+    ALL_LAYOUTS,
+    Layout,
+    Mixer,
+    check_input,
+    check_scan_layout,
+    fold_blocks,
+    keep_init,
+    scan_in_layout,
+    state_dtype,
+    unfold_blocks,
+)
+from seqlab.mixers.common import check_positive
+from seqlab.mixers.short_conv import ShortConv
+
+KERNEL_MODES = (None, "chunk", "recurrent")
+
+
+@dataclass
+class LinearState:
+    """`recurrent`: S `[B, H, K, V]`; `conv`: the short conv's last k − 1 inputs `[B, k − 1, C]`
+    (None without a conv); `offset`: the next position of each row `[B]` (None unless the
+    mixer rotates q and k by position)."""
+
+    recurrent: Tensor
+    conv: Tensor | None = None
+    offset: Tensor | None = None
+
+
+class LinearRecurrence(Mixer):
+    """Base of the matrix-state recurrences (state `[B, H, K, V]` plus an optional conv state).
+
+    Subclasses implement `_project` (token-wise input projections, run once), `_recur` (conv
+    and kernel: one direction) and `_output` (norm, gate and output projection of the summed
+    directions).
+
+    Kernel mode: the parallel form and prefills (`T > 1`) run the kernel's chunked form, a
+    one-token decode step its recurrent form; `kernel_mode` ("chunk" or "recurrent") forces one
+    (tests and benchmarks).
+    Other layouts (`scan_in_layout`): the same parameters also run over the reversed sequence,
+    or each block of it (its own conv and recurrence from a zero state); the two directions'
+    kernel outputs are summed before the output norm and gate, the "two scans" view of Hydra
+    (Hwang et al., 2024).
+    Init: the base init, except that an output gate `silu(W_g x)` (made by `output_gate`) gets
+    fan-in init N(0, 1/d_model), kept by the model-wide init. With the model-wide std (0.02)
+    the gate of a small model starts near 0.05 and scales the whole mixer output down, so the
+    layer barely moves in a short run; fan-in init starts it at O(1) at any width (and equals
+    std 0.02 near d_model 2500).
+    """
+
+    name: str = "linear_recurrence"
+    layouts = ALL_LAYOUTS
+
+    def __init__(self, d_model: int, heads: int, chunk_size: int) -> None:
+        super().__init__()
+        check_positive(self.name, heads=heads, chunk_size=chunk_size)
+        if chunk_size & (chunk_size - 1):
+            raise ConfigError(f"{self.name} chunk_size must be a power of two, got {chunk_size}")
+        self.d_model, self.heads, self.chunk_size = d_model, heads, chunk_size
+        self.kernel_mode: str | None = None
+        self.conv: ShortConv | None = None
+        self.gate: nn.Linear | None = None
+        self.state_k = self.state_v = 0  # per-head state dims, set by subclasses
+
+    def output_gate(self, width: int) -> nn.Linear:
+        """The output gate's projection W_g `d_model -> width`, with fan-in init
+        N(0, 1/d_model) that the model-wide init keeps (see the class docstring)."""
+        gate = nn.Linear(self.d_model, width, bias=False)
+        nn.init.normal_(gate.weight, std=self.d_model**-0.5)
+        keep_init(gate.weight)
+        return gate
+
+    def forward(
+        self,
+        x: Tensor,
+        state: LinearState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, LinearState | None]:
+        check_input(x, self.d_model)
+        check_scan_layout(layout, state, self.name)
+        inputs, gate = self._project(x)
+        o, new_state = scan_in_layout(
+            self._recur, inputs, state, layout, self.init_state, self._block_forward
+        )
+        return self._output(o, gate), new_state
+
+    @abstractmethod
+    def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """The token-wise input projections: (inputs of `_recur`, each `[B, T, ·]`; gate)."""
+
+    @abstractmethod
+    def _recur(
+        self,
+        inputs: tuple[Tensor, ...],
+        state: LinearState | None,
+        boundaries: int | None = None,
+        need_final: bool = True,
+    ) -> tuple[Tensor, LinearState | None]:
+        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state).
+
+        With `boundaries` = b (and a state), the second element is instead the states entering
+        every block of b tokens, stacked as rows r · n + j, taken from the kernel's chunk states
+        in the same call (see `_block_forward`). `need_final=False` skips the new state (None).
+        """
+
+    @abstractmethod
+    def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
+        """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
+
+    # The gated_linear_attention kernel needs power-of-two chunks; the delta rule does not.
+    power_of_two_blocks = True
+
+    def _block_forward(
+        self, noised: tuple[Tensor, ...], clean: tuple[Tensor, ...], size: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """Block diffusion's forward scans (see `scan_in_layout`): the clean half in one
+        kernel call with chunk = `size`, which also gives the state entering every block (the
+        kernel's chunk states; the conv's last inputs before each block), then every noised
+        block from its start state as one batch, without final states. None for block sizes
+        the kernel cannot chunk by."""
+        if self.power_of_two_blocks and size & (size - 1):
+            return None
+        x = clean[0]
+        start = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        clean_output, starts = self._recur(clean, start, boundaries=size)
+        blocks = tuple(fold_blocks(u, size) for u in noised)
+        noised_output, _ = self._recur(blocks, starts, need_final=False)
+        return unfold_blocks(noised_output, x.shape[0]), clean_output
+
+    def _kernel_options(
+        self, steps: int, state: LinearState | None, boundaries: int | None, need_final: bool = True
+    ) -> dict[str, object]:
+        """The kernel's state and mode arguments, for `_recur` with or without `boundaries`."""
+        if boundaries is None:
+            return {
+                "initial_state": None if state is None else state.recurrent,
+                "output_final_state": state is not None and need_final,
+                "mode": self._mode(steps, state),
+                "chunk_size": self.chunk_size,
+            }
+        return {
+            "initial_state": state.recurrent,
+            "mode": self.kernel_mode or "chunk",
+            "chunk_size": boundaries,
+            "output_chunk_states": True,
+        }
+
+    def _states_entering_blocks(
+        self, chunk_states: Tensor, conv_input: Tensor, size: int, offset: Tensor | None = None
+    ) -> LinearState:
+        """Chunk states `[B, n, H, K, V]` and the conv input `[B, T, C]` -> the state entering
+        each block of `size` tokens, rows r · n + j."""
+        conv = None
+        if self.conv is not None:
+            conv = self.conv.states_at(conv_input, size).flatten(0, 1).to(chunk_states.dtype)
+        return LinearState(chunk_states.flatten(0, 1), conv, offset)
+
+    def _mode(self, t: int, state: LinearState | None) -> str:
+        if self.kernel_mode not in KERNEL_MODES:
+            raise ConfigError(
+                f"kernel_mode must be one of {KERNEL_MODES}, got {self.kernel_mode!r}"
+            )
+        if self.kernel_mode is not None:
+            return self.kernel_mode
+        return "recurrent" if state is not None and t == 1 else "chunk"
+
+    def _convolve(self, u: Tensor, state: LinearState | None) -> tuple[Tensor, Tensor | None]:
+        """The short conv (identity without one), continued from `state.conv` when carried."""
+        if self.conv is None:
+            return u, None
+        return self.conv(u, None if state is None else state.conv.to(u.dtype))
+
+    def _new_state(
+        self, recurrent: Tensor | None, conv: Tensor | None = None, offset: Tensor | None = None
+    ) -> LinearState | None:
+        if recurrent is None:
+            return None
+        dtype = recurrent.dtype
+        return LinearState(recurrent, None if conv is None else conv.to(dtype), offset)
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LinearState:
+        reference = next(self.parameters())
+        device = device or reference.device
+        dtype = state_dtype(dtype or reference.dtype)
+        shape = (batch_size, self.heads, self.state_k, self.state_v)
+        conv = None
+        if self.conv is not None:
+            conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
+        return LinearState(torch.zeros(shape, device=device, dtype=dtype), conv)
+
+    def state_size(self, seq_len: int) -> int:
+        """heads · K · V for the matrix state, plus (conv taps − 1) · conv channels."""
+        conv = 0 if self.conv is None else self.conv.state_size()
+        return self.heads * self.state_k * self.state_v + conv
+
+    def mixing_flops(self, seq_len: int) -> float:
+        """The chunked kernel, per token and head with chunk C: intra-chunk scores and their
+        product with v (2C·K + 2C·V, counting the full C×C tile), the read of the entering
+        state (2K·V) and the chunk's write to the state (2K·V); plus the depthwise conv."""
+        c = min(self.chunk_size, max(seq_len, 1))
+        k, v = self.state_k, self.state_v
+        kernel = self.heads * (2.0 * c * (k + v) + 4.0 * k * v)
+        conv = 0.0 if self.conv is None else 2.0 * self.conv.kernel_size * self.conv.channels
+        return kernel + conv
