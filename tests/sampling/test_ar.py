@@ -142,3 +142,18 @@ def test_ragged_prompts_are_refused_by_non_autoregressive_samplers():
     assert others, "the diffusion samplers are registered"
     with pytest.raises(ShapeError, match="one length"):
         seqlab.generate(tiny(), [[1], [1, 2]], max_new_tokens=2, sampler=others[0])
+
+
+def test_shared_options_are_flat_keywords_of_each_sampler():
+    """Samplers take their share of `SamplingOptions` as flat keyword options, validated and
+    listed by the registry like their own."""
+    from seqlab.registry import SAMPLERS
+    from seqlab.sampling import describe_options
+
+    greedy, speculative = SAMPLERS.get("greedy"), SAMPLERS.get("speculative")
+    assert "top_k" not in greedy.options() and greedy.options()["pad_id"] == 0
+    assert list(speculative.options())[:3] == ["draft_model", "num_draft_tokens", "do_sample"]
+    assert SAMPLERS.get("confidence").options()["temperature"] == 0.0
+    assert "steps" not in SAMPLERS.get("confidence").options()
+    lines = describe_options(speculative)
+    assert "draft_model: Model (required)" in lines and "temperature: float = 1.0" in lines
