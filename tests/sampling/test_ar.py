@@ -3,6 +3,8 @@ import torch
 
 import seqlab
 from seqlab.errors import ConfigError, ShapeError, UnknownNameError
+from seqlab.sampling import Generation
+from seqlab.sampling.base import shares
 from tests.sampling.helpers import PROMPTS, row
 from tests.sampling.helpers import tiny as tiny_model
 
@@ -157,3 +159,17 @@ def test_shared_options_are_flat_keywords_of_each_sampler():
     assert "steps" not in SAMPLERS.get("confidence").options()
     lines = describe_options(speculative)
     assert "draft_model: Model (required)" in lines and "temperature: float = 1.0" in lines
+
+
+def test_a_new_sampler_is_one_function():
+    """Written anywhere with `@shares`, named by import path: options validated and passed."""
+    with pytest.raises(ConfigError, match="valid options: bonus, pad_id"):
+        seqlab.generate(tiny(), [[1]], max_new_tokens=2, sampler=f"{__name__}:_echo", top_k=1)
+    out = seqlab.generate(tiny(), [[1, 2]], max_new_tokens=2, sampler=f"{__name__}:_echo", bonus=3)
+    assert out.tokens.tolist() == [[1, 2, 3, 3]]
+
+
+@shares("pad_id")
+def _echo(model, prompt, max_new_tokens, options, *, bonus: int = 0):
+    tail = torch.full((prompt.shape[0], max_new_tokens), bonus + options.pad_id)
+    return Generation(torch.cat([prompt, tail], dim=1), 0, 0.0)
