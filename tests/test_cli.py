@@ -288,6 +288,6 @@ def test_list_verbose_shows_each_components_options_with_defaults(cli):
         if not line.startswith(" "):
             break
         options.append(line.strip())
-    assert "heads = model.n_heads" in options and "gate_rank = 16" in options
+    assert "heads: int = model.n_heads" in options and "gate_rank: int = 16" in options
     objectives = cli("list", "objectives", "-v").stdout
-    assert "block_size = 16" in objectives
+    assert "block_size: int = 16" in objectives

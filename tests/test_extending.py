@@ -37,8 +37,9 @@ def copy_with_recipes(tmp_path_factory):
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(body)
-    for folder in {p.split("/")[0] + "/" + p.split("/")[1] for p in recipe_files() if "tests/" in p}:
-        (root / folder / "__init__.py").touch()
+    for path in recipe_files():
+        if path.startswith("tests/"):
+            (root / path).parent.joinpath("__init__.py").touch()
     (root / "tests" / "__init__.py").touch()
     return root
 

@@ -7,10 +7,10 @@ User errors (unknown names, bad configs, missing or corrupt checkpoints) print o
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,17 @@ from seqlab.config import (
     to_dict,
 )
 from seqlab.data.tasks import SPLITS, build_task
+from seqlab.data.tokenizers import load_tokenizer
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError
 from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
 from seqlab.harness.compare import compare, write_csv
 from seqlab.harness.grid import list_experiments, load_compare_config
 from seqlab.io import load
 from seqlab.mixers.base import LayoutKind
+from seqlab.model import Model
 from seqlab.objectives import build_objective
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.sampling import generate
 from seqlab.testing import check_mixer, check_objective, check_sampler
 from seqlab.train import train
 
@@ -80,12 +83,10 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def _is_rank_zero() -> bool:
-
     return os.environ.get("RANK", "0") == "0"
 
 
 def _run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a run or model directory (no config.yaml)")
     try:
@@ -96,7 +97,6 @@ def _run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Exper
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-
     if args.split not in SPLITS:
         raise SeqlabError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
     outside_task = sorted(key for key in overrides if not key.startswith("task."))
@@ -122,94 +122,165 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
-def diffusion_options(
-    sampler: str, args: argparse.Namespace, config: ExperimentConfig, vocab_size: int
-) -> dict[str, Any]:
-    """The run's own objective plus the `seqlab sample` flags this diffusion sampler takes."""
+# `seqlab sample` flags are shorthands for sampler options: flag dest -> option. A flag is
+# passed only when given and only to a sampler that takes its option (`--stop` also passes
+# the tokenizer's decode as `decode_fn`; `--stream` a printer as `stream`). Any option, also
+# one without a flag, is reachable as `--sampler.KEY VALUE`.
+SAMPLE_FLAGS = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repetition_penalty": "repetition_penalty",
+    "seed": "seed",
+    "stop": "stop_strings",
+    "num_beams": "num_beams",
+    "num_groups": "num_groups",
+    "diversity_penalty": "diversity_penalty",
+    "length_penalty": "length_penalty",
+    "draft": "draft_model",
+    "num_draft_tokens": "num_draft_tokens",
+    "steps": "steps",
+    "block_size": "block_size",
+    "threshold": "threshold",
+    "guidance": "guidance",
+    "condition": "condition",
+}
+# Options that name a decoding method: given to a sampler without them, they choose the
+# sampler that has them (first match wins: --draft before --num-groups before --num-beams).
+SAMPLE_SELECTING = {"draft_model": "speculative", "num_groups": "diverse_beam", "num_beams": "beam"}
+# --temperature 0 decodes greedily: AR samplers get no sampling filters and do_sample=False;
+# an AR sampler that always samples (it takes temperature but has no do_sample) becomes this.
+SAMPLE_GREEDY = "greedy"
+SAMPLE_FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 
-    from seqlab.objectives import build_objective
-    from seqlab.registry import SAMPLERS
 
-    objective = build_objective(config.objective.name, vocab_size, **config.objective.options)
-    wanted = {
-        "objective": objective,
-        "steps": args.steps,
-        "block_size": args.block_size or config.objective.options.get("block_size"),
-        "threshold": args.threshold,
-        "guidance": args.guidance,
-        "condition": args.condition,
-        "temperature": args.temperature,
-        "seed": args.seed,
-    }
-    accepted = SAMPLERS.get(sampler).parameters()
-    return {k: v for k, v in wanted.items() if k in accepted and v is not None}
+class SampleParser(argparse.ArgumentParser):
+    """The `seqlab sample` parser: takes `--sampler.KEY VALUE` (sampler options) out of the
+    arguments before parsing the flags, and lists every sampler's options in its help."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        tokens = list(sys.argv[1:] if args is None else args)
+        rest, options, i = [], [], 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token.startswith("--sampler."):
+                width = 1 if "=" in token or i + 1 == len(tokens) else 2
+                options.extend(tokens[i : i + width])
+                i += width
+            else:
+                rest.append(token)
+                i += 1
+        namespace, extras = super().parse_known_args(rest, namespace)
+        namespace.sampler_options = options
+        return namespace, extras
+
+    def format_help(self) -> str:
+        self.epilog = sampler_help()
+        return super().format_help()
+
+
+def sampler_help() -> str:
+    """The epilog of `seqlab sample --help`: the flag rules and every sampler's options with
+    their defaults, read from the registry."""
+    lines = [
+        "Flags are shorthands for sampler options, passed only to a sampler that takes the "
+        "option (--top-k -> top_k, --stop -> stop_strings, --draft -> draft_model, ...). Any "
+        "option is set with --sampler.KEY VALUE (YAML values); an option that takes a model "
+        "takes a run directory. --draft, --num-groups and --num-beams choose "
+        + ", ".join(SAMPLE_SELECTING.values())
+        + " when the sampler lacks them; --temperature 0 decodes greedily (do_sample=False, "
+        f"no sampling filters; an autoregressive sampler that always samples becomes "
+        f"{SAMPLE_GREEDY}).",
+        "",
+        "samplers and their options (defaults):",
+    ]
+    lines = textwrap.wrap(lines[0], 96) + lines[1:]
+    for entry in SAMPLERS.entries():
+        title = f"{entry.name} ({entry.declared('paradigm')}): {entry.description}"
+        lines.extend(textwrap.wrap(title, 96, initial_indent="  ", subsequent_indent="    "))
+        lines.extend(" " * 6 + line for line in entry.option_lines() or ["no options"])
+    return "\n".join(lines)
+
+
+def diffusion_options(entry: Any, config: ExperimentConfig, vocab_size: int) -> dict[str, Any]:
+    """What the run itself supplies to a sampler that takes it: its own objective and the
+    block size it was trained with (diffusion samplers)."""
+    accepted = entry.parameters()
+    supplied: dict[str, Any] = {}
+    if "objective" in accepted:
+        options = config.objective.options
+        supplied["objective"] = build_objective(config.objective.name, vocab_size, **options)
+    block_size = config.objective.options.get("block_size")
+    if "block_size" in accepted and block_size is not None:
+        supplied["block_size"] = block_size
+    return supplied
+
+
+def _takes_model(param: Any) -> bool:
+    """Whether a sampler option's annotation is a model (its value on the command line is a
+    run directory to load)."""
+    annotation = param.annotation
+    if isinstance(annotation, str):
+        return annotation.split("|")[0].strip() == "Model"
+    return isinstance(annotation, type) and issubclass(annotation, Model)
 
 
 def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from seqlab.data.tokenizers import load_tokenizer
-    from seqlab.io import load
-    from seqlab.registry import SAMPLERS
-    from seqlab.sampling import generate
-
     run_dir = Path(args.run)
+    explicit = {
+        key.split(".", 1)[1]: value
+        for key, value in parse_overrides(getattr(args, "sampler_options", [])).items()
+    }
+    flags = {
+        option: getattr(args, dest)
+        for dest, option in SAMPLE_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
+    entry = SAMPLERS.get(args.sampler)
+    for option, sampler in SAMPLE_SELECTING.items():
+        if option in flags and option not in entry.parameters():
+            entry = SAMPLERS.get(sampler)
+            break
+    autoregressive = entry.declared("paradigm") == "ar"
+    greedy = autoregressive and flags.get("temperature") == 0
+    if greedy:
+        flags = {k: v for k, v in flags.items() if k not in SAMPLE_FILTERS}
+        if "temperature" in entry.parameters() and "do_sample" not in entry.parameters():
+            entry = SAMPLERS.get(SAMPLE_GREEDY)
+    entry.check_options(explicit)
+    accepted = entry.parameters()
+
     config = _run_config(run_dir)
     model = load(run_dir)
     tokenizer = load_tokenizer(config.data.tokenizer, run_dir)
     prompts = [tokenizer.encode(text) for text in args.prompt]
     if not all(prompts):
         raise SeqlabError("--prompt must not be empty")
-    sampler = args.sampler
-    if args.draft:
-        sampler = "speculative"
-    elif args.num_beams is not None and sampler in ("sample", "greedy"):
-        sampler = "diverse_beam" if args.num_groups else "beam"
-    greedy = args.temperature == 0 or sampler == "greedy"
-    if sampler == "sample" and greedy:
-        sampler = "greedy"
-    stops = {"stop_strings": args.stop, "decode_fn": tokenizer.decode} if args.stop else {}
-    filters = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "min_p": args.min_p,
-        "typical_p": args.typical_p,
-        "seed": args.seed,
-    }
-    penalty = {"repetition_penalty": args.repetition_penalty}
-    if sampler == "greedy":
-        options = {**penalty, **stops}
-    elif sampler == "sample":
-        options = {**filters, **penalty, **stops}
-    elif sampler in ("beam", "diverse_beam"):
-        options = {
-            **penalty,
-            "num_beams": args.num_beams or 4,
-            "length_penalty": args.length_penalty,
-        }
-        if sampler == "diverse_beam":
-            options.update(
-                num_groups=args.num_groups or 2, diversity_penalty=args.diversity_penalty
-            )
-    elif sampler == "speculative":
-        if not args.draft:
-            raise SeqlabError("--sampler speculative needs --draft DIR (a smaller run)")
-        options = {
-            **penalty,
-            **stops,
-            "draft_model": load(Path(args.draft)),
-            "num_draft_tokens": args.num_draft_tokens,
-            "do_sample": not greedy,
-        }
-        if not greedy:
-            options.update(filters)
-    elif SAMPLERS.get(sampler).declared("paradigm") == "diffusion":
-        options = diffusion_options(sampler, args, config, tokenizer.vocab_size)
-    else:  # other registered samplers take the options `seqlab sample` always passed
-        options = (
-            {} if greedy else {k: filters[k] for k in ("temperature", "top_k", "top_p", "seed")}
+    options = diffusion_options(entry, config, tokenizer.vocab_size)
+    options.update({k: v for k, v in flags.items() if k in accepted})
+    if "stop_strings" in options and "decode_fn" in accepted:
+        options["decode_fn"] = tokenizer.decode
+    if autoregressive and "do_sample" in accepted:
+        options["do_sample"] = not greedy
+    options.update(explicit)
+    for name, value in options.items():
+        if isinstance(value, str | Path) and _takes_model(accepted[name]):
+            options[name] = load(Path(value))
+    missing = [name for name, p in accepted.items() if p.default is p.empty and name not in options]
+    if missing:
+        shorthands = {option: dest for dest, option in SAMPLE_FLAGS.items()}
+        needs = ", ".join(
+            f"--sampler.{name} VALUE"
+            + (f" (or --{shorthands[name].replace('_', '-')})" if name in shorthands else "")
+            for name in missing
         )
+        raise SeqlabError(f"sampler {entry.name!r} needs {needs}")
     printed = [""]  # the text streamed so far (one prompt only)
-    if args.stream and len(prompts) == 1 and sampler in ("greedy", "sample", "speculative"):
+    if args.stream and len(prompts) == 1 and "stream" in accepted:
         generated: list[int] = []
 
         def stream(new: list[list[int]]) -> None:
@@ -219,7 +290,9 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             printed[0] = text
 
         options["stream"] = stream
-    out = generate(model, prompts, max_new_tokens=args.max_new_tokens, sampler=sampler, **options)
+    out = generate(
+        model, prompts, max_new_tokens=args.max_new_tokens, sampler=entry.name, **options
+    )
     texts = [out.tokens[i, : int(out.lengths[i])].tolist() for i in range(len(prompts))]
     print("\n\n".join(tokenizer.decode(text) for text in texts)[len(printed[0]) :])
     new_tokens = sum(len(text) - len(ids) for text, ids in zip(texts, prompts, strict=True))
@@ -292,17 +365,9 @@ def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     for entry in registry.entries():
         print(f"{entry.name:<{width}}  {entry.description}")
         if args.verbose:
-            for line in option_lines(entry.options()):
+            for line in entry.option_lines():
                 print(f"{'':<{width}}    {line}")
     return 0
-
-
-def option_lines(options: dict[str, Any]) -> list[str]:
-    """`name = default` per option (`name (required)` without a default)."""
-    return [
-        f"{name} (required)" if default is inspect.Parameter.empty else f"{name} = {default!r}"
-        for name, default in options.items()
-    ]
 
 
 def train_epilog() -> str:
@@ -375,7 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic objectives")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="continue a text prompt with a trained run")
+    p = sub.add_parser(
+        "sample",
+        help="continue a text prompt with a trained run",
+        description="Continue text prompts with a trained run. Sampler options: --sampler.KEY "
+        "VALUE, or the flags below, which are passed to a sampler that takes the option.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.__class__ = SampleParser  # takes --sampler.KEY VALUE; its help lists sampler options
     p.add_argument("run", help="run directory")
     p.add_argument(
         "--prompt",
@@ -387,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler",
         default="sample",
-        help="greedy, sample, beam, diverse_beam or speculative (default: sample)",
+        help="a sampler listed below or an import path package.module:function (default: sample)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    p.add_argument("--temperature", type=float, default=1.0, help="default 1.0; 0 decodes greedily")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)
@@ -404,12 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-beams", type=int, default=None, help="beam search with N beams")
     p.add_argument("--num-groups", type=int, default=None, help="diverse beam search groups")
-    p.add_argument("--diversity-penalty", type=float, default=0.5)
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--diversity-penalty", type=float, default=None)
+    p.add_argument("--length-penalty", type=float, default=None)
     p.add_argument("--draft", metavar="DIR", help="speculative decoding with this draft run")
-    p.add_argument("--num-draft-tokens", type=int, default=4)
+    p.add_argument("--num-draft-tokens", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--steps", type=int, default=None, help="diffusion: denoising steps")
     p.add_argument(
         "--block-size",

@@ -71,6 +71,17 @@ class Entry:
             return self.target.option_defaults()
         return {name: p.default for name, p in self.parameters().items()}
 
+    def option_lines(self) -> list[str]:
+        """One line per option: `name: type = default` (`(required)` without a default)."""
+        params = inspect.signature(self.target).parameters
+        lines = []
+        for name, default in self.options().items():
+            annotation = params[name].annotation if name in params else inspect.Parameter.empty
+            kind = "" if annotation is inspect.Parameter.empty else f": {type_name(annotation)}"
+            value = " (required)" if default is inspect.Parameter.empty else f" = {default!r}"
+            lines.append(f"{name}{kind}{value}")
+        return lines
+
     def check_options(self, options: dict[str, Any]) -> None:
         """Raise ConfigError naming the valid options when one is unknown."""
         valid = self.parameters()
@@ -91,6 +102,13 @@ class Entry:
                 f"{self.registry.kind} {self.name!r}: bad options {options}: {err}"
             ) from None
         return self.target(*args, **options)
+
+
+def type_name(annotation: Any) -> str:
+    """An annotation as written: `int`, `float | None`, `Model` (string annotations as they are)."""
+    if isinstance(annotation, str):
+        return annotation
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 class Registry:

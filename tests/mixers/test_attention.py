@@ -3,8 +3,9 @@ import torch
 
 from seqlab.errors import ShapeError
 from seqlab.mixers.attention import Attention
-from seqlab.mixers.base import Layout, reorder_state
+from seqlab.mixers.base import Layout
 from seqlab.ops.attention import block_causal_mask
+from seqlab.state import reorder_state
 
 
 def mixer(**kwargs):

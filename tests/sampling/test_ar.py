@@ -3,6 +3,8 @@ import torch
 
 import seqlab
 from seqlab.errors import ConfigError, ShapeError, UnknownNameError
+from seqlab.sampling import Generation
+from seqlab.sampling.base import shares
 from tests.sampling.helpers import PROMPTS, row
 from tests.sampling.helpers import tiny as tiny_model
 
@@ -142,3 +144,31 @@ def test_ragged_prompts_are_refused_by_non_autoregressive_samplers():
     assert others, "the diffusion samplers are registered"
     with pytest.raises(ShapeError, match="one length"):
         seqlab.generate(tiny(), [[1], [1, 2]], max_new_tokens=2, sampler=others[0])
+
+
+def test_shared_options_are_flat_keywords_of_each_sampler():
+    """Samplers take their share of `SamplingOptions` as flat keyword options, validated and
+    listed by the registry like their own."""
+    from seqlab.registry import SAMPLERS
+
+    greedy, speculative = SAMPLERS.get("greedy"), SAMPLERS.get("speculative")
+    assert "top_k" not in greedy.options() and greedy.options()["pad_id"] == 0
+    assert list(speculative.options())[:3] == ["draft_model", "num_draft_tokens", "do_sample"]
+    assert SAMPLERS.get("confidence").options()["temperature"] == 0.0
+    assert "steps" not in SAMPLERS.get("confidence").options()
+    lines = speculative.option_lines()
+    assert "draft_model: Model (required)" in lines and "temperature: float = 1.0" in lines
+
+
+def test_a_new_sampler_is_one_function():
+    """Written anywhere with `@shares`, named by import path: options validated and passed."""
+    with pytest.raises(ConfigError, match="valid options: bonus, pad_id"):
+        seqlab.generate(tiny(), [[1]], max_new_tokens=2, sampler=f"{__name__}:_echo", top_k=1)
+    out = seqlab.generate(tiny(), [[1, 2]], max_new_tokens=2, sampler=f"{__name__}:_echo", bonus=3)
+    assert out.tokens.tolist() == [[1, 2, 3, 3]]
+
+
+@shares("pad_id")
+def _echo(model, prompt, max_new_tokens, options, *, bonus: int = 0):
+    tail = torch.full((prompt.shape[0], max_new_tokens), bonus + options.pad_id)
+    return Generation(torch.cat([prompt, tail], dim=1), 0, 0.0)

@@ -70,3 +70,75 @@ def test_cli_batch_of_prompts_equals_each_alone(runs, capsys):
     assert code == 0
     both, err = sample(runs, capsys, "--temperature", "0", "--prompt", "x = 1")
     assert both == one + "\n\n" + other and "12 tokens" in err
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory):
+    from seqlab.config import ExperimentConfig, ObjectiveConfig
+
+    model = tiny(vocab=257, layers=1)  # bytes and the mask
+    run = tmp_path_factory.mktemp("diffusion") / "run"
+    objective = ObjectiveConfig(name="masked_diffusion")
+    seqlab.save(model, run, ExperimentConfig(model=model.config, objective=objective))
+    return run
+
+
+def test_sampler_options_pass_through_to_the_sampler(runs, capsys, diffusion_run):
+    """`--sampler.KEY VALUE` reaches any option of any sampler, flags or not."""
+    from seqlab.data.tokenizers import load_tokenizer
+    from seqlab.objectives import build_objective
+
+    flag, _ = sample(runs, capsys, "--top-k", "3", "--seed", "1")
+    option, _ = sample(runs, capsys, "--sampler.top_k", "3", "--seed", "1")
+    assert option == flag
+    beams, _ = sample(runs, capsys, "--num-beams", "3", "--sampler.early_stopping=false")
+    assert beams.startswith("def f")
+    args = ["--sampler", "remask", "--sampler.eta", "0.3", "--sampler.strategy=rescale"]
+    code = main(["sample", str(diffusion_run), "--prompt", "ab", "--max-new-tokens", "5", *args])
+    text = capsys.readouterr().out.rstrip("\n")
+    assert code == 0
+    tokenizer = load_tokenizer("byte", diffusion_run)
+    model = seqlab.load(diffusion_run)
+    expected = seqlab.generate(
+        model,
+        [tokenizer.encode("ab")],
+        max_new_tokens=5,
+        sampler="remask",
+        objective=build_objective("masked_diffusion", tokenizer.vocab_size),
+        eta=0.3,
+        strategy="rescale",
+        temperature=1.0,
+        seed=0,
+    )
+    assert text == tokenizer.decode(expected.tokens[0].tolist())
+
+
+def _error(capsys, *args):
+    code = main(["sample", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("seqlab: error:"), err
+    return err[0]
+
+
+def test_unknown_or_missing_sampler_options_are_one_line_errors(runs, capsys, diffusion_run):
+    line = _error(
+        capsys, str(diffusion_run), "--prompt", "a", "--sampler", "remask", "--sampler.etta", "0.1"
+    )
+    assert "etta" in line and "valid options" in line and "eta" in line and "strategy" in line
+    line = _error(capsys, str(runs / "target"), "--prompt", "a", "--sampler", "speculative")
+    assert "--sampler.draft_model" in line and "--draft" in line
+    line = _error(capsys, str(runs / "target"), "--prompt", "a", "--sampler.top_k")
+    assert "needs a value" in line
+
+
+def test_sample_help_and_list_show_every_samplers_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "remask (diffusion)" in out and "eta: float = 0.04" in out
+    assert "strategy: str = 'cap'" in out
+    assert "draft_model: Model (required)" in out and "num_draft_tokens: int = 4" in out
+    assert main(["list", "samplers", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "    strategy: str = 'cap'" in out and "    draft_model: Model (required)" in out

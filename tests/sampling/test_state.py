@@ -1,7 +1,8 @@
 import torch
 
 from seqlab.mixers.attention import KVCache
-from seqlab.sampling.state import drop_last, merge_rows, rewind, stack_states
+from seqlab.sampling.state import merge_rows, rewind
+from seqlab.state import drop_last, stack_states
 from tests.sampling.helpers import tiny
 
 
@@ -68,6 +69,6 @@ def test_rewind_matches_feeding_only_the_kept_tokens():
 
 
 def _row(state, i):
-    from seqlab.mixers.base import reorder_state
+    from seqlab.state import reorder_state
 
     return reorder_state(state, torch.tensor([i]))

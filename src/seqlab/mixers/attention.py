@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +24,72 @@ from seqlab.registry import MIXERS
 @dataclass
 class KVCache:
     """Decode state: keys/values `[B, T_cache, H_kv, D]`, their positions `[B, T_cache]`
-    (−1 marks padding no query may read), and the next position of each row `[B]`."""
+    (−1 marks padding no query may read), and the next position of each row `[B]`.
+
+    Rows may hold different numbers of entries (ragged prefills, per-row speculative
+    acceptance): they are left-padded at position −1, which attention never reads; rotary
+    angles come from each row's own positions and offset, so padding changes no output. The
+    cache pads, concatenates and truncates itself (`seqlab.state.GrowingState`).
+    """
 
     k: Tensor
     v: Tensor
     positions: Tensor
     offset: Tensor
+
+    @classmethod
+    def concat(cls, caches: Sequence[KVCache]) -> KVCache:
+        """The rows of `caches` in order, each left-padded to the longest."""
+        length = max(c.k.shape[1] for c in caches)
+        padded = [c.pad_to(length) for c in caches]
+        return cls(
+            *(torch.cat([getattr(c, f) for c in padded]) for f in ("k", "v", "positions", "offset"))
+        )
+
+    def pad_to(self, length: int) -> KVCache:
+        """Left-pad to `length` entries with zeros at position −1."""
+        missing = length - self.k.shape[1]
+        if missing <= 0:
+            return self
+        b = self.k.shape[0]
+        pad = self.k.new_zeros(b, missing, *self.k.shape[2:])
+        return KVCache(
+            torch.cat([pad, self.k], dim=1),
+            torch.cat([pad.to(self.v.dtype), self.v], dim=1),
+            torch.cat([self.positions.new_full((b, missing), -1), self.positions], dim=1),
+            self.offset,
+        )
+
+    def drop_last(self, drop: Tensor | int) -> KVCache:
+        """Forget the last `drop[i]` entries of row i (all rows wrote the same last columns).
+        An int forgets as many in every row: rows are left-padded, so those are the last
+        columns, sliced off without compacting."""
+        if isinstance(drop, int):
+            if drop == 0:
+                return self
+            k, v, positions = (s[:, :-drop] for s in (self.k, self.v, self.positions))
+            return KVCache(k, v, positions, self.offset - drop)
+        drop = drop.to(self.offset.device)
+        t = self.k.shape[1]
+        column = torch.arange(t, device=drop.device)
+        forget = column[None] >= (t - drop)[:, None]
+        positions = self.positions.masked_fill(forget, -1)
+        return KVCache(self.k, self.v, positions, self.offset - drop).compact()
+
+    def compact(self) -> KVCache:
+        """Move each row's padding to the left (keeping the order of its entries) and drop
+        the columns that are padding in every row."""
+        valid = self.positions >= 0
+        order = valid.to(torch.int8).argsort(dim=1, stable=True)
+        keep = int(valid.sum(dim=1).max())
+        order = order[:, order.shape[1] - keep :]
+        rows = order[:, :, None, None].expand(-1, -1, *self.k.shape[2:])
+        return KVCache(
+            self.k.gather(1, rows),
+            self.v.gather(1, rows),
+            self.positions.gather(1, order),
+            self.offset,
+        )
 
 
 @MIXERS.register("attention")

@@ -1,4 +1,4 @@
-"""The Mixer interface, context layouts, and helpers for state values.
+"""The Mixer interface and context layouts (helpers for state values: `seqlab.state`).
 
 A mixer maps `x [B, T, d_model]` to `y [B, T, d_model]`. `state=None` runs the parallel
 (training) form; a given state continues from it (`T == 1` is one decode step, `T > 1` a
@@ -21,8 +21,13 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
-
-State = Any
+from seqlab.state import (  # noqa: F401  (map_state, reorder_state, clone_state: old homes)
+    State,
+    clone_state,
+    interleave_states,
+    map_state,
+    reorder_state,
+)
 
 
 class LayoutKind(str, Enum):
@@ -220,57 +225,9 @@ def keeps_init(param: nn.Parameter) -> bool:
     return getattr(param, "_keep_init", False)
 
 
-def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
-    """Apply `fn` to every tensor inside a state (dataclasses, tuples, lists, dicts, None)."""
-    if state is None:
-        return None
-    if isinstance(state, Tensor):
-        return fn(state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        changes = {f.name: map_state(fn, getattr(state, f.name)) for f in dataclasses.fields(state)}
-        return dataclasses.replace(state, **changes)
-    if isinstance(state, tuple | list):
-        return type(state)(map_state(fn, s) for s in state)
-    if isinstance(state, dict):
-        return {k: map_state(fn, v) for k, v in state.items()}
-    return state
-
-
-def reorder_state(state: State, index: Tensor) -> State:
-    """Select batch rows of a state by `index` (beam reordering, batch pruning)."""
-    return map_state(lambda t: t.index_select(0, index.to(t.device)) if t.dim() else t, state)
-
-
-def clone_state(state: State) -> State:
-    return map_state(lambda t: t.clone(), state)
-
-
 def check_input(x: Tensor, d_model: int, name: str = "x") -> None:
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ShapeError(f"{name} must have shape [B, T, {d_model}], got {list(x.shape)}")
-
-
-def stack_states(states: list[State]) -> State:
-    """Concatenate same-structured states `[B, ...]` into one `[B · len(states), ...]`, row
-    `b · len(states) + j` holding row b of `states[j]` (the order of `fold_blocks`)."""
-    first = states[0]
-    if first is None:
-        return None
-    if isinstance(first, Tensor):
-        if not first.dim():
-            return first
-        return torch.stack(states, dim=1).flatten(0, 1)
-    if dataclasses.is_dataclass(first) and not isinstance(first, type):
-        changes = {
-            f.name: stack_states([getattr(s, f.name) for s in states])
-            for f in dataclasses.fields(first)
-        }
-        return dataclasses.replace(first, **changes)
-    if isinstance(first, tuple | list):
-        return type(first)(stack_states(list(parts)) for parts in zip(*states, strict=True))
-    if isinstance(first, dict):
-        return {k: stack_states([s[k] for s in states]) for k in first}
-    return first
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -403,7 +360,7 @@ def forward_blocks_from(
     parts = []
     if full:
         blocks = tuple(fold_blocks(u[:, : full * size], size) for u in inputs)
-        output, _ = recur(blocks, stack_states(starts[:full]))
+        output, _ = recur(blocks, interleave_states(starts[:full]))
         parts.append(unfold_blocks(output, batch))
     if full * size < steps:
         parts.append(recur(tuple(u[:, full * size :] for u in inputs), starts[full])[0])

@@ -10,7 +10,7 @@ prompt decoded alone), seeded categorical draws, stop criteria, streaming, and t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +19,20 @@ from torch import Tensor
 from seqlab.errors import ConfigError, ShapeError
 from seqlab.model import Model
 from seqlab.registry import SAMPLERS
-from seqlab.sampling.processors import LogitsProcessor, apply_processors, sampling_processors
+from seqlab.sampling.base import (
+    FILTERS,
+    OUTPUT,
+    PROCESSING,
+    SamplingOptions,
+    StopCriteria,
+    Stream,
+    in_eval_mode,
+    shares,
+)
+from seqlab.sampling.processors import LogitsProcessor, apply_processors
 from seqlab.sampling.state import State, merge_rows
 
 Prompt = Tensor | Sequence[Tensor]
-Stream = Callable[[list[list[int]]], None]
 
 
 @dataclass
@@ -136,31 +145,6 @@ def softmax64(scores: Tensor) -> Tensor:
     return scores.double().softmax(dim=-1)
 
 
-class StopCriteria:
-    """A row stops after a token in `stop_tokens`, or once the decoded text of its new tokens
-    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept.
-    """
-
-    def __init__(
-        self,
-        stop_tokens: Sequence[int] = (),
-        stop_strings: Sequence[str] = (),
-        decode: Callable[[list[int]], str] | None = None,
-    ) -> None:
-        if isinstance(stop_strings, str):
-            stop_strings = [stop_strings]
-        if stop_strings and decode is None:
-            raise ConfigError("stop_strings need decode_fn= (a function from token ids to text)")
-        self.tokens = set(int(t) for t in stop_tokens)
-        self.strings = list(stop_strings)
-        self.decode = decode
-
-    def __call__(self, new: list[int]) -> bool:
-        if new and new[-1] in self.tokens:
-            return True
-        return bool(self.strings) and any(s in self.decode(new) for s in self.strings)
-
-
 class Continuations:
     """Per-row generated tokens with stopping, streaming and the ids processors read."""
 
@@ -250,6 +234,7 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -
 
 
 @torch.no_grad()
+@in_eval_mode
 def decode(
     model: Model,
     prompt: Prompt,
@@ -263,7 +248,6 @@ def decode(
     pad_id: int = 0,
 ) -> Generation:
     start = time.perf_counter()
-    model.eval()
     rows = prompt_rows(prompt)
     out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id)
     draws = Draws(seed, len(rows), model.device)
@@ -285,65 +269,40 @@ def decode(
 
 
 @SAMPLERS.register("greedy")
+@shares(*PROCESSING, *OUTPUT)
 def greedy(
-    model: Model,
-    prompt: Prompt,
-    max_new_tokens: int,
-    *,
-    repetition_penalty: float | None = None,
-    stop_tokens: Sequence[int] = (),
-    stop_strings: Sequence[str] = (),
-    decode_fn: Callable[[list[int]], str] | None = None,
-    stream: Stream | None = None,
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
+    model: Model, prompt: Prompt, max_new_tokens: int, options: SamplingOptions
 ) -> Generation:
-    chain = sampling_processors(repetition_penalty=repetition_penalty) + list(processors)
+    """The most likely next token at every step."""
     return decode(
         model,
         prompt,
         max_new_tokens,
         greedy=True,
-        processors=chain,
-        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
-        stream=stream,
-        pad_id=pad_id,
+        processors=options.logits_processors(),
+        stop=options.stop_criteria(),
+        stream=options.stream,
+        pad_id=options.pad_id,
     )
 
 
 @SAMPLERS.register("sample")
+@shares(*FILTERS, *PROCESSING, *OUTPUT)
 def sample(
-    model: Model,
-    prompt: Prompt,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    repetition_penalty: float | None = None,
-    seed: int | Sequence[int] | None = None,
-    stop_tokens: Sequence[int] = (),
-    stop_strings: Sequence[str] = (),
-    decode_fn: Callable[[list[int]], str] | None = None,
-    stream: Stream | None = None,
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
+    model: Model, prompt: Prompt, max_new_tokens: int, options: SamplingOptions
 ) -> Generation:
-    """`seed`: an int (one generator for the batch) or one int per prompt (a generator per
+    """A draw from the processed next-token distribution at every step.
+
+    `seed`: an int (one generator for the batch) or one int per prompt (a generator per
     row: each row then equals its prompt sampled alone with that seed)."""
-    chain = sampling_processors(
-        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
-    ) + list(processors)
     return decode(
         model,
         prompt,
         max_new_tokens,
         greedy=False,
-        processors=chain,
-        seed=seed,
-        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
-        stream=stream,
-        pad_id=pad_id,
+        processors=options.logits_processors(),
+        seed=options.seed,
+        stop=options.stop_criteria(),
+        stream=options.stream,
+        pad_id=options.pad_id,
     )

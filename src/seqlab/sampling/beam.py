@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import reorder_state
 from seqlab.model import Model
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation, Prompt, pad_rows, prefill, prompt_rows
-from seqlab.sampling.processors import LogitsProcessor, apply_processors, sampling_processors
+from seqlab.sampling.base import PROCESSING, SamplingOptions, in_eval_mode, shares
+from seqlab.sampling.processors import LogitsProcessor, apply_processors
+from seqlab.state import reorder_state
 
 
 @dataclass
@@ -58,6 +59,7 @@ class GroupHypotheses:
 
 
 @torch.no_grad()
+@in_eval_mode
 def beam_search(
     model: Model,
     prompt: Prompt,
@@ -81,7 +83,6 @@ def beam_search(
     if not 1 <= n_return <= num_beams:
         raise ConfigError(f"num_return_sequences must lie in [1, {num_beams}], got {n_return}")
     start = time.perf_counter()
-    model.eval()
     rows = prompt_rows(prompt)
     b, nb, g_count = len(rows), num_beams, num_groups
     gb = nb // g_count
@@ -186,21 +187,19 @@ def beam_search(
 
 
 @SAMPLERS.register("beam")
+@shares(*PROCESSING, "stop_tokens", "pad_id")
 def beam(
     model: Model,
     prompt: Prompt,
     max_new_tokens: int,
+    options: SamplingOptions,
     *,
     num_beams: int = 4,
     length_penalty: float = 1.0,
     early_stopping: bool = True,
     num_return_sequences: int | None = None,
-    repetition_penalty: float | None = None,
-    stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    chain = sampling_processors(repetition_penalty=repetition_penalty) + list(processors)
+    """Beam search: the `num_beams` best continuations by length-penalised log-probability."""
     return beam_search(
         model,
         prompt,
@@ -209,17 +208,19 @@ def beam(
         length_penalty=length_penalty,
         early_stopping=early_stopping,
         num_return_sequences=num_return_sequences,
-        stop_tokens=stop_tokens,
-        processors=chain,
-        pad_id=pad_id,
+        stop_tokens=options.stop_tokens,
+        processors=options.logits_processors(),
+        pad_id=options.pad_id,
     )
 
 
 @SAMPLERS.register("diverse_beam")
+@shares(*PROCESSING, "stop_tokens", "pad_id")
 def diverse_beam(
     model: Model,
     prompt: Prompt,
     max_new_tokens: int,
+    options: SamplingOptions,
     *,
     num_beams: int = 4,
     num_groups: int = 2,
@@ -227,12 +228,9 @@ def diverse_beam(
     length_penalty: float = 1.0,
     early_stopping: bool = True,
     num_return_sequences: int | None = None,
-    repetition_penalty: float | None = None,
-    stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    chain = sampling_processors(repetition_penalty=repetition_penalty) + list(processors)
+    """Diverse beam search: `num_groups` groups of beams, each penalised by
+    `diversity_penalty` for the tokens that earlier groups chose at the same step."""
     return beam_search(
         model,
         prompt,
@@ -243,7 +241,7 @@ def diverse_beam(
         length_penalty=length_penalty,
         early_stopping=early_stopping,
         num_return_sequences=num_return_sequences,
-        stop_tokens=stop_tokens,
-        processors=chain,
-        pad_id=pad_id,
+        stop_tokens=options.stop_tokens,
+        processors=options.logits_processors(),
+        pad_id=options.pad_id,
     )

@@ -19,12 +19,16 @@ model reads depends on the objective it was trained with:
   tokens. A `shift` objective reads x̂_0 at i from the output at i − 1: for the block's
   first position, the last output of the clean prefix.
 
-Samplers: `ancestral` (the reverse process; a step that changed nothing reuses the last
-prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per step),
-`topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale). `steps`
-counts steps per block (default: one per new token of the block). A class-conditional
-objective takes `condition`; `guidance` γ adds classifier-free guidance (γ = 1: plain
-conditional sampling).
+Samplers are rules plugged into one loop (`denoise`): a rule maps a block's tokens and x̂_0
+to its next tokens. `ancestral` (the reverse process; a step that changed nothing reuses the
+last prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per
+step), `topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale).
+Each is declared by `@diffusion_sampler` on the function that builds its rule from the
+`RuleInputs` and its own options; the shared options (`objective`, `steps`, `block_size`,
+`cache`, `temperature`, `seed`, `condition`, `guidance`) are the driver's. `steps` counts
+steps per block (default: one per new token of the block). A class-conditional objective
+takes `condition`; `guidance` γ adds classifier-free guidance (γ = 1: plain conditional
+sampling).
 
 Every sampler reports NFE and wall time. NFE counts model evaluations: each denoising pass,
 each separate prefill of finished blocks (recurrent states), and two per guided pass
@@ -34,29 +38,32 @@ a `torch.Generator` seeded by `seed`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from seqlab.errors import SeqlabError
-from seqlab.mixers.base import Layout
-from seqlab.model import Model
+from seqlab.model import Layout, Model
+from seqlab.objectives import build_objective
 from seqlab.objectives.base import Objective
 from seqlab.objectives.block import BlockDiffusion
 from seqlab.objectives.diffusion import Diffusion
 from seqlab.objectives.noise import absorbing_posterior, uniform_posterior
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation
-from seqlab.sampling.state import drop_last, is_kv_only
+from seqlab.sampling.base import DENOISING, GUIDANCE, SamplingOptions, in_eval_mode, shares
+from seqlab.state import can_drop_last, drop_last
 
 
 def diffusion_objective(model: Model, objective: Objective | str | None) -> Diffusion:
     """The (bound) diffusion objective the model was trained with; a name is built and bound
     to the model's vocabulary less the objective's extra tokens. None: masked diffusion."""
-    from seqlab.objectives import build_objective
-
     if objective is None or isinstance(objective, str):
         objective = build_objective(objective or "masked_diffusion")
         objective.bind(model.config.vocab_size - objective.extra_tokens)
@@ -129,7 +136,7 @@ class Context:
     def _fusable(self) -> bool:
         """Whether the cache can take the block's pass and forget it: KV caches that keep
         every entry (a sliding window would have trimmed entries the block pushed out)."""
-        return self.model.config.window is None and is_kv_only(self.state)
+        return self.model.config.window is None and can_drop_last(self.state)
 
     def _prefill_with_block(self, x: Tensor, start: int, end: int) -> Tensor:
         """One pass over the finished clean blocks and the current block, block-causally (the
@@ -138,7 +145,7 @@ class Context:
         out, state = self.model(
             x[:, self.cached : end], self.state, layout=Layout.block_causal(self.block)
         )
-        self.state = tuple(drop_last(cache, end - start) for cache in state)
+        self.state = drop_last(state, end - start)
         clean = start - self.cached
         self.prefix_last = out[:, clean - 1 : clean]
         self.cached = start
@@ -179,6 +186,7 @@ def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 @torch.no_grad()
+@in_eval_mode
 def denoise(
     model: Model,
     prompt: Tensor,
@@ -208,7 +216,6 @@ def denoise(
     noise, on the reverse posteriors for uniform noise, see `ancestral_rule`).
     """
     start_time = time.perf_counter()
-    model.eval()
     b, p = prompt.shape
     n_vocab = objective.vocab_size
     if isinstance(objective, BlockDiffusion):  # another size than trained: BlockGen
@@ -400,145 +407,106 @@ def _absorbing(objective: Diffusion, sampler: str) -> None:
         raise SeqlabError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
 
 
-@SAMPLERS.register("ancestral", paradigm="diffusion")
-def ancestral(
-    model: Model,
-    prompt: Tensor,
-    max_new_tokens: int,
+@dataclass(frozen=True)
+class RuleInputs:
+    """What a diffusion sampler's rule is built from: the bound objective, the generator
+    seeded by `seed`, and the shared `temperature` and `guidance` options."""
+
+    objective: Diffusion
+    generator: torch.Generator | None
+    temperature: float
+    guidance: float | None
+
+
+RuleFactory = Callable[..., Rule]
+
+
+def diffusion_sampler(
     *,
-    objective: Objective | str | None = None,
-    steps: int | None = None,
-    block_size: int | None = None,
-    cache: bool = True,
-    temperature: float = 1.0,
-    seed: int | None = None,
-    condition: int | list[int] | Tensor | None = None,
-    guidance: float | None = None,
-) -> Generation:
-    objective = diffusion_objective(model, objective)
-    generator = _generator(model, seed)
-    rule = ancestral_rule(objective, generator, guidance)
-    return denoise(
-        model,
-        prompt,
-        max_new_tokens,
-        rule,
-        objective=objective,
-        steps=steps,
-        block_size=block_size,
-        cache=cache,
-        temperature=temperature,
-        stop_when_clean=objective.noise == "absorbing",
-        condition=condition,
-        guidance=guidance,
-        generator=generator,
-    )
+    absorbing: bool = False,
+    until_clean: bool = False,
+    stop_when_clean: bool | Callable[[Diffusion], bool] = False,
+    **defaults: Any,
+) -> Callable[[RuleFactory], Callable[..., Generation]]:
+    """Decorator: a diffusion sampler from `make(inputs: RuleInputs, *, own options) -> Rule`.
+
+    The sampler takes the shared denoising options (`defaults` replaces their defaults) and
+    `make`'s own, and runs `denoise` with the rule. `absorbing`: the rule needs absorbing
+    noise. `until_clean`: steps run until the block has no mask (no `steps` option);
+    `stop_when_clean` (or a function of the objective): a block's steps end once it is
+    clean, for rules that never touch a clean token (see `denoise`).
+    """
+    names = tuple(n for n in (*DENOISING, *GUIDANCE) if not (until_clean and n == "steps"))
+
+    def decorate(make: RuleFactory) -> Callable[..., Generation]:
+        def sampler(
+            model: Model,
+            prompt: Tensor,
+            max_new_tokens: int,
+            options: SamplingOptions,
+            **own: Any,
+        ) -> Generation:
+            objective = diffusion_objective(model, options.objective)
+            if absorbing:
+                _absorbing(objective, make.__name__)
+            generator = _generator(model, options.seed)
+            inputs = RuleInputs(objective, generator, options.temperature, options.guidance)
+            rule = make(inputs, **own)
+            clean = stop_when_clean(objective) if callable(stop_when_clean) else stop_when_clean
+            return denoise(
+                model,
+                prompt,
+                max_new_tokens,
+                rule,
+                objective=objective,
+                steps=1 if until_clean else options.steps,
+                block_size=options.block_size,
+                cache=options.cache,
+                temperature=options.temperature,
+                until_clean=until_clean,
+                stop_when_clean=clean,
+                condition=options.condition,
+                guidance=options.guidance,
+                generator=generator,
+            )
+
+        # the sampler's own options are those of `make`, after its `inputs`
+        leading = list(inspect.signature(sampler).parameters.values())[:4]
+        own = list(inspect.signature(make).parameters.values())[1:]
+        sampler.__signature__ = inspect.Signature([*leading, *own])  # type: ignore[attr-defined]
+        functools.update_wrapper(sampler, make)
+        return shares(*names, **defaults)(sampler)
+
+    return decorate
+
+
+@SAMPLERS.register("ancestral", paradigm="diffusion")
+@diffusion_sampler(stop_when_clean=lambda objective: objective.noise == "absorbing")
+def ancestral(inputs: RuleInputs) -> Rule:
+    """The reverse process of the objective's noise (MDLM / UDLM ancestral sampling)."""
+    return ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
 
 
 @SAMPLERS.register("confidence", paradigm="diffusion")
-def confidence(
-    model: Model,
-    prompt: Tensor,
-    max_new_tokens: int,
-    *,
-    objective: Objective | str | None = None,
-    threshold: float = 0.9,
-    block_size: int | None = None,
-    cache: bool = True,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    condition: int | list[int] | Tensor | None = None,
-    guidance: float | None = None,
-) -> Generation:
-    objective = diffusion_objective(model, objective)
-    _absorbing(objective, "confidence")
-    generator = _generator(model, seed)
-    rule = confidence_rule(objective.mask_id, threshold, temperature, generator)
-    return denoise(
-        model,
-        prompt,
-        max_new_tokens,
-        rule,
-        objective=objective,
-        steps=1,
-        block_size=block_size,
-        cache=cache,
-        temperature=temperature,
-        until_clean=True,
-        condition=condition,
-        guidance=guidance,
-        generator=generator,
+@diffusion_sampler(absorbing=True, until_clean=True, temperature=0.0)
+def confidence(inputs: RuleInputs, *, threshold: float = 0.9) -> Rule:
+    """Fast-dLLM: unmask every position more confident than `threshold`, at least one per
+    step, until the block is clean."""
+    return confidence_rule(
+        inputs.objective.mask_id, threshold, inputs.temperature, inputs.generator
     )
 
 
 @SAMPLERS.register("topk_confidence", paradigm="diffusion")
-def topk_confidence(
-    model: Model,
-    prompt: Tensor,
-    max_new_tokens: int,
-    *,
-    objective: Objective | str | None = None,
-    steps: int | None = None,
-    block_size: int | None = None,
-    cache: bool = True,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    condition: int | list[int] | Tensor | None = None,
-    guidance: float | None = None,
-) -> Generation:
-    objective = diffusion_objective(model, objective)
-    _absorbing(objective, "topk_confidence")
-    generator = _generator(model, seed)
-    rule = topk_confidence_rule(objective.mask_id, temperature, generator)
-    return denoise(
-        model,
-        prompt,
-        max_new_tokens,
-        rule,
-        objective=objective,
-        steps=steps,
-        block_size=block_size,
-        cache=cache,
-        temperature=temperature,
-        stop_when_clean=True,
-        condition=condition,
-        guidance=guidance,
-        generator=generator,
-    )
+@diffusion_sampler(absorbing=True, stop_when_clean=True, temperature=0.0)
+def topk_confidence(inputs: RuleInputs) -> Rule:
+    """LLaDA low-confidence remasking: the most confident masks, evenly over the steps."""
+    return topk_confidence_rule(inputs.objective.mask_id, inputs.temperature, inputs.generator)
 
 
 @SAMPLERS.register("remask", paradigm="diffusion")
-def remask(
-    model: Model,
-    prompt: Tensor,
-    max_new_tokens: int,
-    *,
-    objective: Objective | str | None = None,
-    steps: int | None = None,
-    block_size: int | None = None,
-    cache: bool = True,
-    eta: float = 0.04,
-    strategy: str = "cap",
-    temperature: float = 1.0,
-    seed: int | None = None,
-    condition: int | list[int] | Tensor | None = None,
-    guidance: float | None = None,
-) -> Generation:
-    objective = diffusion_objective(model, objective)
-    _absorbing(objective, "remask")
-    generator = _generator(model, seed)
-    rule = remask_rule(objective, eta, strategy, generator)
-    return denoise(
-        model,
-        prompt,
-        max_new_tokens,
-        rule,
-        objective=objective,
-        steps=steps,
-        block_size=block_size,
-        cache=cache,
-        temperature=temperature,
-        condition=condition,
-        guidance=guidance,
-        generator=generator,
-    )
+@diffusion_sampler(absorbing=True)
+def remask(inputs: RuleInputs, *, eta: float = 0.04, strategy: str = "cap") -> Rule:
+    """ReMDM: the ancestral step plus remasking decoded tokens with probability σ_t
+    (`strategy` cap: σ_t = min(`eta`, σ_max); rescale: σ_t = `eta` · σ_max)."""
+    return remask_rule(inputs.objective, eta, strategy, inputs.generator)

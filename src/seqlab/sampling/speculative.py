@@ -20,7 +20,7 @@ as it would alone, and with a seed list it also draws the same numbers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,11 +40,20 @@ from seqlab.sampling.ar import (
     prompt_rows,
     softmax64,
 )
-from seqlab.sampling.processors import LogitsProcessor, sampling_processors
+from seqlab.sampling.base import (
+    FILTERS,
+    OUTPUT,
+    PROCESSING,
+    SamplingOptions,
+    in_eval_mode,
+    shares,
+)
+from seqlab.sampling.processors import LogitsProcessor
 from seqlab.sampling.state import feed_rows, rewind
 
 
 @torch.no_grad()
+@in_eval_mode
 def speculative_decode(
     model: Model,
     draft_model: Model,
@@ -68,8 +77,6 @@ def speculative_decode(
             f"target's ({model.config.vocab_size})"
         )
     start = time.perf_counter()
-    model.eval()
-    draft_model.eval()
     rows = prompt_rows(prompt)
     b, device = len(rows), model.device
     out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id, extra=k + 1)
@@ -171,33 +178,22 @@ def _prefix(drafts: list[Tensor], b: int, device: torch.device) -> Tensor:
 
 
 @SAMPLERS.register("speculative")
+@shares(*FILTERS, *PROCESSING, *OUTPUT)
 def speculative(
     model: Model,
     prompt: Prompt,
     max_new_tokens: int,
+    options: SamplingOptions,
     *,
     draft_model: Model,
     num_draft_tokens: int = 4,
     do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    repetition_penalty: float | None = None,
-    seed: int | Sequence[int] | None = None,
-    stop_tokens: Sequence[int] = (),
-    stop_strings: Sequence[str] = (),
-    decode_fn: Callable[[list[int]], str] | None = None,
-    stream: Stream | None = None,
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    """Greedy (`do_sample=False`, the default; equals the target's greedy decoding) or
+    """Speculative decoding: `draft_model` proposes `num_draft_tokens`, the model checks them
+    in one pass.
+
+    Greedy (`do_sample=False`, the default; equals the target's greedy decoding) or
     rejection sampling from the processed target distribution (`do_sample=True`)."""
-    chain = sampling_processors(
-        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
-    ) + list(processors)
     return speculative_decode(
         model,
         draft_model,
@@ -205,15 +201,16 @@ def speculative(
         max_new_tokens,
         num_draft_tokens=num_draft_tokens,
         do_sample=do_sample,
-        processors=chain,
-        seed=seed,
-        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
-        stream=stream,
-        pad_id=pad_id,
+        processors=options.logits_processors(),
+        seed=options.seed,
+        stop=options.stop_criteria(),
+        stream=options.stream,
+        pad_id=options.pad_id,
     )
 
 
 @torch.no_grad()
+@in_eval_mode
 def self_speculative_decode(
     model: Model,
     prompt: Prompt,
@@ -236,7 +233,6 @@ def self_speculative_decode(
             f"({model.config.vocab_size}), got {heads}"
         )
     start = time.perf_counter()
-    model.eval()
     rows = prompt_rows(prompt)
     b, device, vocab, k = len(rows), model.device, model.config.vocab_size // heads, heads - 1
     out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id, extra=k + 1)
@@ -276,41 +272,29 @@ def self_speculative_decode(
 
 
 @SAMPLERS.register("self_speculative")
+@shares(*FILTERS, *PROCESSING, *OUTPUT)
 def self_speculative(
     model: Model,
     prompt: Prompt,
     max_new_tokens: int,
+    options: SamplingOptions,
     *,
     heads: int = 2,
     do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    repetition_penalty: float | None = None,
-    seed: int | Sequence[int] | None = None,
-    stop_tokens: Sequence[int] = (),
-    stop_strings: Sequence[str] = (),
-    decode_fn: Callable[[list[int]], str] | None = None,
-    stream: Stream | None = None,
-    pad_id: int = 0,
-    processors: Sequence[LogitsProcessor] = (),
 ) -> Generation:
-    """Greedy output equals greedy decoding of head 0 (the next-token head); sampling keeps
+    """Self-speculative decoding of a multi-token-prediction model, its extra heads drafting.
+
+    Greedy output equals greedy decoding of head 0 (the next-token head); sampling keeps
     head 0's distribution. `heads` is the `mtp` objective's option the model was trained with."""
-    chain = sampling_processors(
-        temperature, top_k, top_p, min_p, typical_p, repetition_penalty
-    ) + list(processors)
     return self_speculative_decode(
         model,
         prompt,
         max_new_tokens,
         heads=heads,
         do_sample=do_sample,
-        processors=chain,
-        seed=seed,
-        stop=StopCriteria(stop_tokens, stop_strings, decode_fn),
-        stream=stream,
-        pad_id=pad_id,
+        processors=options.logits_processors(),
+        seed=options.seed,
+        stop=options.stop_criteria(),
+        stream=options.stream,
+        pad_id=options.pad_id,
     )

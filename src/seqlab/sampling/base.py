@@ -1,0 +1,189 @@
+"""What samplers share: one options dataclass, the decorator that lays a sampler's share of it
+out as flat keyword options, eval mode around sampling, and option descriptions.
+
+A sampler is written as `fn(model, prompt, max_new_tokens, options, *, own options...)` and
+decorated with `@shares(names...)`: the registered function takes the shared options it
+names as flat keywords beside its own, and its signature (which the registry reads to
+validate, list and document options) shows both. `options` is a `SamplingOptions` holding
+the shared ones (the rest at their defaults).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from torch import Tensor, nn
+
+from seqlab.errors import ConfigError
+from seqlab.sampling.processors import LogitsProcessor, sampling_processors
+
+if TYPE_CHECKING:
+    from seqlab.objectives.base import Objective
+
+Stream = Callable[[list[list[int]]], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StopCriteria:
+    """A row stops after a token in `stop_tokens`, or once the decoded text of its new tokens
+    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept.
+    """
+
+    def __init__(
+        self,
+        stop_tokens: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        if stop_strings and decode is None:
+            raise ConfigError("stop_strings need decode_fn= (a function from token ids to text)")
+        self.tokens = set(int(t) for t in stop_tokens)
+        self.strings = list(stop_strings)
+        self.decode = decode
+
+    def __call__(self, new: list[int]) -> bool:
+        if new and new[-1] in self.tokens:
+            return True
+        return bool(self.strings) and any(s in self.decode(new) for s in self.strings)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The keyword options that several samplers share.
+
+    Logits processing (autoregressive): `temperature`, `top_k`, `top_p`, `min_p`,
+    `typical_p` (sampling filters), `repetition_penalty`, and the user's own `processors`
+    (Hugging Face protocol, applied after them). `seed`: an int (one generator for the batch)
+    or, for AR samplers, one int per prompt (a generator per row). Output: `stop_tokens`,
+    `stop_strings` (need `decode_fn`, ids -> text), `stream` (called with each step's new
+    tokens per row), `pad_id` (fills rows past their length). Diffusion: the `objective`
+    the model was trained with (None: masked diffusion), `steps` per block, `block_size`,
+    `cache` (finished blocks in the decode state), class `condition` and classifier-free
+    `guidance`; `temperature` and `seed` apply there too.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    processors: Sequence[LogitsProcessor] = ()
+    seed: int | Sequence[int] | None = None
+    stop_tokens: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+    decode_fn: Callable[[list[int]], str] | None = None
+    stream: Stream | None = None
+    pad_id: int = 0
+    objective: Objective | str | None = None
+    steps: int | None = None
+    block_size: int | None = None
+    cache: bool = True
+    condition: int | list[int] | Tensor | None = None
+    guidance: float | None = None
+
+    def logits_processors(self) -> list[LogitsProcessor]:
+        """The processors these options ask for, then the user's own."""
+        return sampling_processors(
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.min_p,
+            self.typical_p,
+            self.repetition_penalty,
+        ) + list(self.processors)
+
+    def stop_criteria(self) -> StopCriteria:
+        return StopCriteria(self.stop_tokens, self.stop_strings, self.decode_fn)
+
+
+# The usual shares: AR decoding that samples, and AR decoding that may end rows early.
+FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
+PROCESSING = ("repetition_penalty", "processors")
+OUTPUT = ("stop_tokens", "stop_strings", "decode_fn", "stream", "pad_id")
+DENOISING = ("objective", "steps", "block_size", "cache", "temperature", "seed")
+GUIDANCE = ("condition", "guidance")
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SamplingOptions)}
+
+
+def shares(*names: str, **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: a sampler `fn(model, prompt, max_new_tokens, options, *, own...)` becomes
+    `sampler(model, prompt, max_new_tokens, *, own..., shared...)`, taking the shared options
+    `names` as flat keywords (`defaults` replaces their `SamplingOptions` defaults for this
+    sampler) and passing them to `fn` as one `SamplingOptions`."""
+    unknown = sorted(set(names) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"not shared options: {unknown}; shared: {sorted(_FIELDS)}")
+    stray = sorted(set(defaults) - set(names))
+    if stray:
+        raise TypeError(f"defaults for options the sampler does not take: {stray}")
+    shared = tuple(dict.fromkeys(names))
+    fixed = {
+        name: inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(name, _FIELDS[name].default),
+            annotation=_FIELDS[name].type,
+        )
+        for name in shared
+    }
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+        params = list(signature.parameters.values())
+        own = params[4:]
+        clash = sorted(p.name for p in own if p.name in fixed)
+        if clash or any(p.kind is not p.KEYWORD_ONLY for p in own):
+            raise TypeError(
+                f"{fn.__qualname__}: after (model, prompt, max_new_tokens, options) a sampler "
+                f"takes keyword-only options of its own (shared ones clash: {clash})"
+            )
+
+        @functools.wraps(fn)
+        def sampler(model: Any, prompt: Any, max_new_tokens: int, **options: Any) -> Any:
+            given = {name: options.pop(name) for name in shared if name in options}
+            gathered = SamplingOptions(**{**defaults, **given})
+            return fn(model, prompt, max_new_tokens, gathered, **options)
+
+        sampler.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*params[:3], *own, *fixed.values()]
+        )
+        sampler.shared_options = shared  # type: ignore[attr-defined]
+        return sampler
+
+    return decorate
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put `modules` in eval mode, and give every submodule back its own training mode on
+    exit, also when the body raises."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def in_eval_mode(fn: F) -> F:
+    """Decorator: run `fn` with the modules among its arguments in eval mode (`eval_mode`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        modules = [a for a in (*args, *kwargs.values()) if isinstance(a, nn.Module)]
+        with eval_mode(*modules):
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
