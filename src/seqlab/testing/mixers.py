@@ -347,24 +347,39 @@ def periodic_batch(
     return tokens, mask
 
 
-def check_learns(s: MixerSubject) -> None:
-    """A 2-layer model (d_model 32, vocab 16) trained 150 AdamW steps (lr 1e-2) with the AR
-    loss on period-3 sequences (16 x 24) ends below a quarter of its starting loss."""
+LEARNING_RATES = (1e-2, 3e-3)
 
+
+def check_learns(s: MixerSubject) -> None:
+    """A 2-layer model (d_model 32, vocab 16) trained 300 AdamW steps with the AR loss on
+    period-3 sequences (16 x 24) ends below a quarter of its starting loss, at the better of
+    two learning rates (as a comparison picks each cell's rate from a list). Measured over
+    seeds 0-5, every registered mixer ends at 0.05 of its start or below at its better rate,
+    five times inside the bound; at one rate and 150 steps gla, lstm and gru sat near it."""
+    results = []
+    for lr in LEARNING_RATES:
+        start, end = _train_periodic_copy(s, lr)
+        results.append(f"lr {lr:g}: {start:.3f} -> {end:.3f}")
+        if end < 0.25 * start:
+            return
+    raise AssertionError(f"loss never fell below a quarter of its start ({'; '.join(results)})")
+
+
+def _train_periodic_copy(s: MixerSubject, lr: float, steps: int = 300) -> tuple[float, float]:
+    """(mean of the first 5 losses, mean of the last 10) of one seeded training run."""
     model = build_model(s.config(vocab_size=16))
     objective = build_objective("ar")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(150):
+    for _ in range(steps):
         tokens, mask = periodic_batch(generator, 16, 24, 16, 3)
         loss, _ = objective.loss(model, Batch(tokens, mask))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    start, end = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
-    assert end < 0.25 * start, f"loss {start:.3f} -> {end:.3f}, expected below {0.25 * start:.3f}"
+    return sum(losses[:5]) / 5, sum(losses[-10:]) / 10
 
 
 def _needs(*kinds: str):
