@@ -54,9 +54,9 @@ def run(root, *args):
 def test_recipe_components_are_found_listed_and_pass_their_tests(copy_with_recipes):
     root = copy_with_recipes
     for kind, name, option in [
-        ("mixers", "ema", "conv_size = 4"),
-        ("objectives", "smoothed_ar", "smoothing = 0.1"),
-        ("samplers", "typical_greedy", None),
+        ("mixers", "ema", "conv_size: int = 4"),
+        ("objectives", "smoothed_ar", "smoothing: float = 0.1"),
+        ("samplers", "epsilon", "epsilon: float = 0.0003"),
     ]:
         listed = run(root, "-m", "seqlab", "list", kind, "-v")
         assert listed.returncode == 0, listed.stderr
@@ -66,4 +66,5 @@ def test_recipe_components_are_found_listed_and_pass_their_tests(copy_with_recip
     tests = [p for p in recipe_files() if p.startswith("tests/")]
     result = run(root, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{len(tests)} passed" in result.stdout
+    count = sum(recipe_files()[path].count("\ndef test_") for path in tests)
+    assert f"{count} passed" in result.stdout and "failed" not in result.stdout
