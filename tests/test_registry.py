@@ -152,3 +152,10 @@ def test_no_circular_imports_in_any_module():
     )
     script += "    importlib.import_module(name.removesuffix('.__init__'))\n"
     subprocess.run([sys.executable, "-c", script, *modules], cwd=ROOT, check=True)
+
+
+def test_classes_are_named_by_the_registry_not_by_restating_it():
+    assert OBJECTIVES.get("block_diffusion").target.name == "block_diffusion"
+    assert TASKS.get("selective_copy").target.name == "selective_copy"
+    assert MIXERS.get("gla").target.name == "gla"
+    assert MIXERS.get("tests.test_registry:Doubling").target.name == "tests.test_registry:Doubling"

@@ -250,8 +250,11 @@ def field_docs(cls: type) -> dict[str, str]:
         if not text:
             break
         name, sep, doc = text.partition(": ")
-        if sep and name.isidentifier() and line.startswith(" " * 8) and not line.startswith(
-            " " * 12
+        if (
+            sep
+            and name.isidentifier()
+            and line.startswith(" " * 8)
+            and not line.startswith(" " * 12)
         ):
             current, docs[name] = name, doc
         elif current is not None:

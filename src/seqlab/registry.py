@@ -56,11 +56,7 @@ class Entry:
         the leading arguments that every component of the registry receives positionally."""
         params = list(inspect.signature(self.target).parameters.values())
         params = params[self.registry.positional :]
-        return {
-            p.name: p
-            for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def options(self) -> dict[str, Any]:
         """Option name -> default (`inspect.Parameter.empty` where the option is required).
@@ -120,6 +116,8 @@ class Registry:
     `positional`: how many leading parameters every target receives positionally and so are
     not options (samplers: model, prompt, max_new_tokens).
     `declarations`: the attributes a component may declare, with their defaults.
+    `stamps_name`: set a class target's `name` attribute to the name it is found by (its
+    registered name, entry-point name or import path), so no class restates its name.
     """
 
     def __init__(
@@ -130,12 +128,14 @@ class Registry:
         base: str | None = None,
         positional: int = 0,
         declarations: dict[str, Any] | None = None,
+        stamps_name: bool = False,
     ) -> None:
         self.kind, self.package = kind, package
         self.group = package.replace("seqlab.data.", "seqlab.")
         self._base = base
         self.positional = positional
         self.declarations = dict(declarations or {})
+        self.stamps_name = stamps_name
         self._entries: dict[str, Entry] = {}
         self._by_path: dict[str, Entry] = {}
         self._discovered = False
@@ -145,15 +145,15 @@ class Registry:
         (e.g. `layouts=...` on a mixer) as attributes of the target."""
         unknown = sorted(set(declared) - set(self.declarations))
         if unknown:
-            raise TypeError(
-                f"{self.kind}s declare only {sorted(self.declarations)}, got {unknown}"
-            )
+            raise TypeError(f"{self.kind}s declare only {sorted(self.declarations)}, got {unknown}")
 
         def decorate(target: Any) -> Any:
             if name in self._entries and self._entries[name].target is not target:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             for key, value in declared.items():
                 setattr(target, key, value)
+            if self.stamps_name:
+                target.name = name
             self._entries[name] = Entry(name, target, self)
             return target
 
@@ -217,7 +217,7 @@ class Registry:
                     f"import: {type(err).__name__}: {err}"
                 ) from None
             self._check_target(target, point.value)
-            self._entries[point.name] = Entry(point.name, target, self)
+            self._entries[point.name] = self._found(point.name, target)
 
     def _from_path(self, path: str) -> Entry:
         if path in self._by_path:
@@ -245,8 +245,15 @@ class Registry:
             if entry.target is target:
                 self._by_path[path] = entry
                 return entry
-        self._by_path[path] = Entry(path, target, self)
+        self._by_path[path] = self._found(path, target)
         return self._by_path[path]
+
+    def _found(self, name: str, target: Any) -> Entry:
+        """The entry of a target found outside the package; a class that does not name
+        itself is named as it was found."""
+        if self.stamps_name and "name" not in vars(target):
+            target.name = name
+        return Entry(name, target, self)
 
     def _check_target(self, target: Any, where: str) -> None:
         if self._base is not None:
@@ -266,7 +273,10 @@ MIXERS = Registry(
     "seqlab.mixers",
     base="seqlab.mixers.base:Mixer",
     declarations={"layouts": frozenset({"causal"}), "state_kind": "fixed"},
+    stamps_name=True,
 )
-OBJECTIVES = Registry("objective", "seqlab.objectives", base="seqlab.objectives.base:Objective")
+OBJECTIVES = Registry(
+    "objective", "seqlab.objectives", base="seqlab.objectives.base:Objective", stamps_name=True
+)
 SAMPLERS = Registry("sampler", "seqlab.sampling", positional=3, declarations={"paradigm": "ar"})
-TASKS = Registry("task", "seqlab.data.tasks", base="seqlab.data.tasks.base:Task")
+TASKS = Registry("task", "seqlab.data.tasks", base="seqlab.data.tasks.base:Task", stamps_name=True)

@@ -100,6 +100,7 @@ class Mixer(nn.Module, ABC):
     from the model config, so the options a user may set are read from the signature.
     """
 
+    name: ClassVar[str]  # the name it is registered or found by (set by the registry)
     layouts: ClassVar[frozenset[LayoutKind]] = CAUSAL_ONLY
     state_kind: ClassVar[str] = "fixed"
 

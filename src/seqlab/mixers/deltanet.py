@@ -32,8 +32,6 @@ class DeltaNet(LinearRecurrence):
     transition I − β k kᵀ has the eigenvalue 1 − β ∈ [−1, 1] along k (a reflection at β = 2).
     """
 
-    name = "deltanet"
-
     def __init__(
         self,
         d_model: int,

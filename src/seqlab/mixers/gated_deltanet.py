@@ -27,8 +27,6 @@ class GatedDeltaNet(DeltaNet):
     expand_v = 2). Everything else, `negative_eigenvalues` included, is DeltaNet's.
     """
 
-    name = "gated_deltanet"
-
     def __init__(
         self,
         d_model: int,

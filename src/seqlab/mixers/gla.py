@@ -37,8 +37,6 @@ class GLA(LinearRecurrence):
     each head's key channels, multi-scale as in RetNet, instead of all ≈ 0.96 (b = 0).
     """
 
-    name = "gla"
-
     def __init__(
         self,
         d_model: int,

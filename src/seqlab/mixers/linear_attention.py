@@ -34,8 +34,6 @@ class LinearAttention(LinearRecurrence):
     test learns; `conv_size: 0` is the paper's layer exactly).
     """
 
-    name = "linear_attention"
-
     def __init__(
         self,
         d_model: int,

@@ -92,8 +92,6 @@ class Mamba2(LinearRecurrence):
     [B, T, H, d_state, P]) and is exact up to rounding.
     """
 
-    name = "mamba2"
-
     def __init__(
         self,
         d_model: int,

@@ -53,8 +53,6 @@ class RetNet(LinearRecurrence):
     `rotary: false` give the paper's retention without xPos.
     """
 
-    name = "retnet"
-
     def __init__(
         self,
         d_model: int,

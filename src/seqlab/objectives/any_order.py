@@ -46,7 +46,6 @@ class AnyOrder(Objective):
     """Any-order autoregression (σ-GPT): the chain rule along a random permutation (see the
     module docstring)."""
 
-    name = "any_order"
     layout = Layout.CAUSAL
     extra_tokens = 1
 

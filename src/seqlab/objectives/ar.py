@@ -18,7 +18,6 @@ class Autoregressive(Objective):
 
     Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets."""
 
-    name = "ar"
     bound = False
     layout = Layout.CAUSAL
 

@@ -49,8 +49,6 @@ class BlockDiffusion(Diffusion):
     always integrates over [0, 1]); `shift` reads x̂_0 at i from the output at i − 1 (see the
     module docstring)."""
 
-    name = "block_diffusion"
-
     def __init__(
         self,
         *,

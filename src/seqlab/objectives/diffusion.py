@@ -271,7 +271,6 @@ class Diffusion(Objective):
 class MaskedDiffusion(Diffusion):
     """Absorbing-state diffusion (MDLM: SUBS parameterisation, continuous-time ELBO bound)."""
 
-    name = "masked_diffusion"
     noise = "absorbing"
 
 
@@ -279,5 +278,4 @@ class MaskedDiffusion(Diffusion):
 class UniformDiffusion(Diffusion):
     """Uniform-state diffusion (UDLM: closed-form posterior, continuous-time ELBO bound)."""
 
-    name = "uniform_diffusion"
     noise = "uniform"

@@ -35,7 +35,6 @@ class Copy(SyntheticTask):
         $ c a b | [c] [a] [b] [.]   ->   1 6 4 5 2 [6] [4] [5] [3]
     """
 
-    name = "copy"
     test_is_longer = True
 
     def __init__(
@@ -101,8 +100,6 @@ class SelectiveCopy(SyntheticTask):
     answers). Only training batches follow it; validation and test always hold
     ``num_tokens``.
     """
-
-    name = "selective_copy"
 
     def __init__(
         self,

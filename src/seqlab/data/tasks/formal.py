@@ -74,7 +74,6 @@ class Formal(SyntheticTask):
     ``seq_len`` covers the longest test row (``test_max_len + 1 + len(y)``).
     """
 
-    name = "formal"
     test_is_longer = True
 
     def __init__(

@@ -45,8 +45,6 @@ class ListOps(SyntheticTask):
         [MAX 2 [MIN 4 7 ] 0 ] ANSWER [4]   ->   3 9 4 11 14 2 7 2 1 [11]
     """
 
-    name = "listops"
-
     def __init__(
         self,
         max_depth: int = 3,

@@ -43,8 +43,6 @@ class MQAR(SyntheticTask):
     evaluated split mixes counts, `evaluate` adds ``accuracy_kv{n}`` per count.
     """
 
-    name = "mqar"
-
     def __init__(
         self,
         seq_len: int = 64,
@@ -158,7 +156,6 @@ class Induction(SyntheticTask):
         4 T 3 2 5 5 4 2 4 T [3]
     """
 
-    name = "induction"
     test_is_longer = True
 
     def __init__(

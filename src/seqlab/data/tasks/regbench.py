@@ -92,8 +92,6 @@ class RegBench(SyntheticTask):
     minimised automaton, so no language of the validation or test sets is ever trained on.
     """
 
-    name = "regbench"
-
     def __init__(
         self,
         seq_len: int = 256,

@@ -29,8 +29,6 @@ class Sort(SyntheticTask):
         7 3 12 | [3] [7] [12]   ->   9 5 14 1 [5] [9] [14]
     """
 
-    name = "sort"
-
     def __init__(
         self,
         min_items: int = 2,

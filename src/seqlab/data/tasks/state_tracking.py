@@ -54,7 +54,6 @@ class StateTracking(SyntheticTask):
         mod_add brackets, n=7: 3 - ( 4 + 2 ) = [2]   ->  9 5 2 10 4 8 3 1 [8]
     """
 
-    name = "state_tracking"
     test_is_longer = True
 
     def __init__(

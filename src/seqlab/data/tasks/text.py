@@ -18,7 +18,6 @@ class TextTask(Task):
 
     Windows of `seq_len + 1` tokens; scored in nats per token and bits per byte."""
 
-    name = "text"
     scores_answers = False
 
     def __init__(self, data: DataConfig) -> None:
