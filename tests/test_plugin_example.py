@@ -3,6 +3,7 @@ compares through the CLI by its import path, with no registration and no edit to
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -97,3 +98,11 @@ def test_plugin_config_without_the_package_is_a_one_line_error(tmp_path):
         "seqlab: error: mixer 'seqlab_toy.ema:EMA': module 'seqlab_toy.ema' does not import "
         "(ModuleNotFoundError: No module named 'seqlab_toy')"
     ]
+
+
+def test_plugin_mixer_passes_seqlab_check(tmp_path):
+    result = seqlab("check", PLUGIN, "--option", "expand=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ", 0 failed," in result.stdout.splitlines()[0]
+    for invariant in ("split_decode", "causality", "state_size", "save_load", "learns"):
+        assert re.search(rf"PASS\s+{invariant}\b", result.stdout), result.stdout
