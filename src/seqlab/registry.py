@@ -272,7 +272,7 @@ MIXERS = Registry(
     "mixer",
     "seqlab.mixers",
     base="seqlab.mixers.base:Mixer",
-    declarations={"layouts": frozenset({"causal"}), "state_kind": "fixed"},
+    declarations={"layouts": None, "state_kind": None},  # defaults: on the Mixer class
     stamps_name=True,
 )
 OBJECTIVES = Registry(

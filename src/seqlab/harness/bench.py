@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from seqlab.config import ModelConfig
 from seqlab.model import build_model
@@ -155,8 +156,6 @@ def measure(cell: BenchCell) -> dict[str, Any]:
 def run_bench(
     cells: list[BenchCell], *, isolate: bool = True, progress: bool | None = None
 ) -> list[dict[str, Any]]:
-    from tqdm import tqdm
-
     rows = []
     bar = tqdm(cells, desc="bench", disable=None if progress is None else not progress)
     if not isolate:

@@ -58,7 +58,7 @@ class MixerSubject:
         mixer.init_weights(0.1, 0.1)
         return mixer.to(dtype)
 
-    def declares(self, kind: str) -> bool:
+    def declares(self, kind: LayoutKind) -> bool:
         return kind in self.layouts
 
 
@@ -308,9 +308,9 @@ def check_save_load(s: MixerSubject) -> None:
     tensors, and identical outputs (full pass and a state-carried continuation)."""
 
     model = build_model(s.config(vocab_size=17)).eval()
-    if s.declares("causal"):
+    if s.declares(LayoutKind.CAUSAL):
         layout = Layout.CAUSAL
-    elif s.declares("bidirectional"):
+    elif s.declares(LayoutKind.BIDIRECTIONAL):
         layout = Layout.BIDIRECTIONAL
     else:
         layout = Layout.block_causal(4)
@@ -382,7 +382,7 @@ def _train_periodic_copy(s: MixerSubject, lr: float, steps: int = 300) -> tuple[
     return sum(losses[:5]) / 5, sum(losses[-10:]) / 10
 
 
-def _needs(*kinds: str):
+def _needs(*kinds: LayoutKind):
     def skip(s: MixerSubject) -> str | None:
         missing = [k for k in kinds if not s.declares(k)]
         if missing:
@@ -393,14 +393,14 @@ def _needs(*kinds: str):
 
 
 def _causal_fixed(s: MixerSubject) -> str | None:
-    if not s.declares("causal"):
+    if not s.declares(LayoutKind.CAUSAL):
         return "does not declare the causal layout"
     if s.state_kind != "fixed":
         return f"state_kind is {s.state_kind!r}, not 'fixed'"
     return None
 
 
-def _buildable(*kinds: str):
+def _buildable(*kinds: LayoutKind):
     def skip(s: MixerSubject) -> str | None:
         return _needs(*kinds)(s) or s.unbuildable
 
@@ -412,49 +412,49 @@ MIXER_INVARIANTS: tuple[Invariant[MixerSubject], ...] = (
         "split_decode",
         "a split prefill and token-by-token decode equal the full pass (float64)",
         check_split_decode,
-        _needs("causal"),
+        _needs(LayoutKind.CAUSAL),
     ),
     Invariant(
         "chunk_split",
         "150 tokens split inside the second 64-step chunk equal the full pass (float64)",
         check_chunk_split,
-        _needs("causal"),
+        _needs(LayoutKind.CAUSAL),
     ),
     Invariant(
         "causality",
         "no output has a nonzero gradient from a later input (exact zero)",
         check_causality,
-        _needs("causal"),
+        _needs(LayoutKind.CAUSAL),
     ),
     Invariant(
         "bidirectional",
         "under the bidirectional layout the first output reads later inputs",
         check_bidirectional,
-        _needs("bidirectional"),
+        _needs(LayoutKind.BIDIRECTIONAL),
     ),
     Invariant(
         "block_diffusion_cached_prefix",
         "block_diffusion equals block-causal prefill + a bidirectional read per block",
         check_block_diffusion_cached_prefix,
-        _needs("block_diffusion"),
+        _needs(LayoutKind.BLOCK_DIFFUSION),
     ),
     Invariant(
         "block_diffusion_reads",
         "a noised block reads exactly its clean prefix and itself (by gradient)",
         check_block_diffusion_reads,
-        _needs("block_diffusion"),
+        _needs(LayoutKind.BLOCK_DIFFUSION),
     ),
     Invariant(
         "block_causal_continuation",
         "block_causal continues from a state at block boundaries (float64)",
         check_block_causal_continuation,
-        _needs("block_causal"),
+        _needs(LayoutKind.BLOCK_CAUSAL),
     ),
     Invariant(
         "state_size",
         "state_size(T) matches the declared state_kind and the state actually returned",
         check_state_size,
-        _needs("causal"),
+        _needs(LayoutKind.CAUSAL),
     ),
     Invariant(
         "fixed_state_storage",
@@ -472,7 +472,7 @@ MIXER_INVARIANTS: tuple[Invariant[MixerSubject], ...] = (
         "learns",
         "a 2-layer model learns a period-3 copy task (loss below 1/4 of its start)",
         check_learns,
-        _buildable("causal"),
+        _buildable(LayoutKind.CAUSAL),
     ),
 )
 MIXER_INVARIANT_NAMES: tuple[str, ...] = tuple(inv.name for inv in MIXER_INVARIANTS)

@@ -19,6 +19,7 @@ from torch import Tensor
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.model import Model, build_model
+from seqlab.objectives import build_objective
 from seqlab.registry import SAMPLERS, Entry
 from seqlab.sampling import Generation, generate
 from seqlab.sampling.ar import as_prompt
@@ -41,8 +42,6 @@ class SamplerSubject:
 
     def model_vocab(self) -> int:
         if self.paradigm == "diffusion":
-            from seqlab.objectives import build_objective
-
             objective = self.options.get("objective") or "masked_diffusion"
             if isinstance(objective, str):
                 objective = build_objective(objective)
