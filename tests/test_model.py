@@ -6,7 +6,7 @@ import torch
 import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError, UnknownNameError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 
 
 def tiny(**kwargs):

@@ -8,7 +8,8 @@ import pytest
 
 from seqlab import ModelConfig, build_model
 from seqlab.errors import ConfigError, UnknownNameError
-from seqlab.mixers.base import ALL_LAYOUTS, Mixer
+from seqlab.layout import ALL_LAYOUTS
+from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS, Registry
 from tests.helpers import ROOT
 

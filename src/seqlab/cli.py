@@ -34,7 +34,7 @@ from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_be
 from seqlab.harness.compare import compare, write_csv
 from seqlab.harness.grid import list_experiments, load_compare_config
 from seqlab.io import load
-from seqlab.mixers.base import LayoutKind
+from seqlab.layout import LayoutKind
 from seqlab.model import Model
 from seqlab.objectives import build_objective
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS

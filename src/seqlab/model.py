@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
-from seqlab.mixers.base import Layout, Mixer
+from seqlab.layout import Layout
+from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS
 
 ModelState = tuple

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from seqlab.errors import ShapeError
+from seqlab.layout import Layout
 from seqlab.mixers.attention import Attention
-from seqlab.mixers.base import Layout
 from seqlab.ops.attention import block_causal_mask
 from seqlab.state import reorder_state
 

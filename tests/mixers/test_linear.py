@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.mixers.deltanet import DeltaNet
 from seqlab.mixers.gated_deltanet import GatedDeltaNet
 from seqlab.mixers.linear_recurrence import LinearRecurrence

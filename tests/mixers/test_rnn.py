@@ -7,7 +7,7 @@ import torch
 import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.mixers.lru import LRU
 from seqlab.mixers.mingru import MinGRU
 from seqlab.model import build_mixer, build_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.mixers.s4d import S4D, DiagonalSSM, S4DState
 from seqlab.ops.fftconv import fft_conv
 

@@ -6,7 +6,7 @@ import torch
 import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.objectives import Batch, build_objective
 
 VOCAB = 7

@@ -7,7 +7,7 @@ import torch
 
 import seqlab
 from seqlab.config import ModelConfig
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.objectives import Batch, build_objective
 from seqlab.objectives.noise import (
     SCHEDULES,

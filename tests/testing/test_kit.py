@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, ConformanceError, UnknownNameError
-from seqlab.mixers.base import ALL_LAYOUTS, Layout, Mixer, scan_in_layout
+from seqlab.layout import ALL_LAYOUTS, Layout
+from seqlab.mixers.base import Mixer, scan_in_layout
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
 from seqlab.registry import OBJECTIVES, SAMPLERS

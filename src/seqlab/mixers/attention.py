@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
-from seqlab.mixers.base import ALL_LAYOUTS, Layout, LayoutKind, Mixer, check_input
+from seqlab.layout import ALL_LAYOUTS, Layout, LayoutKind
+from seqlab.mixers.base import Mixer, check_input
 from seqlab.ops.attention import (
     apply_rotary,
     arange_rotary_angles,

@@ -7,15 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from seqlab.mixers.base import (
-    ALL_LAYOUTS,
-    Layout,
-    Mixer,
-    check_input,
-    check_scan_layout,
-    scan_in_layout,
-    state_dtype,
-)
+from seqlab.layout import ALL_LAYOUTS, Layout
+from seqlab.mixers.base import Mixer, check_input, check_scan_layout, scan_in_layout, state_dtype
 from seqlab.mixers.common import check_expand
 from seqlab.registry import MIXERS
 

@@ -12,9 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
+from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
-    ALL_LAYOUTS,
-    Layout,
     Mixer,
     check_input,
     check_scan_layout,

@@ -8,15 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.mixers.base import (
-    ALL_LAYOUTS,
-    Layout,
-    Mixer,
-    check_input,
-    check_scan_layout,
-    scan_in_layout,
-    state_dtype,
-)
+from seqlab.layout import ALL_LAYOUTS, Layout
+from seqlab.mixers.base import Mixer, check_input, check_scan_layout, scan_in_layout, state_dtype
 from seqlab.mixers.common import check_conv_size, check_expand
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import log_space_scan

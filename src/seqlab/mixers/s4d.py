@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout, LayoutKind, Mixer, check_input, no_weight_decay, state_dtype
+from seqlab.layout import Layout, LayoutKind
+from seqlab.mixers.base import Mixer, check_input, no_weight_decay, state_dtype
 from seqlab.mixers.common import check_expand, check_range, log_uniform_log_dt
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.model import Model
 from seqlab.objectives.base import NLL, Batch, Objective
 from seqlab.registry import OBJECTIVES

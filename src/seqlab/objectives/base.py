@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from seqlab.errors import ShapeError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 
 if TYPE_CHECKING:
     from seqlab.model import Model

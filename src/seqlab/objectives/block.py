@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.model import Model
 from seqlab.objectives.base import Batch
 from seqlab.objectives.diffusion import Diffusion

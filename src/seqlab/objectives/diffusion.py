@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.model import Model
 from seqlab.objectives.base import NLL, Batch, Objective
 from seqlab.objectives.noise import (

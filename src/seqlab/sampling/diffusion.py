@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 from seqlab.errors import SeqlabError
-from seqlab.model import Layout, Model
+from seqlab.layout import Layout
+from seqlab.model import Model
 from seqlab.objectives import build_objective
 from seqlab.objectives.base import Objective
 from seqlab.objectives.block import BlockDiffusion

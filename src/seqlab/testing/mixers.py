@@ -18,10 +18,12 @@ from torch import Tensor
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.io import load, save
-from seqlab.mixers.base import Layout, LayoutKind, Mixer, map_state
+from seqlab.layout import Layout, LayoutKind
+from seqlab.mixers.base import Mixer
 from seqlab.model import build_model
 from seqlab.objectives import Batch, build_objective
 from seqlab.registry import MIXERS, Entry
+from seqlab.state import map_state
 from seqlab.testing.report import Invariant, Report, run_invariants
 
 D_MODEL = 32

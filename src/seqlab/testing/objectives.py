@@ -15,7 +15,7 @@ import torch
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.mixers.base import Layout
+from seqlab.layout import Layout
 from seqlab.model import Model, build_model
 from seqlab.objectives.base import Batch, Objective
 from seqlab.registry import OBJECTIVES, Entry
