@@ -160,3 +160,16 @@ def test_classes_are_named_by_the_registry_not_by_restating_it():
     assert TASKS.get("selective_copy").target.name == "selective_copy"
     assert MIXERS.get("gla").target.name == "gla"
     assert MIXERS.get("tests.test_registry:Doubling").target.name == "tests.test_registry:Doubling"
+
+
+def test_decoders_and_the_config_import_no_mixer_module():
+    """Decoders work on any state through `seqlab.state`; configs name components lazily."""
+    import ast
+
+    for path in [
+        *(ROOT / "src" / "seqlab" / "sampling").glob("*.py"),
+        ROOT / "src/seqlab/config.py",
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("seqlab.mixers"), (path, node.module)
