@@ -114,19 +114,35 @@ def test_installed_entry_points_are_discovered(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
         "[seqlab.mixers]\ndoubling = tests.test_registry:Doubling\n"
+        "missing = no_such_plugin_module:Mixer\nwrong = seqlab.model:Model\n"
     )
     script = textwrap.dedent(
         f"""
-        import sys
+        import sys, warnings
         sys.path.insert(0, {str(tmp_path)!r})
+        from seqlab.errors import ConfigError
         from seqlab.registry import MIXERS
-        print(MIXERS.get("doubling").target.__name__, "doubling" in MIXERS.names())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            names = MIXERS.names()
+        print(MIXERS.get("doubling").target.__name__, "doubling" in names, "gla" in names)
+        print(len(caught), "missing" in names or "wrong" in names)
+        for name in ("missing", "wrong"):
+            try:
+                MIXERS.get(name)
+            except ConfigError as error:
+                print(error)
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert result.stdout.split() == ["Doubling", "True"]
+    found, warned, missing, wrong = result.stdout.splitlines()
+    assert found.split() == ["Doubling", "True", "True"]
+    assert warned.split() == ["2", "False"]  # broken plugins are set aside, the rest works
+    assert missing.startswith("mixer 'missing' (entry point no_such_plugin_module:Mixer")
+    assert "ModuleNotFoundError" in missing
+    assert "is not a seqlab.mixers.base.Mixer subclass" in wrong
 
 
 def test_importing_the_config_does_not_import_the_model():

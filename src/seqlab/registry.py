@@ -22,6 +22,7 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,7 @@ class Registry:
         self.stamps_name = stamps_name
         self._entries: dict[str, Entry] = {}
         self._by_path: dict[str, Entry] = {}
+        self._broken: dict[str, str] = {}
         self._discovered = False
 
     def register(self, name: str, **declared: Any) -> Callable[[Any], Any]:
@@ -166,6 +168,8 @@ class Registry:
         if IMPORT_PATH_SEPARATOR in name:
             return self._from_path(name)
         self.discover()
+        if name in self._broken:
+            raise ConfigError(self._broken[name])
         try:
             return self._entries[name]
         except KeyError:
@@ -199,24 +203,36 @@ class Registry:
         return iter(self.names())
 
     def discover(self) -> None:
-        """Import every module of the package and every entry point of the group, once."""
+        """Import every module of the package and every entry point of the group, once.
+
+        A module of the package that fails to import raises (it is this library's code). An
+        installed entry point that fails to load, or does not name a component of this kind,
+        is set aside with a warning: the other components stay usable, and asking for that
+        one raises a ConfigError saying why."""
         if self._discovered:
             return
         self._discovered = True
-        package = importlib.import_module(self.package)
-        for module in pkgutil.walk_packages(package.__path__, f"{self.package}."):
-            importlib.import_module(module.name)
+        try:
+            package = importlib.import_module(self.package)
+            for module in pkgutil.walk_packages(package.__path__, f"{self.package}."):
+                importlib.import_module(module.name)
+        except BaseException:
+            self._discovered = False
+            raise
         for point in importlib.metadata.entry_points(group=self.group):
             if point.name in self._entries:
                 continue
             try:
                 target = point.load()
+                self._check_target(target, point.value)
             except Exception as err:
-                raise ConfigError(
-                    f"entry point {point.name!r} of {self.group} ({point.value}) does not "
-                    f"import: {type(err).__name__}: {err}"
-                ) from None
-            self._check_target(target, point.value)
+                reason = err if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+                self._broken[point.name] = (
+                    f"{self.kind} {point.name!r} (entry point {point.value} of {self.group}) "
+                    f"cannot be used: {reason}"
+                )
+                warnings.warn(self._broken[point.name], stacklevel=2)
+                continue
             self._entries[point.name] = self._found(point.name, target)
 
     def _from_path(self, path: str) -> Entry:
