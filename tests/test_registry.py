@@ -5,11 +5,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
-from seqlab import ModelConfig, build_model
+from seqlab import ModelConfig, build_model, generate
 from seqlab.errors import ConfigError, UnknownNameError
 from seqlab.layout import ALL_LAYOUTS
 from seqlab.mixers.base import Mixer
+from seqlab.objectives import build_objective
+from seqlab.objectives.ar import Autoregressive
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS, Registry
 from tests.helpers import ROOT
 
@@ -189,3 +192,25 @@ def test_decoders_and_the_config_import_no_mixer_module():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("seqlab.mixers"), (path, node.module)
+
+
+class ScaledAR(Autoregressive):
+    """A test objective outside the registry: the AR loss times `weight`."""
+
+    def __init__(self, *, weight: float = 1.0) -> None:
+        self.weight = weight
+
+    def loss(self, model, batch):
+        loss, metrics = super().loss(model, batch)
+        return self.weight * loss, metrics
+
+
+def test_objectives_and_samplers_are_also_used_by_import_path():
+    path = "tests.test_registry:ScaledAR"
+    objective = build_objective(path, 16, weight=2.0)
+    assert isinstance(objective, ScaledAR) and objective.name == path
+    with pytest.raises(ConfigError, match=r"\['weigth'\].*valid options: weight"):
+        build_objective(path, 16, weigth=2.0)
+    model = build_model(ModelConfig(d_model=16, n_heads=2, vocab_size=16))
+    out = generate(model, [[1, 2]], max_new_tokens=3, sampler="seqlab.sampling.ar:greedy")
+    assert torch.equal(out.tokens, generate(model, [[1, 2]], max_new_tokens=3).tokens)
