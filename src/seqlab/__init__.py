@@ -26,7 +26,10 @@ from seqlab.config import (
 )
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
 
-__version__ = importlib.metadata.version("seqlab")
+try:
+    __version__ = importlib.metadata.version("seqlab")
+except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DataConfig",
