@@ -73,10 +73,9 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
-    if not args.out:
+    if args.out is None:
         raise ConfigError("seqlab train needs --out DIR (the run directory)")
-    out = Path(args.out)
-    summary = train(config, out, resume=args.resume)
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary.get("world_size", 1) == 1 or _is_rank_zero():
         print(json.dumps({k: v for k, v in summary.items() if k != "param_fingerprints"}))
     return 0
@@ -419,7 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file or preset name (default: the 'default' preset)")
     p.add_argument("--out", help="run directory (required unless --print-config)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (a finished run is kept)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run or saved model that --out holds (otherwise it is refused)",
+    )
     p.add_argument(
         "--print-config",
         action="store_true",

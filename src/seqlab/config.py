@@ -167,6 +167,8 @@ class TrainConfig:
         eval_tokens: validation tokens per evaluation
         checkpoint_every: steps between checkpoints
         keep_checkpoints: checkpoints kept on disk
+        spike_guard: stop before a step whose loss exceeds this factor times the running
+            loss (an exponential average, weight 0.1 per step); 0: off
         log_every: steps between log lines
         seed: seed of initialisation and data order
         device: auto, cpu, cuda or cuda:N
@@ -188,6 +190,7 @@ class TrainConfig:
     eval_tokens: int = 65536
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    spike_guard: float = 0.0
     log_every: int = 10
     seed: int = 0
     device: str = "auto"

@@ -1,5 +1,8 @@
 """Files on disk: atomic writes, JSON, safetensors with clear corruption errors, checksums.
 
+Temporary files of atomic writes are named `.NAME.XXXX.tmp` beside their target, so a writer
+killed mid-write leaves only such files, which `remove_stale_temporaries` clears.
+
 A leaf module: it imports nothing of seqlab but its error classes, so any module may use it.
 No pickle anywhere.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,3 +97,83 @@ def fsync_dir(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [
+        name
+        for name, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _canonical_sha256(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+SELF_CHECKSUM = "self_sha256"
+
+
+def write_checked_json(path: PathLike, data: dict[str, Any]) -> None:
+    """Atomically write a JSON object that carries the sha256 of its own content."""
+    payload = {k: v for k, v in data.items() if k != SELF_CHECKSUM}
+    atomic_write_json(path, {**payload, SELF_CHECKSUM: _canonical_sha256(payload)})
+
+
+def read_checked_json(path: PathLike) -> dict[str, Any]:
+    """Read a file written by `write_checked_json`; a missing or wrong self-checksum raises
+    CheckpointError."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    claimed = data.pop(SELF_CHECKSUM, None)
+    if not claimed:
+        raise CheckpointError(f"{path}: no {SELF_CHECKSUM} field, the file cannot be verified")
+    if _canonical_sha256(data) != claimed:
+        raise CheckpointError(f"{path}: checksum mismatch, the file was edited or is corrupt")
+    return data
+
+
+def checksum_path(path: PathLike) -> Path:
+    """Where the checksum of `path` is kept: `path.sha256`, in `sha256sum` format."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def write_checksum(path: PathLike) -> None:
+    """Record the sha256 of file `path` in `path.sha256` (`sha256sum -c` reads it)."""
+    path = Path(path)
+    atomic_write_text(checksum_path(path), f"{sha256_file(path)}  {path.name}\n")
+
+
+def verify_checksum(path: PathLike) -> None:
+    """Check file `path` against `path.sha256`; a missing, empty or different checksum raises
+    CheckpointError."""
+    path, record = Path(path), checksum_path(path)
+    if not record.is_file():
+        raise CheckpointError(f"{record}: file not found, {path.name} cannot be verified")
+    try:
+        expected = record.read_text(encoding="ascii").split()
+    except (UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{record}: unreadable checksum ({err})") from None
+    if not expected:
+        raise CheckpointError(f"{record}: empty checksum, {path.name} cannot be verified")
+    if sha256_file(path) != expected[0]:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is truncated or corrupt")
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp")
+
+
+def remove_stale_temporaries(directory: PathLike) -> list[Path]:
+    """Delete the `.NAME.XXXX.tmp` files that killed atomic writes left in `directory`.
+    Only safe while no other process writes there (a run holds its lock)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

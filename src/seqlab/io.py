@@ -1,9 +1,12 @@
 """Saved models: a directory with `config.yaml` (the model config under `model:`, the same
-shape as an experiment config) and `model.safetensors`; loading, and starting a model from
+shape as an experiment config), `model.safetensors` and its checksum
+`model.safetensors.sha256`; loading (verified against the checksum and, in a finished run
+directory, against the parameter fingerprint in `summary.json`), and starting a model from
 another's weights (`train.init_from`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,19 @@ import torch
 
 from seqlab.config import ExperimentConfig, from_dict, read_config_mapping, save_config
 from seqlab.errors import CheckpointError, ConfigError
-from seqlab.files import load_tensors, save_tensors
+from seqlab.files import (
+    load_tensors,
+    non_finite_tensors,
+    read_json,
+    save_tensors,
+    verify_checksum,
+    write_checksum,
+)
 from seqlab.model import Model, build_model
 
 PathLike = str | os.PathLike[str]
+
+WEIGHTS = "model.safetensors"
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -25,6 +37,15 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name, t in model.state_dict().items()
         if name != "head.weight" or not getattr(model, "tied", False)
     }
+
+
+def param_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the model's state_dict (names and bytes), sorted by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None = None) -> Path:
@@ -38,8 +59,35 @@ def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(experiment or ExperimentConfig(model=model.config), directory / "config.yaml")
-    save_tensors(model_state(model), directory / "model.safetensors", {"format": "seqlab"})
+    weights = model_state(model)
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"{directory}: not saved, {bad[0]} holds non-finite values")
+    save_tensors(weights, directory / WEIGHTS, {"format": "seqlab"})
+    write_checksum(directory / WEIGHTS)
     return directory
+
+
+def read_weights(directory: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of `directory/model.safetensors`, verified against its checksum."""
+    weights = load_tensors(directory / WEIGHTS, device)
+    verify_checksum(directory / WEIGHTS)
+    return weights
+
+
+def verify_fingerprint(model: Model, directory: Path) -> None:
+    """In a finished run directory, the loaded weights are those the run's `summary.json`
+    fingerprinted when it ended."""
+    summary_path = directory / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = read_json(summary_path)
+    fingerprints = summary.get("param_fingerprints") if isinstance(summary, dict) else None
+    if fingerprints and param_fingerprint(model) != fingerprints[0]:
+        raise CheckpointError(
+            f"{directory / WEIGHTS}: the weights differ from the fingerprint in summary.json "
+            "(replaced after the run ended, or the run was interrupted while saving: resume it)"
+        )
 
 
 def load(directory: PathLike, device: str | torch.device = "cpu") -> Model:
@@ -54,9 +102,10 @@ def load(directory: PathLike, device: str | torch.device = "cpu") -> Model:
         config = from_dict(ExperimentConfig, read_config_mapping(config_path))
     except ConfigError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
-    weights = load_tensors(directory / "model.safetensors", device)
+    weights = read_weights(directory, device)
     model = build_model(config.model).to(device)
-    load_model_state(model, weights, directory / "model.safetensors")
+    load_model_state(model, weights, directory / WEIGHTS)
+    verify_fingerprint(model, directory)
     return model
 
 
@@ -93,9 +142,9 @@ def initialize_from(model: Model, directory: PathLike) -> None:
     from an autoregressive model over the same data vocabulary (Fast-dLLM v2, SDAR).
     """
     directory = Path(directory)
-    if not (directory / "model.safetensors").is_file():
-        raise CheckpointError(f"{directory}: no model.safetensors to initialise from")
-    source = load_tensors(directory / "model.safetensors")
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS} to initialise from")
+    source = read_weights(directory)
     expected = model_state(model)
     _check_names(expected, source, f"{directory}: its model has another architecture")
     with torch.no_grad():

@@ -2,14 +2,18 @@
 
 Layout of `RUN/checkpoints/`: one directory `step-XXXXXXXX/` per checkpoint holding
 `model.safetensors`, `optimizer.safetensors` and `state.json` (step, optimizer
-hyper-parameters, sha256 of each tensor file), plus a file `latest` naming the newest.
+hyper-parameters, sha256 of each tensor file, and the sha256 of its own content), plus a file
+`latest` naming the newest, which must be a `step-XXXXXXXX` directory of the run itself.
 A checkpoint is built in `step-XXXXXXXX.tmp/` and renamed into place, then `latest` is
 replaced atomically, so a run killed at any moment leaves the previous checkpoint intact.
+A checkpoint whose weights hold a NaN or an infinity is never written, and pruning never
+removes the checkpoint `latest` names.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +23,18 @@ import torch
 
 from seqlab.errors import CheckpointError
 from seqlab.files import (
-    atomic_write_json,
     atomic_write_text,
     fsync_dir,
     load_tensors,
-    read_json,
+    non_finite_tensors,
+    read_checked_json,
     save_tensors,
     sha256_file,
+    write_checked_json,
 )
+
+STEP_NAME = re.compile(r"step-(\d{8})")
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 
 
 @dataclass
@@ -76,7 +84,14 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints."""
+    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints (the new
+    one always among them). Weights holding a NaN or an infinity raise CheckpointError and
+    nothing is written."""
+    bad = non_finite_tensors(model_tensors)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint step {step} not written: {bad[0]} holds non-finite values"
+        )
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -86,9 +101,8 @@ def save_checkpoint(
     opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
     save_tensors(model_tensors, tmp / "model.safetensors")
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    names = ("model.safetensors", "optimizer.safetensors")
-    files = {name: sha256_file(tmp / name) for name in names}
-    atomic_write_json(
+    files = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
+    write_checked_json(
         tmp / "state.json", {"step": step, "optimizer": opt_meta, "extra": extra, "sha256": files}
     )
     fsync_dir(tmp)
@@ -97,33 +111,65 @@ def save_checkpoint(
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "latest", final.name + "\n")
-    for old in sorted(root.glob("step-????????"))[:-keep]:
+    older = sorted(p for p in root.glob("step-????????") if p.is_dir() and p != final)
+    for old in older[: max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def remove_partial_checkpoints(run_dir: str | os.PathLike[str]) -> None:
+    """Delete the `step-XXXXXXXX.tmp/` directories of checkpoints whose writer was killed."""
+    for partial in checkpoint_root(run_dir).glob("step-*.tmp"):
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint directory, or None if the run has none."""
+    """The newest complete checkpoint directory, or None if the run has none. A `latest`
+    that is unreadable or names anything but a `step-XXXXXXXX` directory of this run raises
+    CheckpointError."""
     root = checkpoint_root(run_dir)
     pointer = root / "latest"
-    if not pointer.is_file():
+    if not pointer.exists() and not pointer.is_symlink():
         return None
-    path = root / pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"{pointer}: unreadable or corrupt, expected the name of a step-XXXXXXXX checkpoint"
+        ) from None
+    if not STEP_NAME.fullmatch(name):
+        raise CheckpointError(
+            f"{pointer} names {name[:60]!r}, not a step-XXXXXXXX checkpoint directory of {root}"
+        )
+    path = root / name
     if not path.is_dir():
         raise CheckpointError(f"{pointer} names {path.name}, which is missing")
+    if path.is_symlink() or path.resolve().parent != root.resolve():
+        raise CheckpointError(f"{pointer} names {path.name}, which lies outside {root}")
     return path
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
     """Read and verify a checkpoint directory; damage raises CheckpointError."""
     path = Path(path)
-    state = read_json(path / "state.json")
-    for name, expected in state.get("sha256", {}).items():
+    state = read_checked_json(path / "state.json")
+    table = state.get("sha256")
+    if not isinstance(table, dict) or not table:
+        raise CheckpointError(
+            f"{path / 'state.json'}: no checksum table (sha256), the checkpoint cannot be verified"
+        )
+    for name in TENSOR_FILES:
         file = path / name
+        if not table.get(name):
+            raise CheckpointError(f"{path / 'state.json'}: no checksum of {name}")
         if not file.is_file():
             raise CheckpointError(f"{file}: file not found")
-        if sha256_file(file) != expected:
+        if sha256_file(file) != table[name]:
             raise CheckpointError(f"{file}: checksum mismatch, the file is truncated or corrupt")
+    named = STEP_NAME.fullmatch(path.name)
+    if named and int(named.group(1)) != int(state["step"]):
+        raise CheckpointError(f"{path / 'state.json'}: holds step {state['step']}, not {path.name}")
     model = load_tensors(path / "model.safetensors", device)
     optimizer = unflatten_optimizer(
         load_tensors(path / "optimizer.safetensors", device), state["optimizer"]

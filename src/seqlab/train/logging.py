@@ -1,4 +1,5 @@
-"""Metrics logs: `metrics.jsonl` always (one object per logged step), TensorBoard if installed."""
+"""Metrics logs: `metrics.jsonl` always (one object per logged step), TensorBoard if installed,
+and plain progress lines for output that is not a terminal."""
 
 from __future__ import annotations
 
@@ -64,3 +65,18 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def progress_line(record: dict[str, Any], total: int) -> str:
+    """One plain line for a logged step: `step 10/200 loss 3.2100 lr 3.00e-03 ...`."""
+    parts = [f"step {record['step']}/{total}"]
+    for key, value in record.items():
+        if key == "step" or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            parts.append(f"{key} {value}")
+        elif key == "lr":
+            parts.append(f"{key} {value:.2e}")
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return "  ".join(parts)

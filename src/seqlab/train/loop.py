@@ -4,6 +4,11 @@ Every optimizer step is a pure function of (seed, step): its global batch comes 
 `task.batch(..., step)`, split into the same rows whatever the number of processes and
 accumulation micro-steps, and the global RNG is reseeded from (seed, step, rank) before the
 step, so a run resumed from a checkpoint replays exactly what an uninterrupted run does.
+A checkpoint also keeps what the summary reports (last loss, validation, tokens, running
+loss), so a run killed after its last checkpoint resumes to the summary it would have written.
+
+A step whose loss or gradient norm is not finite (or spikes, `train.spike_guard`) stops the
+run before the optimizer applies it; the error names the step and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,23 +28,40 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from seqlab.config import ExperimentConfig, TrainConfig, save_config
+from seqlab.config import (
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    read_config_mapping,
+    save_config,
+    to_dict,
+)
 from seqlab.data.tasks import Task, build_task
-from seqlab.errors import ConfigError, SeqlabError
-from seqlab.files import atomic_write_json
-from seqlab.io import initialize_from, model_state, save
+from seqlab.errors import CheckpointError, ConfigError, SeqlabError
+from seqlab.files import atomic_write_json, non_finite_tensors, read_json
+from seqlab.io import (
+    initialize_from,
+    load_model_state,
+    model_state,
+    param_fingerprint,
+    save,
+)
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from seqlab.train.dist import (
     DistInfo,
     barrier,
+    broadcast_object,
     gather_objects,
     init_distributed,
     mean_across,
     shutdown,
 )
-from seqlab.train.logging import MetricsLogger
+from seqlab.train.guard import DivergenceGuard, gradient_norm
+from seqlab.train.logging import MetricsLogger, progress_line
+from seqlab.train.rundir import RunLock, open_run_directory
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -68,14 +90,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def param_fingerprint(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -110,12 +124,32 @@ def train(
     out_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train `config` into `out_dir`; returns the run summary (also written to summary.json)."""
+    """Train `config` into `out_dir`; returns the run summary (also written to summary.json).
+
+    `out_dir` must not hold a run or a saved model unless `resume` (continue it; a finished
+    run is left as it is) or `overwrite` (replace it). `progress`: True draws a progress bar,
+    False prints nothing, None draws the bar when stdout is a terminal and prints a plain
+    line every `train.log_every` steps when it is not.
+    """
+    if not str(out_dir).strip():
+        raise ConfigError("the run directory (--out) is empty; name a directory")
+    out = Path(out_dir)
     info = init_distributed(config.train.device)
+    lock: RunLock | None = None
     try:
-        summary = _train(config, Path(out_dir), info, resume, progress)
+        failure: SeqlabError | None = None
+        if info.is_main:
+            try:
+                lock = open_run_directory(out, resume=resume, overwrite=overwrite)
+            except SeqlabError as err:
+                failure = err
+        failure = broadcast_object(info, failure)
+        if failure is not None:
+            raise failure
+        summary = _train(config, out, info, resume, progress)
         if info.distributed:
             # Tear the group down only once every rank is done and the DDP wrapper (kept
             # alive by reference cycles) is freed: a rank that left first aborted in CI.
@@ -123,7 +157,70 @@ def train(
             barrier(info)
         return summary
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(info)
+
+
+def finished_summary(out: Path, steps: int) -> dict[str, Any] | None:
+    """The summary of a run in `out` that already ran `steps` steps, or None."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    return summary if isinstance(summary, dict) and summary.get("steps") == steps else None
+
+
+def _flat(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_architecture(out: Path, model: ModelConfig) -> None:
+    """Resuming keeps the architecture of the run in `out`; a change names every key."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = from_dict(ExperimentConfig, read_config_mapping(path)).model
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    before, now = _flat(to_dict(saved), "model."), _flat(to_dict(model), "model.")
+    changed = [
+        f"{key} ({before.get(key)!r} in the run, {now.get(key)!r} now)"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ConfigError(f"cannot resume {out} with another architecture: " + ", ".join(changed))
+
+
+def divergence_message(out: Path, step: int, problem: str, last_good: str | None) -> str:
+    if last_good is None:
+        advice = "no checkpoint was written before it; start again"
+    else:
+        advice = (
+            f"the last good checkpoint is {out / 'checkpoints' / last_good}: resume from it "
+            f"(seqlab train --out {out} --resume)"
+        )
+    return (
+        f"training diverged at step {step}: {problem}; it was not applied and nothing "
+        f"non-finite was written; {advice} with a lower train.lr or a longer train.warmup"
+    )
+
+
+def progress_mode(progress: bool | None, info: DistInfo) -> str:
+    """ "bar", "lines" (plain lines on stdout, for logs) or "off"."""
+    if not info.is_main or progress is False:
+        return "off"
+    if progress is None and not sys.stdout.isatty():
+        return "lines"
+    return "bar"
 
 
 def _train(
@@ -142,30 +239,35 @@ def _train(
         local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
-    existing = latest_checkpoint(out)
+    existing = latest_checkpoint(out) if resume else None
     if resume and existing is None:
         raise SeqlabError(f"{out}: no checkpoint to resume from")
-    if not resume and existing is not None:
-        raise SeqlabError(
-            f"{out} already holds a training run ({existing.name}); pass --resume to continue "
-            "it or choose another --out"
-        )
-
     parts = build_run(config, info)
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
+    if resume:
+        check_same_architecture(out, config.model)
+        finished = finished_summary(out, tc.steps)
+        if finished is not None:
+            return finished
     if existing is None and tc.init_from:
         initialize_from(model, tc.init_from)
     model.to(info.device)
     optimizer = build_optimizer(model, tc)
     start, elapsed_before, tokens_seen = 0, 0.0, 0
+    last_loss: float | None = None
+    evaluation: dict[str, Any] = {}
+    guard = DivergenceGuard(tc.spike_guard)
     if existing is not None:
         checkpoint = load_checkpoint(existing, info.device)
-        model.load_state_dict(checkpoint.model, strict=False)
+        load_model_state(model, checkpoint.model, existing)
         optimizer.load_state_dict(checkpoint.optimizer)
         start, elapsed_before = checkpoint.step, float(checkpoint.extra.get("seconds", 0.0))
         tokens_seen = int(checkpoint.extra.get("tokens", 0))
+        last_loss = checkpoint.extra.get("loss")
+        evaluation = checkpoint.extra.get("validation", {})
+        guard.running_loss = checkpoint.extra.get("running_loss")
+    last_good = existing.name if existing is not None else None
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
         tokenizer = getattr(task, "tokenizer", None)
         if tokenizer is not None:
@@ -177,11 +279,15 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    hide_bar = True if not info.is_main else (None if progress is None else not progress)
-    bar = tqdm(total=tc.steps, initial=start, disable=hide_bar, desc="train", dynamic_ncols=True)
+    mode = progress_mode(progress, info)
+    bar = tqdm(
+        total=tc.steps,
+        initial=start,
+        disable=None if mode == "bar" and progress is None else mode != "bar",
+        desc="train",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
-    loss_value = float("nan")
-    evaluation: dict[str, Any] = {}
     model.train()
     for step in range(start, tc.steps):
         lr = lr_at(step, tc)
@@ -204,25 +310,21 @@ def _train(
                 (loss / tc.grad_accum).backward()
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
-        if not math.isfinite(loss_value):
-            raise SeqlabError(
-                f"training diverged at step {step + 1}: loss is {loss_value}; "
-                "lower train.lr or raise train.warmup"
-            )
-        grad_norm = (
-            float(nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            if tc.grad_clip > 0
-            else float("nan")
-        )
+        done = step + 1
+        last_loss = mean_across(info, loss_value)
+        grad_norm = gradient_norm(model.parameters(), tc.grad_clip)
+        problem = guard.problem(last_loss, grad_norm)
+        if problem is not None:
+            raise SeqlabError(divergence_message(out, done, problem, last_good))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        done = step + 1
+        guard.update(last_loss)
         is_last = done == tc.steps
         seconds = elapsed_before + time.perf_counter() - t0
         if done % tc.log_every == 0 or done % tc.eval_every == 0 or is_last:
             record = {
                 "step": done,
-                "loss": mean_across(info, loss_value),
+                "loss": last_loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens": tokens_seen,
@@ -236,29 +338,38 @@ def _train(
                     record.update({f"val_{k}": v for k, v in evaluation.items()})
                 barrier(info)
             logger.log(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if mode == "lines":
+                print(progress_line(record, tc.steps), flush=True)
         if done % tc.checkpoint_every == 0 or is_last:
+            weights = model_state(model)
+            bad = non_finite_tensors(weights)
+            if bad:
+                problem = f"the weights {bad[0]} hold non-finite values after it"
+                raise SeqlabError(divergence_message(out, done, problem, last_good))
             if info.is_main:
+                extra = {
+                    "seconds": seconds,
+                    "tokens": tokens_seen,
+                    "loss": last_loss,
+                    "validation": evaluation,
+                    "running_loss": guard.running_loss,
+                }
                 save_checkpoint(
-                    out,
-                    done,
-                    model_state(model),
-                    optimizer.state_dict(),
-                    {"seconds": seconds, "tokens": tokens_seen},
-                    keep=tc.keep_checkpoints,
+                    out, done, weights, optimizer.state_dict(), extra, keep=tc.keep_checkpoints
                 )
+            last_good = f"step-{done:08d}"
             barrier(info)
         bar.update(1)
     bar.close()
     logger.close()
 
-    final_loss = mean_across(info, loss_value) if start < tc.steps else None
     fingerprints = gather_objects(info, param_fingerprint(model))
     seq_len = task.seq_len
     summary = {
         "steps": tc.steps,
         "world_size": info.world_size,
-        "final_loss": final_loss,
+        "final_loss": last_loss,
         "validation": evaluation,
         "params": model.num_params(),
         "params_non_embedding": model.num_params(embeddings=False),
