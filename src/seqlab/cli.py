@@ -33,6 +33,7 @@ from seqlab.errors import CheckpointError, ConfigError, SeqlabError
 from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
 from seqlab.harness.compare import compare, write_csv
 from seqlab.harness.grid import list_experiments, load_compare_config
+from seqlab.harness.report import PLOTS_NEED, plots_available
 from seqlab.io import load
 from seqlab.layout import LayoutKind
 from seqlab.model import Model
@@ -308,9 +309,22 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     config = load_compare_config(args.experiment)
     out = Path(args.out or Path("runs") / config.name)
-    compare(config, out, workers=args.workers)
+    plots = plots_available()
+    results = compare(
+        config, out, workers=args.workers, plots=plots, retry_failed=args.retry_failed
+    )
     print((out / "results.md").read_text())
-    print(f"results: {out / 'results.csv'}, plots: {out / 'plots'}", file=sys.stderr)
+    failed = sum(r["failed_runs"] for r in results)
+    if failed:
+        print(
+            f"{failed} run(s) failed (reasons in results.md); rerun with --retry-failed to "
+            "try them again",
+            file=sys.stderr,
+        )
+    if plots:
+        print(f"results: {out / 'results.csv'}, plots: {out / 'plots'}", file=sys.stderr)
+    else:
+        print(f"results: {out / 'results.csv'}; no plots: {PLOTS_NEED}", file=sys.stderr)
     return 0
 
 
@@ -521,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="output directory (default: runs/<name>)")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train again the runs that failed before (by default a rerun keeps them failed)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="speed and memory of backbones across sequence lengths")

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from seqlab.config import ModelConfig
+from seqlab.harness.report import pyplot
 from seqlab.model import build_model
 
 
@@ -205,11 +206,7 @@ def growth_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_bench(rows: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for mixer in dict.fromkeys(r["mixer"] for r in rows):
         mine = sorted((r for r in rows if r["mixer"] == mixer), key=lambda r: r["seq_len"])

@@ -8,6 +8,10 @@ Output directory:
     results.md          the ranked leaderboard, one table per task
     plots/*.png         metric vs d_model / state size / training FLOPs, loss curves
 A rerun skips finished runs (result.json) and resumes interrupted ones from their checkpoint.
+A run that fails (diverges, raises, or its worker process dies) gets a result.json with
+`status: failed` and the reason in `error`; the comparison goes on without it, ranks a grid
+point none of whose runs finished last, and a rerun retries failed runs only when asked
+(`retry_failed`, `seqlab compare --retry-failed`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import statistics
+import sys
+import traceback
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +43,17 @@ from seqlab.harness.grid import (
     Run,
     dump,
     expand,
+    is_failed,
     metric_for,
     point_labels,
 )
-from seqlab.harness.report import leaderboard_markdown, write_plots
+from seqlab.harness.report import leaderboard_markdown, pyplot, write_plots
 from seqlab.io import load
 from seqlab.objectives import build_objective
+from seqlab.registry import TASKS
 from seqlab.train import train
 from seqlab.train.checkpoint import latest_checkpoint
+from seqlab.train.logging import read_metrics
 
 
 def describe_backbone(config: dict[str, Any]) -> str:
@@ -54,48 +66,99 @@ def describe_backbone(config: dict[str, Any]) -> str:
     return "+".join(layers)
 
 
-def run_one(run: Run, out: str, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) one run and evaluate it on the test split; returns its row."""
-
-    run_dir = run.directory(out)
-    done = run_dir / "result.json"
-    if done.is_file():
-        return read_json(done)
-    if threads:
-        torch.set_num_threads(threads)
-    summary = train(
-        run.config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False
-    )
-    model = load(run_dir)
+def run_header(run: Run) -> dict[str, Any]:
+    """The columns of a run's row that its config alone determines (a failed run has them)."""
     config = run.config
-    task = build_task(config)
-    objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
-    torch.manual_seed(run.seed)
-    test = task.evaluate(model, objective, split="test", max_tokens=config.train.eval_tokens)
-    model_config = to_dict(config)
-    row = {
+    return {
         "run_id": run.run_id,
         "point_id": run.point_id,
         **{f"grid:{k}": v for k, v in point_labels(run.point).items()},
-        "backbone": describe_backbone(model_config),
+        "backbone": describe_backbone(to_dict(config)),
         "paradigm": config.objective.name,
         "task": config.task.name,
-        "scores_answers": task.scores_answers,
+        "scores_answers": TASKS.get(config.task.name).target.scores_answers,
         "d_model": config.model.d_model,
         "n_layers": config.model.n_layers,
         "lr": run.lr,
         "seed": run.seed,
         "steps": config.train.steps,
+    }
+
+
+def finished_row(
+    run: Run, out: str | os.PathLike[str], retry_failed: bool
+) -> dict[str, Any] | None:
+    """The row of `run` if it needs no training: finished, or failed and not to be retried.
+    A failed result that is retried is kept beside it as `failed-N.json`."""
+    done = run.directory(out) / "result.json"
+    if not done.is_file():
+        return None
+    row = read_json(done)
+    if not (is_failed(row) and retry_failed):
+        return row
+    attempt = 1
+    while (done.parent / f"failed-{attempt}.json").exists():
+        attempt += 1
+    os.replace(done, done.parent / f"failed-{attempt}.json")
+    return None
+
+
+def record_failure(
+    run: Run, out: str | os.PathLike[str], reason: str, details: str = ""
+) -> dict[str, Any]:
+    """Write and return the row of a run that failed: no metrics, and why (one line)."""
+    lines = reason.strip().splitlines() or ["unknown error"]
+    row = {**run_header(run), "status": "failed", "error": lines[0][:500], "details": details}
+    atomic_write_json(run.directory(out) / "result.json", row)
+    return row
+
+
+def final_record(run_dir: Path, steps: int) -> dict[str, Any]:
+    """The metrics logged at a run's last step (its loss and validation metrics)."""
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step") == steps]
+    return records[-1] if records else {}
+
+
+def run_one(run: Run, out: str | os.PathLike[str], threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) one run and evaluate it on the test split; returns its row, also
+    written to its `result.json`. Any exception makes it a failed run (the reason in the row)
+    instead of ending the comparison."""
+    try:
+        return _train_and_test(run, run.directory(out), threads)
+    except Exception as err:  # noqa: BLE001 - a failed cell must not end the comparison
+        return record_failure(run, out, f"{type(err).__name__}: {err}", traceback.format_exc())
+
+
+def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    config = run.config
+    summary = train(config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False)
+    # A run resumed from its last checkpoint trains no step, so its summary has neither the
+    # validation metrics nor the final loss: those were logged when that step ran.
+    logged = final_record(run_dir, config.train.steps)
+    validation = summary["validation"] or {
+        k[4:]: v for k, v in logged.items() if k.startswith("val_")
+    }
+    final_loss = summary["final_loss"] if summary["final_loss"] is not None else logged.get("loss")
+    model = load(run_dir)
+    task = build_task(config)
+    objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
+    torch.manual_seed(run.seed)
+    test = task.evaluate(model, objective, split="test", max_tokens=config.train.eval_tokens)
+    row = {
+        **run_header(run),
+        "status": "ok",
         "params": summary["params"],
         "state_size": summary["state_size"],
         "train_tokens": summary["train_tokens"],
         "train_flops": summary["train_flops"],
         "seconds": summary["seconds"],
-        "final_loss": summary["final_loss"],
-        **{f"val_{k}": v for k, v in summary["validation"].items()},
+        "final_loss": final_loss,
+        **{f"val_{k}": v for k, v in validation.items()},
         **{f"test_{k}": v for k, v in test.items()},
     }
-    atomic_write_json(done, row)
+    atomic_write_json(run_dir / "result.json", row)
     return row
 
 
@@ -119,77 +182,147 @@ def check_earlier_stage(runs: list[Run], out: Path) -> None:
         )
 
 
-def _pool_run(args: tuple[Run, str, int | None]) -> dict[str, Any]:
-    return run_one(*args)
-
-
-def run_all(runs: list[Run], out: Path, workers: int, progress: bool | None) -> list[dict]:
+def run_all(
+    runs: list[Run],
+    out: Path,
+    workers: int,
+    progress: bool | None,
+    retry_failed: bool = False,
+) -> list[dict[str, Any]]:
+    """The row of every run, in order: finished ones read back, the others trained (in
+    `workers` processes, one per run, when more than one)."""
     bar = tqdm(total=len(runs), desc="runs", disable=None if progress is None else not progress)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = [finished_row(run, out, retry_failed) for run in runs]
+    bar.update(sum(row is not None for row in rows))
+    todo = [i for i, row in enumerate(rows) if row is None]
     if workers <= 1:
-        for run in runs:
-            bar.set_postfix_str(run.run_id[:60])
-            rows.append(run_one(run, str(out)))
+        for i in todo:
+            bar.set_postfix_str(runs[i].run_id[:60])
+            rows[i] = run_one(runs[i], out)
             bar.update(1)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers) as pool:
-            for row in pool.imap(_pool_run, [(r, str(out), threads) for r in runs]):
-                rows.append(row)
-                bar.update(1)
-            # Let the workers exit on their own (the context manager would terminate them,
-            # and the resource tracker would then report their progress-bar locks as leaked).
-            pool.close()
-            pool.join()
+        for i, row in _run_in_processes([runs[i] for i in todo], out, workers, threads):
+            rows[todo[i]] = row
+            bar.update(1)
     bar.close()
-    return rows
+    return [row for row in rows if row is not None]
+
+
+INTERRUPTED = 130  # the exit code of a worker stopped by Ctrl-C
+
+
+def _worker(run: Run, out: str, threads: int) -> None:
+    try:
+        run_one(run, out, threads)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _run_in_processes(
+    runs: list[Run], out: Path, workers: int, threads: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Train each run in its own process, `workers` at a time; yields (index, row) as runs
+    end. A process that dies without writing its result (killed, out of memory, a crash in
+    native code) makes its run a failed one; an interrupted one stops the comparison."""
+    context = multiprocessing.get_context("spawn")
+    waiting = list(enumerate(runs))
+    running: dict[int, tuple[int, Any]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                i, run = waiting.pop(0)
+                process = context.Process(
+                    target=_worker, args=(run, str(out), threads), name=run.run_id[:60]
+                )
+                process.start()
+                running[process.sentinel] = (i, process)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                i, process = running.pop(sentinel)
+                process.join()
+                if process.exitcode == INTERRUPTED:
+                    raise KeyboardInterrupt
+                done = runs[i].directory(out) / "result.json"
+                if done.is_file():
+                    yield i, read_json(done)
+                else:
+                    reason = f"its worker process died ({_exit_reason(process.exitcode)})"
+                    yield i, record_failure(runs[i], out, reason)
+    finally:
+        for _, process in running.values():
+            process.terminate()
+            process.join()
+
+
+PER_RUN_KEYS = ("run_id", "lr", "seed", "seconds", "final_loss", "status", "error", "details")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)
 
 
 def aggregate(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per grid point: the lr with the best mean validation metric, then that lr's
-    test metrics as mean and std over seeds."""
+    test metrics as mean and std over seeds.
+
+    Only runs that finished with a finite validation metric take part: among learning rates,
+    the one with the most such runs wins, then the best mean. A point none of whose runs has
+    one is a failed point (score NaN, `error` says why), ranked last."""
     by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_point[row["point_id"]].append(row)
     results = []
     for point_rows in by_point.values():
-        first = point_rows[0]
-        metric = metric_for(config, first["task"], first["scores_answers"])
+        metric = metric_for(config, point_rows[0]["task"], point_rows[0]["scores_answers"])
         sign = 1 if HIGHER_IS_BETTER.get(metric, False) else -1
+        failed = [r for r in point_rows if is_failed(r)]
         by_lr: dict[float, list[dict[str, Any]]] = defaultdict(list)
         for row in point_rows:
-            by_lr[row["lr"]].append(row)
-
-        scores = {
-            lr: sign * statistics.fmean(r.get(f"val_{metric}", math.nan) for r in lr_rows)
-            for lr, lr_rows in by_lr.items()
-        }
-        best_lr = max(by_lr, key=lambda lr: scores[lr] if math.isfinite(scores[lr]) else -math.inf)
-        chosen = by_lr[best_lr]
+            if not is_failed(row) and _finite(row.get(f"val_{metric}")):
+                by_lr[row["lr"]].append(row)
+        template = next(iter(by_lr.values()))[0] if by_lr else point_rows[0]
         result = {
             k: v
-            for k, v in first.items()
-            if not k.startswith(("val_", "test_"))
-            and k not in ("run_id", "lr", "seed", "seconds", "final_loss")
+            for k, v in template.items()
+            if not k.startswith(("val_", "test_")) and k not in PER_RUN_KEYS
         }
+        result.update({"metric": metric, "failed_runs": len(failed)})
+        if not by_lr:
+            result.update({"status": "failed", "error": _point_failure(point_rows, failed, metric)})
+            result.update({"lr": math.nan, "seeds": 0, "score": math.nan})
+            results.append(result)
+            continue
+
+        ranks = {
+            lr: (len(lr_rows), sign * statistics.fmean(r[f"val_{metric}"] for r in lr_rows))
+            for lr, lr_rows in by_lr.items()
+        }
+        best_lr = max(ranks, key=ranks.__getitem__)
+        chosen = by_lr[best_lr]
         result.update(
             {
-                "metric": metric,
+                "status": "ok",
+                "error": "",
                 "lr": best_lr,
                 "seeds": len(chosen),
                 "seconds": statistics.fmean(r["seconds"] for r in chosen),
             }
         )
         test_keys = sorted(
-            {
-                k
-                for r in chosen
-                for k in r
-                if k.startswith("test_")
-                and isinstance(r[k], int | float)
-                and not isinstance(r[k], bool)
-            }
+            {k for r in chosen for k in r if k.startswith("test_") and _number(r[k])}
         )
         for key in test_keys:
             values = [float(r[key]) for r in chosen if key in r]
@@ -198,6 +331,20 @@ def aggregate(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[st
         result["score"] = result.get(f"test_{metric}", math.nan)
         results.append(result)
     return results
+
+
+def _point_failure(rows: list[dict[str, Any]], failed: list[dict[str, Any]], metric: str) -> str:
+    """Why a grid point has no result, in one line."""
+    if not failed:
+        return f"no run has a validation {metric}"
+    reasons = list(dict.fromkeys(r.get("error", "unknown error") for r in failed))
+    more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+    if len(failed) == len(rows):
+        return f"all {len(rows)} runs failed: {reasons[0]}{more}"
+    return (
+        f"{len(failed)} of {len(rows)} runs failed ({reasons[0]}{more}); the others have "
+        f"no validation {metric}"
+    )
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -223,19 +370,26 @@ def compare(
     workers: int | None = None,
     progress: bool | None = None,
     plots: bool = True,
+    retry_failed: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the comparison into `out`; returns the aggregated results (one per grid point)."""
+    """Run the comparison into `out`; returns the aggregated results (one per grid point).
+
+    A run that fails (diverges, raises, or its worker process dies) is recorded as failed
+    and the others go on; a rerun keeps it failed unless `retry_failed`. `plots` needs
+    matplotlib, checked before anything trains (`plots_available()`)."""
 
     out = Path(out)
     runs = expand(config)
     check_earlier_stage(runs, out)
+    if plots:
+        pyplot()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", dump(config))
-    rows = run_all(runs, out, workers or config.workers, progress)
-    write_csv(out / "runs.csv", rows)
+    rows = run_all(runs, out, workers or config.workers, progress, retry_failed)
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "details"} for r in rows])
     results = aggregate(config, rows)
     write_csv(out / "results.csv", results)
-    atomic_write_text(out / "results.md", leaderboard_markdown(config, results))
+    atomic_write_text(out / "results.md", leaderboard_markdown(config, results, rows))
     if plots:
         write_plots(out, results, rows)
     return results

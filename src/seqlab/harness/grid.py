@@ -67,6 +67,25 @@ class CompareConfig:
     workers: int = 1
     init_from: str | None = None
 
+    def __post_init__(self) -> None:
+        check_output_name(self.name)
+
+
+def check_output_name(name: Any) -> None:
+    """A comparison's `name` is its directory below the output root (`runs/<name>`), so it
+    must be a relative path that stays there: not empty, not absolute, no `..` component."""
+    parts = re.split(r"[\\/]", name) if isinstance(name, str) else []
+    if (
+        not isinstance(name, str)
+        or name.startswith(("/", "\\"))
+        or ".." in parts
+        or all(part in ("", ".") for part in parts)
+    ):
+        raise ConfigError(
+            f"name must be a relative path inside the output root (e.g. my-sweep, written "
+            f"to runs/my-sweep), without '..', got {name!r}"
+        )
+
 
 @dataclass
 class Run:
@@ -188,6 +207,11 @@ def metric_for(config: CompareConfig, task_name: str, scores_answers: bool) -> s
     if task_name in config.metric:
         return config.metric[task_name]
     return "accuracy" if scores_answers else "bits_per_byte"
+
+
+def is_failed(row: dict[str, Any]) -> bool:
+    """Whether a run's row (or a grid point's result) records a failure instead of metrics."""
+    return row.get("status") == "failed"
 
 
 def dump(config: CompareConfig) -> str:

@@ -1,4 +1,4 @@
-"""Leaderboards (Markdown) and comparison plots (matplotlib PNGs)."""
+"""Leaderboards (Markdown) and comparison plots (matplotlib PNGs, when it is installed)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,33 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig
+from seqlab.errors import SeqlabError
+from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig, is_failed
 from seqlab.train.logging import read_metrics
 
 MODEL_AXES = ("model.mixer", "model.layers")
+PLOTS_NEED = "plots need matplotlib: pip install 'seqlab[plots]'"
+MISSING = "—"
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend; SeqlabError when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SeqlabError(PLOTS_NEED) from None
+    return plt
+
+
+def plots_available() -> bool:
+    try:
+        pyplot()
+    except SeqlabError:
+        return False
+    return True
 
 
 def task_label(row: dict[str, Any]) -> str:
@@ -28,11 +51,11 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     metric = rows[0]["metric"]
     higher = HIGHER_IS_BETTER.get(metric, False)
 
-    def key(row: dict[str, Any]) -> float:
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
         score = row["score"]
         if not math.isfinite(score):
-            return math.inf
-        return -score if higher else score
+            return is_failed(row), math.inf
+        return False, -score if higher else score
 
     return sorted(rows, key=key)
 
@@ -51,7 +74,16 @@ def _extra_axes(rows: list[dict[str, Any]]) -> list[str]:
     return [a for a in axes if len({r[a] for r in rows}) > 1]
 
 
-def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -> str:
+def _missing(value: Any) -> bool:
+    """Whether a value is one that a failed grid point does not have (shown as a dash)."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def leaderboard_markdown(
+    config: CompareConfig, results: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> str:
+    """The ranked leaderboard, one table per task; failed grid points rank last, and each
+    table is followed by the runs that failed and why."""
     lines = [f"# {config.name}: leaderboard", ""]
     lines.append(
         "Every run has the same budget (steps x batch x sequence length); each row uses the "
@@ -94,35 +126,58 @@ def leaderboard_markdown(config: CompareConfig, results: list[dict[str, Any]]) -
             def fmt(m: str, row: dict[str, Any] = row, bound: str = bound) -> str:
                 value, std = row.get(f"test_{m}", math.nan), row.get(f"test_{m}_std", 0.0)
                 prefix = bound if m in ("nll", "bits_per_byte") else ""
+                if _missing(value):
+                    return MISSING
                 return f"{prefix}{value:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")
 
+            def number(key: str, spec: str, row: dict[str, Any] = row) -> str:
+                value = row.get(key)
+                if _missing(value):
+                    return MISSING
+                return human(value) if spec == "human" else f"{value:{spec}}"
+
+            failed = is_failed(row)
             cells = (
                 [str(i), row["backbone"], row["paradigm"]]
                 + [str(row[a]) for a in extras]
-                + [fmt(metric)]
+                + [f"failed: {_cell(row['error'])}" if failed else fmt(metric)]
                 + [fmt(m) for m in others]
                 + [
-                    human(row["params"]),
-                    human(row["state_size"]),
-                    human(row["train_flops"]),
-                    f"{row['seconds']:.1f}",
-                    f"{row['lr']:g}",
+                    number("params", "human"),
+                    number("state_size", "human"),
+                    number("train_flops", "human"),
+                    number("seconds", ".1f"),
+                    number("lr", "g"),
                 ]
             )
             lines.append("| " + " | ".join(cells) + " |")
+        lines += _failed_runs(runs, {r["point_id"] for r in rows})
     return "\n".join(lines) + "\n"
 
 
+def _failed_runs(runs: list[dict[str, Any]], points: set[str]) -> list[str]:
+    """A list of the failed runs of these grid points with their reasons (none: nothing)."""
+    failed = [r for r in runs if is_failed(r) and r["point_id"] in points]
+    if not failed:
+        return []
+    lines = ["", f"Failed runs ({len(failed)}, not ranked; `--retry-failed` runs them again):", ""]
+    return lines + [f"- `{r['run_id']}`: {r.get('error', 'unknown error')}" for r in failed]
+
+
+def _cell(text: str) -> str:
+    """Text that keeps a Markdown table cell whole."""
+    return text.replace("|", "\\|")
+
+
 def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[Path]:
-    """PNG plots per task: metric vs d_model, vs state size, vs training FLOPs; loss curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """PNG plots per task: metric vs d_model, vs state size, vs training FLOPs; loss curves.
+    Failed grid points and runs are left out."""
+    plt = pyplot()
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    results = [r for r in results if not is_failed(r)]
+    runs = [r for r in runs if not is_failed(r)]
     for label, rows in group_by_task(results).items():
         metric = rows[0]["metric"]
         short = rows[0]["task"] if len(label) > 40 else label
