@@ -11,9 +11,9 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -21,6 +21,7 @@ import yaml
 from seqlab import __version__
 from seqlab.config import (
     ExperimentConfig,
+    ModelConfig,
     config_keys,
     list_presets,
     load_config,
@@ -39,9 +40,35 @@ from seqlab.layout import LayoutKind
 from seqlab.model import Model
 from seqlab.objectives import build_objective
 from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
-from seqlab.sampling import generate
+from seqlab.sampling import check_paradigm, generate
 from seqlab.testing import check_mixer, check_objective, check_sampler
 from seqlab.train import train
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are seqlab errors: one line, exit code 2 (through `main`),
+    instead of argparse's usage text followed by the message."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise SeqlabError(f"{message} (see {self.prog} --help)")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `low`, the range named in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -156,7 +183,7 @@ SAMPLE_GREEDY = "greedy"
 SAMPLE_FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 
 
-class SampleParser(argparse.ArgumentParser):
+class SampleParser(ArgumentParser):
     """The `seqlab sample` parser: takes `--sampler.KEY VALUE` (sampler options) out of the
     arguments before parsing the flags, and lists every sampler's options in its help."""
 
@@ -255,6 +282,7 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     accepted = entry.parameters()
 
     config = _run_config(run_dir)
+    check_paradigm(entry, config.objective.name)
     model = load(run_dir)
     tokenizer = load_tokenizer(config.data.tokenizer, run_dir)
     prompts = [tokenizer.encode(text) for text in args.prompt]
@@ -340,9 +368,12 @@ def cmd_bench(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     try:
         lengths = [int(v) for v in args.lengths.split(",")]
     except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
         raise SeqlabError(
-            f"--lengths must be integers separated by commas, got {args.lengths!r}"
-        ) from None
+            f"--lengths must be integers >= 1 separated by commas, got {args.lengths!r}"
+        )
+    ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=1)
     cells = [
         BenchCell(
             m,
@@ -416,7 +447,7 @@ def cmd_check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="seqlab",
         description="Train, evaluate, sample and compare sequence models.",
         epilog="Config overrides: --section.key VALUE, e.g. --model.d_model 256.",
@@ -458,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int_at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic objectives")
     p.set_defaults(func=cmd_eval)
 
@@ -477,7 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="text to continue; repeat for a batch of prompts of any lengths",
     )
-    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(0),
+        default=100,
+        help="tokens to generate per prompt (default 100, at most 1000000)",
+    )
     p.add_argument(
         "--sampler",
         default="sample",
@@ -545,11 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed and memory of backbones across sequence lengths")
     p.add_argument("--mixers", help="comma-separated mixers (default: every causal mixer)")
     p.add_argument("--lengths", default="256,1024,4096")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--d-model", type=int_at_least(1), default=128)
+    p.add_argument("--layers", type=int_at_least(1), default=2)
+    p.add_argument("--batch-size", type=int_at_least(1), default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_at_least(1), default=None)
     p.add_argument("--out", default="runs/bench")
     p.set_defaults(func=cmd_bench)
 
@@ -583,14 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
     try:
+        args, rest = parser.parse_known_args(argv)
         overrides = parse_overrides(rest)
         if overrides and args.command not in ("train", "eval"):
             raise ConfigError(f"seqlab {args.command} takes no config overrides")
         return args.func(args, overrides)
     except SeqlabError as err:
-        print(f"seqlab: error: {err}", file=sys.stderr)
+        print(f"seqlab: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seqlab: interrupted", file=sys.stderr)

@@ -3,17 +3,56 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from seqlab.errors import ConfigError
 from seqlab.files import atomic_write_text
+
+# The most blocks a model may have: deeper stacks are far outside what this library trains, and
+# a typo (an extra zero or three) would otherwise be found only when memory runs out.
+MAX_LAYERS = 1024
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise ConfigError with the message of the first check that does not hold."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_field_types(config: Any) -> None:
+    """Check every field of a config section against its annotation (converting lossless
+    cases such as int -> float), so that the Python API refuses what a YAML file would."""
+    for name, tp in _hints(type(config)).items():
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(tp):
+            continue
+        setattr(config, name, _coerce(value, tp, f"{config.section}.{name}"))
 
 
 @dataclass
@@ -25,7 +64,7 @@ class ModelConfig:
             path package.module:Name
         layers: one mixer per layer, e.g. [gla, gla, attention] (a hybrid); fixes n_layers
         d_model: residual stream width
-        n_layers: number of blocks
+        n_layers: number of blocks (at most 1024)
         n_heads: attention heads (and the default `heads` option of multi-head mixers)
         n_kv_heads: key/value heads of attention (grouped-query attention; null: n_heads)
         vocab_size: token vocabulary (set from the task when training)
@@ -53,25 +92,33 @@ class ModelConfig:
     init_std: float = 0.02
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    section: ClassVar[str] = "model"
+
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.layers is not None:
             if not self.layers:
                 raise ConfigError("model.layers must name at least one mixer")
             self.n_layers = len(self.layers)
         checks = [
             (self.d_model > 0, f"model.d_model must be positive, got {self.d_model}"),
-            (self.n_layers > 0, f"model.n_layers must be positive, got {self.n_layers}"),
+            (
+                0 < self.n_layers <= MAX_LAYERS,
+                f"model.n_layers must lie in [1, {MAX_LAYERS}], got {self.n_layers}",
+            ),
             (self.n_heads > 0, f"model.n_heads must be positive, got {self.n_heads}"),
             (self.vocab_size > 1, f"model.vocab_size must be > 1, got {self.vocab_size}"),
             (self.mlp_ratio >= 0, f"model.mlp_ratio must be >= 0, got {self.mlp_ratio}"),
             (
-                self.d_model % self.n_heads == 0,
+                self.n_heads > 0 and self.d_model % self.n_heads == 0,
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads "
                 f"({self.n_heads})",
             ),
             (
                 self.n_kv_heads is None
-                or (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0),
+                or (
+                    self.n_kv_heads > 0 and self.n_heads > 0 and self.n_heads % self.n_kv_heads == 0
+                ),
                 f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads "
                 f"({self.n_kv_heads})",
             ),
@@ -79,10 +126,33 @@ class ModelConfig:
                 self.window is None or self.window > 0,
                 f"model.window must be positive, got {self.window}",
             ),
+            (
+                math.isfinite(self.mlp_ratio),
+                f"model.mlp_ratio must be finite, got {self.mlp_ratio}",
+            ),
+            (
+                _positive(self.norm_eps),
+                f"model.norm_eps must be finite and > 0, got {self.norm_eps}",
+            ),
+            (
+                _positive(self.rope_theta),
+                f"model.rope_theta must be finite and > 0, got {self.rope_theta}",
+            ),
+            (
+                _positive(self.init_std),
+                f"model.init_std must be finite and > 0, got {self.init_std}",
+            ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
+        names = [self.mixer, *(self.layers or [])]
+        if not all(name.strip() for name in names):
+            raise ConfigError(f"model.mixer and model.layers must name mixers, got {names}")
+        unused = sorted(set(self.mixer_options) - set(self.layer_names()))
+        if unused:
+            raise ConfigError(
+                f"model.mixer_options names mixer(s) {unused} that the model does not use; "
+                f"its mixers: {', '.join(dict.fromkeys(self.layer_names()))}"
+            )
 
     def layer_names(self) -> list[str]:
         return list(self.layers) if self.layers is not None else [self.mixer] * self.n_layers
@@ -104,6 +174,11 @@ class ObjectiveConfig:
     name: str = "ar"
     options: dict[str, Any] = field(default_factory=dict)
 
+    section: ClassVar[str] = "objective"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
 
 @dataclass
 class TaskConfig:
@@ -116,6 +191,11 @@ class TaskConfig:
 
     name: str = "text"
     options: dict[str, Any] = field(default_factory=dict)
+
+    section: ClassVar[str] = "task"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
 
 @dataclass
@@ -143,9 +223,16 @@ class DataConfig:
     text_field: str = "text"
     hf_split: str | None = None
 
+    section: ClassVar[str] = "data"
+
     def __post_init__(self) -> None:
-        if self.seq_len < 1:
-            raise ConfigError(f"data.seq_len must be positive, got {self.seq_len}")
+        check_field_types(self)
+        require(
+            [
+                (self.seq_len >= 1, f"data.seq_len must be >= 1, got {self.seq_len}"),
+                (self.vocab_size >= 1, f"data.vocab_size must be >= 1, got {self.vocab_size}"),
+            ]
+        )
 
 
 @dataclass
@@ -197,15 +284,38 @@ class TrainConfig:
     threads: int | None = None
     init_from: str | None = None
 
+    section: ClassVar[str] = "train"
+
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = ["steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"]
         for name in positive + ["log_every", "keep_checkpoints", "eval_tokens"]:
             if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.warmup < 0:
-            raise ConfigError(f"train.warmup must be >= 0, got {self.warmup}")
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        require(
+            [
+                (_positive(self.lr), f"train.lr must be positive and finite, got {self.lr}"),
+                (
+                    0 <= self.min_lr_ratio <= 1,
+                    f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}",
+                ),
+                (self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup}"),
+                (
+                    _non_negative(self.weight_decay),
+                    f"train.weight_decay must be finite and >= 0, got {self.weight_decay}",
+                ),
+                (0 <= self.beta1 < 1, f"train.beta1 must lie in [0, 1), got {self.beta1}"),
+                (0 <= self.beta2 < 1, f"train.beta2 must lie in [0, 1), got {self.beta2}"),
+                (
+                    _non_negative(self.grad_clip),
+                    f"train.grad_clip must be finite and >= 0, got {self.grad_clip}",
+                ),
+                (
+                    self.threads is None or self.threads >= 1,
+                    f"train.threads must be >= 1 (or null: torch's default), got {self.threads}",
+                ),
+            ]
+        )
 
 
 @dataclass
@@ -225,6 +335,20 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            expected = _hints(type(self))[f.name]
+            if not isinstance(section, expected):
+                raise ConfigError(
+                    f"{f.name} must be a {expected.__name__}, got {type(section).__name__}"
+                )
+        if self.task.name == "text" and self.train.eval_tokens < self.data.seq_len:
+            raise ConfigError(
+                f"train.eval_tokens ({self.train.eval_tokens}) must be at least one evaluation "
+                f"window of the text task, data.seq_len ({self.data.seq_len})"
+            )
 
 
 _OPEN_SECTIONS = (ObjectiveConfig, TaskConfig)
@@ -319,12 +443,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {_short(value)}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, got {_short(value)}")
         _, item = typing.get_args(tp)
         return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
@@ -348,25 +472,62 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    elif not isinstance(tp, type) or isinstance(value, tp):
+        return value  # a value of the class, or an annotation this check does not read
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {_short(value)}")
+
+
+def resolve_annotation(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """A parameter's annotation as a type (string annotations evaluated in `namespace`, the
+    defining module's globals); None when there is none or it names what `namespace` lacks
+    (a name imported only for type checking)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, dict(namespace))  # noqa: S307 - the component's own annotation
+    except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated is not checked
+        return None
+
+
+def check_option_types(
+    params: dict[str, inspect.Parameter],
+    options: dict[str, Any],
+    namespace: dict[str, Any],
+    prefix: str,
+) -> dict[str, Any]:
+    """`options` checked against the annotations of the parameters that take them (a string
+    is not a bool, 2.5 is not an int), lossless cases converted as in config files; an
+    option whose annotation cannot be read passes as it is."""
+    checked = {}
+    for name, value in options.items():
+        param = params.get(name)
+        tp = None if param is None else resolve_annotation(param.annotation, namespace)
+        checked[name] = value if tp is None else _coerce(value, tp, f"{prefix}{name}")
+    return checked
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build dataclass `cls` from a mapping, naming the valid keys when one is unknown."""
+    section = prefix.rstrip(".") or "config"
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{section} must be a mapping, got {_short(data)}")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     if cls in _OPEN_SECTIONS:
-        options = dict(data.pop("options", None) or {})
+        options = data.pop("options", None) or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{prefix}options must be a mapping, got {_short(options)}")
+        options = dict(options)
         options.update({k: v for k, v in data.items() if k not in names})
         data = {k: v for k, v in data.items() if k in names}
         kwargs["options"] = options
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if key not in names:
+        if not isinstance(key, str) or key not in names:
             raise ConfigError(
                 f"unknown config key {dotted!r}; valid keys: "
                 + ", ".join(f"{prefix}{n}" for n in names)
@@ -379,7 +540,13 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+        raise ConfigError(f"{section}: {err}") from None
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """`repr(value)` cut to `width` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -434,15 +601,29 @@ def read_config_mapping(source: str | os.PathLike[str] | None) -> dict[str, Any]
                 + ", ".join(list_presets())
             )
         path = preset
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {str(path)!r} is not a text (UTF-8) YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"config {str(path)!r} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where, without echoing the file."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def load_config(

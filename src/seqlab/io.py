@@ -55,8 +55,13 @@ def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None 
     so that a run directory is also a loadable model directory.
     """
     if experiment is not None and experiment.model != model.config:
-        raise ValueError("experiment.model differs from the model's own config")
+        raise ConfigError("experiment.model differs from the model's own config")
     directory = Path(directory)
+    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CheckpointError(
+            f"cannot save a model into {directory}: {blocker} is an existing file, not a directory"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     save_config(experiment or ExperimentConfig(model=model.config), directory / "config.yaml")
     weights = model_state(model)

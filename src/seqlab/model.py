@@ -8,6 +8,7 @@ per layer, each whatever that layer's mixer returns.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,14 @@ from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import Layout
 from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS
+from seqlab.state import map_state
 
 ModelState = tuple
+# Activation floats kept per token and layer, in units of d_model, by a training forward (a
+# forward without autograd keeps a few per token in all): a
+# deliberately low count (the residual stream, norms, the MLP's hidden and the mixer's
+# projections), so that a refused batch is one that surely cannot fit.
+ACTIVATIONS_PER_LAYER = 8
 
 
 class SwiGLU(nn.Module):
@@ -96,6 +103,9 @@ class Model(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        check_fits(
+            "the model's parameters", 4 * count_parameters(config), machine_memory(), "float32"
+        )
         self.config = config
         names = config.layer_names()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -152,11 +162,31 @@ class Model(nn.Module):
         return logits, (None if state is None else tuple(new_states))
 
     def _check(self, tokens: Tensor, state: ModelState | None, layout: Layout) -> None:
+        if not isinstance(tokens, Tensor):
+            raise ShapeError(
+                f"tokens must be a torch.Tensor of integer ids [B, T], got {type(tokens).__name__}"
+            )
         if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
             raise ShapeError(
                 f"tokens must be an integer tensor of shape [B, T], got {tuple(tokens.shape)} "
                 f"{tokens.dtype}"
             )
+        if tokens.shape[1] == 0:
+            raise ShapeError(f"tokens must have T >= 1 positions, got shape {list(tokens.shape)}")
+        memory = (
+            torch.cuda.get_device_properties(tokens.device).total_memory
+            if tokens.is_cuda
+            else machine_memory()
+        )
+        kept = ACTIVATIONS_PER_LAYER * len(self.blocks) if torch.is_grad_enabled() else 4
+        per_token = self.config.vocab_size + kept * self.config.d_model
+        element = self.embed.weight.element_size()
+        check_fits(
+            f"a batch of {tokens.shape[0]} x {tokens.shape[1]} tokens",
+            tokens.numel() * per_token * element,
+            memory,
+            "activations",
+        )
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             raise ShapeError(
                 f"token ids must lie in [0, {self.config.vocab_size}), got range "
@@ -167,8 +197,19 @@ class Model(nn.Module):
                 f"layout {layout.kind.value!r} is not supported by mixers "
                 f"{self.config.layer_names()}; supported: {sorted(str(k) for k in self.layouts)}"
             )
-        if state is not None and len(state) != len(self.blocks):
-            raise ShapeError(f"state must hold {len(self.blocks)} layer states, got {len(state)}")
+        if state is not None:
+            if not isinstance(state, tuple | list) or len(state) != len(self.blocks):
+                raise ShapeError(
+                    f"state must be a tuple of {len(self.blocks)} layer states (model.init_state"
+                    f"), got {type(state).__name__}"
+                    + (f" of {len(state)}" if isinstance(state, tuple | list) else "")
+                )
+            batches = state_batch_sizes(state)
+            if batches - {tokens.shape[0]}:
+                raise ShapeError(
+                    f"state is for batch size {sorted(batches)}, tokens have batch size "
+                    f"{tokens.shape[0]}; expected a state from model.init_state({tokens.shape[0]})"
+                )
 
     def init_state(
         self,
@@ -199,6 +240,51 @@ class Model(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+
+def state_batch_sizes(state: ModelState) -> set[int]:
+    """The batch sizes of a state's tensors (batch-first; scalars carry none)."""
+    sizes: set[int] = set()
+
+    def record(tensor: Tensor) -> Tensor:
+        if tensor.dim():
+            sizes.add(tensor.shape[0])
+        return tensor
+
+    map_state(record, state)
+    return sizes
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits(what: str, needed: int, memory: int | None, detail: str) -> None:
+    """Refuse, before allocating, what needs more bytes than the machine's memory holds."""
+    if memory is not None and needed > memory:
+        raise SeqlabError(
+            f"{what} would need at least {needed / 2**30:,.1f} GiB ({detail}), more than this "
+            f"machine's {memory / 2**30:,.1f} GiB of memory; choose a smaller size"
+        )
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """The number of parameters a model of `config` has, counted without allocating them
+    (each distinct mixer is built once on the meta device)."""
+    d, names = config.d_model, config.layer_names()
+    with torch.device("meta"):
+        mixers = {
+            name: sum(p.numel() for p in build_mixer(name, config, 0).parameters())
+            for name in set(names)
+        }
+    hidden = int(round(config.mlp_ratio * d))
+    block = 3 * d * hidden + 2 * d if hidden else d
+    head = 0 if config.tie_embeddings else config.vocab_size * d
+    return config.vocab_size * d + head + d + sum(mixers[n] + block for n in names)
 
 
 def build_model(config: ModelConfig) -> Model:

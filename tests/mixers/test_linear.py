@@ -220,7 +220,9 @@ def test_block_diffusion_needs_an_even_length(name):
 
 
 def test_heads_option_sets_the_head_count():
-    config = ModelConfig(d_model=32, n_heads=4, mixer_options={"deltanet": {"heads": 2}})
+    config = ModelConfig(
+        mixer="deltanet", d_model=32, n_heads=4, mixer_options={"deltanet": {"heads": 2}}
+    )
     mixer = build_mixer("deltanet", config, 0)
     assert mixer.heads == 2 and mixer.init_state(1).recurrent.shape == (1, 2, 16, 16)
 

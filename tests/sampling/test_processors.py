@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from seqlab.errors import ConfigError
 from seqlab.sampling.processors import (
     MinP,
     RepetitionPenalty,
@@ -40,8 +41,11 @@ def test_top_p_handles_unsorted_rows_independently():
 def test_temperature_scales():
     scores = torch.tensor([[2.0, 4.0]])
     assert torch.equal(Temperature(2.0)(None, scores), torch.tensor([[1.0, 2.0]]))
-    with pytest.raises(ValueError):
-        Temperature(0)
+    kept = Temperature(0)(None, torch.tensor([[2.0, 4.0, 1.0, 4.0]]))
+    assert torch.isfinite(kept).tolist() == [[False, True, False, True]]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="temperature must be finite and >= 0"):
+            Temperature(bad)
 
 
 def test_user_processor_plugs_into_chain():

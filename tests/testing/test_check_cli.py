@@ -60,7 +60,8 @@ def test_user_errors_exit_two_with_one_line(capsys, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_an_unknown_kind_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as caught:
-        main(["check", "gla", "--kind", "tokenizer"])
-    assert caught.value.code == 2
+def test_an_unknown_kind_is_a_one_line_error(capsys):
+    code, out, err = run(capsys, "gla", "--kind", "tokenizer")
+    assert code == 2 and not out
+    assert err.startswith("seqlab: error: argument --kind: invalid choice: 'tokenizer'")
+    assert len(err.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from seqlab.config import ModelConfig
+from seqlab.config import ModelConfig, check_option_types
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import CAUSAL_ONLY, Layout, LayoutKind
 from seqlab.state import State, interleave_states
@@ -46,7 +46,9 @@ class Mixer(nn.Module, ABC):
         Constructor parameters named like a `ModelConfig` field (`d_model`, `n_heads`,
         `rope_theta`, ...) take that field; `layer` takes the layer index; every other keyword
         parameter is an option (`option_defaults`), and an unknown one is a ConfigError
-        naming the valid ones. `heads` is an option whose default is `model.n_heads`.
+        naming the valid ones, as is a value that does not match the option's annotation (a
+        string for a bool, 2.5 for an int). `heads` is an option whose default is
+        `model.n_heads`.
         """
         valid = cls.option_defaults()
         unknown = sorted(set(options) - set(valid))
@@ -56,6 +58,12 @@ class Mixer(nn.Module, ABC):
                 + (", ".join(sorted(valid)) or "none")
             )
         params = constructor_parameters(cls)
+        options = check_option_types(
+            params,
+            options,
+            cls.__init__.__globals__,
+            f"model.mixer_options.{getattr(cls, 'name', cls.__name__)}.",
+        )
         kwargs = {name: getattr(config, name) for name in params if name in CONFIG_FIELDS}
         for name, field in CONFIG_DEFAULTS.items():
             if name in params:
@@ -162,8 +170,12 @@ def keeps_init(param: nn.Parameter) -> bool:
 
 
 def check_input(x: Tensor, d_model: int, name: str = "x") -> None:
-    if x.dim() != 3 or x.shape[-1] != d_model:
-        raise ShapeError(f"{name} must have shape [B, T, {d_model}], got {list(x.shape)}")
+    """A mixer's input is `[B, T, d_model]` with T >= 1: an empty sequence is a ShapeError
+    for every mixer (there is nothing to mix, and no state to continue)."""
+    if x.dim() != 3 or x.shape[-1] != d_model or x.shape[1] == 0:
+        raise ShapeError(
+            f"{name} must have shape [B, T, {d_model}] with T >= 1, got {list(x.shape)}"
+        )
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:

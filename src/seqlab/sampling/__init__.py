@@ -7,18 +7,51 @@ A new sampler is one function in one module here (or anywhere, named by its impo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from seqlab.errors import SeqlabError, ShapeError
+from seqlab.config import check_option_types
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.model import Model
-from seqlab.registry import SAMPLERS
+from seqlab.objectives.base import Objective
+from seqlab.objectives.diffusion import Diffusion
+from seqlab.registry import OBJECTIVES, SAMPLERS, Entry
 from seqlab.sampling.ar import Generation, as_prompt
 from seqlab.sampling.base import SamplingOptions, eval_mode
 
 __all__ = ["Generation", "SamplingOptions", "generate"]
+
+# The most tokens one call generates: far beyond any context this library trains, and a
+# guard against a typo that would otherwise allocate the whole continuation up front.
+MAX_NEW_TOKENS = 1_000_000
+
+
+def check_paradigm(entry: Entry, objective: Objective | str | None) -> None:
+    """Refuse a decoder of the other paradigm than the objective the model was trained with:
+    an autoregressive sampler for a diffusion objective, or a diffusion sampler for one that
+    is not."""
+    if objective is None:
+        return
+    if isinstance(objective, str):
+        objective = OBJECTIVES.get(objective).target
+    diffusion = isinstance(objective, Diffusion) or (
+        isinstance(objective, type) and issubclass(objective, Diffusion)
+    )
+    paradigm = entry.declared("paradigm")
+    if diffusion != (paradigm == "diffusion"):
+        kind = "a diffusion" if diffusion else "an autoregressive"
+        fitting = [
+            e.name
+            for e in SAMPLERS.entries()
+            if (e.declared("paradigm") == "diffusion") == diffusion
+        ]
+        raise ConfigError(
+            f"sampler {entry.name!r} decodes {paradigm}, but the model was trained with "
+            f"{kind} objective ({objective.name!r}); samplers that fit it: {', '.join(fitting)}"
+        )
 
 
 def generate(
@@ -41,10 +74,22 @@ def generate(
     The model (and any model among the options, e.g. a draft) samples in eval mode; each
     gets its own training mode back when sampling returns or raises.
     """
-    if max_new_tokens < 0:
-        raise SeqlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or not 0 <= max_new_tokens <= MAX_NEW_TOKENS
+    ):
+        raise SeqlabError(
+            f"max_new_tokens must be an integer in [0, {MAX_NEW_TOKENS}], got {max_new_tokens!r}"
+        )
     prompt = as_prompt(prompt, model.device)
     entry = SAMPLERS.get(sampler)
+    entry.check_options(options)
+    check_paradigm(entry, options.get("objective"))
+    target = inspect.unwrap(entry.target)
+    options = check_option_types(
+        entry.parameters(), options, getattr(target, "__globals__", {}), ""
+    )
     if not isinstance(prompt, Tensor) and entry.declared("paradigm") != "ar":
         lengths = sorted({p.numel() for p in prompt})
         raise ShapeError(f"sampler {sampler!r} needs prompts of one length, got {lengths}")

@@ -14,12 +14,14 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import Tensor, nn
 
+from seqlab.config import require
 from seqlab.errors import ConfigError
 from seqlab.sampling.processors import LogitsProcessor, sampling_processors
 
@@ -90,6 +92,77 @@ class SamplingOptions:
     condition: int | list[int] | Tensor | None = None
     guidance: float | None = None
 
+    def __post_init__(self) -> None:
+        """Range-check the options on their way in, naming the valid range."""
+        require(
+            [
+                (
+                    _number(self.temperature) and 0 <= self.temperature < math.inf,
+                    f"temperature must be a finite number >= 0, got {self.temperature!r}",
+                ),
+                (
+                    self.top_k is None or (_integer(self.top_k) and self.top_k >= 1),
+                    f"top_k must be an integer >= 1 (or None: off), got {self.top_k!r}",
+                ),
+                (
+                    self.top_p is None or (_number(self.top_p) and 0 < self.top_p <= 1),
+                    f"top_p must lie in (0, 1] (or None: off), got {self.top_p!r}",
+                ),
+                (
+                    self.min_p is None or (_number(self.min_p) and 0 <= self.min_p <= 1),
+                    f"min_p must lie in [0, 1] (or None: off), got {self.min_p!r}",
+                ),
+                (
+                    self.typical_p is None or (_number(self.typical_p) and 0 < self.typical_p <= 1),
+                    f"typical_p must lie in (0, 1] (or None: off), got {self.typical_p!r}",
+                ),
+                (
+                    self.repetition_penalty is None
+                    or (
+                        _number(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf
+                    ),
+                    "repetition_penalty must be a finite number > 0 (or None: off), got "
+                    f"{self.repetition_penalty!r}",
+                ),
+                (
+                    self.seed is None
+                    or _integer(self.seed)
+                    or (
+                        isinstance(self.seed, list | tuple)
+                        and bool(self.seed)
+                        and all(_integer(s) for s in self.seed)
+                    ),
+                    f"seed must be an integer or a list of integers, got {self.seed!r}",
+                ),
+                (
+                    _integers(self.stop_tokens),
+                    f"stop_tokens must be a list of token ids >= 0, got {self.stop_tokens!r}",
+                ),
+                (
+                    _stop_strings(self.stop_strings),
+                    f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
+                ),
+                (_integer(self.pad_id), f"pad_id must be an integer, got {self.pad_id!r}"),
+                (
+                    self.steps is None or (_integer(self.steps) and self.steps >= 1),
+                    f"steps must be an integer >= 1 (or None: one per token), got {self.steps!r}",
+                ),
+                (
+                    self.block_size is None or (_integer(self.block_size) and self.block_size >= 1),
+                    f"block_size must be an integer >= 1 (or None), got {self.block_size!r}",
+                ),
+                (
+                    isinstance(self.cache, bool),
+                    f"cache must be true or false, got {self.cache!r}",
+                ),
+                (
+                    self.guidance is None
+                    or (_number(self.guidance) and math.isfinite(self.guidance)),
+                    f"guidance must be a finite number (or None: off), got {self.guidance!r}",
+                ),
+            ]
+        )
+
     def logits_processors(self) -> list[LogitsProcessor]:
         """The processors these options ask for, then the user's own."""
         return sampling_processors(
@@ -103,6 +176,23 @@ class SamplingOptions:
 
     def stop_criteria(self) -> StopCriteria:
         return StopCriteria(self.stop_tokens, self.stop_strings, self.decode_fn)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integers(values: Any) -> bool:
+    return isinstance(values, list | tuple | set) and all(_integer(v) and v >= 0 for v in values)
+
+
+def _stop_strings(values: Any) -> bool:
+    values = [values] if isinstance(values, str) else values
+    return isinstance(values, list | tuple) and all(isinstance(v, str) and v for v in values)
 
 
 # The usual shares: AR decoding that samples, and AR decoding that may end rows early.

@@ -12,18 +12,23 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from seqlab.errors import ConfigError
+
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]
 
 
 class Temperature:
-    """scores / T (T > 0)."""
+    """scores / T; T = 0 is the limit, every logit but the largest at −inf (greedy)."""
 
     def __init__(self, temperature: float) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= temperature < float("inf"):
+            raise ConfigError(f"temperature must be finite and >= 0, got {temperature}")
         self.temperature = temperature
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.temperature == 0:
+            top = scores.max(dim=-1, keepdim=True).values
+            return scores.masked_fill(scores < top, -torch.inf)
         return scores / self.temperature
 
 
@@ -32,7 +37,7 @@ class TopK:
 
     def __init__(self, k: int) -> None:
         if k < 1:
-            raise ValueError(f"top_k must be >= 1, got {k}")
+            raise ConfigError(f"top_k must be >= 1, got {k}")
         self.k = k
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -46,7 +51,7 @@ class TopP:
 
     def __init__(self, p: float) -> None:
         if not 0 < p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {p}")
+            raise ConfigError(f"top_p must lie in (0, 1], got {p}")
         self.p = p
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -63,7 +68,7 @@ class MinP:
 
     def __init__(self, p: float) -> None:
         if not 0 <= p <= 1:
-            raise ValueError(f"min_p must lie in [0, 1], got {p}")
+            raise ConfigError(f"min_p must lie in [0, 1], got {p}")
         self.p = p
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -78,7 +83,7 @@ class TypicalP:
 
     def __init__(self, p: float) -> None:
         if not 0 < p <= 1:
-            raise ValueError(f"typical_p must lie in (0, 1], got {p}")
+            raise ConfigError(f"typical_p must lie in (0, 1], got {p}")
         self.p = p
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -99,8 +104,8 @@ class RepetitionPenalty:
     divided by `penalty` when positive, multiplied when negative."""
 
     def __init__(self, penalty: float) -> None:
-        if penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+        if not 0 < penalty < float("inf"):
+            raise ConfigError(f"repetition_penalty must be finite and > 0, got {penalty}")
         self.penalty = penalty
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
