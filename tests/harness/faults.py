@@ -19,13 +19,16 @@ FAULTS = ("none", "nan", "raise", "kill")
 class Faulty(Mixer):
     """A per-token linear map that misbehaves at training forward number `after + 1`:
     `fault` nan (its output becomes NaN, so training diverges), raise (RuntimeError), kill
-    (its process kills itself with SIGKILL) or none."""
+    (its process kills itself with SIGKILL) or none. With `armed` (a file path) the fault
+    fires only while that file exists, so a rerun with the same options can run clean."""
 
-    def __init__(self, d_model: int, *, fault: str = "none", after: int = 0) -> None:
+    def __init__(
+        self, d_model: int, *, fault: str = "none", after: int = 0, armed: str | None = None
+    ) -> None:
         super().__init__()
         if fault not in FAULTS:
             raise ConfigError(f"fault must be one of {FAULTS}, got {fault!r}")
-        self.fault, self.after, self.calls = fault, after, 0
+        self.fault, self.after, self.armed, self.calls = fault, after, armed, 0
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(
@@ -39,7 +42,7 @@ class Faulty(Mixer):
         y = self.proj(x)
         if self.training:
             self.calls += 1
-            if self.calls > self.after:
+            if self.calls > self.after and (self.armed is None or os.path.exists(self.armed)):
                 if self.fault == "nan":
                     y = y * torch.nan
                 elif self.fault == "raise":

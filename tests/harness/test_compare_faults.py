@@ -169,7 +169,11 @@ def test_a_comparison_killed_mid_training_resumes(grid, tmp_path):
     grid.grid = {"model.d_model": [16]}
     grid.lrs = [1e-3]
     grid.base["model"]["mixer"] = FAULTY
-    grid.base["model"]["mixer_options"] = {FAULTY: {"fault": "kill", "after": 4}}
+    armed = tmp_path / "armed"
+    armed.touch()
+    grid.base["model"]["mixer_options"] = {
+        FAULTY: {"fault": "kill", "after": 4, "armed": str(armed)}
+    }
     out = tmp_path / "out"
     killed = run_cli(
         "compare", write_yaml(tmp_path / "kill.yaml", grid), "--out", str(out), cwd=ROOT
@@ -180,7 +184,7 @@ def test_a_comparison_killed_mid_training_resumes(grid, tmp_path):
     assert not (run_dir / "result.json").exists()
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000003"
 
-    grid.base["model"]["mixer_options"] = {FAULTY: {"fault": "none"}}
+    armed.unlink()  # the same config, now without the fault: the resume checks the model
     resumed = run_cli(
         "compare", write_yaml(tmp_path / "ok.yaml", grid), "--out", str(out), cwd=ROOT
     )
