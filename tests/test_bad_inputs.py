@@ -74,6 +74,7 @@ TRAIN_ROWS = bad(
         "train.grad_clip": [-1, "nan", "inf"],
         "train.weight_decay": [-0.5, "nan"],
         "train.threads": [0, -2, 1.5],
+        "train.spike_guard": [-1, 0.5, 1, "nan", "inf"],
         "train.eval_tokens": [0, 5, 31],
         "train.steps": [0, -1, 1.5, "many", "true"],
         "train.batch_size": [0, -3],
@@ -143,7 +144,9 @@ CONFIG_FILE_ROWS = [
     ["train", "--config", CONFIG, "--out", RUN],
 ]
 
-EVAL_ROWS = [["eval", RUN, "--max-tokens", value] for value in ("0", "-5", "abc", "1.5")] + [
+EVAL_ROWS = [
+    ["eval", RUN, "--max-tokens", value] for value in ("0", "-5", "abc", "1.5", "1", "31")
+] + [
     ["eval", RUN, "--split", "nosuch"],
     ["eval", RUN, "--model.d_model", "8"],
     ["eval", RUN, "--seed", "x"],

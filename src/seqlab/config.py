@@ -314,6 +314,12 @@ class TrainConfig:
                     self.threads is None or self.threads >= 1,
                     f"train.threads must be >= 1 (or null: torch's default), got {self.threads}",
                 ),
+                (
+                    self.spike_guard == 0
+                    or (math.isfinite(self.spike_guard) and self.spike_guard > 1),
+                    f"train.spike_guard must be 0 (off) or a finite factor > 1, got "
+                    f"{self.spike_guard}",
+                ),
             ]
         )
 

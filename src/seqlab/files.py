@@ -153,7 +153,10 @@ def verify_checksum(path: PathLike) -> None:
     CheckpointError."""
     path, record = Path(path), checksum_path(path)
     if not record.is_file():
-        raise CheckpointError(f"{record}: file not found, {path.name} cannot be verified")
+        raise CheckpointError(
+            f"{record}: file not found, {path.name} cannot be verified (a file written before "
+            f"checksums: if you trust it, `sha256sum {path.name} > {record.name}` in its folder)"
+        )
     try:
         expected = record.read_text(encoding="ascii").split()
     except (UnicodeDecodeError, OSError) as err:

@@ -84,7 +84,7 @@ class TextData:
         targets = len(tokens) - 1
         if max_tokens is not None:
             if max_tokens < self.seq_len:
-                raise ValueError(
+                raise DataError(
                     f"max_tokens={max_tokens} is less than one window of seq_len={self.seq_len}"
                 )
             targets = min(targets, max_tokens)

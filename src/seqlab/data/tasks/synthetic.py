@@ -239,7 +239,7 @@ class SyntheticTask(Task):
             return self.eval_examples
         width = int(self.eval_set(split).tokens.shape[1])
         if max_tokens < width:
-            raise ValueError(
+            raise DataError(
                 f"max_tokens={max_tokens} is less than one {split} example of {width} tokens"
             )
         return min(self.eval_examples, max_tokens // width)
