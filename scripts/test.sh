@@ -10,10 +10,11 @@ cd "$root"
 ruff check src tests benchmarks examples
 workers=$(python -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))")
 python -m pytest -q -n "$workers" "$@"
+# One process with 2 threads (~15 s): several multi-threaded workers would oversubscribe the cores.
 echo "statistical tests again with ATEN_CPU_CAPABILITY=default and 2 torch threads:"
 status=0
 ATEN_CPU_CAPABILITY=default SEQLAB_TEST_THREADS=2 OMP_NUM_THREADS=2 \
-  python -m pytest -q -n "$workers" -m statistical "$@" || status=$?
+  python -m pytest -q -p no:xdist -m statistical "$@" || status=$?
 if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then  # 5: the arguments selected none of them
   exit "$status"
 fi
