@@ -1,13 +1,21 @@
 """Smoke tests of the benchmark scripts: they are not tests themselves, but an API change
 must not leave them broken. Each runs in its tiny `--quick` setting."""
 
+import importlib.metadata
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+# Modules that the `bench` extra imports without being installed here: `transformers` imports
+# `kernels` (Hugging Face's kernel hub) when it is importable.
+BENCH_EXTRA_IMPORTS = {"transformers", "kernels", "tokenizers", "safetensors", "huggingface_hub"}
 
 
 def load_script(name: str):
@@ -60,3 +68,30 @@ def test_paradigms_rejects_fewer_than_one_elbo_estimate(capsys):
     with pytest.raises(SystemExit):
         paradigms.parse_args(["--eval-repeats", "0"])
     assert "--eval-repeats must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_no_benchmark_script_shadows_a_module_it_may_import():
+    """`python benchmarks/x.py` puts benchmarks/ first on sys.path, so a script named like a
+    module (as `kernels.py` once was) is imported in its place by whatever asks for it."""
+    taken = set(sys.stdlib_module_names) | set(importlib.metadata.packages_distributions())
+    taken |= BENCH_EXTRA_IMPORTS
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py")}
+    assert "kernel_speed" in scripts
+    assert not scripts & taken, sorted(scripts & taken)
+
+
+def test_kernel_speed_runs_as_a_script():
+    """Its tiniest setting, run the way the README says (the script's folder first on the
+    path), prints one timing row per kernel."""
+    argv = ["--only", "kernels", "--lengths", "64", "--max-loop-len", "64", "--repeats", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "kernel_speed.py"), *argv, "--threads", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| \S.* \| 64 \| ", line)]
+    assert any(row.startswith("| delta_rule | 64 |") for row in rows), done.stdout
+    assert any(row.startswith("| diagonal_scan | 64 |") for row in rows), done.stdout

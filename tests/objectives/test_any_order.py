@@ -100,17 +100,19 @@ def test_predict_scatters_back_to_original_positions():
                 assert predictions[row, order[row, k]] == logits[row, k].argmax()
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize(
     ("order", "mixer", "lr"), [("random", "attention", 1e-2), ("identity", "gru", 1e-2)]
 )
 def test_any_order_learns(order, mixer, lr):
     """Shifted copies of one cycle: in any order, one token fixes the rest (recurrent
-    backbones read positions from the input encoding)."""
+    backbones read positions from the input encoding). 300 steps: over 12 seeds random order
+    with attention ended at 0.23 ± 0.03 of log N, the worst 0.27 (at 200 steps: 0.33 ± 0.07)."""
     objective = build_objective("any_order", VOCAB, order=order)
     model = tiny(mixer=mixer).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     base = torch.arange(8) % VOCAB
-    for _ in range(200):
+    for _ in range(300):
         loss, _ = objective.loss(model, Batch((base + torch.randint(0, VOCAB, (16, 1))) % VOCAB))
         optimizer.zero_grad()
         loss.backward()

@@ -148,6 +148,7 @@ def test_mixture_of_block_sizes_and_clipped_times_train():
         build_objective("block_diffusion", VOCAB, clip=[0.8, 0.3])
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("mixer", ["attention", "gla", "mamba"])
 def test_block_diffusion_learns(mixer):
     torch.manual_seed(0)

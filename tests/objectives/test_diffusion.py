@@ -113,6 +113,7 @@ def exact_absorbing_elbo(model, tokens):
     return total
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize(
     ("schedule", "estimator"), [("loglinear", "time"), ("cosine", "time"), ("loglinear", "count")]
 )
@@ -135,6 +136,7 @@ def test_elbo_monte_carlo_is_unbiased(schedule, estimator):
     assert stderr < 0.02 * exact  # the check has power: a bias of a few percent would fail it
 
 
+@pytest.mark.statistical
 def test_a_uniform_denoiser_costs_log_n_per_token():
     """x̂_0 uniform over the N data tokens (the mask logit dropped): E[w(t) · #masked] = L,
     so the bound is log N per token."""
@@ -142,10 +144,11 @@ def test_a_uniform_denoiser_costs_log_n_per_token():
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    objective = build_objective("masked_diffusion", VOCAB, eval_samples=2)
-    result = objective.nll(model, Batch(torch.randint(0, VOCAB, (64, 6))))
-    assert result.bound and result.tokens == 64 * 6
-    # E[w(t) · #masked] = L, each masked term costs log N under a uniform x̂_0
+    objective = build_objective("masked_diffusion", VOCAB, eval_samples=16)
+    result = objective.nll(model, Batch(torch.randint(0, VOCAB, (512, 6))))
+    assert result.bound and result.tokens == 512 * 6
+    # E[w(t) · #masked] = L, each masked term costs log N under a uniform x̂_0; this estimate's
+    # standard deviation is 0.017 (40 seeds), so 0.15 is far out while a wrong weight is not
     assert abs(result.per_token - math.log(VOCAB)) < 0.15
 
 
@@ -231,6 +234,7 @@ def exact_uniform_elbo(model, tokens, nodes=64):
     return total
 
 
+@pytest.mark.statistical
 def test_uniform_elbo_monte_carlo_is_unbiased():
     model = tiny(vocab=VOCAB)
     tokens = torch.tensor([[1, 4, 0]])
@@ -247,23 +251,28 @@ def test_uniform_elbo_monte_carlo_is_unbiased():
     assert stderr < 0.02 * exact
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize(
-    ("name", "lr", "steps", "ceiling"),
-    [("masked_diffusion", 3e-3, 100, 0.6), ("uniform_diffusion", 1e-2, 150, 0.8)],
+    ("name", "lr", "steps", "batch", "ceiling"),
+    [("masked_diffusion", 3e-3, 200, 64, 0.6), ("uniform_diffusion", 5e-3, 300, 32, 0.8)],
 )
-def test_training_lowers_the_bound(name, lr, steps, ceiling):
+def test_training_lowers_the_bound(name, lr, steps, batch, ceiling):
     """A 1-layer model learns shifted copies of one cycle (log N nats per sequence): its
-    bound falls well below log N per token."""
+    bound falls well below log N per token. The learning rate decays to zero so that the
+    verdict is on a settled model: over 12 seeds the bound was 0.23 ± 0.03 (masked) and
+    0.49 ± 0.04 (uniform) of log N, the worst 0.27 and 0.58."""
     objective = build_objective(name, VOCAB)
     model = tiny(vocab=objective.model_vocab_size(VOCAB)).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     base = torch.arange(8) % VOCAB
     for _ in range(steps):
-        shift = torch.randint(0, VOCAB, (16, 1))
+        shift = torch.randint(0, VOCAB, (batch, 1))
         loss, _ = objective.loss(model, Batch((base + shift) % VOCAB))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     shift = torch.randint(0, VOCAB, (64, 1))
     result = objective.nll(model, Batch((base + shift) % VOCAB))
     assert result.per_token < ceiling * math.log(VOCAB), result.per_token

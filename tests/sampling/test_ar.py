@@ -36,6 +36,7 @@ def test_sampling_is_seeded_and_keeps_prompt():
     assert int(a.tokens.max()) < 20
 
 
+@pytest.mark.statistical
 def test_sampling_follows_model_distribution():
     """Empirical next-token frequencies match softmax(logits) (χ² over 4000 draws)."""
     model = tiny()

@@ -196,6 +196,7 @@ def trained_block_model():
     return model, objective
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_a_trained_block_model_continues_the_pattern(sampler, trained_block_model):
     """Block-wise sampling with the KV cache continues a prompt along the learned cycle."""
@@ -258,34 +259,40 @@ def test_condition_needs_a_class_conditional_objective():
         )
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("name", ["masked_diffusion", "uniform_diffusion"])
 def test_guidance_sharpens_a_trained_conditional_model(name):
     """Class c: each token is 2c + 1 with probability 0.7, else uniform (0.74 in all).
     Conditional ancestral samples come near that rate; guidance γ = 3 raises it.
 
-    Uniform noise learns the label more slowly (at 150 steps one class barely depends on it,
-    and guidance has nothing to amplify), hence its longer run; 512 samples of 6 tokens keep
+    Two new tokens, so that few are drawn after the context already gives the class away
+    (then guidance has nothing to amplify); batches of 64 and a learning rate decayed to zero
+    make the model's rates settle near 0.74. Over 12 training seeds the gain was 0.15 ± 0.03
+    (masked) and 0.19 ± 0.04 (uniform), smallest 0.04 and 0.12; 1024 samples of 2 tokens keep
     the rates' standard error near 0.01."""
     torch.manual_seed(0)
     objective = build_objective(name, VOCAB, num_classes=2, label_dropout=0.5)
     model = tiny(objective, n_layers=1).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(300 if name == "uniform_diffusion" else 150):
-        label = torch.randint(0, 2, (16,))
-        noise = torch.randint(0, VOCAB, (16, 6))
-        tokens = torch.where(torch.rand(16, 6) < 0.7, (2 * label + 1)[:, None], noise)
+    steps = 150
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for _ in range(steps):
+        label = torch.randint(0, 2, (64,))
+        noise = torch.randint(0, VOCAB, (64, 2))
+        tokens = torch.where(torch.rand(64, 2) < 0.7, (2 * label + 1)[:, None], noise)
         loss, _ = objective.loss(model, Batch(tokens, condition=label))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    prompt = torch.randint(0, VOCAB, (512, 1))
+        schedule.step()
+    prompt = torch.randint(0, VOCAB, (1024, 1))
     for label in (0, 1):
         rates = []
         for guidance in (None, 3.0):
             out = generate(
                 model,
                 prompt,
-                max_new_tokens=6,
+                max_new_tokens=2,
                 sampler="ancestral",
                 objective=objective,
                 condition=label,

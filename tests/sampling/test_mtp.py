@@ -53,6 +53,7 @@ def trained_mtp(mixer: str):
     return model.eval(), loss.item()
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("mixer", ["attention", "gru"])
 def test_self_speculative_greedy_equals_next_token_head_greedy(mixer):
     model, loss = trained_mtp(mixer)
@@ -68,6 +69,7 @@ def test_self_speculative_greedy_equals_next_token_head_greedy(mixer):
     assert [row(out, i) for i in range(4)] == [row(greedy, i) for i in range(4)]
 
 
+@pytest.mark.statistical
 def test_self_speculative_sampling_preserves_next_token_distribution():
     vocab, n = 4, 4000
     model = tiny(vocab=2 * vocab, std=1.0)

@@ -63,6 +63,7 @@ def test_batched_speculative_rows_equal_per_sequence_runs(mixer):
             assert row(batch, i) == alone.tokens[0].tolist()
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("mixer", ["attention", "gru"])
 def test_speculative_sampling_preserves_target_distribution(mixer):
     """χ² of 3-token continuations (V=4: 64 cells) sampled speculatively against the target's

@@ -26,6 +26,7 @@ def test_lr_warmup_then_cosine_to_floor():
     assert all(lr_at(s, config) >= lr_at(s + 1, config) for s in range(10, 100))
 
 
+@pytest.mark.statistical
 def test_training_lowers_loss_and_logs_every_step(tmp_path):
     config = config_for(tmp_path, steps=40, lr=1e-2, eval_every=20)
     summary = train(config, tmp_path / "run", progress=False)

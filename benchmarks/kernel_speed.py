@@ -8,8 +8,8 @@ Prints, measured side by side in one run:
 3. training tokens/s of the seqlab `mamba2` model vs Hugging Face `Mamba2ForCausalLM` of the
    same shape (needs `pip install transformers`; skipped with a message otherwise).
 
-    python benchmarks/kernels.py                     # everything
-    python benchmarks/kernels.py --only kernels --lengths 512,2048
+    python benchmarks/kernel_speed.py                     # everything
+    python benchmarks/kernel_speed.py --only kernels --lengths 512,2048
 """
 
 from __future__ import annotations
