@@ -28,8 +28,9 @@ class CheckpointError(SeqlabError):
     """A checkpoint or saved model is missing, truncated or corrupt."""
 
 
-class DataError(SeqlabError):
-    """A corpus, dataset or task cannot provide what was asked of it."""
+class DataError(SeqlabError, ValueError):
+    """A corpus, dataset or task cannot provide what was asked of it (a ValueError too: a
+    request outside what the data holds)."""
 
 
 class ShapeError(SeqlabError, ValueError):
