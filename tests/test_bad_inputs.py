@@ -393,3 +393,23 @@ def test_an_empty_sequence_is_a_shape_error_for_every_mixer(name):
             mixer(torch.zeros(2, 0, 16), state)
     with pytest.raises(ShapeError, match="T >= 1"):
         model(torch.zeros(2, 0, dtype=torch.long), model.init_state(2))
+
+
+def test_save_onto_a_saved_model_is_refused_and_leaves_it_unchanged(tmp_path):
+    first, second = tiny_model(), tiny_model(mixer="gla")
+    seqlab.save(first, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    with pytest.raises(CheckpointError, match="already holds a saved model"):
+        seqlab.save(second, tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    seqlab.save(second, tmp_path / "m", overwrite=True)
+    assert seqlab.load(tmp_path / "m").config.mixer == "gla"
+
+
+def test_a_non_finite_model_writes_nothing(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.embed.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        seqlab.save(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()

@@ -48,11 +48,20 @@ def param_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None = None) -> Path:
-    """Write `config.yaml` and `model.safetensors` for `model` into `directory`.
+def save(
+    model: Model,
+    directory: PathLike,
+    experiment: ExperimentConfig | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write `config.yaml` and `model.safetensors` (+ its `.sha256`) for `model` into
+    `directory`.
 
     `experiment` (a training run's whole config) is written instead of the bare model config
-    so that a run directory is also a loadable model directory.
+    so that a run directory is also a loadable model directory. A directory that already
+    holds a saved model is refused unless `overwrite`; a model with non-finite weights is
+    never written (nothing is written then).
     """
     if experiment is not None and experiment.model != model.config:
         raise ConfigError("experiment.model differs from the model's own config")
@@ -62,12 +71,16 @@ def save(model: Model, directory: PathLike, experiment: ExperimentConfig | None 
         raise CheckpointError(
             f"cannot save a model into {directory}: {blocker} is an existing file, not a directory"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    save_config(experiment or ExperimentConfig(model=model.config), directory / "config.yaml")
+    if (directory / WEIGHTS).exists() and not overwrite:
+        raise CheckpointError(
+            f"{directory} already holds a saved model; pass overwrite=True to replace it"
+        )
     weights = model_state(model)
     bad = non_finite_tensors(weights)
     if bad:
         raise CheckpointError(f"{directory}: not saved, {bad[0]} holds non-finite values")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(experiment or ExperimentConfig(model=model.config), directory / "config.yaml")
     save_tensors(weights, directory / WEIGHTS, {"format": "seqlab"})
     write_checksum(directory / WEIGHTS)
     return directory

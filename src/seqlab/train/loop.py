@@ -381,6 +381,6 @@ def _train(
         "param_fingerprints": fingerprints,
     }
     if info.is_main:
-        save(model, out, config)
+        save(model, out, config, overwrite=True)  # this run holds the directory's lock
         atomic_write_json(out / "summary.json", summary)
     return summary
