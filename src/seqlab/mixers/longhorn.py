@@ -8,30 +8,17 @@ The recurrence runs in parallel as a diagonal linear scan (`seqlab.ops.scan.diag
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError
-from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
-    Mixer,
-    check_input,
-    check_scan_layout,
     keep_init,
-    no_weight_decay,
-    scan_in_layout,
-    state_dtype,
 )
-from seqlab.mixers.common import check_expand, check_positive
-from seqlab.mixers.short_conv import ShortConv
+from seqlab.mixers.selective_block import SelectiveBlock
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
 
-__all__ = ["Longhorn", "LonghornState", "longhorn_scan", "longhorn_scan_loop"]
+__all__ = ["Longhorn", "longhorn_scan", "longhorn_scan_loop"]
 
 
 def longhorn_step_size(beta: Tensor, k: Tensor) -> Tensor:
@@ -109,17 +96,8 @@ def longhorn_scan_loop(
     return torch.stack(ys, 1), h
 
 
-@dataclass
-class LonghornState:
-    """`conv`: the last conv_size − 1 conv inputs `[B, conv_size − 1, d_inner]`;
-    `ssm`: h `[B, d_inner, d_state]`."""
-
-    conv: Tensor
-    ssm: Tensor
-
-
 @MIXERS.register("longhorn")
-class Longhorn(Mixer):
+class Longhorn(SelectiveBlock):
     """Longhorn (Liu et al., 2024): a Mamba-style block whose state update is the closed-form
     step of an online regression, so forgetting comes from the keys (no A matrix, no Δ).
 
@@ -151,11 +129,8 @@ class Longhorn(Mixer):
     b_β = 0, so β starts near σ(0) = ½; W_out the same U(±fan_in^−½) scaled by 1/√(2 n_layers)
     (the residual rescaling, as in `mamba`); D = 1, not weight-decayed. As in seqlab's `mamba`
     the conv bias starts at 0 (the reference keeps nn.Conv1d's uniform bias).
-    Other layouts (`scan_in_layout`): the same conv and scan also run over the reversed
-    sequence (or each block of it), summed before the gate (each with its own D skip).
+    The block, its other layouts and its decode state are `SelectiveBlock`'s.
     """
-
-    layouts = ALL_LAYOUTS
 
     def __init__(
         self,
@@ -167,81 +142,34 @@ class Longhorn(Mixer):
         conv_size: int = 4,
         dt_rank: int | str = "auto",
     ) -> None:
-        super().__init__()
-        check_expand(expand, "longhorn")
-        check_positive("longhorn", d_state=d_state, conv_size=conv_size, n_layers=n_layers)
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ConfigError(
-                f"longhorn dt_rank must be 'auto' or a positive integer, got {dt_rank!r}"
-            )
-        self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
-        self.dt_rank = dt_rank
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv = ShortConv(self.d_inner, conv_size, activation="silu")
-        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
-        self.beta_proj = nn.Linear(dt_rank, self.d_inner)
-        self.D = nn.Parameter(torch.ones(self.d_inner))
-        no_weight_decay(self.D)
-        self.out = nn.Linear(self.d_inner, d_model, bias=False)
+        super().__init__(
+            d_model, expand=expand, d_state=d_state, conv_size=conv_size, dt_rank=dt_rank
+        )
+        self.beta_proj = nn.Linear(self.dt_rank, self.d_inner)
+        self._build_output(n_layers)
         with torch.no_grad():
-            self.out.weight.mul_((2 * n_layers) ** -0.5)
             self.beta_proj.bias.zero_()
-        keep_init(self.in_proj.weight, self.x_proj.weight, self.out.weight)
         keep_init(self.beta_proj.weight, self.beta_proj.bias)
 
-    def forward(
+    def _scan(
         self,
-        x: Tensor,
-        state: LonghornState | None = None,
-        *,
-        layout: Layout = Layout.CAUSAL,
-        positions: Tensor | None = None,
-    ) -> tuple[Tensor, LonghornState | None]:
-        check_input(x, self.d_model)
-        check_scan_layout(layout, state, "longhorn")
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        y, new_state = scan_in_layout(
-            lambda inputs, s: self._conv_and_scan(*inputs, s), (u,), state, layout, self.init_state
+        u: Tensor,
+        delta: Tensor,
+        B: Tensor,
+        C: Tensor,
+        initial_state: Tensor | None,
+        output_final_state: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The Longhorn scan with β = σ(W_β δ + b_β), keys k = B and queries q = C."""
+        return longhorn_scan(
+            u,
+            torch.sigmoid(self.beta_proj(delta)).to(u.dtype),
+            B,
+            C,
+            self.D.to(u.dtype),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
         )
-        return self.out(y * F.silu(z)), new_state
-
-    def _conv_and_scan(
-        self, u: Tensor, state: LonghornState | None
-    ) -> tuple[Tensor, LonghornState | None]:
-        """SiLU(conv(u)) then the Longhorn scan, in float32 (float64 for float64 inputs)."""
-        u, conv_state = self.conv(u, None if state is None else state.conv)
-        delta, k, q = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dtype = state_dtype(u.dtype)
-        y, h_last = longhorn_scan(
-            u.to(dtype),
-            torch.sigmoid(self.beta_proj(delta)).to(dtype),
-            k.to(dtype),
-            q.to(dtype),
-            self.D.to(dtype),
-            initial_state=None if state is None else state.ssm.to(dtype),
-            output_final_state=state is not None,
-        )
-        new_state = None if state is None else LonghornState(conv_state.to(dtype), h_last)
-        return y.to(u.dtype), new_state
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LonghornState:
-        device = device or self.D.device
-        dtype = state_dtype(dtype or self.D.dtype)
-        return LonghornState(
-            self.conv.init_state(batch_size, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
-        )
-
-    def state_size(self, seq_len: int) -> int:
-        return self.d_inner * self.d_state + self.conv.state_size()
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per inner channel: the scan (~7 per state element: ε k², 1 − ·, ε x k, the update

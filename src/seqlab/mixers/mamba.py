@@ -4,47 +4,27 @@ Modeling with Selective State Spaces" (2023), trained with the fused selective s
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError
-from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
-    Mixer,
-    check_input,
-    check_scan_layout,
     keep_init,
     no_weight_decay,
-    scan_in_layout,
-    state_dtype,
 )
 from seqlab.mixers.common import (
     check_bool,
-    check_expand,
     check_range,
     dt_bias_init,
     s4d_real_A_log,
 )
-from seqlab.mixers.short_conv import ShortConv
+from seqlab.mixers.selective_block import SelectiveBlock
 from seqlab.ops.selective_scan import selective_scan
 from seqlab.registry import MIXERS
 
 
-@dataclass
-class MambaState:
-    """`conv`: the last conv_size − 1 conv inputs `[B, conv_size − 1, d_inner]`;
-    `ssm`: h `[B, d_inner, d_state]`."""
-
-    conv: Tensor
-    ssm: Tensor
-
-
 @MIXERS.register("mamba")
-class Mamba(Mixer):
+class Mamba(SelectiveBlock):
     """Mamba (Gu & Dao, 2023): the selective state-space (S6) block, with input-dependent
     Δ, B and C, run as a fused selective scan.
 
@@ -74,12 +54,8 @@ class Mamba(Mixer):
     the C rows of W_x start as a copy of the B rows, so C_t·B_s is a similarity of the two
     inputs (q = k), and A_n = −n/100, so that exp(ΔA) ≈ 1 and the state forgets little at
     first (A stays learnable; the parameter choices are seqlab's).
-    Other layouts (`scan_in_layout`): the same conv and S6 also run over the reversed sequence
-    (or each block of it); the directions are summed before the gate (each includes its own
-    D skip).
+    The block, its other layouts and its decode state are `SelectiveBlock`'s.
     """
-
-    layouts = ALL_LAYOUTS
 
     def __init__(
         self,
@@ -95,94 +71,46 @@ class Mamba(Mixer):
         dt_max: float = 1e-1,
         mimetic: bool = False,
     ) -> None:
-        super().__init__()
-        check_expand(expand, "mamba")
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        if not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ConfigError(
-                f"mamba dt_rank must be 'auto' or a positive integer, got {dt_rank!r}"
-            )
-        if d_state < 1 or conv_size < 1:
-            raise ConfigError(
-                f"mamba d_state and conv_size must be positive, got {d_state}, {conv_size}"
-            )
+        super().__init__(
+            d_model, expand=expand, d_state=d_state, conv_size=conv_size, dt_rank=dt_rank
+        )
         check_range("mamba", "dt_min", dt_min, "dt_max", dt_max)
         check_bool("mamba", negative_eigenvalues=negative_eigenvalues, mimetic=mimetic)
-        self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
-        self.dt_rank = dt_rank
         self.negative_eigenvalues = negative_eigenvalues
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv = ShortConv(self.d_inner, conv_size, activation="silu")
-        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, self.d_inner)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner)
         self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, 100.0 if mimetic else 1.0))
-        self.D = nn.Parameter(torch.ones(self.d_inner))
         no_weight_decay(self.A_log)
-        self.out = nn.Linear(self.d_inner, d_model, bias=False)
+        self._build_output(n_layers)
         with torch.no_grad():
-            self.out.weight.mul_((2 * n_layers) ** -0.5)
-            nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
+            bound = self.dt_rank**-0.5
+            nn.init.uniform_(self.dt_proj.weight, -bound, bound)
             self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max))
             if mimetic:
-                _, w_b, w_c = self.x_proj.weight.split([dt_rank, d_state, d_state])
+                _, w_b, w_c = self.x_proj.weight.split([self.dt_rank, d_state, d_state])
                 w_c.copy_(w_b)
-        keep_init(self.in_proj.weight, self.x_proj.weight, self.out.weight)
         keep_init(self.dt_proj.weight, self.dt_proj.bias)
 
-    def forward(
+    def _scan(
         self,
-        x: Tensor,
-        state: MambaState | None = None,
-        *,
-        layout: Layout = Layout.CAUSAL,
-        positions: Tensor | None = None,
-    ) -> tuple[Tensor, MambaState | None]:
-        check_input(x, self.d_model)
-        check_scan_layout(layout, state, "mamba")
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        y, new_state = scan_in_layout(
-            lambda inputs, s: self._conv_and_scan(*inputs, s), (u,), state, layout, self.init_state
-        )
-        return self.out(y * F.silu(z)), new_state
-
-    def _conv_and_scan(
-        self, u: Tensor, state: MambaState | None
-    ) -> tuple[Tensor, MambaState | None]:
-        """SiLU(conv(u)) then S6; the scan runs in float32 (float64 for float64 inputs)."""
-        u, conv_state = self.conv(u, None if state is None else state.conv)
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dtype = state_dtype(u.dtype)
-        y, h_last = selective_scan(
-            u.to(dtype),
-            F.softplus(self.dt_proj(dt)).to(dtype),
-            -self.A_log.exp().to(dtype),
-            B.to(dtype),
-            C.to(dtype),
-            self.D.to(dtype),
+        u: Tensor,
+        delta: Tensor,
+        B: Tensor,
+        C: Tensor,
+        initial_state: Tensor | None,
+        output_final_state: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """S6 with Δ = softplus(W_Δ δ + b_Δ) and A = −exp(A_log)."""
+        return selective_scan(
+            u,
+            F.softplus(self.dt_proj(delta)).to(u.dtype),
+            -self.A_log.exp().to(u.dtype),
+            B,
+            C,
+            self.D.to(u.dtype),
             negative_eigenvalues=self.negative_eigenvalues,
-            initial_state=None if state is None else state.ssm.to(dtype),
-            output_final_state=state is not None,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
         )
-        new_state = None if state is None else MambaState(conv_state.to(dtype), h_last)
-        return y.to(u.dtype), new_state
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> MambaState:
-        device = device or self.D.device
-        dtype = state_dtype(dtype or self.D.dtype)
-        return MambaState(
-            self.conv.init_state(batch_size, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
-        )
-
-    def state_size(self, seq_len: int) -> int:
-        return self.d_inner * self.d_state + self.conv.state_size()
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per inner channel: the selective scan (~9 per state element: discretise A and B,

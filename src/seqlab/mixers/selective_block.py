@@ -1,0 +1,148 @@
+"""Mamba's block around a selective diagonal scan, shared by `mamba` and `longhorn`:
+
+    u, z = W_in x;  u = SiLU(conv(u));  (δ, B, C) = W_x u
+    y = W_out(scan(u; δ, B, C, D) ⊙ SiLU(z))
+
+Shapes: x `[B, T, d_model]`; u, z `[B, T, d_inner]` (d_inner = expand · d_model); δ
+`[B, T, dt_rank]`; B, C `[B, T, d_state]`; the scan's state h `[B, d_inner, d_state]`. A
+subclass adds its own parameters (Mamba's Δ projection and A, Longhorn's β projection) and
+gives the scan (`_scan`). Init: W_in, W_x and W_out keep PyTorch's U(±fan_in^−½), W_out
+scaled by 1/√(2 n_layers) (the residual rescaling, out_std / std of `Model.init_weights`),
+all kept by the model-wide init; D = 1, not weight-decayed; the conv bias starts at 0.
+Other layouts (`scan_in_layout`): the same conv and scan also run over the reversed sequence
+(or each block of it), summed before the gate (each with its own D skip).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.errors import ConfigError
+from seqlab.layout import ALL_LAYOUTS, Layout
+from seqlab.mixers.base import (
+    Mixer,
+    check_input,
+    check_scan_layout,
+    keep_init,
+    no_weight_decay,
+    scan_in_layout,
+    state_dtype,
+)
+from seqlab.mixers.common import check_expand, check_positive
+from seqlab.mixers.short_conv import ShortConv
+
+
+@dataclass
+class SelectiveState:
+    """`conv`: the last conv_size − 1 conv inputs `[B, conv_size − 1, d_inner]`;
+    `ssm`: h `[B, d_inner, d_state]`."""
+
+    conv: Tensor
+    ssm: Tensor
+
+
+class SelectiveBlock(Mixer):
+    """The shared block (see the module docstring). A subclass's constructor calls
+    `super().__init__`, builds its own parameters, then `_build_output(n_layers)`, so that
+    parameters are drawn in the block's order."""
+
+    name = "selective_block"  # the registry names each registered subclass
+    layouts = ALL_LAYOUTS
+
+    def __init__(
+        self, d_model: int, *, expand: int, d_state: int, conv_size: int, dt_rank: int | str
+    ) -> None:
+        super().__init__()
+        check_expand(expand, self.name)
+        check_positive(self.name, d_state=d_state, conv_size=conv_size)
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ConfigError(
+                f"{self.name} dt_rank must be 'auto' or a positive integer, got {dt_rank!r}"
+            )
+        self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
+        self.dt_rank = dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv = ShortConv(self.d_inner, conv_size, activation="silu")
+        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
+
+    def _build_output(self, n_layers: int) -> None:
+        """D and W_out, after the subclass's own parameters."""
+        check_positive(self.name, n_layers=n_layers)
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        no_weight_decay(self.D)
+        self.out = nn.Linear(self.d_inner, self.d_model, bias=False)
+        with torch.no_grad():
+            self.out.weight.mul_((2 * n_layers) ** -0.5)
+        keep_init(self.in_proj.weight, self.x_proj.weight, self.out.weight)
+
+    @abstractmethod
+    def _scan(
+        self,
+        u: Tensor,
+        delta: Tensor,
+        B: Tensor,
+        C: Tensor,
+        initial_state: Tensor | None,
+        output_final_state: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The scan in the state dtype: u `[B, T, d_inner]`, δ `[B, T, dt_rank]`, B and C
+        `[B, T, d_state]` -> (y `[B, T, d_inner]` with the D skip, h_{T−1} or None)."""
+
+    def forward(
+        self,
+        x: Tensor,
+        state: SelectiveState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, SelectiveState | None]:
+        check_input(x, self.d_model)
+        check_scan_layout(layout, state, self.name)
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        y, new_state = scan_in_layout(
+            lambda inputs, s: self._conv_and_scan(*inputs, s), (u,), state, layout, self.init_state
+        )
+        return self.out(y * F.silu(z)), new_state
+
+    def _conv_and_scan(
+        self, u: Tensor, state: SelectiveState | None
+    ) -> tuple[Tensor, SelectiveState | None]:
+        """SiLU(conv(u)) then the scan, in float32 (float64 for float64 inputs)."""
+        u, conv_state = self.conv(u, None if state is None else state.conv)
+        delta, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dtype = state_dtype(u.dtype)
+        y, h_last = self._scan(
+            u.to(dtype),
+            delta,
+            B.to(dtype),
+            C.to(dtype),
+            None if state is None else state.ssm.to(dtype),
+            state is not None,
+        )
+        new_state = None if state is None else SelectiveState(conv_state.to(dtype), h_last)
+        return y.to(u.dtype), new_state
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SelectiveState:
+        device = device or self.D.device
+        dtype = state_dtype(dtype or self.D.dtype)
+        return SelectiveState(
+            self.conv.init_state(batch_size, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_inner * self.d_state + self.conv.state_size()
