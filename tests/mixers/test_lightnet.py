@@ -98,23 +98,6 @@ def test_first_decode_step_is_exact_and_keeps_the_value():
     assert torch.isfinite(new.normalizer).all()
 
 
-def test_chunk_and_recurrent_kernel_modes_agree_in_the_mixer_float64():
-    torch.manual_seed(0)
-    mixer = make(chunk_size=8)
-    x = torch.randn(2, 19, 12, dtype=F64)
-    weight = torch.randn(2, 19, 12, dtype=F64)
-    results = []
-    for mode in ("chunk", "recurrent"):
-        mixer.kernel_mode = mode
-        leaves = [x.clone().requires_grad_(), *mixer.parameters()]
-        y, _ = mixer(leaves[0])
-        results.append((y, torch.autograd.grad((y * weight).sum(), leaves)))
-    (y, grads), (y_ref, grads_ref) = results
-    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-11)
-    for grad, grad_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-11)
-
-
 def test_state_size_counts_s_z_and_the_conv():
     mixer = make()
     state = mixer.init_state(3)
