@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +168,17 @@ def verify_checksum(path: PathLike) -> None:
         raise CheckpointError(f"{path}: checksum mismatch, the file is truncated or corrupt")
 
 
-_TEMPORARY = re.compile(r"\..+\.tmp")
-
-
-def remove_stale_temporaries(directory: PathLike) -> list[Path]:
-    """Delete the `.NAME.XXXX.tmp` files that killed atomic writes left in `directory`.
-    Only safe while no other process writes there (a run holds its lock)."""
+def remove_stale_temporaries(directory: PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the `.NAME.XXXX.tmp` files that killed atomic writes of the files `names` left
+    in `directory` (nothing else: a user's own dotfiles stay). Only safe while no other
+    process writes there (a run holds its lock)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    pattern = re.compile(
+        r"\.(?:" + "|".join(re.escape(name) for name in names) + r")\.[A-Za-z0-9_]+\.tmp"
+    )
+    stale = [p for p in directory.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -36,6 +36,8 @@ from seqlab.files import (
 STEP_NAME = re.compile(r"step-(\d{8})")
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 
+LATEST = "latest"  # the file naming the newest checkpoint directory
+
 
 @dataclass
 class Checkpoint:
@@ -110,7 +112,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(root)
-    atomic_write_text(root / "latest", final.name + "\n")
+    atomic_write_text(root / LATEST, final.name + "\n")
     older = sorted(p for p in root.glob("step-????????") if p.is_dir() and p != final)
     for old in older[: max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -129,7 +131,7 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     that is unreadable or names anything but a `step-XXXXXXXX` directory of this run raises
     CheckpointError."""
     root = checkpoint_root(run_dir)
-    pointer = root / "latest"
+    pointer = root / LATEST
     if not pointer.exists() and not pointer.is_symlink():
         return None
     try:

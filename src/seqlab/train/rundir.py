@@ -20,7 +20,7 @@ from seqlab.data.tokenizers import TOKENIZER_FILE
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.files import checksum_path, remove_stale_temporaries
 from seqlab.io import WEIGHTS
-from seqlab.train.checkpoint import checkpoint_root, remove_partial_checkpoints
+from seqlab.train.checkpoint import LATEST, checkpoint_root, remove_partial_checkpoints
 
 LOCK_FILE = ".seqlab.lock"
 # What a training writes into its directory; `overwrite` removes exactly these.
@@ -128,8 +128,8 @@ def open_run_directory(out: Path, *, resume: bool, overwrite: bool) -> RunLock:
     lock = RunLock(out).acquire()
     try:
         remove_partial_checkpoints(out)
-        for directory in (out, checkpoint_root(out)):
-            remove_stale_temporaries(directory)
+        remove_stale_temporaries(out, RUN_FILES)
+        remove_stale_temporaries(checkpoint_root(out), [LATEST])
         work = held_work(out)
         if work and not resume and not overwrite:
             raise SeqlabError(
