@@ -65,63 +65,87 @@ def bad(values: dict[str, list[object]]) -> list[list[str]]:
     ]
 
 
-TRAIN_ROWS = bad(
-    {
-        "train.lr": [0, -1, "nan", "inf", "-inf", "abc", "[1]"],
-        "train.beta1": [1, 1.5, -0.1, "nan"],
-        "train.beta2": [1.0, -1, "nan", "x"],
-        "train.min_lr_ratio": [-0.1, 1.01, "nan"],
-        "train.grad_clip": [-1, "nan", "inf"],
-        "train.weight_decay": [-0.5, "nan"],
-        "train.threads": [0, -2, 1.5],
-        "train.spike_guard": [-1, 0.5, 1, "nan", "inf"],
-        "train.eval_tokens": [0, 5, 31],
-        "train.steps": [0, -1, 1.5, "many", "true"],
-        "train.batch_size": [0, -3],
-        "train.grad_accum": [0],
-        "train.warmup": [-1],
-        "train.eval_every": [0],
-        "train.checkpoint_every": [0],
-        "train.keep_checkpoints": [0],
-        "train.log_every": [0],
-        "train.seed": ["abc", 0.5],
-        "model.d_model": [0, -8, 33.5, "wide", 2**21],
-        "model.n_layers": [0, 1025, 100000],
-        "model.n_heads": [0, 3],
-        "model.n_kv_heads": [0, 3],
-        "model.vocab_size": [1, 0],
-        "model.mlp_ratio": [-1, "nan", "inf"],
-        "model.norm_eps": [0, -1e-5, "nan"],
-        "model.rope_theta": [0, "inf"],
-        "model.init_std": [0, "nan"],
-        "model.window": [0, -4],
-        "model.tie_embeddings": ["maybe", 2],
-        "model.layers": ["[]", "[gla, 3]", "attention"],
-        "model.mixer": ["nosuch", "[1]", "nosuch.module:Thing"],
-        "model.mixer_options": ["3", "[1]", "{gla: {}}", "{attention: 4}"],
-        "model.mixer_options.attention.qk_norm": ["maybe", 1, 0.0],
-        "model.mixer_options.attention.nosuch": [1],
-        "model.mixer_options.mamba.d_state": [4],
-        "data.seq_len": [0, -1, 2.5],
-        "data.vocab_size": [0],
-        "objective.name": ["nosuch"],
-        "objective.options": [5],
-        "task.name": ["nosuch"],
-        "model": [3, "[1]"],
-        "train": ["x"],
-        "nosuch.key": [1],
-        "train.nosuch": [1],
-    }
-) + [
-    ["train", "--config", CONFIG, "--out", FRESH, "--model.mixer", "mamba", *option]
-    for option in (
-        ["--model.mixer_options.mamba.d_state", "2.5"],
-        ["--model.mixer_options.mamba.d_state", "many"],
-        ["--model.mixer_options.mamba.mimetic", "maybe"],
-        ["--model.mixer_options.mamba.dt_min", "small"],
-        ["--model.mixer_options.mamba.expand", "[2]"],
+TRAIN_ROWS = (
+    bad(
+        {
+            "train.lr": [0, -1, "nan", "inf", "-inf", "abc", "[1]"],
+            "train.beta1": [1, 1.5, -0.1, "nan"],
+            "train.beta2": [1.0, -1, "nan", "x"],
+            "train.min_lr_ratio": [-0.1, 1.01, "nan"],
+            "train.grad_clip": [-1, "nan", "inf"],
+            "train.weight_decay": [-0.5, "nan"],
+            "train.threads": [0, -2, 1.5],
+            "train.spike_guard": [-1, 0.5, 1, "nan", "inf"],
+            "train.eval_tokens": [0, 5, 31],
+            "train.steps": [0, -1, 1.5, "many", "true"],
+            "train.batch_size": [0, -3],
+            "train.grad_accum": [0],
+            "train.warmup": [-1],
+            "train.eval_every": [0],
+            "train.checkpoint_every": [0],
+            "train.keep_checkpoints": [0],
+            "train.log_every": [0],
+            "train.seed": ["abc", 0.5],
+            "model.d_model": [0, -8, 33.5, "wide", 2**21],
+            "model.n_layers": [0, 1025, 100000],
+            "model.n_heads": [0, 3],
+            "model.n_kv_heads": [0, 3],
+            "model.vocab_size": [1, 0],
+            "model.mlp_ratio": [-1, "nan", "inf"],
+            "model.norm_eps": [0, -1e-5, "nan"],
+            "model.rope_theta": [0, "inf"],
+            "model.init_std": [0, "nan"],
+            "model.window": [0, -4],
+            "model.tie_embeddings": ["maybe", 2],
+            "model.layers": ["[]", "[gla, 3]", "attention"],
+            "model.mixer": ["nosuch", "[1]", "nosuch.module:Thing"],
+            "model.mixer_options": ["3", "[1]", "{gla: {}}", "{attention: 4}"],
+            "model.mixer_options.attention.qk_norm": ["maybe", 1, 0.0],
+            "model.mixer_options.attention.nosuch": [1],
+            "model.mixer_options.mamba.d_state": [4],
+            "data.seq_len": [0, -1, 2.5],
+            "data.vocab_size": [0],
+            "objective.name": ["nosuch"],
+            "objective.options": [5],
+            "task.data": [5],
+            "task.name": ["nosuch"],
+            "model": [3, "[1]"],
+            "train": ["x"],
+            "nosuch.key": [1],
+            "train.nosuch": [1],
+        }
     )
-]
+    + [
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--out",
+            FRESH,
+            "--objective.name",
+            name,
+            f"--objective.{key}",
+            v,
+        ]
+        for name, key, v in (
+            ("masked_diffusion", "eval_samples", "x"),
+            ("masked_diffusion", "eval_samples", "2.5"),
+            ("block_diffusion", "block_size", "abc"),
+            ("block_diffusion", "clip", "5"),
+            ("any_order", "eval_orders", "x"),
+        )
+    ]
+    + [
+        ["train", "--config", CONFIG, "--out", FRESH, "--model.mixer", "mamba", *option]
+        for option in (
+            ["--model.mixer_options.mamba.d_state", "2.5"],
+            ["--model.mixer_options.mamba.d_state", "many"],
+            ["--model.mixer_options.mamba.mimetic", "maybe"],
+            ["--model.mixer_options.mamba.dt_min", "small"],
+            ["--model.mixer_options.mamba.expand", "[2]"],
+        )
+    ]
+)
 
 CONFIG_FILE_ROWS = [
     ["train", "--config", f"{{base}}/{name}", "--out", FRESH]

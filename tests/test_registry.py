@@ -39,7 +39,9 @@ def test_a_new_module_in_the_package_is_found_with_no_other_edit(tmp_path, monke
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("sampler", "newpkg", positional=3, declarations={"paradigm": "ar"})
+    registry = Registry(
+        "sampler", "newpkg", "newpkg", positional=3, declarations={"paradigm": "ar"}
+    )
     globals()["LOCAL"] = registry
     try:
         assert registry.names() == ["found"]

@@ -22,11 +22,13 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from seqlab.config import check_option_types
 from seqlab.errors import ConfigError, UnknownNameError
 
 IMPORT_PATH_SEPARATOR = ":"
@@ -54,10 +56,16 @@ class Entry:
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The options: keyword parameters of the constructor or function, in order, without
-        the leading arguments that every component of the registry receives positionally."""
+        the leading arguments that every component of the registry receives positionally and
+        without what seqlab supplies itself (`Registry.supplied`)."""
         params = list(inspect.signature(self.target).parameters.values())
         params = params[self.registry.positional :]
-        return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return {
+            p.name: p
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in self.registry.supplied
+        }
 
     def options(self) -> dict[str, Any]:
         """Option name -> default (`inspect.Parameter.empty` where the option is required).
@@ -89,23 +97,34 @@ class Entry:
                 "options: " + (", ".join(valid) or "none")
             )
 
-    def build(self, *args: Any, **options: Any) -> Any:
-        """Call the target with the registry's leading arguments and checked options."""
+    def build(self, *args: Any, supplied: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Call the target with the registry's leading arguments, what seqlab supplies (e.g. a
+        task's `data`) and the user's options, checked by name and by annotation (a string is
+        not an int), so that a bad value is a one-line ConfigError, not a traceback."""
         self.check_options(options)
+        module = sys.modules.get(getattr(inspect.unwrap(self.target), "__module__", ""), None)
+        check_option_types(  # the values pass as given: a component may be stricter still
+            self.parameters(),
+            options,
+            vars(module) if module is not None else {},
+            f"{self.registry.kind} {self.name!r} option ",
+        )
+        kwargs = {**(supplied or {}), **options}
         try:
-            inspect.signature(self.target).bind(*args, **options)
+            inspect.signature(self.target).bind(*args, **kwargs)
         except TypeError as err:
             raise ConfigError(
                 f"{self.registry.kind} {self.name!r}: bad options {options}: {err}"
             ) from None
-        return self.target(*args, **options)
+        return self.target(*args, **kwargs)
 
 
 def type_name(annotation: Any) -> str:
     """An annotation as written: `int`, `float | None`, `Model` (string annotations as they are)."""
     if isinstance(annotation, str):
         return annotation
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    text = str(annotation).replace("typing.", "").replace("collections.abc.", "")
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else text
 
 
 class Registry:
@@ -117,6 +136,9 @@ class Registry:
     `positional`: how many leading parameters every target receives positionally and so are
     not options (samplers: model, prompt, max_new_tokens).
     `declarations`: the attributes a component may declare, with their defaults.
+    `group`: the entry-point group of installed plugins.
+    `supplied`: constructor parameters that seqlab fills itself, which are not options (a
+    task's `data`).
     `stamps_name`: set a class target's `name` attribute to the name it is found by (its
     registered name, entry-point name or import path), so no class restates its name.
     """
@@ -125,14 +147,16 @@ class Registry:
         self,
         kind: str,
         package: str,
+        group: str,
         *,
         base: str | None = None,
+        supplied: frozenset[str] = frozenset(),
         positional: int = 0,
         declarations: dict[str, Any] | None = None,
         stamps_name: bool = False,
     ) -> None:
         self.kind, self.package = kind, package
-        self.group = package.replace("seqlab.data.", "seqlab.")
+        self.group, self.supplied = group, supplied
         self._base = base
         self.positional = positional
         self.declarations = dict(declarations or {})
@@ -182,8 +206,9 @@ class Registry:
             if entry.target is target:
                 return entry
         self._check_target(target, getattr(target, "__qualname__", repr(target)))
-        path = f"{target.__module__}{IMPORT_PATH_SEPARATOR}{target.__qualname__}"
-        return Entry(path, target, self)
+        return self._found(
+            f"{target.__module__}{IMPORT_PATH_SEPARATOR}{target.__qualname__}", target
+        )
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
         return self.get(name).build(*args, **options)
@@ -287,12 +312,30 @@ class Registry:
 MIXERS = Registry(
     "mixer",
     "seqlab.mixers",
+    "seqlab.mixers",
     base="seqlab.mixers.base:Mixer",
     declarations={"layouts": None, "state_kind": None},  # defaults: on the Mixer class
     stamps_name=True,
 )
 OBJECTIVES = Registry(
-    "objective", "seqlab.objectives", base="seqlab.objectives.base:Objective", stamps_name=True
+    "objective",
+    "seqlab.objectives",
+    "seqlab.objectives",
+    base="seqlab.objectives.base:Objective",
+    stamps_name=True,
 )
-SAMPLERS = Registry("sampler", "seqlab.sampling", positional=3, declarations={"paradigm": "ar"})
-TASKS = Registry("task", "seqlab.data.tasks", base="seqlab.data.tasks.base:Task", stamps_name=True)
+SAMPLERS = Registry(
+    "sampler",
+    "seqlab.sampling",
+    "seqlab.samplers",
+    positional=3,
+    declarations={"paradigm": "ar"},
+)
+TASKS = Registry(
+    "task",
+    "seqlab.data.tasks",
+    "seqlab.tasks",
+    base="seqlab.data.tasks.base:Task",
+    supplied=frozenset({"data"}),
+    stamps_name=True,
+)

@@ -7,13 +7,11 @@ A new sampler is one function in one module here (or anywhere, named by its impo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from seqlab.config import check_option_types
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.model import Model
 from seqlab.objectives.base import Objective
@@ -86,10 +84,6 @@ def generate(
     entry = SAMPLERS.get(sampler)
     entry.check_options(options)
     check_paradigm(entry, options.get("objective"))
-    target = inspect.unwrap(entry.target)
-    options = check_option_types(
-        entry.parameters(), options, getattr(target, "__globals__", {}), ""
-    )
     if not isinstance(prompt, Tensor) and entry.declared("paradigm") != "ar":
         lengths = sorted({p.numel() for p in prompt})
         raise ShapeError(f"sampler {sampler!r} needs prompts of one length, got {lengths}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import Tensor, nn
 
-from seqlab.config import require
+from seqlab.config import require, resolve_annotation
 from seqlab.errors import ConfigError
 from seqlab.sampling.processors import LogitsProcessor, sampling_processors
 
@@ -203,6 +203,11 @@ DENOISING = ("objective", "steps", "block_size", "cache", "temperature", "seed")
 GUIDANCE = ("condition", "guidance")
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SamplingOptions)}
+# The fields' types resolved here, so that a sampler's signature carries real types wherever
+# the sampler is defined (a name imported only for type checking stays a string, unchecked).
+_FIELD_TYPES = {
+    name: resolve_annotation(f.type, globals()) or f.type for name, f in _FIELDS.items()
+}
 
 
 def shares(*names: str, **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -222,7 +227,7 @@ def shares(*names: str, **defaults: Any) -> Callable[[Callable[..., Any]], Calla
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=defaults.get(name, _FIELDS[name].default),
-            annotation=_FIELDS[name].type,
+            annotation=_FIELD_TYPES[name],
         )
         for name in shared
     }
@@ -247,7 +252,6 @@ def shares(*names: str, **defaults: Any) -> Callable[[Callable[..., Any]], Calla
         sampler.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*params[:3], *own, *fixed.values()]
         )
-        sampler.shared_options = shared  # type: ignore[attr-defined]
         return sampler
 
     return decorate

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seqlab.errors import SeqlabError
+from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import Layout
 from seqlab.model import Model
 from seqlab.objectives import build_objective
@@ -399,7 +399,9 @@ def remask_rule(
     return rule
 
 
-def _generator(model: Model, seed: int | None) -> torch.Generator | None:
+def _generator(model: Model, seed: object) -> torch.Generator | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"diffusion samplers take one integer seed (or none), got {seed!r}")
     return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
 
 
@@ -476,19 +478,20 @@ def diffusion_sampler(
         own = list(inspect.signature(make).parameters.values())[1:]
         sampler.__signature__ = inspect.Signature([*leading, *own])  # type: ignore[attr-defined]
         functools.update_wrapper(sampler, make)
+        sampler.paradigm = "diffusion"  # type: ignore[attr-defined]  (read by the registry)
         return shares(*names, **defaults)(sampler)
 
     return decorate
 
 
-@SAMPLERS.register("ancestral", paradigm="diffusion")
+@SAMPLERS.register("ancestral")
 @diffusion_sampler(stop_when_clean=lambda objective: objective.noise == "absorbing")
 def ancestral(inputs: RuleInputs) -> Rule:
     """The reverse process of the objective's noise (MDLM / UDLM ancestral sampling)."""
     return ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
 
 
-@SAMPLERS.register("confidence", paradigm="diffusion")
+@SAMPLERS.register("confidence")
 @diffusion_sampler(absorbing=True, until_clean=True, temperature=0.0)
 def confidence(inputs: RuleInputs, *, threshold: float = 0.9) -> Rule:
     """Fast-dLLM: unmask every position more confident than `threshold`, at least one per
@@ -498,14 +501,14 @@ def confidence(inputs: RuleInputs, *, threshold: float = 0.9) -> Rule:
     )
 
 
-@SAMPLERS.register("topk_confidence", paradigm="diffusion")
+@SAMPLERS.register("topk_confidence")
 @diffusion_sampler(absorbing=True, stop_when_clean=True, temperature=0.0)
 def topk_confidence(inputs: RuleInputs) -> Rule:
     """LLaDA low-confidence remasking: the most confident masks, evenly over the steps."""
     return topk_confidence_rule(inputs.objective.mask_id, inputs.temperature, inputs.generator)
 
 
-@SAMPLERS.register("remask", paradigm="diffusion")
+@SAMPLERS.register("remask")
 @diffusion_sampler(absorbing=True)
 def remask(inputs: RuleInputs, *, eta: float = 0.04, strategy: str = "cap") -> Rule:
     """ReMDM: the ancestral step plus remasking decoded tokens with probability σ_t

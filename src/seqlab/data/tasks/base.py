@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,13 +32,6 @@ class Task(ABC):
     vocab_size: int
     seq_len: int
     scores_answers: bool = True
-
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        """The options a user may set, with their defaults (`data`, the experiment's data
-        section, is passed by `build_task` to a task that takes it)."""
-        params = inspect.signature(cls).parameters.values()
-        return {p.name: p.default for p in params if p.name != "data" and p.kind != p.VAR_KEYWORD}
 
     @abstractmethod
     def batch(
@@ -109,6 +102,7 @@ def build_task(config: ExperimentConfig) -> Task:
     """The task named by `config.task` (a name or import path) with its options; a task whose
     constructor takes `data` also receives `config.data`."""
     entry = TASKS.get(config.task.name)
-    if "data" in entry.parameters():
-        return entry.build(data=config.data, **config.task.options)
-    return entry.build(**config.task.options)
+    takes_data = "data" in inspect.signature(entry.target).parameters
+    return entry.build(
+        supplied={"data": config.data} if takes_data else None, **config.task.options
+    )
