@@ -237,7 +237,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="sample",
         help="a sampler listed below or an import path package.module:function (default: sample)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="default 1.0; 0 decodes greedily")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default: the sampler's own (1.0 for AR sampling); 0 decodes greedily",
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)

@@ -53,7 +53,6 @@ from seqlab.objectives import build_objective
 from seqlab.registry import TASKS
 from seqlab.train import train
 from seqlab.train.checkpoint import latest_checkpoint
-from seqlab.train.logging import read_metrics
 
 
 def describe_backbone(config: dict[str, Any]) -> str:
@@ -113,12 +112,6 @@ def record_failure(
     return row
 
 
-def final_record(run_dir: Path, steps: int) -> dict[str, Any]:
-    """The metrics logged at a run's last step (its loss and validation metrics)."""
-    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step") == steps]
-    return records[-1] if records else {}
-
-
 def run_one(run: Run, out: str | os.PathLike[str], threads: int | None = None) -> dict[str, Any]:
     """Train (or resume) one run and evaluate it on the test split; returns its row, also
     written to its `result.json`. Any exception makes it a failed run (the reason in the row)
@@ -134,13 +127,8 @@ def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, A
         torch.set_num_threads(threads)
     config = run.config
     summary = train(config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False)
-    # A run resumed from its last checkpoint trains no step, so its summary has neither the
-    # validation metrics nor the final loss: those were logged when that step ran.
-    logged = final_record(run_dir, config.train.steps)
-    validation = summary["validation"] or {
-        k[4:]: v for k, v in logged.items() if k.startswith("val_")
-    }
-    final_loss = summary["final_loss"] if summary["final_loss"] is not None else logged.get("loss")
+    # a run resumed from its last checkpoint gets both from that checkpoint (train.loop)
+    validation, final_loss = summary["validation"] or {}, summary["final_loss"]
     model = load(run_dir)
     task = build_task(config)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
