@@ -311,7 +311,16 @@ def _train(
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
         done = step + 1
-        last_loss = mean_across(info, loss_value)
+        is_last = done == tc.steps
+        logging_step = done % tc.log_every == 0 or done % tc.eval_every == 0 or is_last
+        saving_step = done % tc.checkpoint_every == 0 or is_last
+        # The ranks' mean loss (a collective) only where it is logged, saved or judged by the
+        # spike guard; a non-finite loss on any rank already makes every rank's gradient
+        # norm non-finite after DDP's reduction.
+        if logging_step or saving_step or tc.spike_guard > 0:
+            last_loss = mean_across(info, loss_value)
+        else:
+            last_loss = loss_value
         grad_norm = gradient_norm(model.parameters(), tc.grad_clip)
         problem = guard.problem(last_loss, grad_norm)
         if problem is not None:
@@ -319,9 +328,8 @@ def _train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         guard.update(last_loss)
-        is_last = done == tc.steps
         seconds = elapsed_before + time.perf_counter() - t0
-        if done % tc.log_every == 0 or done % tc.eval_every == 0 or is_last:
+        if logging_step:
             record = {
                 "step": done,
                 "loss": last_loss,
@@ -341,7 +349,7 @@ def _train(
             bar.set_postfix(loss=f"{last_loss:.4f}")
             if mode == "lines":
                 print(progress_line(record, tc.steps), flush=True)
-        if done % tc.checkpoint_every == 0 or is_last:
+        if saving_step:
             weights = model_state(model)
             bad = non_finite_tensors(weights)
             if bad:
