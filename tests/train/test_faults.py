@@ -153,8 +153,22 @@ def test_spike_guard_keeps_a_clean_run_and_its_resume_identical(tmp_path):
     guarded = train(config, tmp_path / "guarded", progress=False)
     plain = train(config_for(tmp_path, steps=8), tmp_path / "plain", progress=False)
     assert guarded["param_fingerprints"] == plain["param_fingerprints"]
-    state = read_checked_json(latest_checkpoint(tmp_path / "guarded") / "state.json")
-    assert state["extra"]["running_loss"] > 0
+    # the same run "killed" after its step-4 checkpoint: its later files removed
+    run = tmp_path / "resumed"
+    killed = config_for(tmp_path, spike_guard=3.0, steps=8, checkpoint_every=4, keep_checkpoints=2)
+    train(killed, run, progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-00000008")
+    (run / "checkpoints" / "latest").write_text("step-00000004\n")
+    for name in ("summary.json", "model.safetensors", "model.safetensors.sha256"):
+        (run / name).unlink()
+    resumed = train(config, run, resume=True, progress=False)
+    assert resumed["param_fingerprints"] == guarded["param_fingerprints"]
+    final = [
+        read_checked_json(latest_checkpoint(tmp_path / run) / "state.json")["extra"]
+        for run in ("guarded", "resumed")
+    ]
+    assert final[0]["running_loss"] > 0
+    assert final[1]["running_loss"] == final[0]["running_loss"]
 
 
 # Damaged checkpoints: each is one line naming the file.
