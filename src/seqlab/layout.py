@@ -24,6 +24,9 @@ class LayoutKind(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __repr__(self) -> str:
+        return repr(self.value)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -47,17 +50,20 @@ class Layout:
         except ValueError:
             valid = ", ".join(k.value for k in LayoutKind)
             raise ConfigError(f"unknown layout {self.kind!r}; valid layouts: {valid}") from None
+        blocks = self.kind in (LayoutKind.BLOCK_CAUSAL, LayoutKind.BLOCK_DIFFUSION)
+        size = self.block_size
+        valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+        if blocks and not valid_size:
+            raise ConfigError(f"the {self.kind} layout needs a block_size >= 1, got {size!r}")
+        if not blocks and size is not None:
+            raise ConfigError(f"the {self.kind} layout takes no block_size, got {size!r}")
 
     @staticmethod
     def block_causal(block_size: int) -> Layout:
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
         return Layout(LayoutKind.BLOCK_CAUSAL, block_size)
 
     @staticmethod
     def block_diffusion(block_size: int) -> Layout:
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
         return Layout(LayoutKind.BLOCK_DIFFUSION, block_size)
 
     @property

@@ -103,9 +103,9 @@ class Model(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        check_fits(
-            "the model's parameters", 4 * count_parameters(config), machine_memory(), "float32"
-        )
+        parameters = count_parameters(config)
+        if parameters is not None:
+            check_fits("the model's parameters", 4 * parameters, machine_memory(), "float32")
         self.config = config
         names = config.layer_names()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -272,19 +272,22 @@ def check_fits(what: str, needed: int, memory: int | None, detail: str) -> None:
         )
 
 
-def count_parameters(config: ModelConfig) -> int:
-    """The number of parameters a model of `config` has, counted without allocating them
-    (each distinct mixer is built once on the meta device)."""
-    d, names = config.d_model, config.layer_names()
-    with torch.device("meta"):
-        mixers = {
-            name: sum(p.numel() for p in build_mixer(name, config, 0).parameters())
-            for name in set(names)
-        }
-    hidden = int(round(config.mlp_ratio * d))
-    block = 3 * d * hidden + 2 * d if hidden else d
-    head = 0 if config.tie_embeddings else config.vocab_size * d
-    return config.vocab_size * d + head + d + sum(mixers[n] + block for n in names)
+def count_parameters(config: ModelConfig) -> int | None:
+    """The number of parameters a model of `config` has, counted without allocating them (each
+    distinct block built once on the meta device); None for a mixer that cannot be built
+    there (one that reads a tensor's value while it is constructed)."""
+    names = config.layer_names()
+    try:
+        with torch.device("meta"):
+            blocks = {
+                name: sum(p.numel() for p in Block(config, 0, name).parameters())
+                for name in set(names)
+            }
+    except (RuntimeError, NotImplementedError):
+        return None
+    head = 0 if config.tie_embeddings else config.vocab_size * config.d_model
+    embed_and_norm = config.vocab_size * config.d_model + config.d_model
+    return embed_and_norm + head + sum(blocks[n] for n in names)
 
 
 def build_model(config: ModelConfig) -> Model:

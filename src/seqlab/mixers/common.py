@@ -34,11 +34,6 @@ def check_conv_size(name: str, conv_size: object) -> None:
         raise ConfigError(f"{name} conv_size must be an integer >= 0, got {conv_size!r}")
 
 
-def check_expand(expand: int, name: str) -> None:
-    if not isinstance(expand, int) or expand < 1:
-        raise ConfigError(f"{name} expand must be a positive integer, got {expand!r}")
-
-
 def check_range(name: str, low_name: str, low: float, high_name: str, high: float) -> None:
     """`0 < low <= high` (e.g. dt_min and dt_max, A_min and A_max)."""
     if not 0 < low <= high:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import Mixer, check_input, check_scan_layout, scan_in_layout, state_dtype
-from seqlab.mixers.common import check_expand
+from seqlab.mixers.common import check_positive
 from seqlab.registry import MIXERS
 
 
@@ -39,7 +39,7 @@ class FusedRNN(Mixer):
 
     def __init__(self, d_model: int, *, cell: str, expand: int = 1) -> None:
         super().__init__()
-        check_expand(expand, cell)
+        check_positive(cell, expand=expand)
         self.cell, self.d_model, self.hidden = cell, d_model, expand * d_model
         rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.rnn = rnn_class(d_model, self.hidden, batch_first=True)

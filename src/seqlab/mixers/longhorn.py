@@ -147,9 +147,7 @@ class Longhorn(SelectiveBlock):
         )
         self.beta_proj = nn.Linear(self.dt_rank, self.d_inner)
         self._build_output(n_layers)
-        with torch.no_grad():
-            self.beta_proj.bias.zero_()
-        keep_init(self.beta_proj.weight, self.beta_proj.bias)
+        keep_init(self.beta_proj.weight)  # b_β: the model-wide init zeroes linear biases
 
     def _scan(
         self,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import Mixer, check_input, check_scan_layout, scan_in_layout, state_dtype
-from seqlab.mixers.common import check_conv_size, check_expand
+from seqlab.mixers.common import check_conv_size, check_positive
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import log_space_scan
 from seqlab.registry import MIXERS
@@ -56,7 +56,7 @@ class MinGRU(Mixer):
 
     def __init__(self, d_model: int, *, expand: int = 1, conv_size: int = 4) -> None:
         super().__init__()
-        check_expand(expand, "mingru")
+        check_positive("mingru", expand=expand)
         check_conv_size("mingru", conv_size)
         self.d_model, self.hidden = d_model, expand * d_model
         self.conv = ShortConv(d_model, conv_size, activation=None) if conv_size else None

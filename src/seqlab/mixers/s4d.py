@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import Layout, LayoutKind
 from seqlab.mixers.base import Mixer, check_input, no_weight_decay, state_dtype
-from seqlab.mixers.common import check_expand, check_range, log_uniform_log_dt
+from seqlab.mixers.common import check_positive, check_range, log_uniform_log_dt
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -131,7 +131,7 @@ class S4D(Mixer):
             raise ConfigError(f"s4d init must be one of {S4D_INITS}, got {init!r}")
         if d_state < 2 or d_state % 2:
             raise ConfigError(f"s4d d_state must be a positive even number, got {d_state}")
-        check_expand(expand, "s4d")
+        check_positive("s4d", expand=expand)
         check_range("s4d", "dt_min", dt_min, "dt_max", dt_max)
         if chunk_size < 1:
             raise ConfigError(f"s4d chunk_size must be positive, got {chunk_size}")

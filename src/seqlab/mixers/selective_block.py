@@ -34,7 +34,7 @@ from seqlab.mixers.base import (
     scan_in_layout,
     state_dtype,
 )
-from seqlab.mixers.common import check_expand, check_positive
+from seqlab.mixers.common import check_positive
 from seqlab.mixers.short_conv import ShortConv
 
 
@@ -59,8 +59,7 @@ class SelectiveBlock(Mixer):
         self, d_model: int, *, expand: int, d_state: int, conv_size: int, dt_rank: int | str
     ) -> None:
         super().__init__()
-        check_expand(expand, self.name)
-        check_positive(self.name, d_state=d_state, conv_size=conv_size)
+        check_positive(self.name, expand=expand, d_state=d_state, conv_size=conv_size)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
         if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:

@@ -137,14 +137,18 @@ def check_prompt_kept(s: SamplerSubject) -> None:
 
 
 def check_valid_tokens(s: SamplerSubject) -> None:
-    """Each row adds at most max_new_tokens (6), and every token lies in [0, 11), the data
-    vocabulary (no mask or extra-head ids)."""
+    """Each row adds exactly max_new_tokens (6; at most 6 when a stop option is given), and
+    every token lies in [0, 11), the data vocabulary (no mask or extra-head ids)."""
     model = s.model()
+    may_stop = any(s.options.get(k) for k in ("stop_tokens", "stop_strings"))
     for batch in prompts(s):
         out = s.run(model, batch, **_seed(s))
         for i, (row, prompt) in enumerate(zip(generated_rows(out), batch, strict=True)):
             added = len(row) - len(prompt)
             assert 0 <= added <= MAX_NEW, f"row {i} adds {added} tokens, at most {MAX_NEW} asked"
+            assert may_stop or added == MAX_NEW, (
+                f"row {i} adds {added} tokens, {MAX_NEW} asked and no stop option given"
+            )
             bad = [t for t in row if not 0 <= t < VOCAB]
             assert not bad, f"row {i} holds tokens {bad} outside [0, {VOCAB})"
 
