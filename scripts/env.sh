@@ -14,7 +14,7 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   # torch==2.13.0 resolves to the CPU wheel on these machines; the multi-GB CUDA build is
-  # never wanted here. Installed first so that seqlab's "torch>=2.2" is already satisfied.
+  # never wanted here. Installed first so that seqlab's "torch>=2.4" is already satisfied.
   "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
   "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
   echo "$want" > "$stamp"

@@ -61,8 +61,7 @@ def test_recipe_components_are_found_listed_and_pass_their_tests(copy_with_recip
         listed = run(root, "-m", "seqlab", "list", kind, "-v")
         assert listed.returncode == 0, listed.stderr
         assert re.search(rf"^{name}\s", listed.stdout, re.M), listed.stdout
-        if option:
-            assert option in listed.stdout
+        assert option in listed.stdout
     tests = [p for p in recipe_files() if p.startswith("tests/")]
     result = run(root, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
     assert result.returncode == 0, result.stdout + result.stderr

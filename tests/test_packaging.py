@@ -27,12 +27,13 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp / "dist"
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
         + ["--quiet", "-w", str(out), str(source)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stderr
     (built,) = out.glob("seqlab-*.whl")
     return built
 
@@ -52,12 +53,13 @@ def test_the_wheel_holds_every_module_and_every_yaml_file(wheel):
 
 def test_an_installed_wheel_finds_its_presets_and_experiments(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run(
+    installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet"]
         + ["--target", str(site), str(wheel)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert installed.returncode == 0, installed.stderr
     script = (
         "import json, seqlab\n"
         "from seqlab.harness.grid import list_experiments, load_compare_config\n"
