@@ -19,7 +19,7 @@ from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import Layout
 from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS
-from seqlab.state import map_state
+from seqlab.state import tensor_leaves
 
 ModelState = tuple
 # Activation floats kept per token and layer, in units of d_model, by a training forward (a
@@ -243,15 +243,13 @@ class Model(nn.Module):
 
 
 def state_batch_sizes(state: ModelState) -> set[int]:
-    """The batch sizes of a state's tensors (batch-first; scalars carry none)."""
+    """The batch size of each layer's state, read from its first batched tensor (a cheap check
+    on every decode step; scalars carry none)."""
     sizes: set[int] = set()
-
-    def record(tensor: Tensor) -> Tensor:
-        if tensor.dim():
-            sizes.add(tensor.shape[0])
-        return tensor
-
-    map_state(record, state)
+    for layer_state in state:
+        first = next((t for t in tensor_leaves(layer_state) if t.dim()), None)
+        if first is not None:
+            sizes.add(first.shape[0])
     return sizes
 
 

@@ -13,7 +13,7 @@ doing batch surgery never needs to know the concrete state types.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -72,6 +72,22 @@ def zip_states(
     if isinstance(first, dict):
         return {k: zip_states(fn, [s[k] for s in states], grown=grown) for k in first}
     return first
+
+
+def tensor_leaves(state: State) -> Iterator[Tensor]:
+    """The tensors of a state, in order, read without rebuilding the tree (growing leaves are
+    walked into like any dataclass)."""
+    if isinstance(state, Tensor):
+        yield state
+    elif dataclasses.is_dataclass(state) and not isinstance(state, type):
+        for f in dataclasses.fields(state):
+            yield from tensor_leaves(getattr(state, f.name))
+    elif isinstance(state, tuple | list):
+        for part in state:
+            yield from tensor_leaves(part)
+    elif isinstance(state, dict):
+        for part in state.values():
+            yield from tensor_leaves(part)
 
 
 def map_state(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
+from seqlab.mixers.base import keep_init
 
 # Validators: each raises a ConfigError that names the mixer and the option.
 
@@ -54,6 +55,16 @@ def head_dim(name: str, what: str, width: float, heads: int) -> int:
 def heads_view(x: Tensor, heads: int) -> Tensor:
     """`[B, T, H·D]` -> `[B, T, H, D]`."""
     return x.unflatten(-1, (heads, x.shape[-1] // heads))
+
+
+def fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free projection with fan-in init N(0, 1/in_features) that the model-wide init
+    keeps: for output gates `silu(W_g x)`, which the model-wide std (0.02) would start near
+    0.05, scaling a small model's whole mixer output down (see `LinearRecurrence`)."""
+    layer = nn.Linear(in_features, out_features, bias=False)
+    nn.init.normal_(layer.weight, std=in_features**-0.5)
+    keep_init(layer.weight)
+    return layer
 
 
 def group_norm(norm: nn.GroupNorm, o: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from seqlab.mixers.base import (
     scan_in_layout,
     state_dtype,
 )
-from seqlab.mixers.common import check_conv_size, group_norm, head_dim, heads_view
+from seqlab.mixers.common import check_conv_size, fan_in_linear, group_norm, head_dim, heads_view
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
@@ -122,7 +122,8 @@ class GateLoop(Mixer):
     paper's gated one, with a per-head GroupNorm on o (as in GLA/RetNet) for scale.
 
     Choices beyond the paper: the magnitude bias b_α starts so σ(b_α) spans 0.5 … 0.99 over
-    each head's key channels (multi-scale memory; b_θ starts at 0), and `conv_size` > 0 puts
+    each head's key channels (multi-scale memory; b_θ starts at 0); the output gate W_g has
+    fan-in init N(0, 1/d_model), as in the linear-recurrence mixers; and `conv_size` > 0 puts
     a short causal conv (with SiLU) on q, k and v (0 disables it; without it the 2-layer
     period-3 copy test still falls to 0.006 of its start at lr 3e-3, but not at 1e-2).
     Other layouts (`scan_in_layout`): the same recurrence also scans the reversed sequence
@@ -155,7 +156,7 @@ class GateLoop(Mixer):
         self.qkv = nn.Linear(d_model, 2 * key_width + value_width, bias=False)
         self.conv = ShortConv(2 * key_width + value_width, conv_size) if conv_size else None
         self.decay = nn.Linear(d_model, 2 * key_width)  # rows: magnitude logits, then phases
-        self.gate = nn.Linear(d_model, value_width, bias=False)
+        self.gate = fan_in_linear(d_model, value_width)
         self.norm = nn.GroupNorm(heads, value_width)
         self.out = nn.Linear(value_width, d_model, bias=False)
         with torch.no_grad():

@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.mixers.base import keep_init, state_dtype
-from seqlab.mixers.common import check_conv_size, check_positive, head_dim, heads_view
+from seqlab.mixers.base import state_dtype
+from seqlab.mixers.common import (
+    check_conv_size,
+    check_positive,
+    fan_in_linear,
+    head_dim,
+    heads_view,
+)
 from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.linear_attention import gated_linear_attention
@@ -181,11 +187,8 @@ class LightNet(LinearRecurrence):
         self.conv = None
         if conv_size:
             self.conv = ShortConv(2 * key_width + value_width, conv_size, activation=None)
-        self.gate_down = nn.Linear(d_model, gate_rank, bias=False)
-        self.gate_up = nn.Linear(gate_rank, value_width, bias=False)
-        for layer in (self.gate_down, self.gate_up):
-            nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
-            keep_init(layer.weight)
+        self.gate_down = fan_in_linear(d_model, gate_rank)
+        self.gate_up = fan_in_linear(gate_rank, value_width)
         self.norm = nn.RMSNorm(value_width, eps=1e-5)
         self.out = nn.Linear(value_width, d_model, bias=False)
 

@@ -18,12 +18,11 @@ from seqlab.mixers.base import (
     check_input,
     check_scan_layout,
     fold_blocks,
-    keep_init,
     scan_in_layout,
     state_dtype,
     unfold_blocks,
 )
-from seqlab.mixers.common import check_positive
+from seqlab.mixers.common import check_positive, fan_in_linear
 from seqlab.mixers.short_conv import ShortConv
 
 KERNEL_MODES = (None, "chunk", "recurrent")
@@ -78,10 +77,7 @@ class LinearRecurrence(Mixer):
     def output_gate(self, width: int) -> nn.Linear:
         """The output gate's projection W_g `d_model -> width`, with fan-in init
         N(0, 1/d_model) that the model-wide init keeps (see the class docstring)."""
-        gate = nn.Linear(self.d_model, width, bias=False)
-        nn.init.normal_(gate.weight, std=self.d_model**-0.5)
-        keep_init(gate.weight)
-        return gate
+        return fan_in_linear(self.d_model, width)
 
     def forward(
         self,
