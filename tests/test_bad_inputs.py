@@ -211,7 +211,7 @@ SAMPLE_FLAG_ROWS = [
         ["--sampler", "ancestral"],
         ["--sampler", "confidence"],
         ["--sampler", "remask"],
-        ["--sampler", "ancestral", "--steps", "0"],
+        ["--sampler", "ancestral", "--steps", "2"],  # a diffusion sampler on an AR run
         ["--sampler.temperature", "abc"],
         ["--sampler.temperature", "-2"],
         ["--sampler.top_k", "2.5"],
@@ -386,7 +386,8 @@ API_ROWS = [
     (ConfigError, generate_call(sampler="greedy", stop_strings=[""], decode_fn=str)),
     (ConfigError, generate_call(sampler="beam", num_beams=0)),
     (ConfigError, generate_call(sampler="beam", num_beams="four")),
-    (ConfigError, generate_call(sampler="greedy", objective="masked_diffusion")),
+    (ConfigError, generate_call(sampler="ancestral", objective="ar")),  # paradigm mismatch
+    (ConfigError, generate_call(sampler="ancestral", objective="masked_diffusion", steps=0)),
     (SeqlabError, generate_call(sampler="ancestral", objective="ar")),
     (ConfigError, generate_call(sampler="ancestral", steps=0)),
     (SeqlabError, generate_call(sampler="nosuch")),
