@@ -24,6 +24,21 @@ from seqlab.layout import CAUSAL_ONLY, Layout, LayoutKind
 from seqlab.state import State, interleave_states
 
 
+@dataclass
+class Mixing:
+    """What a mixer whose output is linear in its values (given its gates) applies, head by
+    head: `output[b, t, h] = Σ_s matrix[b, h, t, s] · values[b, s, h]`.
+
+    `matrix` `[B, H, T, T]` (the implicit attention map; lower triangular for a causal mixer),
+    `values` `[B, T, H, V]` and `output` `[B, T, H, V]`: the values the kernel mixes and its
+    output before the mixer's output norm, gate and projection.
+    """
+
+    matrix: Tensor
+    values: Tensor
+    output: Tensor
+
+
 class Mixer(nn.Module, ABC):
     """A token mixer.
 
@@ -117,6 +132,15 @@ class Mixer(nn.Module, ABC):
     def mixing_flops(self, seq_len: int) -> float:
         """Forward FLOPs per token beyond the mixer's linear layers (0 when it has none)."""
         return 0.0
+
+    def mixing(self, x: Tensor) -> Mixing:
+        """The causal T×T matrix each head applies to its values for input `x [B, T, d_model]`,
+        computed exactly (by the step-by-step reference), with those values and the kernel's
+        output. Only for mixers whose output is linear in the values given the gates."""
+        raise SeqlabError(
+            f"mixer {getattr(self, 'name', type(self).__name__)!r} has no mixing matrix: its "
+            "output is not linear in its values"
+        )
 
     def init_weights(self, std: float, out_std: float) -> None:
         """Normal(0, std) for linear weights, `out_std` for the output projection `out`, zero

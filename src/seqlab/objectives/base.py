@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses
 from seqlab.errors import ShapeError
 from seqlab.layout import Layout
 
@@ -83,6 +84,16 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Training loss (a scalar to minimise) and metrics to log."""
+
+    def training_loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """`loss` plus the auxiliary losses the model's layers recorded in its forward (see
+        `seqlab.auxiliary`), each also reported as the metric `aux_<name>`."""
+        clear_auxiliary_losses(model)
+        loss, metrics = self.loss(model, batch)
+        for name, value in auxiliary_losses(model).items():
+            loss = loss + value
+            metrics[f"aux_{name}"] = value.detach().item()
+        return loss, metrics
 
     @abstractmethod
     def nll(self, model: Model, batch: Batch) -> NLL:

@@ -376,7 +376,7 @@ def _train_periodic_copy(s: MixerSubject, lr: float, steps: int = 300) -> tuple[
     losses = []
     for _ in range(steps):
         tokens, mask = periodic_batch(generator, 16, 24, 16, 3)
-        loss, _ = objective.loss(model, Batch(tokens, mask))
+        loss, _ = objective.training_loss(model, Batch(tokens, mask))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -306,7 +306,7 @@ def _train(
             ).to(info.device)
             sync = m == tc.grad_accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else net.no_sync():
-                loss, _ = objective.loss(net, batch)
+                loss, metrics = objective.training_loss(net, batch)
                 (loss / tc.grad_accum).backward()
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
@@ -338,6 +338,7 @@ def _train(
                 "tokens": tokens_seen,
                 "seconds": round(seconds, 3),
             }
+            record.update({k: v for k, v in metrics.items() if k.startswith("aux_")})
             if done % tc.eval_every == 0 or is_last:
                 if info.is_main:
                     evaluation = task.evaluate(
