@@ -22,6 +22,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from seqlab.mixers.gateloop import gateloop_attention, gateloop_decay, gateloop_scan_loop
+from seqlab.mixers.lightnet import lightnet_attention
+from seqlab.mixers.longhorn import longhorn_scan, longhorn_scan_loop
 from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
 from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.ops.scan import diagonal_scan
@@ -55,6 +58,14 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
     x = torch.randn(b, t, h * d, requires_grad=True)
     s6_a = (-torch.rand(h * d, 16) - 0.1).requires_grad_()
     s6_bc = torch.randn(b, t, 16, requires_grad=True)
+    magnitude = (torch.randn(b, t, h, d) + 4).requires_grad_()
+    phase = (0.1 * torch.randn(b, t, h, d)).requires_grad_()
+    beta_channel = torch.rand(b, t, h * d).requires_grad_()
+
+    def gateloop(mode: str):
+        if mode == "chunk":
+            return gateloop_attention(q, k, v, magnitude, phase)
+        return gateloop_scan_loop(q, k, v, gateloop_decay(magnitude, phase))
 
     def run(op):
         def make(mode: str):
@@ -74,6 +85,13 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
         ),
         "delta_rule": run(lambda m: delta_rule(q, k, v, beta, mode=m)),
         "gated_delta_rule": run(lambda m: gated_delta_rule(q, k, v, g_head, beta, mode=m)),
+        "lightnet (logcumsumexp keys)": run(lambda m: lightnet_attention(q, k, v, mode=m)),
+        "gateloop (complex decay)": run(gateloop),
+        "longhorn (N=16)": run(
+            lambda m: (longhorn_scan if m == "chunk" else longhorn_scan_loop)(
+                x, beta_channel, s6_bc, s6_bc
+            )
+        ),
         "diagonal_scan": run(
             lambda m: diagonal_scan(a, x, mode="parallel" if m == "chunk" else "recurrent")
         ),

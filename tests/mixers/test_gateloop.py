@@ -5,45 +5,79 @@ import torch.nn.functional as F
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.mixers.common import group_norm
-from seqlab.mixers.gateloop import GateLoop, gateloop_decay, gateloop_scan, gateloop_scan_loop
+from seqlab.mixers.gateloop import (
+    GateLoop,
+    complex_state,
+    gateloop_attention,
+    gateloop_decay,
+    gateloop_scan_loop,
+)
 from seqlab.model import build_model
 from seqlab.testing import check_mixer
 
 F64 = torch.float64
 
 
-@pytest.mark.parametrize("steps", [1, 67, 131])
-def test_parallel_scan_matches_step_loop_forward_and_backward_float64(steps):
-    """Odd shapes (T across the scan's 64-step chunks, 3 heads, K = 5, V = 7), a non-zero
-    complex initial state; outputs, final state and every input's gradient (through the
-    magnitude and phase of the decay as well)."""
-    gen = torch.Generator().manual_seed(steps)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+@pytest.mark.parametrize(("steps", "chunk"), [(1, 4), (13, 4), (67, 16), (131, 64)])
+def test_rotated_kernel_matches_complex_step_loop_forward_and_backward_float64(steps, chunk, mode):
+    """Odd shapes (3 heads, K = 5, V = 7, T across chunks), a non-zero complex initial state
+    and running phase; outputs, final state and every input's gradient (through the
+    magnitude and phase of the decay as well). The initial phase only changes the frame the
+    state is kept in, so the results do not depend on it."""
+    gen = torch.Generator().manual_seed(steps + chunk)
     b, h, k, v = 2, 3, 5, 7
     leaves = [
         torch.randn(b, steps, h, k, generator=gen, dtype=F64),  # q
         torch.randn(b, steps, h, k, generator=gen, dtype=F64),  # k
         torch.randn(b, steps, h, v, generator=gen, dtype=F64),  # v
         torch.randn(b, steps, h, k, generator=gen, dtype=F64) + 2,  # magnitude logits
-        torch.randn(b, steps, h, k, generator=gen, dtype=F64),  # phases
+        3 * torch.randn(b, steps, h, k, generator=gen, dtype=F64),  # phases
         torch.randn(b, h, k, v, 2, generator=gen, dtype=F64),  # S_{−1} as real pairs
     ]
+    start_phase = (10 * torch.randn(b, h, k, generator=gen, dtype=F64)).requires_grad_()
     weight = torch.randn(b, steps, h, v, generator=gen, dtype=F64)
     weight_s = torch.randn(b, h, k, v, 2, generator=gen, dtype=F64)
     results = []
-    for parallel in (True, False):
+    for fast in (True, False):
         q, key, val, mag, phase, s0 = (t.clone().requires_grad_() for t in leaves)
-        a, s0c = gateloop_decay(mag, phase), torch.view_as_complex(s0)
-        if parallel:
-            o, s = gateloop_scan(q, key, val, a, initial_state=s0c, output_final_state=True)
+        s0c = torch.view_as_complex(s0)
+        if fast:
+            framed = torch.polar(torch.ones_like(start_phase), -start_phase)[..., None] * s0c
+            rotated = torch.cat([framed.real, -framed.imag], dim=-2)
+            o, last, last_phase = gateloop_attention(
+                q, key, val, mag, phase, initial_state=rotated, initial_phase=start_phase,
+                output_final_state=True, mode=mode, chunk_size=chunk,
+            )  # fmt: skip
+            s = complex_state(last, last_phase)
         else:
-            o, s = gateloop_scan_loop(q, key, val, a, initial_state=s0c)
+            o, s = gateloop_scan_loop(q, key, val, gateloop_decay(mag, phase), initial_state=s0c)
         loss = (o * weight).sum() + (torch.view_as_real(s) * weight_s).sum()
-        results.append((o, s, torch.autograd.grad(loss, (q, key, val, mag, phase, s0))))
+        inputs = (q, key, val, mag, phase, s0) + ((start_phase,) if fast else ())
+        results.append((o, s, torch.autograd.grad(loss, inputs)))
     (o, s, grads), (o_ref, s_ref, grads_ref) = results
     torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(s, s_ref, rtol=1e-9, atol=1e-10)
-    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+    for grad, grad_ref in zip(grads, grads_ref, strict=False):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(grads[-1], torch.zeros_like(start_phase), rtol=0, atol=1e-9)
+
+
+def test_running_phase_wraps_so_float32_keeps_long_rotations():
+    """Phases summed over 4096 steps reach ~4000 rad; wrapped in float64 they stay exact, so a
+    float32 run matches the float64 one to float32 precision."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, 4096, 1, 2)
+    q, k = (
+        torch.randn(shape, generator=gen, dtype=F64),
+        torch.randn(shape, generator=gen, dtype=F64),
+    )
+    v = torch.randn(1, 4096, 1, 3, generator=gen, dtype=F64)
+    mag = torch.full(shape, 3.0, dtype=F64)
+    phase = 1.0 + 0.1 * torch.randn(shape, generator=gen, dtype=F64)
+    o64, *_ = gateloop_attention(q, k, v, mag, phase)
+    o32, *_ = gateloop_attention(*(t.float() for t in (q, k, v, mag, phase)))
+    torch.testing.assert_close(o32.double(), o64, rtol=1e-3, atol=1e-3)
 
 
 def test_decay_is_inside_the_unit_disc_and_rotates():
@@ -75,8 +109,9 @@ def test_init_state_size_and_flops():
     torch.testing.assert_close(magnitude[0], torch.linspace(0.5, 0.99, 4))
     assert torch.count_nonzero(m.decay.bias[16:]) == 0
     state = m.init_state(3)
-    assert state.s.shape == (3, 4, 4, 8, 2) and state.conv.shape == (3, 3, 64)
-    assert m.state_size(10) == 2 * 4 * 4 * 8 + 3 * 64
+    assert state.s.shape == (3, 4, 8, 8) and state.phase.shape == (3, 4, 4)
+    assert state.conv.shape == (3, 3, 64)
+    assert m.state_size(10) == 4 * 4 * (2 * 8 + 1) + 3 * 64
     assert m.mixing_flops(10) > 0
     assert GateLoop(32, 4, conv_size=0).init_state(2).conv is None
 
@@ -96,6 +131,8 @@ def test_gateloop_without_conv_passes_split_and_state_checks():
         {"conv_size": 2.5},
         {"heads": 0},
         {"heads": 5},
+        {"chunk_size": 48},
+        {"chunk_size": 0},
     ],
 )
 def test_bad_option_is_a_config_error(options):

@@ -1,12 +1,14 @@
 """GateLoop (Katsch, 2023): linear attention whose state decays and rotates under a fully
 data-controlled complex gate.
 
-The recurrence runs in parallel as a complex diagonal scan (`seqlab.ops.scan.diagonal_scan`)
-over the state; `gateloop_scan_loop` is its plain step-by-step reference.
+The complex recurrence runs as a real gated linear attention of twice the key width on
+phase-rotated queries and keys (`gateloop_attention`, on `ops.gated_linear_attention`'s
+chunked kernel); `gateloop_scan_loop` is its plain complex step-by-step reference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +27,16 @@ from seqlab.mixers.base import (
 )
 from seqlab.mixers.common import check_conv_size, fan_in_linear, group_norm, head_dim, heads_view
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.scan import diagonal_scan
+from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.registry import MIXERS
 
-__all__ = ["GateLoop", "GateLoopState", "gateloop_decay", "gateloop_scan", "gateloop_scan_loop"]
+__all__ = [
+    "GateLoop",
+    "GateLoopState",
+    "gateloop_attention",
+    "gateloop_decay",
+    "gateloop_scan_loop",
+]
 
 
 def gateloop_decay(magnitude_logit: Tensor, phase: Tensor) -> Tensor:
@@ -36,40 +44,63 @@ def gateloop_decay(magnitude_logit: Tensor, phase: Tensor) -> Tensor:
     return torch.polar(torch.sigmoid(magnitude_logit), phase)
 
 
-def gateloop_scan(
+def gateloop_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    a: Tensor,
+    magnitude_logit: Tensor,
+    phase: Tensor,
     *,
+    scale: float = 1.0,
     initial_state: Tensor | None = None,
+    initial_phase: Tensor | None = None,
     output_final_state: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """The GateLoop recurrence, in parallel over time. Per head:
+    mode: str = "chunk",
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The GateLoop recurrence with a_t = σ(m_t) · exp(i θ_t), per head and key channel:
 
-        S_t = diag(a_t) S_{t−1} + k_t v_tᵀ,   o_t = Re(q_tᵀ S_t)
+        S_t = diag(a_t) S_{t−1} + k_t v_tᵀ,   o_t = scale · Re(q_tᵀ S_t)
 
-    The state `[B, T, H, K, V]` is scanned as complex numbers, a_t broadcast over V (memory
-    O(T·H·K·V): meant for the moderate widths of this library, not a fused kernel).
+    computed exactly as a real gated linear attention with key width 2K. With the running
+    phase Θ_t = Θ_{−1} + Σ_{r≤t} θ_r and log-magnitude g_t = log σ(m_t),
+
+        S_t = exp(i Θ_t) (C_t − i D_t),   [C_t; D_t] = diag(exp [g_t; g_t]) [C_{t−1}; D_{t−1}]
+                                                       + [k_t cos Θ_t; k_t sin Θ_t] v_tᵀ
+        Re(q_tᵀ S_t) = [q_t cos Θ_t; q_t sin Θ_t]ᵀ [C_t; D_t]
+
+    so the chunked kernel of GLA runs it (Θ is summed in float64 and wrapped to [0, 2π), which
+    keeps cos Θ and sin Θ exact in float32 at any length).
 
     Args:
         q, k: real `[B, T, H, K]`; v: real `[B, T, H, V]`.
-        a: complex decays `[B, T, H, K]` (|a| <= 1 keeps the scan stable).
-        initial_state: S_{−1} complex `[B, H, K, V]`; zeros when None.
-        output_final_state: also return S_{T−1}.
+        magnitude_logit, phase: m and θ `[B, T, H, K]`.
+        initial_state: [C; D] `[B, H, 2K, V]` before the first token; zeros when None.
+        initial_phase: Θ_{−1} `[B, H, K]`; zeros when None.
+        output_final_state: also return [C; D] and Θ after the last token.
+        mode, chunk_size: as `gated_linear_attention` ("chunk" or "recurrent").
 
     Returns:
-        (o `[B, T, H, V]` real, S_{T−1} complex `[B, H, K, V]` or None).
+        (o `[B, T, H, V]`, [C; D] `[B, H, 2K, V]` or None, Θ `[B, H, K]` or None).
     """
-    kv = (k.unsqueeze(-1) * v.unsqueeze(-2)).to(a.dtype)  # [B, T, H, K, V]
-    states, final = diagonal_scan(
-        a.unsqueeze(-1),
-        kv,
+    start = 0.0 if initial_phase is None else initial_phase.double().unsqueeze(1)
+    running = torch.remainder(start + phase.double().cumsum(1), 2 * math.pi).to(phase.dtype)
+    cos, sin = running.cos(), running.sin()
+    rotated_q = torch.cat([q * cos, q * sin], dim=-1)
+    rotated_k = torch.cat([k * cos, k * sin], dim=-1)
+    log_magnitude = F.logsigmoid(magnitude_logit)
+    o, final = gated_linear_attention(
+        rotated_q,
+        rotated_k,
+        v,
+        torch.cat([log_magnitude, log_magnitude], dim=-1),
+        scale=scale,
         initial_state=initial_state,
         output_final_state=output_final_state,
+        mode=mode,
+        chunk_size=chunk_size,
     )
-    o = torch.einsum("bthk,bthkv->bthv", q, states.real)
-    return o, final
+    return o, final, (running[:, -1].clone() if output_final_state else None)
 
 
 def gateloop_scan_loop(
@@ -80,7 +111,9 @@ def gateloop_scan_loop(
     *,
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The reference of `gateloop_scan`: one step at a time. Returns (o, S_{T−1})."""
+    """The complex reference of `gateloop_attention`, one step at a time:
+    S_t = diag(a_t) S_{t−1} + k_t v_tᵀ, o_t = Re(q_tᵀ S_t), for q, k `[B, T, H, K]`, v
+    `[B, T, H, V]`, complex a `[B, T, H, K]` and S complex `[B, H, K, V]`. Returns (o, S_{T−1})."""
     batch, steps, heads, key = q.shape
     s = initial_state
     if s is None:
@@ -92,11 +125,23 @@ def gateloop_scan_loop(
     return torch.stack(outputs, dim=1), s
 
 
+def complex_state(rotated: Tensor, running_phase: Tensor) -> Tensor:
+    """S = exp(i Θ) (C − i D) `[B, H, K, V]` complex from [C; D] `[B, H, 2K, V]` and Θ
+    `[B, H, K]` (the state `gateloop_attention` carries, read as GateLoop's complex S)."""
+    c, d = rotated.chunk(2, dim=-2)
+    return torch.polar(torch.ones_like(running_phase), running_phase)[..., None] * torch.complex(
+        c, -d
+    )
+
+
 @dataclass
 class GateLoopState:
-    """S as real pairs `[B, H, K, V, 2]`, and the short conv's last inputs (None without)."""
+    """`s`: S in the rotated frame [C; D] `[B, H, 2K, V]` and `phase`: the running phase Θ
+    `[B, H, K]` (see `gateloop_attention`; `complex_state` reads them as the complex S);
+    `conv`: the short conv's last inputs (None without)."""
 
     s: Tensor
+    phase: Tensor
     conv: Tensor | None
 
 
@@ -128,7 +173,11 @@ class GateLoop(Mixer):
     period-3 copy test still falls to 0.006 of its start at lr 3e-3, but not at 1e-2).
     Other layouts (`scan_in_layout`): the same recurrence also scans the reversed sequence
     (or each block of it); the two o are summed before the norm.
-    Decode state: S as real pairs `[B, H, K, V, 2]` and the conv's last k − 1 inputs.
+    Kernel: the chunked gated linear attention of `gateloop_attention` (chunks of
+    `chunk_size`, a power of two) for the parallel form and prefills, its recurrent form for a
+    one-token step.
+    Decode state: S in the rotated real frame [C; D] `[B, H, 2K, V]`, the running phase
+    `[B, H, K]` and the conv's last k − 1 inputs.
     """
 
     layouts = ALL_LAYOUTS
@@ -141,6 +190,7 @@ class GateLoop(Mixer):
         expand_k: float = 0.5,
         expand_v: float = 1.0,
         conv_size: int = 4,
+        chunk_size: int = 64,
     ) -> None:
         super().__init__()
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
@@ -149,6 +199,9 @@ class GateLoop(Mixer):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"gateloop {option} must be a positive number, got {value!r}")
         check_conv_size("gateloop", conv_size)
+        if isinstance(chunk_size, bool) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+            raise ConfigError(f"gateloop chunk_size must be a power of two, got {chunk_size!r}")
+        self.chunk_size = chunk_size
         self.d_model, self.heads = d_model, heads
         self.state_k = head_dim("gateloop", "key", expand_k * d_model, heads)
         self.state_v = head_dim("gateloop", "value", expand_v * d_model, heads)
@@ -176,8 +229,7 @@ class GateLoop(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "gateloop")
         dtype = state_dtype(x.dtype)
-        magnitude_logit, phase = self.decay(x).to(dtype).chunk(2, dim=-1)
-        a = heads_view(gateloop_decay(magnitude_logit, phase), self.heads)  # [B, T, H, K]
+        decay = self.decay(x).to(dtype)
 
         def recur(
             parts: tuple[Tensor, ...], s: GateLoopState | None
@@ -189,16 +241,21 @@ class GateLoop(Mixer):
             key_width = self.heads * self.state_k
             q, k, v = qkv.to(dtype).split([key_width, key_width, qkv.shape[-1] - 2 * key_width], -1)
             q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
-            s0 = None if s is None else torch.view_as_complex(s.s.to(dtype).contiguous())
-            o, last = gateloop_scan(
-                q * self.state_k**-0.5, k, v, decay, initial_state=s0,
+            magnitude_logit, phase = (heads_view(u, self.heads) for u in decay.chunk(2, -1))
+            o, last, last_phase = gateloop_attention(
+                q, k, v, magnitude_logit, phase,
+                scale=self.state_k**-0.5,
+                initial_state=None if s is None else s.s.to(dtype),
+                initial_phase=None if s is None else s.phase.to(dtype),
                 output_final_state=s is not None,
+                mode="recurrent" if s is not None and q.shape[1] == 1 else "chunk",
+                chunk_size=self.chunk_size,
             )  # fmt: skip
             if s is None:
                 return o, None
-            return o, GateLoopState(torch.view_as_real(last), conv_state)
+            return o, GateLoopState(last, last_phase, conv_state)
 
-        o, new_state = scan_in_layout(recur, (self.qkv(x), a), state, layout, self.init_state)
+        o, new_state = scan_in_layout(recur, (self.qkv(x), decay), state, layout, self.init_state)
         o = group_norm(self.norm, o.to(x.dtype))
         return self.out(F.silu(self.gate(x)) * o), new_state
 
@@ -211,25 +268,31 @@ class GateLoop(Mixer):
     ) -> GateLoopState:
         device = device or self.out.weight.device
         dtype = dtype or self.out.weight.dtype
+        dtype = state_dtype(dtype)
         s = torch.zeros(
-            batch_size, self.heads, self.state_k, self.state_v, 2,
-            device=device, dtype=state_dtype(dtype),
-        )  # fmt: skip
+            batch_size, self.heads, 2 * self.state_k, self.state_v, device=device, dtype=dtype
+        )
+        phase = torch.zeros(batch_size, self.heads, self.state_k, device=device, dtype=dtype)
         conv = None
         if self.conv is not None:
             conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
-        return GateLoopState(s, conv)
+        return GateLoopState(s, phase, conv)
 
     def state_size(self, seq_len: int) -> int:
+        """2 · heads · K · V for [C; D] (the complex S), heads · K running phases, the conv."""
         conv = 0 if self.conv is None else self.conv.state_size()
-        return 2 * self.heads * self.state_k * self.state_v + conv
+        return self.heads * self.state_k * (2 * self.state_v + 1) + conv
 
     def mixing_flops(self, seq_len: int) -> float:
-        """Per token: per complex state entry the outer product k vᵀ (1), the scan's complex
-        multiply-add (~8) and the real readout q·Re S (2); the decay (sigmoid, polar: ~10 per
-        key channel); the conv; the norm and swish gate (~12 per value channel)."""
+        """Per token: the chunked gated linear attention of key width 2K, chunk C (intra-chunk
+        scores and their product with v, 2C·(2K + V) over the full C×C tile; the read of the
+        entering state and the chunk's write, 8K·V); the rotation and decay (sin, cos,
+        logsigmoid, products: ~12 per key channel); the conv; the norm and swish gate (~12 per
+        value channel)."""
         key_width, value_width = self.heads * self.state_k, self.heads * self.state_v
+        c = min(self.chunk_size, max(seq_len, 1))
+        kernel = 2.0 * c * (2 * key_width + value_width) + 8.0 * key_width * self.state_v
         conv = 0.0
         if self.conv is not None:
             conv = 2.0 * self.conv.kernel_size * (2 * key_width + value_width)
-        return 11.0 * key_width * self.state_v + 10.0 * key_width + 12.0 * value_width + conv
+        return kernel + 12.0 * key_width + 12.0 * value_width + conv
