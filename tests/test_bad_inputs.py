@@ -103,6 +103,8 @@ TRAIN_ROWS = (
             "model.mixer_options.attention.qk_norm": ["maybe", 1, 0.0],
             "model.mixer_options.attention.nosuch": [1],
             "model.mixer_options.mamba.d_state": [4],
+            "model.mlp": ["3", "{kind: dense}", "{kind: moe, experts: 2, top_k: 3}"],
+            "model.mlp.experts": [4, 0],
             "data.seq_len": [0, -1, 2.5],
             "data.vocab_size": [0],
             "objective.name": ["nosuch"],

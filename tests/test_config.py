@@ -21,6 +21,8 @@ def test_yaml_round_trip_preserves_everything(tmp_path):
             "objective.block_size": 4,
             "task.num_kv_pairs": 8,
             "model.mixer_options": {"attention": {"qk_norm": True}},
+            "model.mlp.kind": "moe",
+            "model.mlp.shared": parse_value("1"),
         },
     )
     save_config(config, tmp_path / "c.yaml")
@@ -28,6 +30,12 @@ def test_yaml_round_trip_preserves_everything(tmp_path):
     assert again == config
     assert again.objective.options == {"block_size": 4}
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["objective"]["block_size"] == 4
+    assert again.model.mlp["shared"] == 1 and again.model.moe().experts == 8
+
+
+def test_an_moe_key_without_kind_moe_says_so():
+    with pytest.raises(ConfigError, match="kind swiglu takes no other key.*did you mean kind: moe"):
+        load_config(None, {"model.mlp.experts": 4})
 
 
 def test_dotted_overrides_set_nested_keys_and_types():

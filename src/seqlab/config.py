@@ -55,6 +55,53 @@ def check_field_types(config: Any) -> None:
         setattr(config, name, _coerce(value, tp, f"{config.section}.{name}"))
 
 
+MLP_KINDS = ("swiglu", "moe")
+
+
+@dataclass
+class MoEConfig:
+    """The options of a mixture-of-experts feed-forward, `model.mlp` with `kind: moe`.
+
+    Keys:
+        experts: moe: routed SwiGLU experts
+        top_k: moe: routed experts per token (gates renormalised over them when > 1)
+        shared: moe: experts every token passes through, added unweighted (DeepSeekMoE)
+        expert_ratio: moe: hidden width of each expert / d_model (null: mlp_ratio / (top_k +
+            shared), so the active width equals the dense SwiGLU's, as DeepSeekMoE)
+        balance_weight: moe: coefficient of the load-balancing loss E · Σ_e f_e P_e (0: off)
+    """
+
+    experts: int = 8
+    top_k: int = 2
+    shared: int = 0
+    expert_ratio: float | None = None
+    balance_weight: float = 0.01
+
+    section: ClassVar[str] = "model.mlp"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        require(
+            [
+                (self.experts >= 1, f"model.mlp.experts must be >= 1, got {self.experts}"),
+                (
+                    1 <= self.top_k <= self.experts,
+                    f"model.mlp.top_k must lie in [1, experts = {self.experts}], got {self.top_k}",
+                ),
+                (self.shared >= 0, f"model.mlp.shared must be >= 0, got {self.shared}"),
+                (
+                    self.expert_ratio is None or _positive(self.expert_ratio),
+                    f"model.mlp.expert_ratio must be finite and > 0 (or null), got "
+                    f"{self.expert_ratio}",
+                ),
+                (
+                    _non_negative(self.balance_weight),
+                    f"model.mlp.balance_weight must be finite and >= 0, got {self.balance_weight}",
+                ),
+            ]
+        )
+
+
 @dataclass
 class ModelConfig:
     """The backbone: embed -> [Block(mixer, mlp)] x n_layers -> norm -> head.
@@ -69,6 +116,8 @@ class ModelConfig:
         n_kv_heads: key/value heads of attention (grouped-query attention; null: n_heads)
         vocab_size: token vocabulary (set from the task when training)
         mlp_ratio: SwiGLU hidden width / d_model (0: no MLP)
+        mlp: the feed-forward: {kind: swiglu} (hidden width mlp_ratio · d_model) or {kind:
+            moe, ...}, top-k routed SwiGLU experts with the model.mlp.* keys below
         tie_embeddings: share the input embedding and the output head
         norm_eps: RMSNorm epsilon
         rope_theta: rotary base of attention (and of retnet's rotary)
@@ -85,6 +134,7 @@ class ModelConfig:
     n_kv_heads: int | None = None
     vocab_size: int = 256
     mlp_ratio: float = 4.0
+    mlp: dict[str, Any] = field(default_factory=lambda: {"kind": "swiglu"})
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
@@ -93,6 +143,8 @@ class ModelConfig:
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     section: ClassVar[str] = "model"
+    # mapping keys whose own keys are the fields of a dataclass (listed by `config_keys`)
+    mapping_keys: ClassVar[dict[str, type]] = {"mlp": MoEConfig}
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -144,6 +196,13 @@ class ModelConfig:
             ),
         ]
         require(checks)
+        self.mlp = self._resolved_mlp()
+        if self.mlp["kind"] == "moe" and self.mlp_hidden() < 1:
+            raise ConfigError(
+                f"model.mlp: each expert's hidden width rounds to 0 (d_model {self.d_model}, "
+                f"mlp_ratio {self.mlp_ratio}); set model.mlp.expert_ratio > 0 or a larger "
+                "model.mlp_ratio"
+            )
         names = [self.mixer, *(self.layers or [])]
         if not all(name.strip() for name in names):
             raise ConfigError(f"model.mixer and model.layers must name mixers, got {names}")
@@ -153,6 +212,34 @@ class ModelConfig:
                 f"model.mixer_options names mixer(s) {unused} that the model does not use; "
                 f"its mixers: {', '.join(dict.fromkeys(self.layer_names()))}"
             )
+
+    def _resolved_mlp(self) -> dict[str, Any]:
+        """`mlp` checked, with every option of its kind filled in."""
+        options = dict(self.mlp)
+        kind = options.pop("kind", "swiglu")
+        if kind not in MLP_KINDS:
+            raise ConfigError(f"model.mlp.kind must be one of {', '.join(MLP_KINDS)}, got {kind!r}")
+        if kind == "swiglu":
+            if options:
+                raise ConfigError(
+                    f"model.mlp with kind swiglu takes no other key (its width is "
+                    f"model.mlp_ratio), got {', '.join(map(str, options))}; did you mean kind: moe?"
+                )
+            return {"kind": "swiglu"}
+        return {"kind": "moe", **to_dict(from_dict(MoEConfig, options, "model.mlp."))}
+
+    def moe(self) -> MoEConfig | None:
+        """The mixture-of-experts options (None: the dense SwiGLU)."""
+        options = {k: v for k, v in self.mlp.items() if k != "kind"}
+        return MoEConfig(**options) if self.mlp["kind"] == "moe" else None
+
+    def mlp_hidden(self) -> int:
+        """The hidden width of the dense SwiGLU, or of each expert (0: no feed-forward)."""
+        moe = self.moe()
+        ratio = self.mlp_ratio
+        if moe is not None:
+            ratio = moe.expert_ratio or self.mlp_ratio / (moe.top_k + moe.shared)
+        return int(round(ratio * self.d_model))
 
     def layer_names(self) -> list[str]:
         return list(self.layers) if self.layers is not None else [self.mixer] * self.n_layers
@@ -407,6 +494,8 @@ def config_keys(cls: type | None = None, prefix: str = "") -> list[ConfigKey]:
             continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         keys.append(ConfigKey(f"{prefix}{f.name}", default, docs.get(f.name, "")))
+        if f.name in getattr(cls, "mapping_keys", {}):
+            keys.extend(config_keys(cls.mapping_keys[f.name], f"{prefix}{f.name}."))
     return keys
 
 

@@ -1,6 +1,7 @@
 """The model: embed -> [Block(mixer, mlp)] x N -> norm -> head, with state threading.
 
-Each Block is pre-norm: x + mixer(norm(x)), then x + SwiGLU(norm(x)). A per-layer mixer
+Each Block is pre-norm: x + mixer(norm(x)), then x + mlp(norm(x)) with mlp a dense SwiGLU or
+a mixture of SwiGLU experts (`ModelConfig.mlp`, `seqlab.feedforward`). A per-layer mixer
 pattern (`ModelConfig.layers`) builds hybrids. The decode state is a tuple with one entry
 per layer, each whatever that layer's mixer returns.
 """
@@ -11,11 +12,12 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
+from seqlab.feedforward.moe import MoE
+from seqlab.feedforward.swiglu import SwiGLU
 from seqlab.layout import Layout
 from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS
@@ -29,53 +31,27 @@ ModelState = tuple
 ACTIVATIONS_PER_LAYER = 8
 
 
-class SwiGLU(nn.Module):
-    """y = W_down (silu(W_gate x) ⊙ W_up x) with hidden width mlp_ratio · d_model."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(_GatedSiLU.apply(self.gate_up(x)))
-
-
-class _GatedSiLU(torch.autograd.Function):
-    """silu(gate) ⊙ up for h = [gate, up] (the two halves of the last dim).
-
-    The backward runs the same kernels autograd would (silu_backward and two products) but
-    writes both halves of the gradient straight into one tensor instead of concatenating the
-    two half gradients afterwards, so results are bitwise equal with one full-size copy less.
-    Under `create_graph=True` it takes the plain differentiable form (double backward works).
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor) -> Tensor:  # type: ignore[override]
-        gate, up = h.chunk(2, dim=-1)
-        act = F.silu(gate)
-        ctx.save_for_backward(h, act)
-        return act * up
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        h, act = ctx.saved_tensors
-        gate, up = h.chunk(2, dim=-1)
-        if torch.is_grad_enabled():  # create_graph: autograd's own differentiable form
-            (grad_h,) = torch.autograd.grad(F.silu(gate) * up, h, grad, create_graph=True)
-            return grad_h
-        hidden = gate.shape[-1]
-        grad_h = grad.new_empty(*grad.shape[:-1], 2 * hidden)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_h[..., :hidden])
-        torch.mul(grad, act, out=grad_h[..., hidden:])
-        return grad_h
-
-
 def build_mixer(name: str, config: ModelConfig, layer: int) -> Mixer:
     """Mixer `name` (registered, or an import path `package.module:Name`) for `layer`, with
     `config.mixer_options[name]` as its options."""
     mixer_class = MIXERS.get(name).target
     return mixer_class.from_config(config, layer, **config.mixer_options.get(name, {}))
+
+
+def build_feedforward(config: ModelConfig) -> SwiGLU | MoE | None:
+    """The feed-forward `config.mlp` names (None when its hidden width is 0)."""
+    hidden = config.mlp_hidden()
+    moe = config.moe()
+    if moe is None:
+        return SwiGLU(config.d_model, hidden) if hidden else None
+    return MoE(
+        config.d_model,
+        hidden,
+        experts=moe.experts,
+        top_k=moe.top_k,
+        shared=moe.shared,
+        balance_weight=moe.balance_weight,
+    )
 
 
 class Block(nn.Module):
@@ -84,9 +60,9 @@ class Block(nn.Module):
         self.mixer_name = mixer_name
         self.mixer_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = build_mixer(mixer_name, config, layer)
-        hidden = int(round(config.mlp_ratio * config.d_model))
-        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps) if hidden else None
-        self.mlp = SwiGLU(config.d_model, hidden) if hidden else None
+        self.mlp = build_feedforward(config)
+        has_mlp = self.mlp is not None
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps) if has_mlp else None
 
     def forward(
         self, x: Tensor, state: object, layout: Layout, positions: Tensor | None
@@ -127,8 +103,7 @@ class Model(nn.Module):
         for block in self.blocks:
             block.mixer.init_weights(std, out_std)
             if block.mlp is not None:
-                nn.init.normal_(block.mlp.gate_up.weight, std=std)
-                nn.init.normal_(block.mlp.down.weight, std=out_std)
+                block.mlp.init_weights(std, out_std)
 
     def forward(
         self,
@@ -229,13 +204,23 @@ class Model(nn.Module):
         return sum(b.mixer.state_size(seq_len) for b in self.blocks)
 
     def num_params(self, *, embeddings: bool = True) -> int:
+        """All parameters (experts a token is not routed to included)."""
         total = sum(p.numel() for p in self.parameters())
         return total if embeddings else total - self.embed.weight.numel()
 
+    def num_active_params(self, *, embeddings: bool = True) -> int:
+        """The parameters each token uses: `num_params` less the experts it is not routed to."""
+        return self.num_params(embeddings=embeddings) - self._inactive_params()
+
+    def _inactive_params(self) -> int:
+        return sum(b.mlp.inactive_params() for b in self.blocks if b.mlp is not None)
+
     def flops_per_token(self, seq_len: int) -> float:
-        """Analytic forward FLOPs per token: 2 per matmul weight plus the mixers' own work."""
+        """Analytic forward FLOPs per token: 2 per active matmul weight (the routed experts a
+        token skips do not count) plus the mixers' own work."""
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        return 2.0 * matmul + sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
+        active = matmul - self._inactive_params()
+        return 2.0 * active + sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
 
     @property
     def device(self) -> torch.device:

@@ -291,3 +291,32 @@ def test_without_matplotlib_compare_writes_its_tables_and_says_plots_need_it(
         f"results: {out / 'results.csv'}; no plots: plots need matplotlib: "
         "pip install 'seqlab[plots]'"
     ]
+
+
+def test_the_leaderboard_shows_active_params_only_beside_a_mixture_of_experts():
+    def result(point, params, active):
+        return {
+            "point_id": point,
+            "task": "t",
+            "backbone": point,
+            "paradigm": "ar",
+            "metric": "nll",
+            "status": "ok",
+            "error": "",
+            "seeds": 1,
+            "score": 1.0,
+            "test_nll": 1.0,
+            "lr": 0.1,
+            **{"params": params, "active_params": active, "state_size": 5},
+            **{"train_flops": 1e6, "seconds": 1.0},
+        }
+
+    dense = leaderboard_markdown(CompareConfig(), [result("a", 2000, 2000)], [])
+    assert "active params" not in dense
+    mixed = [result("a", 2000, 2000), result("moe", 9000, 3000)]
+    lines = leaderboard_markdown(CompareConfig(), mixed, []).splitlines()
+    header = next(line for line in lines if line.startswith("| rank"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[columns.index("params") + 1] == "active params"
+    row = next(line for line in lines if "| moe |" in line)
+    assert "| 9k | 3k |" in row

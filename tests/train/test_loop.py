@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 
 from seqlab.config import ExperimentConfig, TrainConfig, from_dict
 from seqlab.errors import ConfigError, SeqlabError
+from seqlab.io import load
 from seqlab.train import train
 from seqlab.train.logging import read_metrics
 from seqlab.train.loop import lr_at
@@ -125,3 +127,18 @@ def test_block_diffusion_starts_from_an_ar_run(tmp_path):
     assert converted[0]["loss"] < fresh[0]["loss"] - 1.0, (ar[-1], fresh[0], converted[0])
     with pytest.raises(SeqlabError, match="no model.safetensors"):
         run("lost", block, steps=1, init_from=str(tmp_path / "nowhere"))
+
+
+def test_a_mixture_of_experts_run_logs_its_balance_loss_and_counts_active_flops(tmp_path):
+    config = config_for(tmp_path, steps=2, eval_every=2, checkpoint_every=2)
+    config.model = dataclasses.replace(config.model, mlp={"kind": "moe", "experts": 4})
+    summary = train(config, tmp_path / "run", progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["aux_balance"] > 0 for r in records if "loss" in r)
+    model = load(tmp_path / "run")
+    assert summary["active_params"] == model.num_active_params() < summary["params"]
+    seq_len = summary["train_tokens"] // (2 * 4)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    skipped = summary["params"] - summary["active_params"]  # the experts a token is not sent to
+    mixing = sum(b.mixer.mixing_flops(seq_len) for b in model.blocks)
+    assert summary["flops_per_token"] == pytest.approx(2 * (linear - skipped) + mixing)

@@ -138,6 +138,7 @@ def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, A
         **run_header(run),
         "status": "ok",
         "params": summary["params"],
+        "active_params": summary.get("active_params", summary["params"]),
         "state_size": summary["state_size"],
         "train_tokens": summary["train_tokens"],
         "train_flops": summary["train_flops"],

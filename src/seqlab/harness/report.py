@@ -74,6 +74,15 @@ def _extra_axes(rows: list[dict[str, Any]]) -> list[str]:
     return [a for a in axes if len({r[a] for r in rows}) > 1]
 
 
+def _has_sparse(rows: list[dict[str, Any]]) -> bool:
+    """Whether some row's model uses fewer parameters per token than it has (experts), so the
+    table needs an active-parameter column beside the total."""
+    return any(
+        not _missing(row.get("active_params")) and row["active_params"] != row.get("params")
+        for row in rows
+    )
+
+
 def _missing(value: Any) -> bool:
     """Whether a value is one that a failed grid point does not have (shown as a dash)."""
     return value is None or (isinstance(value, float) and not math.isfinite(value))
@@ -101,6 +110,7 @@ def leaderboard_markdown(
         metric = rows[0]["metric"]
         arrow = "↑" if HIGHER_IS_BETTER.get(metric, False) else "↓"
         extras = _extra_axes(rows)
+        sparse = _has_sparse(rows)
         others = [
             m
             for m in ("nll", "accuracy", "exact_match", "bits_per_byte", "dfa_valid")
@@ -111,7 +121,9 @@ def leaderboard_markdown(
             + [a[5:] for a in extras]
             + [f"{metric} {arrow}"]
             + others
-            + ["params", "state size", "train FLOPs", "time (s)", "lr"]
+            + ["params"]
+            + (["active params"] if sparse else [])
+            + ["state size", "train FLOPs", "time (s)", "lr"]
         )
         lines += [
             "",
@@ -142,8 +154,9 @@ def leaderboard_markdown(
                 + [str(row[a]) for a in extras]
                 + [f"failed: {_cell(row['error'])}" if failed else fmt(metric)]
                 + [fmt(m) for m in others]
+                + [number("params", "human")]
+                + ([number("active_params", "human")] if sparse else [])
                 + [
-                    number("params", "human"),
                     number("state_size", "human"),
                     number("train_flops", "human"),
                     number("seconds", ".1f"),

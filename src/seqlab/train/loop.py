@@ -382,6 +382,7 @@ def _train(
         "validation": evaluation,
         "params": model.num_params(),
         "params_non_embedding": model.num_params(embeddings=False),
+        "active_params": model.num_active_params(),
         "state_size": model.state_size(seq_len),
         "flops_per_token": model.flops_per_token(seq_len),
         "train_tokens": tokens_seen,
