@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from seqlab.config import ModelConfig, check_option_types
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import CAUSAL_ONLY, Layout, LayoutKind
+from seqlab.registry import MIXERS
 from seqlab.state import State, interleave_states
 
 
@@ -67,6 +68,12 @@ class Mixer(nn.Module, ABC):
         """
         valid = cls.option_defaults()
         unknown = sorted(set(options) - set(valid))
+        if "memory_cache" in unknown:
+            takers = [n for n in MIXERS.names() if "memory_cache" in MIXERS.get(n).options()]
+            raise ConfigError(
+                f"mixer {getattr(cls, 'name', cls.__name__)} does not take memory_cache; the "
+                f"mixers that read a matrix state as q̃ᵀS take it: {', '.join(takers)}"
+            )
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {unknown} for mixer {cls.__name__}; valid options: "

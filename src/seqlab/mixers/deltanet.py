@@ -75,19 +75,32 @@ class DeltaNet(LinearRecurrence):
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv_in, beta_logits, *decay = inputs
+        q, k, v, conv_state = self._features(qkv_in, state)
+        beta = self.write_strength(beta_logits)
+        kernel = self._kernel_options(q.shape[1], state, boundaries, need_final)
+        o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
+        return o, self._new_state(final, conv_state)
+
+    def _features(
+        self, qkv_in: Tensor, state: LinearState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Conv, split and L2-normalised q, k: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv
+        state)."""
         qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
         q, k, v = (
             heads_view(u, self.heads)
             for u in qkv.split([key_width, key_width, self.heads * self.state_v], dim=-1)
         )
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        beta = self.write_strength(beta_logits)
-        kernel = self._kernel_options(qkv.shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
-        return o, self._new_state(final, conv_state)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_state
+
+    def _read_inputs(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, Tensor]:
+        q, k, _, _ = self._features(inputs[0], state)
+        return q * self.state_k**-0.5, k
 
     def _kernel(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, **kernel: object

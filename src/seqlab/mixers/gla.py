@@ -91,16 +91,32 @@ class GLA(LinearRecurrence):
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         qkv_in, g = inputs
-        qkv, conv_state = self._convolve(qkv_in, state)
-        key_width = self.heads * self.state_k
-        q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
-        q, k, v, g = (heads_view(u, self.heads) for u in (q, k, v, g))
+        q, k, v, conv_state = self._features(qkv_in, state)
         o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(qkv.shape[1], state, boundaries, need_final)
+            q,
+            k,
+            v,
+            heads_view(g, self.heads),
+            **self._kernel_options(q.shape[1], state, boundaries, need_final),
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
         return o, self._new_state(final, conv_state)
+
+    def _features(
+        self, qkv_in: Tensor, state: LinearState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Conv and split: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv state)."""
+        qkv, conv_state = self._convolve(qkv_in, state)
+        key_width = self.heads * self.state_k
+        q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
+        return (*(heads_view(u, self.heads) for u in (q, k, v)), conv_state)
+
+    def _read_inputs(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, Tensor]:
+        q, k, _, _ = self._features(inputs[0], state)
+        return q * self.state_k**-0.5, k
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(F.silu(gate) * group_norm(self.norm, o))

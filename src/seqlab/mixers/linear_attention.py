@@ -63,21 +63,37 @@ class LinearAttention(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, conv_state = self._convolve(inputs[0], state)
-        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
-        q, k = F.elu(q) + 1, F.elu(k) + 1
+        q, k, v, conv_state = self._features(inputs[0], state)
         if self.normalize:
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
         o, final, *chunk_states = gated_linear_attention(
             q,
             k,
             v,
-            scale=1.0 if self.normalize else None,
-            **self._kernel_options(qkv.shape[1], state, boundaries, need_final),
+            scale=self._scale(),
+            **self._kernel_options(q.shape[1], state, boundaries, need_final),
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
+
+    def _features(
+        self, qkv_in: Tensor, state: LinearState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Conv, split and φ: (φ(q), φ(k), v, each `[B, T, H, K]`, conv state)."""
+        qkv, conv_state = self._convolve(qkv_in, state)
+        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
+        return F.elu(q) + 1, F.elu(k) + 1, v, conv_state
+
+    def _scale(self) -> float:
+        """The query scale: 1 with the normaliser (it cancels), else 1/√K."""
+        return 1.0 if self.normalize else self.state_k**-0.5
+
+    def _read_inputs(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, Tensor]:
+        q, k, _, _ = self._features(inputs[0], state)
+        return q * self._scale(), k
 
     def _output(self, o: Tensor, gate: None) -> Tensor:
         if self.normalize:

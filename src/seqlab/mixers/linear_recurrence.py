@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
@@ -23,6 +25,7 @@ from seqlab.mixers.base import (
     unfold_blocks,
 )
 from seqlab.mixers.common import check_positive, fan_in_linear
+from seqlab.mixers.memory_cache import MemoryCache
 from seqlab.mixers.short_conv import ShortConv
 
 KERNEL_MODES = (None, "chunk", "recurrent")
@@ -53,6 +56,9 @@ class LinearRecurrence(Mixer):
     or each block of it (its own conv and recurrence from a zero state); the two directions'
     kernel outputs are summed before the output norm and gate, the "two scans" view of Hydra
     (Hwang et al., 2024).
+    Memory caching: a mixer whose kernel output is a plain read o_t = q̃_tᵀ S_t implements
+    `_read_inputs` and takes the option `memory_cache: {segment, mode, top_k}`, which wraps
+    it in `MemoryCache` (causal only, a growing state; see `seqlab.mixers.memory_cache`).
     Init: the base init, except that an output gate `silu(W_g x)` (made by `output_gate`) gets
     fan-in init N(0, 1/d_model), kept by the model-wide init. With the model-wide std (0.02)
     the gate of a small model starts near 0.05 and scales the whole mixer output down, so the
@@ -117,6 +123,35 @@ class LinearRecurrence(Mixer):
     @abstractmethod
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
+
+    def _read_inputs(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, Tensor]:
+        """The queries q̃ each token reads the state with, scaled as the kernel scales them
+        (the kernel output is o_t = q̃_tᵀ S_t), and the keys k it writes with, both
+        `[B, T, H, K]`, from `_recur`'s inputs and state. A mixer that has it takes the
+        `memory_cache` option (`seqlab.mixers.memory_cache`)."""
+        raise NotImplementedError(f"{self.name} has no plain state read")
+
+    @classmethod
+    def takes_memory_cache(cls) -> bool:
+        """Whether the mixer reads its state as o_t = q̃_tᵀ S_t (it has `_read_inputs`)."""
+        return cls._read_inputs is not LinearRecurrence._read_inputs
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        defaults = super().option_defaults()
+        if cls.takes_memory_cache():
+            defaults["memory_cache"] = None
+        return defaults
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, layer: int = 0, **options: Any) -> Mixer:
+        """The base's, wrapped in `MemoryCache` when the `memory_cache` option is given (a
+        mapping of `MemoryCache`'s options: segment, mode, top_k)."""
+        cache = options.pop("memory_cache", None) if cls.takes_memory_cache() else None
+        mixer = super().from_config(config, layer, **options)
+        return mixer if cache is None else MemoryCache.around(mixer, cache)
 
     # The gated_linear_attention kernel needs power-of-two chunks; the delta rule does not.
     power_of_two_blocks = True

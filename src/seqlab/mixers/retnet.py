@@ -92,18 +92,9 @@ class RetNet(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, conv_state = self._convolve(inputs[0], state)
-        b, t, _ = qkv.shape
-        q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.state_v], -1)
-        q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
-        offset = None
-        if self.rotary:
-            steps = torch.arange(t, device=qkv.device)
-            positions = steps[None] if state is None else state.offset[:, None] + steps
-            cos, sin = rotary_angles(positions, self.state_k, self.rope_theta, dtype=q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            offset = None if state is None else positions[:, -1] + 1
-        g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
+        q, k, v, conv_state, offset = self._features(inputs[0], state)
+        b, t = q.shape[:2]
+        g = self.log_decay.to(q.dtype).expand(b, t, self.heads)
         o, final, *chunk_states = gated_linear_attention(
             q, k, v, g, **self._kernel_options(t, state, boundaries, need_final)
         )
@@ -111,9 +102,32 @@ class RetNet(LinearRecurrence):
             starts = None
             if self.rotary:
                 starts = state.offset.repeat_interleave(-(-t // boundaries))
-                starts = starts + torch.arange(0, t, boundaries, device=qkv.device).repeat(b)
+                starts = starts + torch.arange(0, t, boundaries, device=q.device).repeat(b)
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries, starts)
         return o, self._new_state(final, conv_state, offset)
+
+    def _features(
+        self, qkv_in: Tensor, state: LinearState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Conv, split and rotary: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv state, the
+        next offset when rotary and a state is carried)."""
+        qkv, conv_state = self._convolve(qkv_in, state)
+        q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.state_v], -1)
+        q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
+        offset = None
+        if self.rotary:
+            steps = torch.arange(qkv.shape[1], device=qkv.device)
+            positions = steps[None] if state is None else state.offset[:, None] + steps
+            cos, sin = rotary_angles(positions, self.state_k, self.rope_theta, dtype=q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            offset = None if state is None else positions[:, -1] + 1
+        return q, k, v, conv_state, offset
+
+    def _read_inputs(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[Tensor, Tensor]:
+        q, k, *_ = self._features(inputs[0], state)
+        return q * self.state_k**-0.5, k
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(F.silu(gate) * group_norm(self.norm, o))

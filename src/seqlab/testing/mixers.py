@@ -85,7 +85,10 @@ def mixer_subject(name_or_class: str | type[Mixer], options: dict[str, Any]) -> 
         unbuildable=_unbuildable(entry),
     )
     with torch.random.fork_rng(devices=[]):
-        subject.mixer()  # unknown or missing options are the caller's error: raise them here
+        built = subject.mixer()  # unknown or missing options are the caller's error: raise them
+    # Options may change what the mixer declares (a memory cache makes it causal and growing).
+    subject.layouts = frozenset(LayoutKind(k) for k in built.layouts)
+    subject.state_kind = built.state_kind
     return subject
 
 
