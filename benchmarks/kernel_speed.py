@@ -26,6 +26,7 @@ from seqlab.mixers.gateloop import gateloop_attention, gateloop_decay, gateloop_
 from seqlab.mixers.lightnet import lightnet_attention
 from seqlab.mixers.longhorn import longhorn_scan, longhorn_scan_loop
 from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
+from seqlab.ops.generalized_delta_rule import generalized_delta_rule
 from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.ops.scan import diagonal_scan
 from seqlab.ops.selective_scan import selective_scan
@@ -54,6 +55,10 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
     g_key = F.logsigmoid(torch.randn(b, t, h, d) + 4).requires_grad_()
     g_head = F.logsigmoid(torch.randn(b, t, h) + 4).requires_grad_()
     beta = torch.rand(b, t, h).requires_grad_()
+    removal = F.normalize(torch.randn(b, t, h, d), dim=-1)
+    iclr = torch.rand(b, t, h, d)
+    dplr_a, dplr_b = (-removal).requires_grad_(), (removal * iclr).requires_grad_()
+    g_rwkv = (-0.6 * torch.rand(b, t, h, d)).requires_grad_()
     a = torch.rand(b, t, h * d).requires_grad_()
     x = torch.randn(b, t, h * d, requires_grad=True)
     s6_a = (-torch.rand(h * d, 16) - 0.1).requires_grad_()
@@ -85,6 +90,9 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
         ),
         "delta_rule": run(lambda m: delta_rule(q, k, v, beta, mode=m)),
         "gated_delta_rule": run(lambda m: gated_delta_rule(q, k, v, g_head, beta, mode=m)),
+        "rwkv7 (generalized delta rule)": run(
+            lambda m: generalized_delta_rule(q, k, v, g_rwkv, dplr_a, dplr_b, scale=1.0, mode=m)
+        ),
         "lightnet (logcumsumexp keys)": run(lambda m: lightnet_attention(q, k, v, mode=m)),
         "gateloop (complex decay)": run(gateloop),
         "longhorn (N=16)": run(
