@@ -32,6 +32,8 @@ class DeltaNet(LinearRecurrence):
     transition I − β k kᵀ has the eigenvalue 1 − β ∈ [−1, 1] along k (a reflection at β = 2).
     """
 
+    linear_in_values = True
+
     def __init__(
         self,
         d_model: int,
@@ -74,6 +76,17 @@ class DeltaNet(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
+        features, conv_state = self._features(inputs, state)
+        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
+        o, final, *chunk_states = self._kernel(*features, **kernel)
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
+        return o, self._new_state(final, conv_state)
+
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """Unit q and k, v, β (and the decay logits of a subclass)."""
         qkv_in, beta_logits, *decay = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
@@ -82,12 +95,7 @@ class DeltaNet(LinearRecurrence):
             for u in qkv.split([key_width, key_width, self.heads * self.state_v], dim=-1)
         )
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        beta = self.write_strength(beta_logits)
-        kernel = self._kernel_options(qkv.shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
-        return o, self._new_state(final, conv_state)
+        return (q, k, v, self.write_strength(beta_logits), *decay), conv_state
 
     def _kernel(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, **kernel: object

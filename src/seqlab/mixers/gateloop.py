@@ -17,6 +17,7 @@ from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
+    ValueMap,
     check_input,
     check_scan_layout,
     keep_init,
@@ -132,6 +133,7 @@ class GateLoop(Mixer):
     """
 
     layouts = ALL_LAYOUTS
+    linear_in_values = True
 
     def __init__(
         self,
@@ -175,32 +177,47 @@ class GateLoop(Mixer):
     ) -> tuple[Tensor, GateLoopState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "gateloop")
-        dtype = state_dtype(x.dtype)
-        magnitude_logit, phase = self.decay(x).to(dtype).chunk(2, dim=-1)
-        a = heads_view(gateloop_decay(magnitude_logit, phase), self.heads)  # [B, T, H, K]
-
-        def recur(
-            parts: tuple[Tensor, ...], s: GateLoopState | None
-        ) -> tuple[Tensor, GateLoopState | None]:
-            qkv, decay = parts
-            conv_state = None
-            if self.conv is not None:
-                qkv, conv_state = self.conv(qkv, None if s is None else s.conv)
-            key_width = self.heads * self.state_k
-            q, k, v = qkv.to(dtype).split([key_width, key_width, qkv.shape[-1] - 2 * key_width], -1)
-            q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
-            s0 = None if s is None else torch.view_as_complex(s.s.to(dtype).contiguous())
-            o, last = gateloop_scan(
-                q * self.state_k**-0.5, k, v, decay, initial_state=s0,
-                output_final_state=s is not None,
-            )  # fmt: skip
-            if s is None:
-                return o, None
-            return o, GateLoopState(torch.view_as_real(last), conv_state)
-
-        o, new_state = scan_in_layout(recur, (self.qkv(x), a), state, layout, self.init_state)
+        o, new_state = scan_in_layout(
+            self._recur, (self.qkv(x), self._decays(x)), state, layout, self.init_state
+        )
         o = group_norm(self.norm, o.to(x.dtype))
         return self.out(F.silu(self.gate(x)) * o), new_state
+
+    def _decays(self, x: Tensor) -> Tensor:
+        """a `[B, T, H, K]`, complex, in the state dtype."""
+        magnitude_logit, phase = self.decay(x).to(state_dtype(x.dtype)).chunk(2, dim=-1)
+        return heads_view(gateloop_decay(magnitude_logit, phase), self.heads)
+
+    def _features(
+        self, qkv: Tensor, s: GateLoopState | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The conv (from `s.conv`) -> q / √K, k, v in `dtype`, and the conv's new state."""
+        conv_state = None
+        if self.conv is not None:
+            qkv, conv_state = self.conv(qkv, None if s is None else s.conv)
+        key_width = self.heads * self.state_k
+        q, k, v = qkv.to(dtype).split([key_width, key_width, qkv.shape[-1] - 2 * key_width], -1)
+        q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
+        return q * self.state_k**-0.5, k, v, conv_state
+
+    def _recur(
+        self, parts: tuple[Tensor, ...], s: GateLoopState | None
+    ) -> tuple[Tensor, GateLoopState | None]:
+        qkv, decay = parts
+        dtype = decay.real.dtype
+        q, k, v, conv_state = self._features(qkv, s, dtype)
+        s0 = None if s is None else torch.view_as_complex(s.s.to(dtype).contiguous())
+        o, last = gateloop_scan(q, k, v, decay, initial_state=s0, output_final_state=s is not None)
+        if s is None:
+            return o, None
+        return o, GateLoopState(torch.view_as_real(last), conv_state)
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Values v; the matrix Re(q_tᵀ diag(Π a) k_s) is real, the decays complex."""
+        qkv, decay = self.qkv(x), self._decays(x)
+        output, _ = self._recur((qkv, decay), None)
+        q, k, v, _ = self._features(qkv, None, decay.real.dtype)
+        return v, output, lambda values: gateloop_scan_loop(q, k, values, decay)[0]
 
     def init_state(
         self,

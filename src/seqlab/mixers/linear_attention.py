@@ -34,6 +34,8 @@ class LinearAttention(LinearRecurrence):
     test learns; `conv_size: 0` is the paper's layer exactly).
     """
 
+    linear_in_values = True
+
     def __init__(
         self,
         d_model: int,
@@ -63,26 +65,36 @@ class LinearAttention(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, conv_state = self._convolve(inputs[0], state)
-        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
-        q, k = F.elu(q) + 1, F.elu(k) + 1
-        if self.normalize:
-            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        o, final, *chunk_states = gated_linear_attention(
-            q,
-            k,
-            v,
-            scale=1.0 if self.normalize else None,
-            **self._kernel_options(qkv.shape[1], state, boundaries, need_final),
+        (q, k, v), conv_state = self._features(inputs, state)
+        o, final, *chunk_states = self._kernel(
+            q, k, v, **self._kernel_options(q.shape[1], state, boundaries, need_final)
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
 
-    def _output(self, o: Tensor, gate: None) -> Tensor:
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """φ(q), φ(k) and v, each `[B, T, H, K]`."""
+        qkv, conv_state = self._convolve(inputs[0], state)
+        q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
+        return (F.elu(q) + 1, F.elu(k) + 1, v), conv_state
+
+    def _kernel(self, q: Tensor, k: Tensor, v: Tensor, **options: object) -> tuple[Tensor, ...]:
+        """The kernel, with the normaliser's column of ones after the values."""
         if self.normalize:
-            o = o[..., :-1] / (o[..., -1:] + 1e-6)
-        return self.out(o.flatten(2))
+            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        return gated_linear_attention(q, k, v, scale=1.0 if self.normalize else None, **options)
+
+    def _mixed(self, o: Tensor) -> Tensor:
+        """o `[B, T, H, V + 1]` (with `normalize`) -> the normalised output `[B, T, H, V]`."""
+        if self.normalize:
+            return o[..., :-1] / (o[..., -1:] + 1e-6)
+        return o
+
+    def _output(self, o: Tensor, gate: None) -> Tensor:
+        return self.out(self._mixed(o).flatten(2))
 
     def mixing_flops(self, seq_len: int) -> float:
         """The chunked kernel (normaliser column included) and conv, φ and the division."""

@@ -15,6 +15,7 @@ from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
+    ValueMap,
     check_input,
     check_scan_layout,
     fold_blocks,
@@ -24,6 +25,7 @@ from seqlab.mixers.base import (
 )
 from seqlab.mixers.common import check_positive, fan_in_linear
 from seqlab.mixers.short_conv import ShortConv
+from seqlab.ops.linear_attention import gated_linear_attention
 
 KERNEL_MODES = (None, "chunk", "recurrent")
 
@@ -117,6 +119,39 @@ class LinearRecurrence(Mixer):
     @abstractmethod
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
+
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """Projected inputs -> (the kernel's tensor arguments (q, k, v, gates...), the conv's
+        new state): the conv and feature maps of `_recur`, for a subclass that splits its
+        `_recur` into `_features` and `_kernel` (and so has a mixing matrix)."""
+        raise NotImplementedError(f"{type(self).__name__} has no _features")
+
+    def _kernel(
+        self, q: Tensor, k: Tensor, v: Tensor, *gates: Tensor, **options: object
+    ) -> tuple[Tensor, ...]:
+        """The kernel on `_features`' arguments, with `_kernel_options` (or a `mode`):
+        (o `[B, T, H, V]`, final state, chunk states...); `gated_linear_attention` unless a
+        subclass has its own."""
+        return gated_linear_attention(q, k, v, *gates, **options)
+
+    def _mixed(self, o: Tensor) -> Tensor:
+        """The kernel output, completed where the mixer finishes its mixing in `_output`
+        (linear attention's normaliser); the identity by default."""
+        return o
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Values v from `_project` and the conv (`_features`), the forward's kernel output,
+        and the kernel's recurrent (step-by-step reference) mode as a function of v."""
+        inputs, _ = self._project(x)
+        output, _ = self._recur(inputs, None)
+        (q, k, v, *gates), _ = self._features(inputs, None)
+
+        def value_map(values: Tensor) -> Tensor:
+            return self._mixed(self._kernel(q, k, values, *gates, mode="recurrent")[0])
+
+        return v, self._mixed(output), value_map
 
     # The gated_linear_attention kernel needs power-of-two chunks; the delta rule does not.
     power_of_two_blocks = True
