@@ -314,7 +314,8 @@ MIXERS = Registry(
     "seqlab.mixers",
     "seqlab.mixers",
     base="seqlab.mixers.base:Mixer",
-    declarations={"layouts": None, "state_kind": None},  # defaults: on the Mixer class
+    # defaults: on the Mixer class
+    declarations={"layouts": None, "state_kind": None, "linear_in_values": None},
     stamps_name=True,
 )
 OBJECTIVES = Registry(

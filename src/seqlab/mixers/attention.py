@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import ALL_LAYOUTS, Layout, LayoutKind
-from seqlab.mixers.base import Mixer, check_input
+from seqlab.mixers.base import Mixer, ValueMap, check_input
 from seqlab.ops.attention import (
     apply_rotary,
     arange_rotary_angles,
+    attention_reference,
     block_causal_mask,
     block_diffusion_mask,
     rotary_angles,
@@ -106,6 +107,7 @@ class Attention(Mixer):
 
     layouts = ALL_LAYOUTS
     state_kind = "kv_cache"
+    linear_in_values = True
 
     def __init__(
         self,
@@ -140,6 +142,25 @@ class Attention(Mixer):
     ) -> tuple[Tensor, KVCache | None]:
         check_input(x, self.d_model)
         b, t, _ = x.shape
+        q, k, v, positions = self._heads(x, state, positions)
+        if state is None:
+            return self.out(self._attend(q, k, v, positions, layout).reshape(b, t, -1)), None
+
+        k_all = torch.cat([state.k, k], dim=1)
+        v_all = torch.cat([state.v, v], dim=1)
+        k_pos = torch.cat([state.positions, positions], dim=1)
+        mask = self._mask(positions, k_pos, layout, n_cached=state.k.shape[1])
+        o = scaled_dot_product_attention(q, k_all, v_all, mask=mask)
+        if self.window is not None and k_all.shape[1] > self.window:
+            k_all, v_all, k_pos = (s[:, -self.window :] for s in (k_all, v_all, k_pos))
+        new_state = KVCache(k_all, v_all, k_pos, positions[:, -1] + 1)
+        return self.out(o.reshape(b, t, self.d_model)), new_state
+
+    def _heads(
+        self, x: Tensor, state: KVCache | None, positions: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q `[B, T, H, D]`, k and v `[B, T, H_kv, D]` (q and k rotated) and the positions."""
+        b, t, _ = x.shape
         h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
         qk, v = self.qkv(x).split([self.d_model + h_kv * d, h_kv * d], dim=-1)
         v = v.view(b, t, h_kv, d)
@@ -157,24 +178,28 @@ class Attention(Mixer):
             q, k = qk.split([self.d_model, h_kv * d], dim=-1)
             q = apply_rotary(self.q_norm(q.view(b, t, h, d)), cos, sin)
             k = apply_rotary(self.k_norm(k.view(b, t, h_kv, d)), cos, sin)
+        return q, k, v, positions
 
-        if state is None:
-            if layout.is_causal and self.window is None:
-                o = scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
-                mask = self._mask(positions, positions, layout, n_cached=0)
-                o = scaled_dot_product_attention(q, k, v, mask=mask)
-            return self.out(o.reshape(b, t, self.d_model)), None
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, layout: Layout) -> Tensor:
+        """softmax(q kᵀ / √D + mask) v `[B, T, H, D]` over the new tokens alone."""
+        if layout.is_causal and self.window is None:
+            return scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = self._mask(positions, positions, layout, n_cached=0)
+        return scaled_dot_product_attention(q, k, v, mask=mask)
 
-        k_all = torch.cat([state.k, k], dim=1)
-        v_all = torch.cat([state.v, v], dim=1)
-        k_pos = torch.cat([state.positions, positions], dim=1)
-        mask = self._mask(positions, k_pos, layout, n_cached=state.k.shape[1])
-        o = scaled_dot_product_attention(q, k_all, v_all, mask=mask)
-        if self.window is not None and k_all.shape[1] > self.window:
-            k_all, v_all, k_pos = (s[:, -self.window :] for s in (k_all, v_all, k_pos))
-        new_state = KVCache(k_all, v_all, k_pos, positions[:, -1] + 1)
-        return self.out(o.reshape(b, t, self.d_model)), new_state
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """The values v repeated to every query head of their group `[B, T, H, D]`; the
+        matrix is each query head's softmax probabilities (window included)."""
+        q, k, v, positions = self._heads(x, None, None)
+        output = self._attend(q, k, v, positions, Layout.CAUSAL)
+        mask = self._mask(positions, positions, Layout.CAUSAL, n_cached=0)
+        group = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(group, dim=2)
+
+        def value_map(values: Tensor) -> Tensor:
+            return attention_reference(q, k, values, mask=mask)
+
+        return v.repeat_interleave(group, dim=2), output, value_map
 
     def _positions(
         self, positions: Tensor | None, state: KVCache | None, b: int, t: int, device: torch.device

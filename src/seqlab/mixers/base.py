@@ -33,11 +33,41 @@ class Mixing:
     `matrix` `[B, H, T, T]` (the implicit attention map; lower triangular for a causal mixer),
     `values` `[B, T, H, V]` and `output` `[B, T, H, V]`: the values the kernel mixes and its
     output before the mixer's output norm, gate and projection.
+    `slots` > 1 (MoM's memories): the H rows are `slots` slot-major groups of the mixer's
+    heads, each slot with values of its own; a head's kernel output is the sum of its slots'
+    outputs (`head_output`) and its implicit attention map the sum of their maps
+    (`head_matrix`).
     """
 
     matrix: Tensor
     values: Tensor
     output: Tensor
+    slots: int = 1
+
+    def head_matrix(self) -> Tensor:
+        """`[B, H / slots, T, T]`: how much each token reads each other, summed over slots."""
+        return self.matrix.unflatten(1, (self.slots, -1)).sum(1)
+
+    def head_output(self) -> Tensor:
+        """`[B, T, H / slots, V]`: the kernel output of each of the mixer's heads."""
+        return self.output.unflatten(2, (self.slots, -1)).sum(2)
+
+
+# The values `[B, T, H, V']` (any V') -> the kernel output `[B, T, H, V']`, the gates fixed.
+ValueMap = Callable[[Tensor], Tensor]
+
+
+def mixing_by_basis(values: Tensor, output: Tensor, value_map: ValueMap) -> Mixing:
+    """The implicit attention matrix of a map linear in the values (Zimerman et al., 2024), by
+    the identity-value trick: with V' = T and value v_s = e_s (the s-th basis vector over
+    time, in every head), output row t is Σ_s M[t, s] e_s, row t of the matrix itself.
+
+    values, output `[B, T, H, V]` (kept as given) -> `Mixing` with matrix `[B, H, T, T]`.
+    """
+    batch, steps, heads, _ = values.shape
+    basis = torch.eye(steps, dtype=values.dtype, device=values.device)
+    rows = value_map(basis[None, :, None, :].repeat(batch, 1, heads, 1))  # [B, T, H, T]
+    return Mixing(rows.transpose(1, 2), values, output)
 
 
 class Mixer(nn.Module, ABC):
@@ -54,6 +84,8 @@ class Mixer(nn.Module, ABC):
     name: ClassVar[str]  # the name it is registered or found by (set by the registry)
     layouts: ClassVar[frozenset[LayoutKind]] = CAUSAL_ONLY
     state_kind: ClassVar[str] = "fixed"
+    # The output is linear in the values given the gates: `mixing` returns the matrix.
+    linear_in_values: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, config: ModelConfig, layer: int = 0, **options: Any) -> Mixer:
@@ -143,11 +175,22 @@ class Mixer(nn.Module, ABC):
     def mixing(self, x: Tensor) -> Mixing:
         """The causal T×T matrix each head applies to its values for input `x [B, T, d_model]`,
         computed exactly (by the step-by-step reference), with those values and the kernel's
-        output. Only for mixers whose output is linear in the values given the gates."""
-        raise SeqlabError(
-            f"mixer {getattr(self, 'name', type(self).__name__)!r} has no mixing matrix: its "
-            "output is not linear in its values"
-        )
+        output. Only for mixers whose output is linear in the values given the gates, which
+        declare it with `linear_in_values = True` and give `_value_map`; the default forms
+        the matrix from it by `mixing_by_basis`. A SeqlabError for the others."""
+        if not self.linear_in_values:
+            raise SeqlabError(
+                f"mixer {getattr(self, 'name', type(self).__name__)!r} has no mixing matrix: "
+                "its output is not linear in its values"
+            )
+        check_input(x, getattr(self, "d_model", x.shape[-1]))
+        return mixing_by_basis(*self._value_map(x))
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """For `x [B, T, d_model]` and the causal layout: (the values `[B, T, H, V]`, the
+        kernel output that the forward computes from them `[B, T, H, V]`, the kernel's
+        step-by-step reference as a function of the values alone, the gates held fixed)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no value map")
 
     def init_weights(self, std: float, out_std: float) -> None:
         """Normal(0, std) for linear weights, `out_std` for the output projection `out`, zero

@@ -32,6 +32,9 @@ class DeltaNet(LinearRecurrence):
     transition I − β k kᵀ has the eigenvalue 1 − β ∈ [−1, 1] along k (a reflection at β = 2).
     """
 
+    linear_in_values = True
+    plain_read = True
+
     def __init__(
         self,
         d_model: int,
@@ -74,33 +77,26 @@ class DeltaNet(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv_in, beta_logits, *decay = inputs
-        q, k, v, conv_state = self._features(qkv_in, state)
-        beta = self.write_strength(beta_logits)
-        kernel = self._kernel_options(q.shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = self._kernel(q, k, v, beta, *decay, **kernel)
+        features, conv_state = self._features(inputs, state)
+        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
+        o, final, *chunk_states = self._kernel(*features, **kernel)
         if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
 
     def _features(
-        self, qkv_in: Tensor, state: LinearState | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Conv, split and L2-normalised q, k: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv
-        state)."""
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """Unit q and k, v, β (and the decay logits of a subclass)."""
+        qkv_in, beta_logits, *decay = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
         q, k, v = (
             heads_view(u, self.heads)
             for u in qkv.split([key_width, key_width, self.heads * self.state_v], dim=-1)
         )
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_state
-
-    def _read_inputs(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
-    ) -> tuple[Tensor, Tensor]:
-        q, k, _, _ = self._features(inputs[0], state)
-        return q * self.state_k**-0.5, k
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return (q, k, v, self.write_strength(beta_logits), *decay), conv_state
 
     def _kernel(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, **kernel: object

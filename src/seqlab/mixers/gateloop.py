@@ -19,6 +19,7 @@ from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
+    ValueMap,
     check_input,
     check_scan_layout,
     keep_init,
@@ -181,6 +182,7 @@ class GateLoop(Mixer):
     """
 
     layouts = ALL_LAYOUTS
+    linear_in_values = True
 
     def __init__(
         self,
@@ -228,36 +230,53 @@ class GateLoop(Mixer):
     ) -> tuple[Tensor, GateLoopState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "gateloop")
-        dtype = state_dtype(x.dtype)
-        decay = self.decay(x).to(dtype)
-
-        def recur(
-            parts: tuple[Tensor, ...], s: GateLoopState | None
-        ) -> tuple[Tensor, GateLoopState | None]:
-            qkv, decay = parts
-            conv_state = None
-            if self.conv is not None:
-                qkv, conv_state = self.conv(qkv, None if s is None else s.conv)
-            key_width = self.heads * self.state_k
-            q, k, v = qkv.to(dtype).split([key_width, key_width, qkv.shape[-1] - 2 * key_width], -1)
-            q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
-            magnitude_logit, phase = (heads_view(u, self.heads) for u in decay.chunk(2, -1))
-            o, last, last_phase = gateloop_attention(
-                q, k, v, magnitude_logit, phase,
-                scale=self.state_k**-0.5,
-                initial_state=None if s is None else s.s.to(dtype),
-                initial_phase=None if s is None else s.phase.to(dtype),
-                output_final_state=s is not None,
-                mode="recurrent" if s is not None and q.shape[1] == 1 else "chunk",
-                chunk_size=self.chunk_size,
-            )  # fmt: skip
-            if s is None:
-                return o, None
-            return o, GateLoopState(last, last_phase, conv_state)
-
-        o, new_state = scan_in_layout(recur, (self.qkv(x), decay), state, layout, self.init_state)
+        o, new_state = scan_in_layout(
+            self._recur, (self.qkv(x), self.decay(x)), state, layout, self.init_state
+        )
         o = group_norm(self.norm, o.to(x.dtype))
         return self.out(F.silu(self.gate(x)) * o), new_state
+
+    def _features(
+        self, qkv: Tensor, decay: Tensor, s: GateLoopState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The conv (from `s.conv`) -> q / √K, k, v and the decay's magnitude logits and
+        phases `[B, T, H, K]`, all in the state dtype, and the conv's new state."""
+        dtype = state_dtype(qkv.dtype)
+        conv_state = None
+        if self.conv is not None:
+            qkv, conv_state = self.conv(qkv, None if s is None else s.conv)
+        key_width = self.heads * self.state_k
+        q, k, v = qkv.to(dtype).split([key_width, key_width, qkv.shape[-1] - 2 * key_width], -1)
+        magnitude_logit, phase = decay.to(dtype).chunk(2, dim=-1)
+        q, k, v, magnitude_logit, phase = (
+            heads_view(u, self.heads) for u in (q, k, v, magnitude_logit, phase)
+        )
+        return q * self.state_k**-0.5, k, v, magnitude_logit, phase, conv_state
+
+    def _recur(
+        self, parts: tuple[Tensor, ...], s: GateLoopState | None
+    ) -> tuple[Tensor, GateLoopState | None]:
+        q, k, v, magnitude_logit, phase, conv_state = self._features(*parts, s)
+        o, last, last_phase = gateloop_attention(
+            q, k, v, magnitude_logit, phase,
+            initial_state=None if s is None else s.s.to(q.dtype),
+            initial_phase=None if s is None else s.phase.to(q.dtype),
+            output_final_state=s is not None,
+            mode="recurrent" if s is not None and q.shape[1] == 1 else "chunk",
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
+        if s is None:
+            return o, None
+        return o, GateLoopState(last, last_phase, conv_state)
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Values v; the matrix Re(q_tᵀ diag(Π a) k_s) is real, the decays complex; the
+        complex step loop is the reference."""
+        qkv, decay = self.qkv(x), self.decay(x)
+        output, _ = self._recur((qkv, decay), None)
+        q, k, v, magnitude_logit, phase, _ = self._features(qkv, decay, None)
+        a = gateloop_decay(magnitude_logit, phase)
+        return v, output, lambda values: gateloop_scan_loop(q, k, values, a)[0]
 
     def init_state(
         self,

@@ -11,7 +11,6 @@ from seqlab.mixers.base import keep_init
 from seqlab.mixers.common import check_conv_size, check_positive, group_norm, head_dim, heads_view
 from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.registry import MIXERS
 
 
@@ -36,6 +35,9 @@ class GLA(LinearRecurrence):
     the gate bias b is initialised so the zero-input decays σ(b)^(1/τ) span 0.1 … 0.99 over
     each head's key channels, multi-scale as in RetNet, instead of all ≈ 0.96 (b = 0).
     """
+
+    linear_in_values = True
+    plain_read = True
 
     def __init__(
         self,
@@ -90,33 +92,23 @@ class GLA(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv_in, g = inputs
-        q, k, v, conv_state = self._features(qkv_in, state)
-        o, final, *chunk_states = gated_linear_attention(
-            q,
-            k,
-            v,
-            heads_view(g, self.heads),
-            **self._kernel_options(q.shape[1], state, boundaries, need_final),
+        features, conv_state = self._features(inputs, state)
+        steps = inputs[0].shape[1]
+        o, final, *chunk_states = self._kernel(
+            *features, **self._kernel_options(steps, state, boundaries, need_final)
         )
         if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], qkv_in, boundaries)
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
 
     def _features(
-        self, qkv_in: Tensor, state: LinearState | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Conv and split: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv state)."""
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        qkv_in, g = inputs
         qkv, conv_state = self._convolve(qkv_in, state)
         key_width = self.heads * self.state_k
         q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
-        return (*(heads_view(u, self.heads) for u in (q, k, v)), conv_state)
-
-    def _read_inputs(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
-    ) -> tuple[Tensor, Tensor]:
-        q, k, _, _ = self._features(inputs[0], state)
-        return q * self.state_k**-0.5, k
+        return tuple(heads_view(u, self.heads) for u in (q, k, v, g)), conv_state
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(F.silu(gate) * group_norm(self.norm, o))

@@ -167,6 +167,8 @@ class LightNet(LinearRecurrence):
     entering every block.
     """
 
+    linear_in_values = True
+
     def __init__(
         self,
         d_model: int,
@@ -202,23 +204,34 @@ class LightNet(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        qkv, conv_state = self._convolve(inputs[0], state)
-        key_width = self.heads * self.state_k
-        q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
-        q, k, v = (heads_view(u, self.heads) for u in (F.silu(q), k, v))
-        options = self._kernel_options(qkv.shape[1], state, boundaries, need_final)
+        features, conv_state = self._features(inputs, state)
+        options = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
         z0 = None if state is None else state.normalizer
         if boundaries is not None:
-            o, _, _, chunk_states, z_starts = lightnet_attention(
-                q, k, v, initial_normalizer=z0, **options
+            o, _, _, chunk_states, z_starts = self._kernel(
+                *features, initial_normalizer=z0, **options
             )
             starts = self._states_entering_blocks(chunk_states, inputs[0], boundaries)
             return o, LightNetState(starts.recurrent, starts.conv, None, z_starts.flatten(0, 1))
-        o, final, z_final = lightnet_attention(q, k, v, initial_normalizer=z0, **options)
+        o, final, z_final = self._kernel(*features, initial_normalizer=z0, **options)
         if final is None:
             return o, None
         conv = None if conv_state is None else conv_state.to(final.dtype)
         return o, LightNetState(final, conv, None, z_final)
+
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """SiLU(q'), the key logits k and v."""
+        qkv, conv_state = self._convolve(inputs[0], state)
+        key_width = self.heads * self.state_k
+        q, k, v = qkv.split([key_width, key_width, self.heads * self.state_v], -1)
+        return tuple(heads_view(u, self.heads) for u in (F.silu(q), k, v)), conv_state
+
+    def _kernel(
+        self, q: Tensor, k: Tensor, v: Tensor, *gates: Tensor, **options: object
+    ) -> tuple[Tensor | None, ...]:
+        return lightnet_attention(q, k, v, **options)
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(self.norm(o.flatten(2)) * F.silu(gate))

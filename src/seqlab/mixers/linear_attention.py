@@ -34,6 +34,9 @@ class LinearAttention(LinearRecurrence):
     test learns; `conv_size: 0` is the paper's layer exactly).
     """
 
+    linear_in_values = True
+    plain_read = True
+
     def __init__(
         self,
         d_model: int,
@@ -63,42 +66,40 @@ class LinearAttention(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        q, k, v, conv_state = self._features(inputs[0], state)
-        if self.normalize:
-            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        o, final, *chunk_states = gated_linear_attention(
-            q,
-            k,
-            v,
-            scale=self._scale(),
-            **self._kernel_options(q.shape[1], state, boundaries, need_final),
+        (q, k, v), conv_state = self._features(inputs, state)
+        o, final, *chunk_states = self._kernel(
+            q, k, v, **self._kernel_options(q.shape[1], state, boundaries, need_final)
         )
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
 
     def _features(
-        self, qkv_in: Tensor, state: LinearState | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Conv, split and φ: (φ(q), φ(k), v, each `[B, T, H, K]`, conv state)."""
-        qkv, conv_state = self._convolve(qkv_in, state)
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """φ(q), φ(k) and v, each `[B, T, H, K]`."""
+        qkv, conv_state = self._convolve(inputs[0], state)
         q, k, v = (heads_view(u, self.heads) for u in qkv.chunk(3, dim=-1))
-        return F.elu(q) + 1, F.elu(k) + 1, v, conv_state
+        return (F.elu(q) + 1, F.elu(k) + 1, v), conv_state
 
-    def _scale(self) -> float:
-        """The query scale: 1 with the normaliser (it cancels), else 1/√K."""
+    def _kernel(self, q: Tensor, k: Tensor, v: Tensor, **options: object) -> tuple[Tensor, ...]:
+        """The kernel, with the normaliser's column of ones after the values."""
+        if self.normalize:
+            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        return gated_linear_attention(q, k, v, scale=self._query_scale(), **options)
+
+    def _query_scale(self) -> float:
+        """1 with the normaliser (it cancels), else 1/√K."""
         return 1.0 if self.normalize else self.state_k**-0.5
 
-    def _read_inputs(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
-    ) -> tuple[Tensor, Tensor]:
-        q, k, _, _ = self._features(inputs[0], state)
-        return q * self._scale(), k
+    def _mixed(self, o: Tensor) -> Tensor:
+        """o `[B, T, H, V + 1]` (with `normalize`) -> the normalised output `[B, T, H, V]`."""
+        if self.normalize:
+            return o[..., :-1] / (o[..., -1:] + 1e-6)
+        return o
 
     def _output(self, o: Tensor, gate: None) -> Tensor:
-        if self.normalize:
-            o = o[..., :-1] / (o[..., -1:] + 1e-6)
-        return self.out(o.flatten(2))
+        return self.out(self._mixed(o).flatten(2))
 
     def mixing_flops(self, seq_len: int) -> float:
         """The chunked kernel (normaliser column included) and conv, φ and the division."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
+    ValueMap,
     check_input,
     check_scan_layout,
     fold_blocks,
@@ -27,6 +28,7 @@ from seqlab.mixers.base import (
 from seqlab.mixers.common import check_positive, fan_in_linear
 from seqlab.mixers.memory_cache import MemoryCache
 from seqlab.mixers.short_conv import ShortConv
+from seqlab.ops.linear_attention import gated_linear_attention
 
 KERNEL_MODES = (None, "chunk", "recurrent")
 
@@ -56,9 +58,10 @@ class LinearRecurrence(Mixer):
     or each block of it (its own conv and recurrence from a zero state); the two directions'
     kernel outputs are summed before the output norm and gate, the "two scans" view of Hydra
     (Hwang et al., 2024).
-    Memory caching: a mixer whose kernel output is a plain read o_t = q̃_tᵀ S_t implements
-    `_read_inputs` and takes the option `memory_cache: {segment, mode, top_k}`, which wraps
-    it in `MemoryCache` (causal only, a growing state; see `seqlab.mixers.memory_cache`).
+    Memory caching: a mixer whose kernel output is a plain read o_t = q̃_tᵀ S_t of the
+    (q, k, ...) its `_features` returns declares `plain_read = True` and takes the option
+    `memory_cache: {segment, mode, top_k}`, which wraps it in `MemoryCache` (causal only, a
+    growing state; see `seqlab.mixers.memory_cache`).
     Init: the base init, except that an output gate `silu(W_g x)` (made by `output_gate`) gets
     fan-in init N(0, 1/d_model), kept by the model-wide init. With the model-wide std (0.02)
     the gate of a small model starts near 0.05 and scales the whole mixer output down, so the
@@ -68,6 +71,7 @@ class LinearRecurrence(Mixer):
 
     name: str = "linear_recurrence"
     layouts = ALL_LAYOUTS
+    plain_read: ClassVar[bool] = False
 
     def __init__(self, d_model: int, heads: int, chunk_size: int) -> None:
         super().__init__()
@@ -124,19 +128,57 @@ class LinearRecurrence(Mixer):
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """Kernel output `[B, T, H, V]` (directions summed) -> `y [B, T, d_model]`."""
 
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """Projected inputs -> (the kernel's tensor arguments (q, k, v, gates...), the conv's
+        new state): the conv and feature maps of `_recur`, for a subclass that splits its
+        `_recur` into `_features` and `_kernel` (and so has a mixing matrix)."""
+        raise NotImplementedError(f"{type(self).__name__} has no _features")
+
+    def _kernel(
+        self, q: Tensor, k: Tensor, v: Tensor, *gates: Tensor, **options: object
+    ) -> tuple[Tensor, ...]:
+        """The kernel on `_features`' arguments, with `_kernel_options` (or a `mode`):
+        (o `[B, T, H, V]`, final state, chunk states...); `gated_linear_attention` unless a
+        subclass has its own."""
+        return gated_linear_attention(q, k, v, *gates, **options)
+
+    def _mixed(self, o: Tensor) -> Tensor:
+        """The kernel output, completed where the mixer finishes its mixing in `_output`
+        (linear attention's normaliser); the identity by default."""
+        return o
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Values v from `_project` and the conv (`_features`), the forward's kernel output,
+        and the kernel's recurrent (step-by-step reference) mode as a function of v."""
+        inputs, _ = self._project(x)
+        output, _ = self._recur(inputs, None)
+        (q, k, v, *gates), _ = self._features(inputs, None)
+
+        def value_map(values: Tensor) -> Tensor:
+            return self._mixed(self._kernel(q, k, values, *gates, mode="recurrent")[0])
+
+        return v, self._mixed(output), value_map
+
+    def _query_scale(self) -> float:
+        """The scale the kernel applies to q (1/√K unless a subclass says otherwise)."""
+        return self.state_k**-0.5
+
     def _read_inputs(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[Tensor, Tensor]:
         """The queries q̃ each token reads the state with, scaled as the kernel scales them
         (the kernel output is o_t = q̃_tᵀ S_t), and the keys k it writes with, both
-        `[B, T, H, K]`, from `_recur`'s inputs and state. A mixer that has it takes the
-        `memory_cache` option (`seqlab.mixers.memory_cache`)."""
-        raise NotImplementedError(f"{self.name} has no plain state read")
+        `[B, T, H, K]`, from `_recur`'s inputs and state (for `memory_cache`)."""
+        (q, k, *_), _ = self._features(inputs, state)
+        return q * self._query_scale(), k
 
     @classmethod
     def takes_memory_cache(cls) -> bool:
-        """Whether the mixer reads its state as o_t = q̃_tᵀ S_t (it has `_read_inputs`)."""
-        return cls._read_inputs is not LinearRecurrence._read_inputs
+        """Whether the mixer reads its state as o_t = q̃_tᵀ S_t, so that `memory_cache`
+        (`seqlab.mixers.memory_cache`) applies: its class declares `plain_read`."""
+        return cls.plain_read
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:

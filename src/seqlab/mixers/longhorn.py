@@ -157,16 +157,14 @@ class Longhorn(SelectiveBlock):
         C: Tensor,
         initial_state: Tensor | None,
         output_final_state: bool,
+        reference: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """The Longhorn scan with β = σ(W_β δ + b_β), keys k = B and queries q = C."""
+        args = (u, torch.sigmoid(self.beta_proj(delta)).to(u.dtype), B, C, self.D.to(u.dtype))
+        if reference:
+            return longhorn_scan_loop(*args, initial_state=initial_state)
         return longhorn_scan(
-            u,
-            torch.sigmoid(self.beta_proj(delta)).to(u.dtype),
-            B,
-            C,
-            self.D.to(u.dtype),
-            initial_state=initial_state,
-            output_final_state=output_final_state,
+            *args, initial_state=initial_state, output_final_state=output_final_state
         )
 
     def mixing_flops(self, seq_len: int) -> float:

@@ -98,6 +98,7 @@ class Mamba(SelectiveBlock):
         C: Tensor,
         initial_state: Tensor | None,
         output_final_state: bool,
+        reference: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """S6 with Δ = softplus(W_Δ δ + b_Δ) and A = −exp(A_log)."""
         return selective_scan(
@@ -110,6 +111,7 @@ class Mamba(SelectiveBlock):
             negative_eigenvalues=self.negative_eigenvalues,
             initial_state=initial_state,
             output_final_state=output_final_state,
+            mode="loop" if reference else "auto",
         )
 
     def mixing_flops(self, seq_len: int) -> float:

@@ -92,6 +92,8 @@ class Mamba2(LinearRecurrence):
     [B, T, H, d_state, P]) and is exact up to rounding.
     """
 
+    linear_in_values = True
+
     def __init__(
         self,
         d_model: int,
@@ -143,23 +145,37 @@ class Mamba2(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
+        features, conv_state = self._features(inputs, state)
+        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
+        y, final, *chunk_states = self._kernel(*features, **kernel)
+        if boundaries is not None:
+            return y, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
+        return y, self._new_state(final, conv_state)
+
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """q = C and k = B `[B, T, H, d_state]` (shared by the heads), x `[B, T, H, P]`, Δ and
+        g `[B, T, H]`. The values are x: Δ and the D skip belong to the mixing."""
         xbc_in, dt = inputs
         xbc, conv_state = self._convolve(xbc_in, state)
         x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
-        x = heads_view(x, self.heads)  # [B, T, H, P]
-        delta, g = self.step_and_log_decay(dt)  # [B, T, H]
+        delta, g = self.step_and_log_decay(dt)
         shape = (*B.shape[:2], self.heads, self.d_state)
         q, k = C[:, :, None].expand(shape), B[:, :, None].expand(shape)
+        return (q, k, heads_view(x, self.heads), delta, g), conv_state
+
+    def _kernel(
+        self, q: Tensor, k: Tensor, x: Tensor, delta: Tensor, g: Tensor, **options: object
+    ) -> tuple[Tensor, ...]:
+        """y = SSD(q, k, Δ·x; g) + D x `[B, T, H, P]`, then the kernel's states."""
         v = x * delta[..., None]
-        kernel = {"scale": 1.0, **self._kernel_options(xbc.shape[1], state, boundaries, need_final)}
+        kernel = {"scale": 1.0, **options}
         if self.negative_eigenvalues:
-            y, final, *chunk_states = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
+            y, *states = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
         else:
-            y, final, *chunk_states = gated_linear_attention(q, k, v, g, **kernel)
-        y = y + self.D[:, None] * x
-        if boundaries is not None:
-            return y, self._states_entering_blocks(chunk_states[0], xbc_in, boundaries)
-        return y, self._new_state(final, conv_state)
+            y, *states = gated_linear_attention(q, k, v, g, **kernel)
+        return y + self.D[:, None] * x, *states
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
         return self.out(self.norm(y.flatten(2) * F.silu(z)))

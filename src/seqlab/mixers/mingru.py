@@ -9,10 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.layout import ALL_LAYOUTS, Layout
-from seqlab.mixers.base import Mixer, check_input, check_scan_layout, scan_in_layout, state_dtype
+from seqlab.mixers.base import (
+    Mixer,
+    ValueMap,
+    check_input,
+    check_scan_layout,
+    scan_in_layout,
+    state_dtype,
+)
 from seqlab.mixers.common import check_conv_size, check_positive
 from seqlab.mixers.short_conv import ShortConv
-from seqlab.ops.scan import log_space_scan
+from seqlab.ops.scan import diagonal_scan, log_space_scan
 from seqlab.registry import MIXERS
 
 
@@ -53,6 +60,7 @@ class MinGRU(Mixer):
     """
 
     layouts = ALL_LAYOUTS
+    linear_in_values = True
 
     def __init__(self, d_model: int, *, expand: int = 1, conv_size: int = 4) -> None:
         super().__init__()
@@ -80,20 +88,38 @@ class MinGRU(Mixer):
 
     def _recur(self, x: Tensor, state: MinGRUState | None) -> tuple[Tensor, MinGRUState | None]:
         """h `[B, T, hidden]` (float32, or float64 for float64 inputs) and the new state."""
-        conv_state = None
-        if self.conv is not None:
-            x, conv_state = self.conv(x, None if state is None else state.conv)
-        dtype = state_dtype(x.dtype)
-        k, pre = self.proj(x).to(dtype).chunk(2, dim=-1)
+        k, pre, conv_state = self._gates(x, state)
         log_a, log_b = -F.softplus(k), -F.softplus(-k) + log_g(pre)
         if state is None:
             return log_space_scan(log_a, log_b)[0], None
         h, log_h_last = log_space_scan(
-            log_a, log_b, initial_log_state=state.h.to(dtype).log(), output_final_state=True
+            log_a, log_b, initial_log_state=state.h.to(k.dtype).log(), output_final_state=True
         )
         return h, MinGRUState(
-            log_h_last.exp(), None if conv_state is None else conv_state.to(dtype)
+            log_h_last.exp(), None if conv_state is None else conv_state.to(k.dtype)
         )
+
+    def _gates(self, x: Tensor, state: MinGRUState | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The conv (from `state.conv`), then the gate logits k and candidate pre-activations
+        `[B, T, hidden]` in the state dtype, and the conv's new state."""
+        conv_state = None
+        if self.conv is not None:
+            x, conv_state = self.conv(x, None if state is None else state.conv)
+        k, pre = self.proj(x).to(state_dtype(x.dtype)).chunk(2, dim=-1)
+        return k, pre, conv_state
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Each hidden unit is a head whose value is its candidate h̃ = g(W_h x̃)
+        `[B, T, hidden, 1]`: h_t = Σ_s z_s Π_{s<r≤t} (1 − z_r) h̃_s, with the gates z
+        from the input alone. The reference is the scan's loop over time."""
+        h, _ = self._recur(x, None)
+        k, pre, _ = self._gates(x, None)
+        z = torch.sigmoid(k)[..., None]
+
+        def value_map(values: Tensor) -> Tensor:
+            return diagonal_scan(1 - z, z * values, mode="recurrent")[0]
+
+        return log_g(pre).exp()[..., None], h[..., None], value_map
 
     def init_state(
         self,

@@ -61,6 +61,8 @@ class MoM(GatedDeltaNet):
     balance weight 0.01; init as Gated DeltaNet's.
     """
 
+    plain_read = False  # routed reads of M memories: memory caching does not apply
+
     def __init__(
         self,
         d_model: int,
@@ -301,7 +303,7 @@ class MoM(GatedDeltaNet):
         values = self._split_heads(u)[2].flatten(2, 3)
         output = self._reads(inputs, None)[0].flatten(2, 3)
         matrix = reads.permute(0, 2, 1, 3)
-        return Mixing(matrix, values, output)
+        return Mixing(matrix, values, output, slots=self.slots)
 
     def forward(
         self,

@@ -18,7 +18,6 @@ from seqlab.mixers.common import (
 from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.attention import apply_rotary, rotary_angles
-from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.registry import MIXERS
 
 
@@ -52,6 +51,9 @@ class RetNet(LinearRecurrence):
     periodic-copy test learns only marginally in its 150 steps. `conv_size: 0` and
     `rotary: false` give the paper's retention without xPos.
     """
+
+    linear_in_values = True
+    plain_read = True
 
     def __init__(
         self,
@@ -92,42 +94,36 @@ class RetNet(LinearRecurrence):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        q, k, v, conv_state, offset = self._features(inputs[0], state)
-        b, t = q.shape[:2]
-        g = self.log_decay.to(q.dtype).expand(b, t, self.heads)
-        o, final, *chunk_states = gated_linear_attention(
-            q, k, v, g, **self._kernel_options(t, state, boundaries, need_final)
+        features, conv_state = self._features(inputs, state)
+        b, t, _ = inputs[0].shape
+        o, final, *chunk_states = self._kernel(
+            *features, **self._kernel_options(t, state, boundaries, need_final)
         )
+        offset = None if state is None or not self.rotary else state.offset + t
         if boundaries is not None:
             starts = None
             if self.rotary:
                 starts = state.offset.repeat_interleave(-(-t // boundaries))
-                starts = starts + torch.arange(0, t, boundaries, device=q.device).repeat(b)
+                starts = starts + torch.arange(0, t, boundaries, device=o.device).repeat(b)
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries, starts)
         return o, self._new_state(final, conv_state, offset)
 
     def _features(
-        self, qkv_in: Tensor, state: LinearState | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Conv, split and rotary: (q, k `[B, T, H, K]`, v `[B, T, H, V]`, conv state, the
-        next offset when rotary and a state is carried)."""
-        qkv, conv_state = self._convolve(qkv_in, state)
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """q, k (rotated by their positions, continued from `state.offset`), v and the
+        log decays g `[B, T, H]`."""
+        qkv, conv_state = self._convolve(inputs[0], state)
+        b, t, _ = qkv.shape
         q, k, v = qkv.split([self.d_model, self.d_model, self.heads * self.state_v], -1)
         q, k, v = (heads_view(u, self.heads) for u in (q, k, v))
-        offset = None
         if self.rotary:
-            steps = torch.arange(qkv.shape[1], device=qkv.device)
+            steps = torch.arange(t, device=qkv.device)
             positions = steps[None] if state is None else state.offset[:, None] + steps
             cos, sin = rotary_angles(positions, self.state_k, self.rope_theta, dtype=q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            offset = None if state is None else positions[:, -1] + 1
-        return q, k, v, conv_state, offset
-
-    def _read_inputs(
-        self, inputs: tuple[Tensor, ...], state: LinearState | None
-    ) -> tuple[Tensor, Tensor]:
-        q, k, *_ = self._features(inputs[0], state)
-        return q * self.state_k**-0.5, k
+        g = self.log_decay.to(qkv.dtype).expand(b, t, self.heads)
+        return (q, k, v, g), conv_state
 
     def _output(self, o: Tensor, gate: Tensor) -> Tensor:
         return self.out(F.silu(gate) * group_norm(self.norm, o))

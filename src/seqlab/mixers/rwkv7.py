@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from seqlab.layout import Layout, LayoutKind
 from seqlab.mixers.base import (
-    Mixing,
     check_input,
     check_scan_layout,
     keep_init,
@@ -110,7 +109,11 @@ class RWKV7(LinearRecurrence):
     Other layouts: the token shift is always the forward one (in block diffusion a noised
     block's first token shifts from the clean token before it); the reversed scans reuse the
     same r, w, k, v, a, b.
+    Mixing matrix (`mixing`): the kernel's map of v; the bonus term is a diagonal one the
+    layer adds after the GroupNorm, so it is not part of it.
     """
+
+    linear_in_values = True
 
     def __init__(
         self,
@@ -222,7 +225,7 @@ class RWKV7(LinearRecurrence):
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
         kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = generalized_delta_rule(*inputs, scale=1.0, **kernel)
+        o, final, *chunk_states = self._kernel(*inputs, **kernel)
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         # The shift's token passes through untouched: `forward` sets it after the scans.
@@ -247,20 +250,15 @@ class RWKV7(LinearRecurrence):
         """heads · K · V for the matrix state plus the last token (d_model) for the shift."""
         return super().state_size(seq_len) + self.d_model
 
-    def mixing(self, x: Tensor) -> Mixing:
-        """Exact, by the step-by-step kernel run on one-hot values: o = M v + bonus ⊙ v, so
-        `matrix` = M plus the bonus coefficient on the diagonal, `output` the kernel output
-        plus the bonus term (the two terms the layer adds after the GroupNorm of the first)."""
-        check_input(x, self.d_model)
-        (r, k, v, log_w, a, b), (_, bonus) = self._project(x)
-        B, T, H, _ = v.shape
-        identity = torch.eye(T, dtype=v.dtype, device=v.device).expand(B, H, T, T)
-        identity = identity.permute(0, 2, 1, 3)  # [B, T, H, T]: value s of token s is e_s
-        matrix, _ = generalized_delta_rule(r, k, identity, log_w, a, b, scale=1.0, mode="recurrent")
-        bonus_weight = (r * k * self.r_k).sum(-1)  # [B, T, H]
-        matrix = matrix.permute(0, 2, 1, 3) + torch.diag_embed(bonus_weight.transpose(1, 2))
-        o, _ = generalized_delta_rule(r, k, v, log_w, a, b, scale=1.0, mode="recurrent")
-        return Mixing(matrix, v, o + bonus)
+    def _features(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """The kernel's arguments (r, k, v, log w, a, b) are `_project`'s, unchanged."""
+        return inputs, None
+
+    def _kernel(self, *inputs: Tensor, **options: object) -> tuple[Tensor, ...]:
+        """The generalised delta rule with RWKV-7's unscaled read."""
+        return generalized_delta_rule(*inputs, scale=1.0, **options)
 
     def mixing_flops(self, seq_len: int) -> float:
         """The chunked kernel per token and head, chunk C, K = V: the four decayed score tiles

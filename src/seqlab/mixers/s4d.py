@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import Layout, LayoutKind
-from seqlab.mixers.base import Mixer, check_input, no_weight_decay, state_dtype
+from seqlab.mixers.base import Mixer, Mixing, check_input, no_weight_decay, state_dtype
 from seqlab.mixers.common import check_positive, check_range, log_uniform_log_dt
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
@@ -114,6 +114,7 @@ class S4D(Mixer):
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
+    linear_in_values = True
 
     def __init__(
         self,
@@ -183,11 +184,7 @@ class S4D(Mixer):
         chunks = F.pad(u, (0, 0, 0, n_chunks * size - steps)).unflatten(1, (n_chunks, size))
         dt_a, b_bar, c = self.ssm.discretize()
         powers = torch.exp(dt_a[..., None] * torch.arange(size + 1, device=u.device))
-        lag = torch.arange(size, device=u.device)
-        lag = lag[:, None] - lag[None, :]
-        kernel = self.ssm.kernel(size)
-        toeplitz = torch.where((lag >= 0)[..., None], kernel[lag.clamp(min=0)], 0.0)
-        y = torch.einsum("tsd,bksd->bktd", toeplitz, chunks)
+        y = torch.einsum("tsd,bksd->bktd", self._toeplitz(size), chunks)
 
         carried = h0 is not None
         if not carried:
@@ -209,6 +206,26 @@ class S4D(Mixer):
             "bsd,dns->bdn", chunks[:, -1, :tail].to(b_bar.dtype), into_state[..., size - tail :]
         )
         return y, h_last
+
+    def _toeplitz(self, size: int) -> Tensor:
+        """The causal convolution as a matrix per channel: K_{t−s} for s ≤ t, else 0,
+        `[size, size, d_inner]` (t, s, channel)."""
+        lag = torch.arange(size, device=self.D.device)
+        lag = lag[:, None] - lag[None, :]
+        kernel = self.ssm.kernel(size)
+        return torch.where((lag >= 0)[..., None], kernel[lag.clamp(min=0)], 0.0)
+
+    def mixing(self, x: Tensor) -> Mixing:
+        """Each inner channel is a head whose value is its input u `[B, T, d_inner, 1]`; the
+        matrix is the Toeplitz kernel plus D on the diagonal, the same for every sequence
+        (LTI), and the output SSM(u) + D ⊙ u, before the GELU and gate."""
+        check_input(x, self.d_model)
+        u, _ = self.in_proj(x).chunk(2, dim=-1)
+        output = self._causal(u, None)[0] + self.D * u
+        steps = u.shape[1]
+        skip = torch.diag_embed(self.D[:, None].expand(-1, steps))
+        matrix = (self._toeplitz(steps).permute(2, 0, 1) + skip).expand(u.shape[0], -1, -1, -1)
+        return Mixing(matrix, u[..., None], output[..., None])
 
     def init_state(
         self,

@@ -27,6 +27,7 @@ from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
+    ValueMap,
     check_input,
     check_scan_layout,
     keep_init,
@@ -54,6 +55,7 @@ class SelectiveBlock(Mixer):
 
     name = "selective_block"  # the registry names each registered subclass
     layouts = ALL_LAYOUTS
+    linear_in_values = True
 
     def __init__(
         self, d_model: int, *, expand: int, d_state: int, conv_size: int, dt_rank: int | str
@@ -91,9 +93,11 @@ class SelectiveBlock(Mixer):
         C: Tensor,
         initial_state: Tensor | None,
         output_final_state: bool,
+        reference: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """The scan in the state dtype: u `[B, T, d_inner]`, δ `[B, T, dt_rank]`, B and C
-        `[B, T, d_state]` -> (y `[B, T, d_inner]` with the D skip, h_{T−1} or None)."""
+        `[B, T, d_state]` -> (y `[B, T, d_inner]` with the D skip, h_{T−1} or None);
+        `reference`: its step-by-step reference."""
 
     def forward(
         self,
@@ -115,19 +119,45 @@ class SelectiveBlock(Mixer):
         self, u: Tensor, state: SelectiveState | None
     ) -> tuple[Tensor, SelectiveState | None]:
         """SiLU(conv(u)) then the scan, in float32 (float64 for float64 inputs)."""
-        u, conv_state = self.conv(u, None if state is None else state.conv)
-        delta, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dtype = state_dtype(u.dtype)
+        u, delta, B, C, conv_state = self._scan_inputs(u, state)
+        dtype = B.dtype
         y, h_last = self._scan(
             u.to(dtype),
             delta,
-            B.to(dtype),
-            C.to(dtype),
+            B,
+            C,
             None if state is None else state.ssm.to(dtype),
             state is not None,
         )
         new_state = None if state is None else SelectiveState(conv_state.to(dtype), h_last)
         return y.to(u.dtype), new_state
+
+    def _scan_inputs(
+        self, u: Tensor, state: SelectiveState | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """SiLU(conv(u)) `[B, T, d_inner]`, δ, and B and C in the state dtype, and the conv's
+        new state."""
+        u, conv_state = self.conv(u, None if state is None else state.conv)
+        delta, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dtype = state_dtype(u.dtype)
+        return u, delta, B.to(dtype), C.to(dtype), conv_state
+
+    def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
+        """Each inner channel is a head with one value, the scan input u (after the conv):
+        values `[B, T, d_inner, 1]`; the matrix holds Δ, B, C, the decays and the D skip
+        (on the diagonal). The reference scan runs the V' values of each channel as V' rows."""
+        u, _ = self.in_proj(x).chunk(2, dim=-1)
+        output, _ = self._conv_and_scan(u, None)
+        u, delta, B, C, _ = self._scan_inputs(u, None)
+
+        def value_map(values: Tensor) -> Tensor:
+            batch, count = values.shape[0], values.shape[-1]
+            rows = values.to(B.dtype).permute(0, 3, 1, 2).flatten(0, 1)  # [B · V', T, d_inner]
+            gates = (g.repeat_interleave(count, dim=0) for g in (delta, B, C))
+            y, _ = self._scan(rows, *gates, None, False, reference=True)
+            return y.unflatten(0, (batch, count)).permute(0, 2, 3, 1)
+
+        return u[..., None], output[..., None], value_map
 
     def init_state(
         self,
