@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import seqlab.ops.generalized_delta_rule as generalized_delta_rule_module
 from seqlab.ops.generalized_delta_rule import (
     generalized_delta_rule,
     generalized_delta_rule_reference,
@@ -61,8 +62,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "sub-chunks"])
 @pytest.mark.parametrize(("T", "K", "V", "chunk", "with_state", "g_min"), CASES)
-def test_chunk_matches_reference_forward_and_backward_float64(T, K, V, chunk, with_state, g_min):
+def test_chunk_matches_reference_forward_and_backward_float64(
+    T, K, V, chunk, with_state, g_min, factored, monkeypatch
+):
+    """Both ways of forming the decayed scores: factored through the chunk start (chunks whose
+    decay span allows it) and by explicit sub-chunks (forced here by a negative span)."""
+    if not factored:
+        monkeypatch.setattr(generalized_delta_rule_module, "_FACTOR_SPAN", -1.0)
     x = make_inputs(2, T, 2, K, V, g_min=g_min, seed=T + K)
     if not with_state:
         del x["initial_state"]

@@ -27,6 +27,10 @@ __all__ = ["generalized_delta_rule", "generalized_delta_rule_reference"]
 # Rows of a chunk whose pairwise decays are formed explicitly ([C, sub, sub, K] per chunk);
 # farther pairs factor through the log decay just before each sub-chunk (see `_decayed_scores`).
 _SUB_CHUNK = 16
+# Chunks whose total log decay stays within this span factor every pair through the chunk
+# start: e^{cx_t} ≤ 1 times e^{−c_s} ≤ e^{span}, far from overflow in float32 (RWKV-7's decay
+# bounds the span of a 64-token chunk by 64 · e^{−1/2} ≈ 39).
+_FACTOR_SPAN = 60.0
 
 
 def generalized_delta_rule(
@@ -219,12 +223,18 @@ def _decayed_scores(
     on ``s < t`` (``strict``) or ``s <= t``, zero elsewhere; ``cx_t`` is ``c`` at t (or t - 1
     when strict), so every exponent used is ``<= 0``.
 
-    Rows go by sub-chunks of ``_SUB_CHUNK``: pairs inside a sub-chunk use the explicit decay
+    Where the chunk's whole log decay is at most ``_FACTOR_SPAN``, every pair factors through
+    the chunk start, ``e^{cx_t} e^{−c_s}``, and each matrix is one matmul. Otherwise rows go by
+    sub-chunks of ``_SUB_CHUNK``: pairs inside a sub-chunk use the explicit decay
     tensor ``[L, c, c, K]``; for earlier columns the decay factors through ``r = c_p`` at the
     token p just before the sub-chunk, ``e^{cx_t - r} e^{r - c_s}``, both factors in (0, 1],
     and the block is one matmul.
     """
     L, C, _ = x.shape
+    if float(-c[:, -1].detach().min()) <= _FACTOR_SPAN:
+        keep = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1 if strict else 0)
+        x_start = x * cx.exp()
+        return [(x_start @ (y * (-c).exp()).mT).masked_fill(~keep, 0.0) for y in ys]
     blocks: list[list[Tensor]] = [[] for _ in ys]
     for i0 in range(0, C, _SUB_CHUNK):
         i1 = min(i0 + _SUB_CHUNK, C)
