@@ -70,20 +70,6 @@ class DeltaNet(LinearRecurrence):
 
     power_of_two_blocks = False
 
-    def _recur(
-        self,
-        inputs: tuple[Tensor, ...],
-        state: LinearState | None,
-        boundaries: int | None = None,
-        need_final: bool = True,
-    ) -> tuple[Tensor, LinearState | None]:
-        features, conv_state = self._features(inputs, state)
-        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = self._kernel(*features, **kernel)
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
-        return o, self._new_state(final, conv_state)
-
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:

@@ -85,22 +85,6 @@ class GLA(LinearRecurrence):
     def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         return (self.qkv(x), self.log_decay(x)), self.gate(x)
 
-    def _recur(
-        self,
-        inputs: tuple[Tensor, ...],
-        state: LinearState | None,
-        boundaries: int | None = None,
-        need_final: bool = True,
-    ) -> tuple[Tensor, LinearState | None]:
-        features, conv_state = self._features(inputs, state)
-        steps = inputs[0].shape[1]
-        o, final, *chunk_states = self._kernel(
-            *features, **self._kernel_options(steps, state, boundaries, need_final)
-        )
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
-        return o, self._new_state(final, conv_state)
-
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:

@@ -59,21 +59,6 @@ class LinearAttention(LinearRecurrence):
     def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], None]:
         return (self.qkv(x),), None
 
-    def _recur(
-        self,
-        inputs: tuple[Tensor, ...],
-        state: LinearState | None,
-        boundaries: int | None = None,
-        need_final: bool = True,
-    ) -> tuple[Tensor, LinearState | None]:
-        (q, k, v), conv_state = self._features(inputs, state)
-        o, final, *chunk_states = self._kernel(
-            q, k, v, **self._kernel_options(q.shape[1], state, boundaries, need_final)
-        )
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
-        return o, self._new_state(final, conv_state)
-
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:

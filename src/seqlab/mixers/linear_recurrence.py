@@ -109,7 +109,6 @@ class LinearRecurrence(Mixer):
     def _project(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor | None]:
         """The token-wise input projections: (inputs of `_recur`, each `[B, T, ·]`; gate)."""
 
-    @abstractmethod
     def _recur(
         self,
         inputs: tuple[Tensor, ...],
@@ -117,12 +116,19 @@ class LinearRecurrence(Mixer):
         boundaries: int | None = None,
         need_final: bool = True,
     ) -> tuple[Tensor, LinearState | None]:
-        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state).
+        """One direction: projected inputs -> (kernel output `[B, T, H, V]`, new state):
+        `_features` (conv and feature maps), then `_kernel`.
 
         With `boundaries` = b (and a state), the second element is instead the states entering
         every block of b tokens, stacked as rows r · n + j, taken from the kernel's chunk states
         in the same call (see `_block_forward`). `need_final=False` skips the new state (None).
         """
+        features, conv_state = self._features(inputs, state)
+        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
+        o, final, *chunk_states = self._kernel(*features, **kernel)
+        if boundaries is not None:
+            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
+        return o, self._new_state(final, conv_state)
 
     @abstractmethod
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:
@@ -132,8 +138,7 @@ class LinearRecurrence(Mixer):
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:
         """Projected inputs -> (the kernel's tensor arguments (q, k, v, gates...), the conv's
-        new state): the conv and feature maps of `_recur`, for a subclass that splits its
-        `_recur` into `_features` and `_kernel` (and so has a mixing matrix)."""
+        new state): the conv and feature maps of `_recur`."""
         raise NotImplementedError(f"{type(self).__name__} has no _features")
 
     def _kernel(

@@ -217,20 +217,6 @@ class RWKV7(LinearRecurrence):
         bonus = (r * k * self.r_k).sum(-1, keepdim=True) * v
         return (r, k, v, log_w, -removal, removal * iclr), (self.gate(x_g), bonus)
 
-    def _recur(
-        self,
-        inputs: tuple[Tensor, ...],
-        state: LinearState | None,
-        boundaries: int | None = None,
-        need_final: bool = True,
-    ) -> tuple[Tensor, LinearState | None]:
-        kernel = self._kernel_options(inputs[0].shape[1], state, boundaries, need_final)
-        o, final, *chunk_states = self._kernel(*inputs, **kernel)
-        if boundaries is not None:
-            return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
-        # The shift's token passes through untouched: `forward` sets it after the scans.
-        return o, self._new_state(final, None if state is None else state.conv)
-
     def _output(self, o: Tensor, extras: tuple[Tensor, Tensor]) -> Tensor:
         gate, bonus = extras
         return self.out((group_norm(self.norm, o) + bonus.flatten(2)) * gate)
@@ -253,8 +239,9 @@ class RWKV7(LinearRecurrence):
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:
-        """The kernel's arguments (r, k, v, log w, a, b) are `_project`'s, unchanged."""
-        return inputs, None
+        """The kernel's arguments (r, k, v, log w, a, b) are `_project`'s, unchanged; the
+        shift's token passes through the scans untouched (`forward` sets it after them)."""
+        return inputs, None if state is None else state.conv
 
     def _kernel(self, *inputs: Tensor, **options: object) -> tuple[Tensor, ...]:
         """The generalised delta rule with RWKV-7's unscaled read."""
