@@ -25,7 +25,8 @@ from seqlab.registry import MIXERS
 
 @dataclass
 class KVCache:
-    """Decode state: keys/values `[B, T_cache, H_kv, D]`, their positions `[B, T_cache]`
+    """Decode state: keys `[B, T_cache, H_kv, D]` and values `[B, T_cache, H_kv, D_v]`
+    (D_v may differ from D, as in Mega), their positions `[B, T_cache]`
     (−1 marks padding no query may read), and the next position of each row `[B]`.
 
     Rows may hold different numbers of entries (ragged prefills, per-row speculative
@@ -54,10 +55,9 @@ class KVCache:
         if missing <= 0:
             return self
         b = self.k.shape[0]
-        pad = self.k.new_zeros(b, missing, *self.k.shape[2:])
         return KVCache(
-            torch.cat([pad, self.k], dim=1),
-            torch.cat([pad.to(self.v.dtype), self.v], dim=1),
+            torch.cat([self.k.new_zeros(b, missing, *self.k.shape[2:]), self.k], dim=1),
+            torch.cat([self.v.new_zeros(b, missing, *self.v.shape[2:]), self.v], dim=1),
             torch.cat([self.positions.new_full((b, missing), -1), self.positions], dim=1),
             self.offset,
         )
@@ -85,10 +85,10 @@ class KVCache:
         order = valid.to(torch.int8).argsort(dim=1, stable=True)
         keep = int(valid.sum(dim=1).max())
         order = order[:, order.shape[1] - keep :]
-        rows = order[:, :, None, None].expand(-1, -1, *self.k.shape[2:])
+        rows = order[:, :, None, None]
         return KVCache(
-            self.k.gather(1, rows),
-            self.v.gather(1, rows),
+            self.k.gather(1, rows.expand(-1, -1, *self.k.shape[2:])),
+            self.v.gather(1, rows.expand(-1, -1, *self.v.shape[2:])),
             self.positions.gather(1, order),
             self.offset,
         )
