@@ -22,6 +22,7 @@ from seqlab.layout import Layout
 from seqlab.mixers.attention import Attention
 from seqlab.mixers.base import CONFIG_FIELDS, Mixer
 from seqlab.mixers.gateloop import GateLoop
+from seqlab.mixers.hyena import Hyena
 from seqlab.mixers.linear_recurrence import LinearRecurrence
 from seqlab.mixers.mingru import MinGRU
 from seqlab.mixers.s4d import S4D
@@ -34,7 +35,7 @@ STEPS = 7
 # Mixers known to be linear in their values given the gates: a declaration dropped by mistake
 # fails here instead of silently leaving the mixer out of the loop below.
 KNOWN = {
-    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "lightnet",
+    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "hyena", "lightnet",
     "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4d",
 }  # fmt: skip
 # Options beyond the defaults: sliding window and grouped-query heads, signed decays, the
@@ -74,7 +75,8 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
         SelectiveBlock: ("_conv_and_scan", lambda y: y[..., None]),
         MinGRU: ("_recur", lambda h: h[..., None]),
         S4D: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
-    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D)
+        Hyena: ("_recurrence", lambda z: z[..., None]),
+    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D, Hyena)
            if isinstance(mixer, c))]  # fmt: skip
     original: Callable = getattr(mixer, method)
 

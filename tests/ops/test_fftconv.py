@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqlab.ops.fftconv import _next_fast_len, fft_conv
+from seqlab.ops.fftconv import _next_fast_len, causal_fft_conv, fft_conv
 
 F64 = torch.float64
 
@@ -130,3 +130,41 @@ def test_fft_size_is_smallest_5_smooth_at_least_n():
         got = _next_fast_len(n)
         assert got >= n and smooth(got)
         assert not any(smooth(m) for m in range(n, got))
+
+
+def _blocked_and_grads(u, kernel, w, block):
+    u, kernel = u.detach().requires_grad_(), kernel.detach().requires_grad_()
+    y = causal_fft_conv(u, kernel, block=block) if block else fft_conv(u, kernel, mode="direct")[0]
+    return (y.detach(), *torch.autograd.grad((y * w).sum(), (u, kernel)))
+
+
+@pytest.mark.parametrize("kernel_length", ["L<T", "L=T", "L>T"])
+@pytest.mark.parametrize(("steps", "block"), [(1, 4), (13, 4), (37, 4), (130, 16), (9, 64)])
+def test_blocked_causal_fft_matches_direct_forward_and_grads(steps, block, kernel_length):
+    gen = torch.Generator().manual_seed(steps + block)
+    length = {"L<T": max(1, steps // 3), "L=T": steps, "L>T": steps + 5}[kernel_length]
+    u = torch.randn((2, steps, 3), generator=gen, dtype=F64)
+    kernel = _kernel(length, 3, False, gen)
+    w = torch.randn(u.shape, generator=gen, dtype=F64)
+    ref = _blocked_and_grads(u, kernel, w, None)
+    got = _blocked_and_grads(u, kernel, w, block)
+    for a, b in zip(got, ref, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_blocked_causal_fft_ignores_future_inputs_exactly():
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn((1, 40, 1), generator=gen, dtype=F64)
+    kernel = _kernel(40, 1, False, gen)
+    jac = torch.autograd.functional.jacobian(lambda x: causal_fft_conv(x, kernel, block=4), u)[
+        0, :, 0, 0, :, 0
+    ]
+    future = torch.ones(40, 40, dtype=torch.bool).triu(diagonal=1)
+    assert torch.equal(jac[future], torch.zeros_like(jac[future]))
+    torch.testing.assert_close(jac, _jacobian(u, kernel, False, "direct"), rtol=0, atol=1e-12)
+
+
+def test_blocked_causal_fft_rejects_bad_block():
+    with pytest.raises(ValueError, match="block"):
+        causal_fft_conv(torch.randn(1, 4, 2), torch.randn(4, 2), block=0)

@@ -1,4 +1,5 @@
-"""Long depthwise convolution along time by FFT, and its step-by-step loop."""
+"""Long depthwise convolution along time by FFT (plain, and exactly causal by blocks), and its
+step-by-step loop."""
 
 from __future__ import annotations
 
@@ -69,6 +70,60 @@ def fft_conv(
     u_f = torch.fft.rfft(u.to(compute), n=n, dim=1)
     y = torch.fft.irfft(u_f * k_f, n=n, dim=1)[:, :steps]
     return y.to(dtype), None
+
+
+def causal_fft_conv(u: Tensor, kernel: Tensor, *, block: int = 64) -> Tensor:
+    """Causal long convolution ``y_t = Σ_{s≤t} kernel[t-s] ⊙ u_s`` that is causal exactly.
+
+    One FFT over the whole sequence lets its rounding reach every output from every input;
+    here each FFT reads only inputs earlier than every output it writes (the "relaxed" or
+    online convolution). The (t, s) triangle is cut dyadically:
+
+    - diagonal squares of ``C = min(block, T)`` steps: a masked Toeplitz product
+      ``y[jC + i] += Σ_{r≤i} kernel[i-r] ⊙ u[jC + r]`` (exact zeros above the diagonal);
+    - for ``b = C, 2C, 4C, … < T``: in every window of ``2b`` steps the first half feeds the
+      second, ``y[w + b + i] += Σ_{r<b} kernel[b+i-r] ⊙ u[w + r]`` (lags ``1 … 2b-1``), one
+      ``fft_conv`` of length ``2b`` per window whose second half of inputs is constant zero.
+
+    Every pair ``s < t`` in different C-blocks falls in exactly one window half-pair, so the
+    sum is the convolution. Cost per token and channel: ``2C`` for the squares plus one
+    length-``2b`` FFT convolution per level (``⌈log2(T/C)⌉`` levels), O(C + log² T) in all.
+
+    Args:
+        u: ``[B, T, D]``, real floating point.
+        kernel: ``[L, D]``, ``L >= 1``; taps beyond ``L`` are zero, those at lag ``>= T``
+            unused.
+        block: the diagonal square ``C`` (>= 1).
+
+    Returns:
+        ``y [B, T, D]`` in the promoted dtype of ``u`` and ``kernel``; ``fft_conv(...,
+        mode="direct")`` is its reference.
+    """
+    _check_shapes(u, kernel, False)
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    dtype = torch.promote_types(u.dtype, kernel.dtype)
+    batch, steps, dim = u.shape
+    u = u.to(dtype)
+    kernel = kernel[:steps].to(dtype)
+    kernel = F.pad(kernel, (0, 0, 0, steps - kernel.shape[0]))
+    size = min(block, steps)
+    n_blocks = -(-steps // size)
+    lag = torch.arange(size, device=u.device)
+    lag = lag[:, None] - lag[None, :]
+    toeplitz = torch.where((lag >= 0)[..., None], kernel[lag.clamp(min=0)], 0.0)  # [C, C, D]
+    blocks = F.pad(u, (0, 0, 0, n_blocks * size - steps)).unflatten(1, (n_blocks, size))
+    y = torch.einsum("tsd,bnsd->bntd", toeplitz, blocks).flatten(1, 2)[:, :steps]
+    half = size
+    while half < steps:
+        windows = -(-steps // (2 * half))
+        padded = F.pad(u, (0, 0, 0, windows * 2 * half - steps)).unflatten(1, (windows, 2 * half))
+        first = F.pad(padded[:, :, :half], (0, 0, 0, half)).flatten(0, 1)  # [B·W, 2b, D]
+        late, _ = fft_conv(first, kernel[: 2 * half])
+        late = F.pad(late.unflatten(0, (batch, windows))[:, :, half:], (0, 0, half, 0))
+        y = y + late.flatten(1, 2)[:, :steps]
+        half *= 2
+    return y
 
 
 def _check_shapes(u: Tensor, kernel: Tensor, bidirectional: bool) -> None:
