@@ -17,6 +17,7 @@ import seqlab
 from seqlab.cli import main
 from seqlab.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError, ShapeError
+from seqlab.layout import Layout, LayoutKind
 from seqlab.model import build_model
 from seqlab.registry import MIXERS
 from seqlab.sampling import generate
@@ -415,6 +416,12 @@ def test_save_onto_an_existing_file_is_refused(save, tmp_path):
 def test_an_empty_sequence_is_a_shape_error_for_every_mixer(name):
     model = tiny_model(mixer=name)
     mixer = model.blocks[0].mixer
+    if LayoutKind.CAUSAL not in mixer.layouts:  # a non-causal mixer has no decode state
+        with pytest.raises(ShapeError, match="T >= 1"):
+            mixer(torch.zeros(2, 0, 16), layout=Layout.BIDIRECTIONAL)
+        with pytest.raises(ShapeError, match="T >= 1"):
+            model(torch.zeros(2, 0, dtype=torch.long), layout=Layout.BIDIRECTIONAL)
+        return
     for state in (None, mixer.init_state(2)):
         with pytest.raises(ShapeError, match="T >= 1"):
             mixer(torch.zeros(2, 0, 16), state)

@@ -4,7 +4,9 @@
 Each map is checked in float64 at an odd length against the mixer's own forward: the matrix
 (from the step-by-step reference) times the values equals the kernel output, which equals
 what the forward computes before its output stage (captured by wrapping the method that
-produces it), so the map is of the real forward and not of a copy of it.
+produces it), so the map is of the real forward and not of a copy of it. A causal mixer's
+map is lower triangular; a bidirectional-only mixer's (hydra) is the full matrix of its
+bidirectional forward.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from torch import Tensor
 from seqlab.analysis import mixing_matrix, mixing_mixers
 from seqlab.config import ModelConfig
 from seqlab.errors import SeqlabError
-from seqlab.layout import Layout
+from seqlab.layout import Layout, LayoutKind
 from seqlab.mixers.attention import Attention
 from seqlab.mixers.base import CONFIG_FIELDS, Mixer
 from seqlab.mixers.gateloop import GateLoop
+from seqlab.mixers.hydra import Hydra
 from seqlab.mixers.hyena import Hyena
 from seqlab.mixers.linear_recurrence import LinearRecurrence
 from seqlab.mixers.mingru import MinGRU
@@ -35,7 +38,7 @@ STEPS = 7
 # Mixers known to be linear in their values given the gates: a declaration dropped by mistake
 # fails here instead of silently leaving the mixer out of the loop below.
 KNOWN = {
-    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "hyena", "lightnet",
+    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "hydra", "hyena", "lightnet",
     "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4d",
 }  # fmt: skip
 # Options beyond the defaults: sliding window and grouped-query heads, signed decays, the
@@ -64,9 +67,14 @@ def make(name: str, **options) -> Mixer:
     return mixer.to(F64)
 
 
+def causal(mixer: Mixer) -> bool:
+    return LayoutKind.CAUSAL in mixer.layouts
+
+
 def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
     """What the forward computes before its output stage `[B, T, H, V]`, by wrapping (on this
-    instance) the method of the forward that returns it."""
+    instance) the method of the forward that returns it; in the causal layout, or the
+    bidirectional one for a mixer without the causal layout."""
     captured: list[Tensor] = []
     method, finish = {
         LinearRecurrence: ("_recur", lambda o: mixer._mixed(o)),
@@ -76,8 +84,9 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
         MinGRU: ("_recur", lambda h: h[..., None]),
         S4D: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
         Hyena: ("_recurrence", lambda z: z[..., None]),
-    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D, Hyena)
-           if isinstance(mixer, c))]  # fmt: skip
+        Hydra: ("_mix", lambda y: y),
+    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D,
+                       Hyena, Hydra) if isinstance(mixer, c))]  # fmt: skip
     original: Callable = getattr(mixer, method)
 
     def wrapped(*args, **kwargs):
@@ -87,7 +96,7 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
 
     setattr(mixer, method, wrapped)
     try:
-        mixer(x, layout=Layout.CAUSAL)
+        mixer(x, layout=Layout.CAUSAL if causal(mixer) else Layout.BIDIRECTIONAL)
     finally:
         delattr(mixer, method)
     (o,) = captured
@@ -113,7 +122,10 @@ def test_matrix_times_values_is_the_forward_kernel_output(name, options):
     applied = torch.einsum("bhts,bshv->bthv", mixing.matrix, mixing.values)
     torch.testing.assert_close(applied, mixing.output, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(mixing.head_output(), expected.to(F64), rtol=1e-9, atol=1e-10)
-    assert mixing.matrix.triu(1).abs().max() == 0, "a causal matrix is lower triangular"
+    if causal(mixer):
+        assert mixing.matrix.triu(1).abs().max() == 0, "a causal matrix is lower triangular"
+    else:
+        assert mixing.matrix.triu(1).abs().max() > 0, "a bidirectional matrix reads ahead"
     assert mixing.matrix.tril().abs().max() > 0
 
 
@@ -164,3 +176,14 @@ def test_mixing_matrix_refuses_a_layer_outside_the_model(layer):
 def test_mixing_matrix_of_a_layer_without_one_names_the_mixers_that_have_one():
     with pytest.raises(SeqlabError, match=r"'lstm' has no mixing matrix.*attention, deltanet"):
         mixing_matrix(hybrid(), torch.zeros(1, 3, dtype=torch.long), 2)
+
+
+def test_mixing_matrix_of_a_bidirectional_only_model_runs_it_bidirectionally():
+    model = build_model(ModelConfig(vocab_size=32, d_model=16, n_heads=2, mixer="hydra")).to(F64)
+    tokens = torch.randint(0, 32, (2, STEPS))
+    mixing = mixing_matrix(model, tokens, 1)
+    with torch.no_grad():
+        x, _ = model.blocks[0](model.embed(tokens), None, Layout.BIDIRECTIONAL, None)
+        expected = model.blocks[1].mixer.mixing(model.blocks[1].mixer_norm(x))
+    torch.testing.assert_close(mixing.matrix, expected.matrix, rtol=0, atol=0)
+    assert mixing.matrix.triu(1).abs().max() > 0

@@ -1,6 +1,7 @@
 """Implicit attention maps of a model's layers (Zimerman et al., "A Unified Implicit Attention
-Formulation for Gated-Linear Recurrent Sequence Models", 2024): the causal T×T matrix that each
-head of a layer's mixer applies to its values, for one input (see `Mixer.mixing`)."""
+Formulation for Gated-Linear Recurrent Sequence Models", 2024): the T×T matrix that each head
+of a layer's mixer applies to its values, for one input (see `Mixer.mixing`): causal, or the
+full matrix of a bidirectional-only mixer (hydra)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import SeqlabError
+from seqlab.layout import Layout, LayoutKind
 from seqlab.mixers.base import Mixing
 from seqlab.model import Model
 from seqlab.registry import MIXERS
@@ -30,8 +32,9 @@ def mixing_mixers() -> list[str]:
 
 def mixing_matrix(model: Model, tokens: Tensor | Sequence[Sequence[int]], layer: int) -> Mixing:
     """The mixing of layer `layer` (0-based) for `tokens [B, T]`: the model runs in the causal
-    layout up to that layer's mixer, whose input a forward pre-hook captures, and the mixer's
-    `mixing` gives matrix `[B, H, T, T]`, values and output (no gradients are kept).
+    layout (the bidirectional one for a model without it, e.g. of hydra layers) up to that
+    layer's mixer, whose input a forward pre-hook captures, and the mixer's `mixing` gives
+    matrix `[B, H, T, T]`, values and output (no gradients are kept).
 
     A SeqlabError for a layer index outside the model or a mixer without a matrix.
     """
@@ -54,10 +57,11 @@ def mixing_matrix(model: Model, tokens: Tensor | Sequence[Sequence[int]], layer:
     def capture(module: nn.Module, args: tuple[Tensor, ...]) -> None:
         raise _Captured(args[0])
 
+    causal = LayoutKind.CAUSAL in model.layouts
     handle = mixer.register_forward_pre_hook(capture)
     try:
         with torch.no_grad():
-            model(tokens)
+            model(tokens, layout=Layout.CAUSAL if causal else Layout.BIDIRECTIONAL)
     except _Captured as captured:
         x = captured.x
     finally:

@@ -134,9 +134,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot-mixing",
         help="plot the implicit attention maps of a trained run's layers",
-        description="Heatmaps of the causal T×T matrix that each head of a layer applies to "
-        "its values for one text (softmax attention's probabilities, the implicit attention "
-        "of linear recurrences and SSMs). Mixers with a matrix: " + ", ".join(mixing_mixers()),
+        description="Heatmaps of the T×T matrix (causal, or full for hydra) that each head of "
+        "a layer applies to its values for one text (softmax attention's probabilities, the "
+        "implicit attention of linear recurrences and SSMs). Mixers with a matrix: "
+        + ", ".join(mixing_mixers()),
     )
     p.add_argument("run", help="run or saved-model directory")
     p.add_argument("--text", required=True, help=f"the input text (at most {MAX_TOKENS} tokens)")

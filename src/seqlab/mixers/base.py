@@ -30,7 +30,8 @@ class Mixing:
     """What a mixer whose output is linear in its values (given its gates) applies, head by
     head: `output[b, t, h] = Σ_s matrix[b, h, t, s] · values[b, s, h]`.
 
-    `matrix` `[B, H, T, T]` (the implicit attention map; lower triangular for a causal mixer),
+    `matrix` `[B, H, T, T]` (the implicit attention map; lower triangular for a causal mixer,
+    full for a bidirectional-only one),
     `values` `[B, T, H, V]` and `output` `[B, T, H, V]`: the values the kernel mixes and its
     output before the mixer's output norm, gate and projection.
     `slots` > 1 (MoM's memories): the H rows are `slots` slot-major groups of the mixer's
@@ -75,10 +76,12 @@ class Mixer(nn.Module, ABC):
 
     A subclass declares, as class attributes, the layouts it supports (`layouts`, causal only
     by default) and whether its decode state is of fixed size or grows with the context
-    (`state_kind`: "fixed" or "kv_cache"). Its constructor takes by keyword whichever
-    `ModelConfig` fields it needs (`d_model`, `n_heads`, `rope_theta`, ...), optionally
-    `layer` (its index in the stack), and its own options; `from_config` fills the first two
-    from the model config, so the options a user may set are read from the signature.
+    (`state_kind`: "fixed" or "kv_cache"; "none" for a mixer without the causal layout, which
+    cannot decode: its `init_state` raises and its `state_size` is 0). Its constructor takes
+    by keyword whichever `ModelConfig` fields it needs (`d_model`, `n_heads`, `rope_theta`,
+    ...), optionally `layer` (its index in the stack), and its own options; `from_config`
+    fills the first two from the model config, so the options a user may set are read from
+    the signature.
     """
 
     name: ClassVar[str]  # the name it is registered or found by (set by the registry)
@@ -173,11 +176,12 @@ class Mixer(nn.Module, ABC):
         return 0.0
 
     def mixing(self, x: Tensor) -> Mixing:
-        """The causal T×T matrix each head applies to its values for input `x [B, T, d_model]`,
-        computed exactly (by the step-by-step reference), with those values and the kernel's
-        output. Only for mixers whose output is linear in the values given the gates, which
-        declare it with `linear_in_values = True` and give `_value_map`; the default forms
-        the matrix from it by `mixing_by_basis`. A SeqlabError for the others."""
+        """The T×T matrix each head applies to its values for input `x [B, T, d_model]`
+        (causal; the full matrix of the bidirectional layout for a mixer without the causal
+        one), computed exactly (by the step-by-step reference), with those values and the
+        kernel's output. Only for mixers whose output is linear in the values given the gates,
+        which declare it with `linear_in_values = True` and give `_value_map`; the default
+        forms the matrix from it by `mixing_by_basis`. A SeqlabError for the others."""
         if not self.linear_in_values:
             raise SeqlabError(
                 f"mixer {getattr(self, 'name', type(self).__name__)!r} has no mixing matrix: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
@@ -88,6 +89,13 @@ def dt_bias_init(shape: int | tuple[int, ...], dt_min: float, dt_max: float) -> 
     1e-4, so that Δ = softplus(δ + b_Δ) starts at Δ₀ for δ = 0."""
     dt = log_uniform_log_dt(shape, dt_min, dt_max).exp().clamp(min=DT_FLOOR)
     return dt + torch.log(-torch.expm1(-dt))
+
+
+def selective_step(dt: Tensor, dt_bias: Tensor, A_log: Tensor) -> tuple[Tensor, Tensor]:
+    """Mamba-2's step and log decay from the raw δ `[..., H]`: Δ = softplus(δ + b_Δ) and
+    g = Δ·A = −Δ exp(A_log) (≤ 0), both `[..., H]`; b_Δ and A_log `[H]`."""
+    delta = F.softplus(dt + dt_bias)
+    return delta, -delta * A_log.exp()
 
 
 def uniform_A_log(shape: int | tuple[int, ...], A_min: float, A_max: float) -> Tensor:

@@ -14,6 +14,7 @@ from seqlab.mixers.common import (
     dt_bias_init,
     head_dim,
     heads_view,
+    selective_step,
     uniform_A_log,
 )
 from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
@@ -62,6 +63,33 @@ def signed_gla(
     before = sigma[:, chunk - 1 :: chunk][:, : chunk_states[0].shape[1] - 1]
     before = torch.cat([torch.ones_like(sigma[:, :1]), before], dim=1)
     return o, final, chunk_states[0] * before[..., None, None].to(chunk_states[0].dtype)
+
+
+def ssd(
+    C: Tensor,
+    B: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    log_decay: Tensor,
+    *,
+    signed: bool = False,
+    **kernel: object,
+) -> tuple[Tensor, ...]:
+    """The SSD recurrence (state space duality, Dao & Gu 2024) on the gated linear attention
+    kernel, per head:
+
+        h_t = a_t h_{t−1} + B_t (Δ_t x_t)ᵀ,   y_t = h_tᵀ C_t,   a_t = exp g_t
+        (signed: a_t = 2 exp g_t − 1, see `signed_gla`)
+
+    i.e. y_t = Σ_{s≤t} C_tᵀ B_s (Π_{s<r≤t} a_r) Δ_s x_s: q = C, k = B, v = Δ·x, scale 1.
+    C, B `[B, T, H, N]`, x `[B, T, H, P]`, Δ and g `[B, T, H]`; `kernel`: the state and mode
+    options of `gated_linear_attention`. Returns (y `[B, T, H, P]`, the kernel's states...).
+    """
+    v = x * delta[..., None]
+    kernel = {"scale": 1.0, **kernel}
+    if signed:
+        return signed_gla(C, B, v, *signed_log_decay(log_decay), **kernel)
+    return gated_linear_attention(C, B, v, log_decay, **kernel)
 
 
 @MIXERS.register("mamba2")
@@ -135,8 +163,7 @@ class Mamba2(LinearRecurrence):
     def step_and_log_decay(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         """Δ = softplus(δ + b_Δ) and g = Δ·A, both `[B, T, H]`, from the raw δ; the decay is
         exp g, or 2 exp g − 1 with `negative_eigenvalues`."""
-        delta = F.softplus(dt + self.dt_bias)
-        return delta, -delta * self.A_log.exp()
+        return selective_step(dt, self.dt_bias, self.A_log)
 
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
@@ -155,12 +182,7 @@ class Mamba2(LinearRecurrence):
         self, q: Tensor, k: Tensor, x: Tensor, delta: Tensor, g: Tensor, **options: object
     ) -> tuple[Tensor, ...]:
         """y = SSD(q, k, Δ·x; g) + D x `[B, T, H, P]`, then the kernel's states."""
-        v = x * delta[..., None]
-        kernel = {"scale": 1.0, **options}
-        if self.negative_eigenvalues:
-            y, *states = signed_gla(q, k, v, *signed_log_decay(g), **kernel)
-        else:
-            y, *states = gated_linear_attention(q, k, v, g, **kernel)
+        y, *states = ssd(q, k, x, delta, g, signed=self.negative_eigenvalues, **options)
         return y + self.D[:, None] * x, *states
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:

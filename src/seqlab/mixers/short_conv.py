@@ -2,6 +2,8 @@
 
 y_t = Σ_{i=0}^{k-1} w_i ⊙ x_{t-k+1+i} (+ bias), channels independent. The decode state is
 the last k−1 inputs `[B, k−1, C]`, so a step costs O(k·C) whatever the context length.
+With `causal=False` the window is centred instead (Hydra's non-causal conv):
+y_t = Σ_i w_i ⊙ x_{t−⌊(k−1)/2⌋+i}, zero-padded at both ends; it has no decode state.
 
 Computed as k shifted multiply-adds (`addcmul`) rather than a grouped `conv1d`: on CPU the
 depthwise convolution's backward costs ~9 ms per call even on a few tokens, which dominated
@@ -15,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqlab.errors import SeqlabError
+
 
 class ShortConv(nn.Module):
     def __init__(
@@ -24,9 +28,10 @@ class ShortConv(nn.Module):
         *,
         bias: bool = True,
         activation: str | None = "silu",
+        causal: bool = True,
     ) -> None:
         super().__init__()
-        self.channels, self.kernel_size = channels, kernel_size
+        self.channels, self.kernel_size, self.causal = channels, kernel_size, causal
         self.weight = nn.Parameter(torch.empty(channels, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.activation = activation
@@ -41,8 +46,11 @@ class ShortConv(nn.Module):
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x `[B, T, C]` -> (y `[B, T, C]`, last k−1 inputs `[B, k−1, C]` or None)."""
         k = self.kernel_size
+        if state is not None and not self.causal:
+            raise SeqlabError("a centred (non-causal) conv has no decode state to continue from")
         if state is None:
-            padded = F.pad(x, (0, 0, k - 1, 0))
+            before = k - 1 if self.causal else (k - 1) // 2
+            padded = F.pad(x, (0, 0, before, k - 1 - before))
         else:
             padded = torch.cat([state.to(x.dtype), x], dim=1)
         steps = x.shape[1]
