@@ -356,24 +356,34 @@ LEARNING_RATES = (1e-2, 3e-3)
 
 
 def check_learns(s: MixerSubject) -> None:
-    """A 2-layer model (d_model 32, vocab 16) trained 300 AdamW steps with the AR loss on
-    period-3 sequences (16 x 24) ends below a quarter of its starting loss, at the better of
-    two learning rates (as a comparison picks each cell's rate from a list). Measured over
-    seeds 0-5, every registered mixer ends at 0.05 of its start or below at its better rate,
-    five times inside the bound; at one rate and 150 steps gla, lstm and gru sat near it."""
+    """A 2-layer model (d_model 32, vocab 16) trained 300 AdamW steps on period-3 sequences
+    (16 x 24) ends below a fraction of its starting loss, at the better of two learning rates
+    (as a comparison picks each cell's rate from a list). A causal mixer trains with the AR
+    loss and must end below 1/4 of its start: measured over seeds 0-5, every registered causal
+    mixer ends at 0.05 of its start or below at its better rate, five times inside the bound
+    (at one rate and 150 steps gla, lstm and gru sat near it). A mixer without the causal
+    layout trains with the masked-diffusion bound in its bidirectional layout and must end
+    below 1/2 of its start: measured over seeds 0-1 in that layout, hydra, mamba2, attention
+    and gla end at 0.05-0.12 of their start at the better rate (0.23 at worst at one rate)."""
+    causal = s.declares(LayoutKind.CAUSAL)
+    objective, bound = ("ar", 0.25) if causal else ("masked_diffusion", 0.5)
     results = []
     for lr in LEARNING_RATES:
-        start, end = _train_periodic_copy(s, lr)
+        start, end = _train_periodic_copy(s, lr, objective)
         results.append(f"lr {lr:g}: {start:.3f} -> {end:.3f}")
-        if end < 0.25 * start:
+        if end < bound * start:
             return
-    raise AssertionError(f"loss never fell below a quarter of its start ({'; '.join(results)})")
+    raise AssertionError(
+        f"{objective} loss never fell below {bound:g} of its start ({'; '.join(results)})"
+    )
 
 
-def _train_periodic_copy(s: MixerSubject, lr: float, steps: int = 300) -> tuple[float, float]:
+def _train_periodic_copy(
+    s: MixerSubject, lr: float, objective_name: str, steps: int = 300
+) -> tuple[float, float]:
     """(mean of the first 5 losses, mean of the last 10) of one seeded training run."""
-    model = build_model(s.config(vocab_size=16))
-    objective = build_objective("ar")
+    objective = build_objective(objective_name).bind(16)
+    model = build_model(s.config(vocab_size=objective.model_vocab_size(16)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     losses = []
@@ -475,9 +485,10 @@ MIXER_INVARIANTS: tuple[Invariant[MixerSubject], ...] = (
     ),
     Invariant(
         "learns",
-        "a 2-layer model learns a period-3 copy task (loss below 1/4 of its start)",
+        "a 2-layer model learns a period-3 copy task (AR loss below 1/4 of its start; the "
+        "masked-diffusion bound below 1/2 for a mixer without the causal layout)",
         check_learns,
-        _buildable(LayoutKind.CAUSAL),
+        _buildable(),
     ),
 )
 MIXER_INVARIANT_NAMES: tuple[str, ...] = tuple(inv.name for inv in MIXER_INVARIANTS)
