@@ -21,10 +21,10 @@ from seqlab.errors import SeqlabError
 from seqlab.layout import Layout
 from seqlab.mixers.attention import Attention
 from seqlab.mixers.base import CONFIG_FIELDS, Mixer
+from seqlab.mixers.conv_ssm import ConvSSM
 from seqlab.mixers.gateloop import GateLoop
 from seqlab.mixers.linear_recurrence import LinearRecurrence
 from seqlab.mixers.mingru import MinGRU
-from seqlab.mixers.s4d import S4D
 from seqlab.mixers.selective_block import SelectiveBlock
 from seqlab.model import build_mixer, build_model
 from seqlab.registry import MIXERS
@@ -73,8 +73,8 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
         GateLoop: ("_recur", lambda o: o),
         SelectiveBlock: ("_conv_and_scan", lambda y: y[..., None]),
         MinGRU: ("_recur", lambda h: h[..., None]),
-        S4D: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
-    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D)
+        ConvSSM: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
+    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, ConvSSM)
            if isinstance(mixer, c))]  # fmt: skip
     original: Callable = getattr(mixer, method)
 
