@@ -23,12 +23,12 @@ from seqlab.errors import SeqlabError
 from seqlab.layout import Layout, LayoutKind
 from seqlab.mixers.attention import Attention
 from seqlab.mixers.base import CONFIG_FIELDS, Mixer
+from seqlab.mixers.conv_ssm import ConvSSM
 from seqlab.mixers.gateloop import GateLoop
 from seqlab.mixers.hydra import Hydra
 from seqlab.mixers.hyena import Hyena
 from seqlab.mixers.linear_recurrence import LinearRecurrence
 from seqlab.mixers.mingru import MinGRU
-from seqlab.mixers.s4d import S4D
 from seqlab.mixers.selective_block import SelectiveBlock
 from seqlab.model import build_mixer, build_model
 from seqlab.registry import MIXERS
@@ -39,7 +39,7 @@ STEPS = 7
 # fails here instead of silently leaving the mixer out of the loop below.
 KNOWN = {
     "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "hydra", "hyena", "lightnet",
-    "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4d",
+    "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4", "s4d",
 }  # fmt: skip
 # Options beyond the defaults: sliding window and grouped-query heads, signed decays, the
 # unnormalised form; chunk_size 4 makes the fast kernels cross chunk boundaries at T = 7.
@@ -82,10 +82,10 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
         GateLoop: ("_recur", lambda o: o),
         SelectiveBlock: ("_conv_and_scan", lambda y: y[..., None]),
         MinGRU: ("_recur", lambda h: h[..., None]),
-        S4D: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
+        ConvSSM: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
         Hyena: ("_recurrence", lambda z: z[..., None]),
         Hydra: ("_mix", lambda y: y),
-    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, S4D,
+    }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, ConvSSM,
                        Hyena, Hydra) if isinstance(mixer, c))]  # fmt: skip
     original: Callable = getattr(mixer, method)
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from seqlab.layout import Layout
-from seqlab.mixers.s4d import S4D, DiagonalSSM, S4DState
+from seqlab.mixers.conv_ssm import SSMState
+from seqlab.mixers.s4d import S4D, DiagonalSSM
 from seqlab.ops.fftconv import fft_conv
 
 F64 = torch.float64
@@ -52,7 +53,7 @@ def test_chunked_causal_form_equals_recurrence_from_any_state_float64(chunk_size
 
     h0 = torch.randn(2, m.d_inner, 4, dtype=torch.complex128)
     expected, h_last = block_reference(m, x, h0)
-    y, state = m(x, S4DState(torch.view_as_real(h0)))
+    y, state = m(x, SSMState(torch.view_as_real(h0)))
     torch.testing.assert_close(y, expected, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(torch.view_as_complex(state.h), h_last, rtol=1e-9, atol=1e-10)
 
