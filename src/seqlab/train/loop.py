@@ -116,6 +116,12 @@ def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunPart
     )
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
+    if objective.layout.kind not in model.layouts:
+        raise ConfigError(
+            f"objective {config.objective.name!r} reads the {objective.layout.kind.value} layout, "
+            f"which mixers {config.model.layer_names()} do not support (they support "
+            f"{sorted(k.value for k in model.layouts)}); choose an objective for those layouts"
+        )
     return RunParts(config, task, model, objective)
 
 
