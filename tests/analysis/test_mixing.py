@@ -38,8 +38,9 @@ STEPS = 7
 # Mixers known to be linear in their values given the gates: a declaration dropped by mistake
 # fails here instead of silently leaving the mixer out of the loop below.
 KNOWN = {
-    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "hydra", "hyena", "lightnet",
-    "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4", "s4d",
+    "attention", "deltanet", "gated_deltanet", "gateloop", "gla", "gss", "hydra", "hyena",
+    "lightnet", "linear_attention", "longhorn", "mamba", "mamba2", "mingru", "retnet", "s4",
+    "s4d",
 }  # fmt: skip
 # Options beyond the defaults: sliding window and grouped-query heads, signed decays, the
 # unnormalised form; chunk_size 4 makes the fast kernels cross chunk boundaries at T = 7.
@@ -82,7 +83,7 @@ def forward_kernel_output(mixer: Mixer, x: Tensor) -> Tensor:
         GateLoop: ("_recur", lambda o: o),
         SelectiveBlock: ("_conv_and_scan", lambda y: y[..., None]),
         MinGRU: ("_recur", lambda h: h[..., None]),
-        ConvSSM: ("_causal", lambda y: (y + mixer.D * mixer.in_proj(x).chunk(2, -1)[0])[..., None]),
+        ConvSSM: ("_causal", lambda y: (y + mixer.D * mixer._ssm_input(x)[0])[..., None]),
         Hyena: ("_recurrence", lambda z: z[..., None]),
         Hydra: ("_mix", lambda y: y),
     }[next(c for c in (LinearRecurrence, Attention, GateLoop, SelectiveBlock, MinGRU, ConvSSM,

@@ -1,6 +1,8 @@
-"""The block shared by the convolutional (linear time-invariant) state-space mixers, s4d and s4:
-projections, activation, gate and D skip around per-channel SSMs whose kernel computation is
-pluggable (a `StateSpace` module: S4D's diagonal Vandermonde kernel, S4's Cauchy kernel).
+"""The block shared by the convolutional (linear time-invariant) state-space mixers, s4d, s4 and
+gss: per-channel SSMs with a D skip whose kernel computation is pluggable (a `StateSpace`
+module: S4D's diagonal Vandermonde kernel, S4's Cauchy kernel), applied in chunks (causal) or
+by FFT (bidirectional), between an in stage and an out stage that each block gives
+(`GatedConvSSM`: the projections, GELU and sigmoid gate of s4d and s4; gss its own).
 
 Not a mixer: the registry imports this module with the others and finds nothing to register.
 """
@@ -76,12 +78,13 @@ class StateSpace(nn.Module):
 
 
 class ConvSSM(Mixer):
-    """A gated block around a `StateSpace` per inner channel, applied as a long convolution.
+    """Per-channel `StateSpace` SSMs with a D skip, applied as a long convolution between an in
+    stage and an out stage that a subclass gives.
 
-    The block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)), where
+    In stage: u, context = `_ssm_input(x)`; the SSM: y = SSM(u) + D ⊙ u, where
     SSM(u)_t = Σ_{s≤t} K_{t−s} ⊙ u_s; equivalently the recurrence x_t = Ā x_{t−1} + B̄ u_t,
-    SSM(u)_t = C̄ x_t. Shapes: x `[B, T, d_model]`, u, z `[B, T, d_inner]`
-    (d_inner = expand · d_model), state d_state real numbers per channel.
+    SSM(u)_t = C̄ x_t; out stage: `_output(y, context)`. Shapes: x `[B, T, d_model]`,
+    u, y `[B, T, d_inner]` (d_inner = `channels`), state d_state real numbers per channel.
 
     The causal form runs in chunks of `chunk_size` steps: inside a chunk the convolution with
     K_0 … K_{C−1} (a masked Toeplitz product), across chunks the recurrence on the states at
@@ -91,7 +94,8 @@ class ConvSSM(Mixer):
     anti-causal half comes from a second, separately parameterised SSM (lags 1 … T, so the
     present is counted once).
 
-    A subclass builds `self.ssm` and `self.ssm_reverse` after calling `__init__` here.
+    A subclass builds `self.ssm` and `self.ssm_reverse` (over `d_inner` channels) and its
+    stages after calling `__init__` here.
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
@@ -101,7 +105,7 @@ class ConvSSM(Mixer):
         self,
         d_model: int,
         *,
-        expand: int,
+        channels: int,
         d_state: int,
         dt_min: float,
         dt_max: float,
@@ -110,17 +114,23 @@ class ConvSSM(Mixer):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ConfigError(f"{self.name} d_state must be a positive even number, got {d_state}")
-        check_positive(self.name, expand=expand)
         check_range(self.name, "dt_min", dt_min, "dt_max", dt_max)
         if chunk_size < 1:
             raise ConfigError(f"{self.name} chunk_size must be positive, got {chunk_size}")
-        self.d_model, self.d_inner, self.d_state = d_model, expand * d_model, d_state
+        self.d_model, self.d_inner, self.d_state = d_model, channels, d_state
         self.chunk_size = chunk_size
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.ssm: StateSpace
         self.ssm_reverse: StateSpace
         self.D = nn.Parameter(torch.randn(self.d_inner))
-        self.out = nn.Linear(self.d_inner, d_model, bias=False)
+
+    @abstractmethod
+    def _ssm_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The in stage: `x [B, T, d_model]` -> (the SSM input u `[B, T, d_inner]`, what the
+        out stage needs besides the SSM output)."""
+
+    @abstractmethod
+    def _output(self, y: Tensor, context: Tensor) -> Tensor:
+        """The out stage: y = SSM(u) + D ⊙ u `[B, T, d_inner]` -> `[B, T, d_model]`."""
 
     def forward(
         self,
@@ -138,7 +148,7 @@ class ConvSSM(Mixer):
                 f"bidirectional layout (without a state), got {layout.kind!r}"
                 + ("" if state is None else " with a state")
             )
-        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, context = self._ssm_input(x)
         if layout.kind is LayoutKind.BIDIRECTIONAL:
             steps = u.shape[1]
             kernel = torch.stack([self.ssm.kernel(steps), self.ssm_reverse.kernel(steps + 1)[1:]])
@@ -149,8 +159,7 @@ class ConvSSM(Mixer):
             h0 = self.ssm.load_state(state.h.to(state_dtype(u.dtype)))
             y, h_last = self._causal(u, h0)
             new_state = SSMState(self.ssm.store_state(h_last))
-        y = F.gelu(y + self.D * u) * torch.sigmoid(z)
-        return self.out(y), new_state
+        return self._output(y + self.D * u, context), new_state
 
     def _causal(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """SSM(u) `[B, T, d_inner]` from the working state `h0` (zero when None), and the final
@@ -201,9 +210,9 @@ class ConvSSM(Mixer):
     def mixing(self, x: Tensor) -> Mixing:
         """Each inner channel is a head whose value is its input u `[B, T, d_inner, 1]`; the
         matrix is the Toeplitz kernel plus D on the diagonal, the same for every sequence
-        (LTI), and the output SSM(u) + D ⊙ u, before the GELU and gate."""
+        (LTI), and the output SSM(u) + D ⊙ u, before the out stage."""
         check_input(x, self.d_model)
-        u, _ = self.in_proj(x).chunk(2, dim=-1)
+        u, _ = self._ssm_input(x)
         output = self._causal(u, None)[0] + self.D * u
         steps = u.shape[1]
         skip = torch.diag_embed(self.D[:, None].expand(-1, steps))
@@ -225,3 +234,32 @@ class ConvSSM(Mixer):
 
     def state_size(self, seq_len: int) -> int:
         return self.d_inner * self.d_state
+
+
+class GatedConvSSM(ConvSSM):
+    """The block of s4d and s4 around `ConvSSM`'s SSMs:
+    u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)), with u, z `[B, T, d_inner]` and
+    d_inner = expand · d_model."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        expand: int,
+        d_state: int,
+        dt_min: float,
+        dt_max: float,
+        chunk_size: int,
+    ) -> None:
+        check_positive(self.name, expand=expand)
+        ssm_options = {"d_state": d_state, "dt_min": dt_min, "dt_max": dt_max}
+        super().__init__(d_model, channels=expand * d_model, chunk_size=chunk_size, **ssm_options)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.out = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def _ssm_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        return u, z
+
+    def _output(self, y: Tensor, context: Tensor) -> Tensor:
+        return self.out(F.gelu(y) * torch.sigmoid(context))

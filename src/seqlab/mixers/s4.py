@@ -18,7 +18,7 @@ from torch import Tensor
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import no_weight_decay
 from seqlab.mixers.common import log_uniform_log_dt
-from seqlab.mixers.conv_ssm import ChunkMaps, ConvSSM, StateSpace
+from seqlab.mixers.conv_ssm import ChunkMaps, GatedConvSSM, StateSpace
 from seqlab.registry import MIXERS
 
 S4_INITS = ("legs", "legt", "fout")
@@ -282,8 +282,8 @@ def nplr_dense_reference(ssm: NPLRSSM) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @MIXERS.register("s4")
-class S4(ConvSSM):
-    """S4 (Gu et al., 2022): the `ConvSSM` block around an NPLR HiPPO state-space model per
+class S4(GatedConvSSM):
+    """S4 (Gu et al., 2022): the `GatedConvSSM` block around an NPLR HiPPO state-space model per
     channel (`NPLRSSM`), applied as a long convolution.
 
     The block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)), where

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import no_weight_decay
 from seqlab.mixers.common import log_uniform_log_dt
-from seqlab.mixers.conv_ssm import ChunkMaps, ConvSSM, StateSpace
+from seqlab.mixers.conv_ssm import ChunkMaps, GatedConvSSM, StateSpace
 from seqlab.registry import MIXERS
 
 S4D_INITS = ("lin", "inv")
@@ -101,8 +101,8 @@ class DiagonalSSM(StateSpace):
 
 
 @MIXERS.register("s4d")
-class S4D(ConvSSM):
-    """S4D (Gu et al., 2022): the `ConvSSM` block around a diagonal state-space model per
+class S4D(GatedConvSSM):
+    """S4D (Gu et al., 2022): the `GatedConvSSM` block around a diagonal state-space model per
     channel (`DiagonalSSM`), applied as a long convolution.
 
     The block: u, z = W_in x; y = W_out(GELU(SSM(u) + D ⊙ u) ⊙ σ(z)), where
