@@ -32,6 +32,7 @@ CONFIGS = [
     ("regbench", {"seq_len": 48, "max_states": 6, "max_string_len": 8}),
     ("listops", {"max_depth": 2, "max_len": 24}),
     ("sort", {"max_items": 6, "num_values": 16}),
+    ("pathfinder", {"size": 17, "contour_length": 3, "dash_length": 1, "seed_distance": 4}),
 ]
 IDS = [f"{name}-{'-'.join(str(v) for v in options.values())}" for name, options in CONFIGS]
 # Example spaces small enough that train and evaluation would share examples without the
