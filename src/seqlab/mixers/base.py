@@ -77,7 +77,9 @@ class Mixer(nn.Module, ABC):
     A subclass declares, as class attributes, the layouts it supports (`layouts`, causal only
     by default) and whether its decode state is of fixed size or grows with the context
     (`state_kind`: "fixed" or "kv_cache"; "none" for a mixer without the causal layout, which
-    cannot decode: its `init_state` raises and its `state_size` is 0). Its constructor takes
+    cannot decode: its `init_state` raises and its `state_size` is 0). A mixer whose causal
+    layout reads a prefix non-causally (JRT-RNN) sets `noncausal_prefix` on the instance: the
+    conformance kit then checks causality and decoding past it. Its constructor takes
     by keyword whichever `ModelConfig` fields it needs (`d_model`, `n_heads`, `rope_theta`,
     ...), optionally `layer` (its index in the stack), and its own options; `from_config`
     fills the first two from the model config, so the options a user may set are read from
@@ -89,6 +91,9 @@ class Mixer(nn.Module, ABC):
     state_kind: ClassVar[str] = "fixed"
     # The output is linear in the values given the gates: `mixing` returns the matrix.
     linear_in_values: ClassVar[bool] = False
+    # Under the causal layout, positions below this read each other (the whole prefix)
+    # non-causally, and a decode starts at or after it (JRT-RNN's prefix; set per instance).
+    noncausal_prefix: int = 0
 
     @classmethod
     def from_config(cls, config: ModelConfig, layer: int = 0, **options: Any) -> Mixer:

@@ -3,6 +3,12 @@
 Exactness checks run in float64 on odd, tiny shapes (d_model 32, 4 heads, weights from
 `init_weights(0.1, 0.1)`); split and decode results must match the full pass to rtol 1e-9,
 atol 1e-10, and causality is an exact zero gradient from every future input.
+
+A mixer whose causal layout reads its first P = `noncausal_prefix` positions non-causally
+(JRT-RNN) is checked past them: the causal checks' sequences grow by P, every split and
+the start of token-by-token decoding come after a prefill of the whole prefix, an output
+inside the prefix may read the whole prefix and nothing after it, and the learning check
+scores only targets after the prefix (the AR loss inside it would read its own targets).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class MixerSubject:
     layouts: frozenset[LayoutKind] = frozenset({LayoutKind.CAUSAL})
     state_kind: str = "fixed"
     unbuildable: str | None = None
+    prefix: int = 0  # the built mixer's noncausal_prefix
 
     def config(self, **fields: Any) -> ModelConfig:
         return ModelConfig(
@@ -89,6 +96,7 @@ def mixer_subject(name_or_class: str | type[Mixer], options: dict[str, Any]) -> 
     # Options may change what the mixer declares (a memory cache makes it causal and growing).
     subject.layouts = frozenset(LayoutKind(k) for k in built.layouts)
     subject.state_kind = built.state_kind
+    subject.prefix = built.noncausal_prefix
     return subject
 
 
@@ -119,17 +127,24 @@ def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
 
 
 def check_split_decode(s: MixerSubject) -> None:
-    """13 tokens: a split at 5 carried through the state, and token-by-token decode."""
+    """13 tokens: a split at 5 carried through the state, and token-by-token decode (P + 13
+    tokens, split at P + 5, decode after a prefill of P, with a non-causal prefix of P)."""
     mixer = s.mixer()
-    x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
+    P = s.prefix
+    x = torch.randn(2, 13 + P, D_MODEL, dtype=torch.float64)
     full, _ = mixer(x)
     state = mixer.init_state(2, dtype=torch.float64)
-    head, state_a = mixer(x[:, :5], state)
-    tail, _ = mixer(x[:, 5:], state_a)
-    assert_close(torch.cat([head, tail], 1), full, "prefill 5 then 8 tokens vs the full pass")
+    head, state_a = mixer(x[:, : 5 + P], state)
+    tail, _ = mixer(x[:, 5 + P :], state_a)
+    assert_close(
+        torch.cat([head, tail], 1), full, f"prefill {5 + P} then 8 tokens vs the full pass"
+    )
     state = mixer.init_state(2, dtype=torch.float64)
     steps = []
-    for t in range(x.shape[1]):
+    if P:
+        y, state = mixer(x[:, :P], state)
+        steps.append(y)
+    for t in range(P, x.shape[1]):
         y, state = mixer(x[:, t : t + 1], state)
         steps.append(y)
     assert_close(torch.cat(steps, 1), full, "token-by-token decode vs the full pass")
@@ -138,24 +153,28 @@ def check_split_decode(s: MixerSubject) -> None:
 def check_chunk_split(s: MixerSubject) -> None:
     """T = 150 spans three 64-step chunks; the split point falls inside the second."""
     mixer = s.mixer()
-    x = torch.randn(1, 150, D_MODEL, dtype=torch.float64)
+    P = s.prefix
+    x = torch.randn(1, 150 + P, D_MODEL, dtype=torch.float64)
     full, _ = mixer(x)
-    head, state = mixer(x[:, :67], mixer.init_state(1, dtype=torch.float64))
-    tail, _ = mixer(x[:, 67:], state)
+    head, state = mixer(x[:, : 67 + P], mixer.init_state(1, dtype=torch.float64))
+    tail, _ = mixer(x[:, 67 + P :], state)
     assert_close(torch.cat([head, tail], 1), full, "150 tokens split at 67 vs the full pass")
 
 
 def check_causality(s: MixerSubject) -> None:
     """Output t has an exactly zero gradient from every input after t, and a nonzero one
-    from some input up to t."""
+    from some input up to t. With a non-causal prefix of P, outputs 0, P + 4, P + 9 of
+    P + 11, and "after t" means after max(t, P - 1)."""
     mixer = s.mixer()
-    x = torch.randn(1, 11, D_MODEL, dtype=torch.float64, requires_grad=True)
+    P = s.prefix
+    x = torch.randn(1, 11 + P, D_MODEL, dtype=torch.float64, requires_grad=True)
     y, _ = mixer(x)
-    for t in (0, 4, 9):
+    for t in sorted({0, 4 + P, 9 + P}):
         (grad,) = torch.autograd.grad(y[:, t].sum(), x, retain_graph=True)
-        future = grad[:, t + 1 :].abs().max()
+        last = max(t, P - 1)
+        future = grad[:, last + 1 :].abs().max()
         assert future == 0, f"output {t} reads the future (gradient {float(future):.3g})"
-        assert grad[:, : t + 1].abs().max() > 0, f"output {t} reads nothing"
+        assert grad[:, : last + 1].abs().max() > 0, f"output {t} reads nothing"
 
 
 def check_bidirectional(s: MixerSubject) -> None:
@@ -274,16 +293,16 @@ def check_state_size(s: MixerSubject) -> None:
         )
     else:
         raise AssertionError(f"state_kind is {s.state_kind!r}, expected 'fixed' or 'kv_cache'")
-    batch = 3
-    x = torch.randn(batch, 13, D_MODEL, dtype=torch.float64)
+    batch, P = 3, s.prefix
+    x = torch.randn(batch, 13 + P, D_MODEL, dtype=torch.float64)
     state = mixer.init_state(batch, dtype=torch.float64)
     seen = [(0, state_numbers(state, batch))]
     with torch.no_grad():
-        _, state = mixer(x[:, :7], state)
-        seen.append((7, state_numbers(state, batch)))
-        for t in range(7, 13):
+        _, state = mixer(x[:, : 7 + P], state)
+        seen.append((7 + P, state_numbers(state, batch)))
+        for t in range(7 + P, 13 + P):
             _, state = mixer(x[:, t : t + 1], state)
-            if t + 1 in (8, 13):
+            if t + 1 in (8 + P, 13 + P):
                 seen.append((t + 1, state_numbers(state, batch)))
     wrong = [(t, n, mixer.state_size(t)) for t, n in seen if n != mixer.state_size(t)]
     assert not wrong, "numbers per sequence in the returned state vs state_size(T): " + "; ".join(
@@ -296,7 +315,7 @@ def check_fixed_state_storage(s: MixerSubject) -> None:
     (8 vs 200 tokens, float32): the state holds no view of the prefill."""
     mixer = s.mixer(torch.float32)
     held = []
-    for length in (8, 200):
+    for length in (8 + s.prefix, 200 + s.prefix):
         x = torch.randn(1, length, D_MODEL)
         with torch.no_grad():
             _, state = mixer(x, mixer.init_state(1))
@@ -319,7 +338,8 @@ def check_save_load(s: MixerSubject) -> None:
         layout = Layout.BIDIRECTIONAL
     else:
         layout = Layout.block_causal(4)
-    tokens = torch.randint(0, 17, (2, 13))
+    P = s.prefix
+    tokens = torch.randint(0, 17, (2, 13 + P))
     with tempfile.TemporaryDirectory(prefix="seqlab-check-") as directory:
         save(model, directory)
         loaded = load(directory).eval()
@@ -333,22 +353,23 @@ def check_save_load(s: MixerSubject) -> None:
         expected, actual = model(tokens, layout=layout)[0], loaded(tokens, layout=layout)[0]
         assert torch.equal(expected, actual), "the loaded model's outputs differ"
         if layout.is_causal:
-            _, a = model(tokens[:, :7], model.init_state(2))
-            _, b = loaded(tokens[:, :7], loaded.init_state(2))
-            assert torch.equal(model(tokens[:, 7:], a)[0], loaded(tokens[:, 7:], b)[0]), (
+            _, a = model(tokens[:, : 7 + P], model.init_state(2))
+            _, b = loaded(tokens[:, : 7 + P], loaded.init_state(2))
+            assert torch.equal(model(tokens[:, 7 + P :], a)[0], loaded(tokens[:, 7 + P :], b)[0]), (
                 "the loaded model's continuation from a state differs"
             )
 
 
 def periodic_batch(
-    generator: torch.Generator, batch: int, length: int, vocab: int, period: int
+    generator: torch.Generator, batch: int, length: int, vocab: int, period: int, prefix: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Sequences repeating a random motif of `period` tokens: after the first period the
-    next token is the one `period` steps back, so only a mixer (not the MLP) can predict it."""
+    next token is the one `period` steps back, so only a mixer (not the MLP) can predict it.
+    Targets inside a non-causal `prefix` are not scored."""
     motif = torch.randint(0, vocab, (batch, period), generator=generator)
     tokens = motif.repeat(1, length // period + 1)[:, :length]
     mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[:, period:] = True
+    mask[:, max(period, prefix) :] = True
     return tokens, mask
 
 
@@ -388,7 +409,7 @@ def _train_periodic_copy(
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(steps):
-        tokens, mask = periodic_batch(generator, 16, 24, 16, 3)
+        tokens, mask = periodic_batch(generator, 16, 24 + s.prefix, 16, 3, s.prefix)
         loss, _ = objective.training_loss(model, Batch(tokens, mask))
         optimizer.zero_grad()
         loss.backward()

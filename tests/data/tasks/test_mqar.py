@@ -7,6 +7,7 @@ import torch
 import seqlab
 from seqlab.config import ExperimentConfig, ModelConfig, TaskConfig
 from seqlab.data.tasks import build_task
+from seqlab.errors import ConfigError
 from seqlab.objectives import build_objective
 
 
@@ -87,3 +88,80 @@ def test_induction_test_rows_are_longer_than_training_rows():
     test = torch.stack([torch.from_numpy(t) for t, _ in rows(task, "test")])
     assert (train != 0).sum(1).max() < (test != 0).sum(1).min()
     assert task.seq_len == 65
+
+
+def without_copies(tokens, mask, n, times, segment):
+    """A repeated-context row with every extra copy of each instance's context removed."""
+    length = segment + (times - 1) * 2 * n
+    parts = []
+    for start in range(0, len(tokens), length):
+        piece = slice(start, start + length)
+        t, m = tokens[piece], mask[piece]
+        assert not m[: 2 * n * times].any(), "no context copy is scored"
+        for copy in range(1, times):
+            assert (t[2 * n * copy : 2 * n * (copy + 1)] == t[: 2 * n]).all()
+        keep = np.r_[0 : 2 * n, 2 * n * times : length]
+        parts.append((t[keep], m[keep]))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_repeat_context_repeats_the_pairs_and_keeps_the_same_questions(split):
+    """JRT-Prompt: the context read twice, answers unchanged, and the very same examples as
+    the context read once (for every split, training batches included)."""
+    options = {"seq_len": 32, "num_kv_pairs": 4, "vocab_size": 64}
+    once = make("mqar", **options)
+    twice = make("mqar", repeat_context=2, **options)
+    assert twice.seq_len == once.seq_len + 8
+    pairs = list(zip(rows(once, split), rows(twice, split), strict=True))
+    for (tokens, mask), (tokens2, mask2) in pairs:
+        assert len(tokens2) == len(tokens) + 8 and mask2.sum() == mask.sum() == 4
+        stripped, stripped_mask = without_copies(tokens2, mask2, 4, 2, 33)
+        assert (stripped == tokens).all() and (stripped_mask == mask).all()
+
+
+def test_stacked_instances_are_answered_from_their_own_context():
+    task = make("mqar", seq_len=32, num_kv_pairs=3, vocab_size=16, stacked=3, repeat_context=2)
+    assert task.seq_len == 3 * (33 + 6)
+    overwritten = 0
+    for tokens, mask in rows(task, "train"):
+        assert len(tokens) == task.seq_len and mask.sum() == 9
+        for start in range(0, len(tokens), 39):
+            t, m = tokens[start : start + 39], mask[start : start + 39]
+            pairs = dict(zip(t[0:6:2].tolist(), t[1:6:2].tolist(), strict=True))
+            assert (t[6:12] == t[:6]).all() and not m[:12].any()
+            scored = np.flatnonzero(m)
+            assert sorted(t[scored - 1].tolist()) == sorted(pairs)
+            assert all(t[i] == pairs[t[i - 1]] for i in scored)
+            if start:
+                earlier = tokens[:start]
+                for key, value in pairs.items():
+                    seen = earlier[np.flatnonzero(earlier[:-1] == key) + 1]
+                    overwritten += bool(len(seen)) and value not in seen
+    assert overwritten > 0, "later instances rebind keys of earlier ones"
+
+
+def test_repeated_and_stacked_batches_are_a_pure_function_of_seed_split_and_step():
+    options = {"seq_len": 32, "num_kv_pairs": 4, "repeat_context": 3, "stacked": 2}
+    a, b = make("mqar", **options), make("mqar", **options)
+    first = a.batch("train", 5, 8, seed=1)
+    a.batch("train", 6, 8, seed=1)
+    for other in (a.batch("train", 5, 8, seed=1), b.batch("train", 5, 8, seed=1)):
+        assert torch.equal(other.tokens, first.tokens) and torch.equal(other.mask, first.mask)
+    assert not torch.equal(a.batch("train", 5, 8, seed=2).tokens, first.tokens)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"repeat_context": 0},
+        {"repeat_context": True},
+        {"repeat_context": 2.5},
+        {"stacked": 0},
+        {"stacked": 65},
+    ],
+)
+def test_bad_repeat_and_stack_options_are_config_errors(options):
+    name = next(iter(options))
+    with pytest.raises(ConfigError, match=f"{name} must be (an integer in|int)"):
+        make("mqar", **options)

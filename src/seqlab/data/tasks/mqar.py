@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seqlab.data.tasks.synthetic import PAD, Example, SyntheticTask, check
+from seqlab.data.tasks.synthetic import PAD, Example, SyntheticTask, check, repeat_context
 from seqlab.registry import TASKS
 
 if TYPE_CHECKING:
@@ -41,6 +41,20 @@ class MQAR(SyntheticTask):
     ``kv_pairs_mix`` trains on a mixture of kv counts (each train/validation example draws
     its count uniformly from the list); ``test`` always uses ``num_kv_pairs``. When an
     evaluated split mixes counts, `evaluate` adds ``accuracy_kv{n}`` per count.
+
+    ``repeat_context`` r (JRT-Prompt, Arora et al., 2024, "Just read twice"): the 2n context
+    tokens appear r times before the query region, so a recurrent model reads every pair
+    again after it has seen them all; rows grow by (r − 1)·2n tokens, the answers stay the
+    only scored tokens, and an example's held-out partition is decided on the context read
+    once, so every r evaluates the same questions. With the example above and r = 2::
+
+        3 12 7 9 1 14   3 12 7 9 1 14   7 [9]  0 0  3 [12]  0 0  1 [14]
+
+    ``stacked`` s: a row is s independent instances one after another (each with its own
+    pairs, drawn with the same count, its context repeated r times, then its queries), the
+    multi-pass form in which a key of an earlier instance may reappear with another value:
+    the model must recall from the latest context and overwrite what it stored before. A
+    row then holds s · (seq_len + 1 + (r − 1)·2n) tokens; ``accuracy`` pools all instances.
     """
 
     def __init__(
@@ -51,6 +65,8 @@ class MQAR(SyntheticTask):
         power_a: float = 0.01,
         kv_pairs_mix: list[int] | None = None,
         random_non_queries: bool = True,
+        repeat_context: int = 1,
+        stacked: int = 1,
         eval_examples: int = 512,
     ) -> None:
         check(
@@ -62,6 +78,11 @@ class MQAR(SyntheticTask):
             f"mqar: seq_len must be an integer >= 3, got {seq_len!r}",
         )
         check(power_a > 0, f"mqar: power_a must be positive, got {power_a!r}")
+        for option, value in (("repeat_context", repeat_context), ("stacked", stacked)):
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64,
+                f"mqar: {option} must be an integer in [1, 64], got {value!r}",
+            )
         self.vocab_size = vocab_size
         self.seq_len = seq_len + 1
         self.first_value = vocab_size // 2
@@ -76,6 +97,10 @@ class MQAR(SyntheticTask):
             )
         self.power_a = float(power_a)
         self.random_non_queries = bool(random_non_queries)
+        self.repeat_context, self.stacked = repeat_context, stacked
+        self.segment_len = self.seq_len
+        most_pairs = max(self.train_counts + [num_kv_pairs])
+        self.seq_len = stacked * (self.segment_len + (repeat_context - 1) * 2 * most_pairs)
         self._slot_weights: dict[int, np.ndarray] = {}
         super().__init__(eval_examples=eval_examples)
 
@@ -88,7 +113,18 @@ class MQAR(SyntheticTask):
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         counts = [self.num_kv_pairs] if split == "test" else self.train_counts
         n = counts[int(rng.integers(len(counts)))]
-        length = self.seq_len
+        parts = [self._instance(rng, n) for _ in range(self.stacked)]
+        once = np.concatenate([tokens for tokens, _ in parts])
+        repeated = [
+            repeat_context(tokens, scored, 2 * n, self.repeat_context) for tokens, scored in parts
+        ]
+        tokens = np.concatenate([tokens for tokens, _ in repeated])
+        scored = np.concatenate([scored for _, scored in repeated])
+        return Example(tokens, scored, info=n, key=once.tobytes())
+
+    def _instance(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """One instance of n pairs read once: (tokens, scored), ``seq_len + 1`` of each."""
+        length = self.segment_len
         keys = 1 + rng.permutation(self.first_value - 1)[:n]
         values = self.first_value + rng.permutation(self.vocab_size - self.first_value)[:n]
         if self.random_non_queries:
@@ -107,7 +143,7 @@ class MQAR(SyntheticTask):
         tokens[query + 1] = values[order]
         scored = np.zeros(length, dtype=bool)
         scored[query + 1] = True
-        return Example(tokens, scored, info=n)
+        return tokens, scored
 
     def evaluate(
         self,

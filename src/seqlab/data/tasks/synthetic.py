@@ -70,6 +70,20 @@ def held_out(key: bytes) -> bool:
     return int.from_bytes(digest, "little") % HOLDOUT_BUCKETS == 0
 
 
+def repeat_context(
+    tokens: np.ndarray, scored: np.ndarray, context: int, times: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """JRT-Prompt's transform: the first `context` tokens `times` times, then the rest; the
+    added copies are never scored (tokens and flags 1-D, of equal length)."""
+    if times == 1:
+        return tokens, scored
+    extra = np.tile(tokens[:context], times - 1)
+    return (
+        np.concatenate([tokens[:context], extra, tokens[context:]]),
+        np.concatenate([scored[:context], np.zeros(len(extra), dtype=bool), scored[context:]]),
+    )
+
+
 @dataclass
 class Example:
     """One example: `tokens` (int64), `scored` (bool, same length) marking its answers, an
