@@ -68,7 +68,9 @@ def test_fixed_state_holds_no_view_of_the_prefill(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_two_layer_model_learns_periodic_copy(name):
-    assert_invariant(name, "learns", declares(name, "causal"))
+    """Every mixer learns: a causal one under the AR loss, one without the causal layout
+    (hydra) under the masked-diffusion bound in its bidirectional layout."""
+    assert_invariant(name, "learns", True)
 
 
 @pytest.mark.parametrize("name", ALL)
