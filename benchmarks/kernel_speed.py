@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from seqlab.mixers.gateloop import gateloop_attention, gateloop_decay, gateloop_scan_loop
 from seqlab.mixers.lightnet import lightnet_attention
-from seqlab.mixers.longhorn import longhorn_scan, longhorn_scan_loop
+from seqlab.mixers.longhorn import longhorn_scan
 from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
 from seqlab.ops.generalized_delta_rule import generalized_delta_rule
 from seqlab.ops.linear_attention import gated_linear_attention
@@ -96,8 +96,13 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
         "lightnet (logcumsumexp keys)": run(lambda m: lightnet_attention(q, k, v, mode=m)),
         "gateloop (complex decay)": run(gateloop),
         "longhorn (N=16)": run(
-            lambda m: (longhorn_scan if m == "chunk" else longhorn_scan_loop)(
-                x, beta_channel, s6_bc, s6_bc
+            lambda m: longhorn_scan(
+                x, beta_channel, s6_bc, s6_bc, mode="fused" if m == "chunk" else "loop"
+            )
+        ),
+        "longhorn (N=16, diagonal_scan form)": run(
+            lambda m: longhorn_scan(
+                x, beta_channel, s6_bc, s6_bc, mode="chunked" if m == "chunk" else "loop"
             )
         ),
         "diagonal_scan": run(

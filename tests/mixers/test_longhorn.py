@@ -21,28 +21,85 @@ def _inputs(gen: torch.Generator, batch: int, steps: int, channels: int, n: int)
     ]
 
 
-@pytest.mark.parametrize("steps", [1, 67, 131])
-def test_parallel_scan_matches_step_loop_forward_and_backward_float64(steps):
-    """Odd shapes: T not a multiple of the scan's 64-step chunks, odd channel and state
-    counts, a non-zero initial state; values, final state and every input's gradient."""
+def _scan_outputs(mode, inputs, weights, *, with_state, reads_y=True, reads_h=True, **kw):
+    """y, h_{T−1} and the gradients of every input (u, β, k, q, D, h_{−1}) of a loss that
+    reads y and/or h_{T−1} with fixed random weights."""
+    leaves = [t.clone().requires_grad_() for t in inputs[: 6 if with_state else 5]]
+    y, h = longhorn_scan(
+        *leaves[:5],
+        initial_state=leaves[5] if with_state else None,
+        output_final_state=True,
+        mode=mode,
+        **kw,
+    )
+    loss = reads_y * (y * weights[0]).sum() + reads_h * (h * weights[1]).sum()
+    return [y, h, *torch.autograd.grad(loss, leaves)]
+
+
+def _weights(gen, inputs):
+    return [torch.randn(inputs[0].shape, generator=gen, dtype=F64)] + [
+        torch.randn(inputs[5].shape, generator=gen, dtype=F64)
+    ]
+
+
+NAMES = ["y", "h_last", "du", "dbeta", "dk", "dq", "dD", "dh0"]
+
+
+def _assert_all_close(got, want):
+    assert len(got) == len(want)
+    for name, a, b in zip(NAMES, got, want, strict=False):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize(
+    ("mode", "steps", "chunk_size"),
+    [
+        ("fused", 1, 4),
+        ("fused", 13, 4),  # T not a multiple of the chunk
+        ("fused", 16, 4),
+        ("fused", 13, 1),
+        ("fused", 67, None),  # the default chunk
+        ("chunked", 1, None),
+        ("chunked", 67, None),  # T not a multiple of diagonal_scan's 64-step chunks
+        ("chunked", 131, None),
+    ],
+)
+def test_scan_matches_step_loop_forward_and_backward_float64(mode, steps, chunk_size, with_state):
+    """Odd channel and state counts; values, final state and every input's gradient."""
     gen = torch.Generator().manual_seed(steps)
     inputs = _inputs(gen, 3, steps, 5, 7)
-    weight = torch.randn(3, steps, 5, generator=gen, dtype=F64)
-    weight_h = torch.randn(3, 5, 7, generator=gen, dtype=F64)
-    results = []
-    for parallel in (True, False):
-        leaves = [t.clone().requires_grad_() for t in inputs]
-        if parallel:
-            y, h = longhorn_scan(*leaves[:-1], initial_state=leaves[-1], output_final_state=True)
-        else:
-            y, h = longhorn_scan_loop(*leaves[:-1], initial_state=leaves[-1])
-        grads = torch.autograd.grad((y * weight).sum() + (h * weight_h).sum(), leaves)
-        results.append((y, h, grads))
-    (y, h, grads), (y_ref, h_ref, grads_ref) = results
-    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(h, h_ref, rtol=1e-9, atol=1e-10)
-    for grad, grad_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-10)
+    weights = _weights(gen, inputs)
+    ref = _scan_outputs("loop", inputs, weights, with_state=with_state)
+    kw = {} if chunk_size is None else {"chunk_size": chunk_size}
+    _assert_all_close(_scan_outputs(mode, inputs, weights, with_state=with_state, **kw), ref)
+
+
+@pytest.mark.parametrize(("reads_y", "reads_h"), [(True, False), (False, True)])
+def test_fused_backward_when_the_loss_reads_only_y_or_only_the_final_state(reads_y, reads_h):
+    gen = torch.Generator().manual_seed(3)
+    inputs = _inputs(gen, 2, 13, 4, 3)
+    weights = _weights(gen, inputs)
+    kw = {"with_state": True, "reads_y": reads_y, "reads_h": reads_h}
+    ref = _scan_outputs("loop", inputs, weights, **kw)
+    _assert_all_close(_scan_outputs("fused", inputs, weights, chunk_size=4, **kw), ref)
+
+
+def test_auto_mode_is_fused_unless_the_state_is_tiny_and_bad_mode_is_an_error():
+    gen = torch.Generator().manual_seed(0)
+    u, beta, k, q, D, h0 = _inputs(gen, 2, 9, 32, 8)  # 2 · 32 · 8 = 512 state elements
+    auto, _ = longhorn_scan(u, beta, k, q, D, initial_state=h0)
+    fused, _ = longhorn_scan(u, beta, k, q, D, initial_state=h0, mode="fused")
+    assert torch.equal(auto, fused)
+    auto, _ = longhorn_scan(u[:1], beta[:1], k[:1], q[:1], D, initial_state=h0[:1])
+    chunked, _ = longhorn_scan(
+        u[:1], beta[:1], k[:1], q[:1], D, initial_state=h0[:1], mode="chunked"
+    )
+    assert torch.equal(auto, chunked)
+    with pytest.raises(ValueError, match="mode"):
+        longhorn_scan(u, beta, k, q, mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must have shape"):
+        longhorn_scan(u, beta, k, q[..., :3], mode="fused")
 
 
 def test_step_is_the_online_regression_minimiser_and_the_diagonal_form_is_stable():

@@ -1,5 +1,6 @@
 """The fused selective scan (S6) against its references: the step loop through autograd and the
-`diagonal_scan` (chunked) form."""
+`diagonal_scan` (chunked) form; `fused_selective_scan`'s decay rules (Longhorn's through the
+mixer's own tests in tests/mixers/test_longhorn.py, and here with a drive B independent of k)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqlab.ops.selective_scan import choose_mode, default_chunk_size, selective_scan
+from seqlab.ops.selective_scan import (
+    choose_mode,
+    default_chunk_size,
+    fused_selective_scan,
+    selective_scan,
+)
 
 F64 = torch.float64
 
@@ -191,3 +197,71 @@ def test_bad_arguments():
         selective_scan(u, dt, A, B, C, D, initial_state=h0[:1])
     with pytest.raises(TypeError, match="dtype"):
         selective_scan(u, dt.float(), A, B, C, D)
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("steps", [1, 13])
+def test_longhorn_rule_with_a_drive_apart_from_k_matches_step_loop_float64(steps, with_state):
+    """a_t = 1 − ε_t ⊗ k_t² with B ≠ k, so that k's gradient through the decay alone is
+    checked (the Longhorn mixer's scan passes B = k)."""
+    gen = torch.Generator().manual_seed(steps)
+    batch, channels, d_state = 2, 5, 3
+    v, eps = (
+        torch.randn(batch, steps, channels, generator=gen, dtype=F64),
+        torch.rand(batch, steps, channels, generator=gen, dtype=F64),
+    )
+    k, B, C = (torch.randn(batch, steps, d_state, generator=gen, dtype=F64) / 2 for _ in "kBC")
+    h0 = torch.randn(batch, channels, d_state, generator=gen, dtype=F64)
+    weights = [torch.randn(batch, steps, channels, generator=gen, dtype=F64), torch.randn_like(h0)]
+    results = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (v, eps, k, B, C, h0)]
+        v_, eps_, k_, B_, C_, h = leaves
+        if fused:
+            y, h = fused_selective_scan(
+                v_,
+                B_,
+                C_,
+                "longhorn",
+                (eps_, k_),
+                initial_state=h if with_state else None,
+                chunk_size=4,
+            )
+        else:
+            h = h if with_state else torch.zeros_like(h0)
+            ys = []
+            for t in range(steps):
+                a = 1 - eps_[:, t, :, None] * k_[:, t, None, :] ** 2
+                h = a * h + v_[:, t, :, None] * B_[:, t, None, :]
+                ys.append((h * C_[:, t, None, :]).sum(-1))
+            y = torch.stack(ys, 1)
+        loss = (y * weights[0]).sum() + (h * weights[1]).sum()
+        results.append([y, h, *torch.autograd.grad(loss, leaves if with_state else leaves[:5])])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
+
+
+def test_fused_selective_scan_s6_rule_is_selective_scans_fused_form():
+    u, dt, A, B, C, _, h0 = _inputs(2, 13, 5, 3, F64, seed=1)
+    for negative, rule in ((False, "s6"), (True, "s6_negative")):
+        want = selective_scan(
+            u,
+            dt,
+            A,
+            B,
+            C,
+            negative_eigenvalues=negative,
+            initial_state=h0,
+            output_final_state=True,
+            mode="fused",
+            chunk_size=4,
+        )
+        got = fused_selective_scan(dt * u, B, C, rule, (dt, A), initial_state=h0, chunk_size=4)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="decay"):
+        fused_selective_scan(u, B, C, "exp", (dt, A))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must have shape"):
+        fused_selective_scan(u, B, C, "longhorn", (dt, B[:, :, :2]))
+    with pytest.raises(ValueError, match="A must have shape"):
+        fused_selective_scan(u, B, C, "s6", (dt, A.t()))

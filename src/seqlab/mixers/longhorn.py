@@ -2,11 +2,17 @@
 Online Learners" (2024), whose recurrence is the closed-form step of an online regression,
 in the diagonal form the paper deploys inside a Mamba-style block (no A matrix, no Δ).
 
-The recurrence runs in parallel as a diagonal linear scan (`seqlab.ops.scan.diagonal_scan`);
-`longhorn_scan_loop` is its plain step-by-step reference.
+`longhorn_scan` runs the recurrence in one of three forms: ``"fused"``, the chunk-by-chunk loop
+of Mamba's selective scan with Longhorn's decay rule (`seqlab.ops.selective_scan.
+fused_selective_scan`, hand-written backward, states kept only at chunk starts); ``"chunked"``,
+a diagonal linear scan (`seqlab.ops.scan.diagonal_scan`) over the full ``[B, T, D, N]`` decays
+and inputs; ``"loop"``, `longhorn_scan_loop`, the plain step-by-step reference. ``"auto"``
+(the mixer's) picks as `selective_scan` does (`choose_mode`): fused unless the state is tiny.
 """
 
 from __future__ import annotations
+
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +22,7 @@ from seqlab.mixers.base import (
 )
 from seqlab.mixers.selective_block import SelectiveBlock
 from seqlab.ops.scan import diagonal_scan
+from seqlab.ops.selective_scan import SelectiveScanMode, choose_mode, fused_selective_scan
 from seqlab.registry import MIXERS
 
 __all__ = ["Longhorn", "longhorn_scan", "longhorn_scan_loop"]
@@ -35,8 +42,10 @@ def longhorn_scan(
     *,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    mode: SelectiveScanMode = "auto",
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """The diagonal Longhorn recurrence, in parallel over time. Per channel d and state n:
+    """The diagonal Longhorn recurrence over a whole sequence. Per channel d and state n:
 
         ε_t = β_t / (1 + β_t ‖k_t‖²)                          (per channel, `[B, T, D]`)
         h_t = (1 − ε_t k_t²) ⊙ h_{t−1} + ε_t u_t k_t           (a_t = 1 − ε_t ⊗ k_t², b_t)
@@ -52,20 +61,35 @@ def longhorn_scan(
         D: skip `[D]`; none when None.
         initial_state: h_{−1} `[B, D, N]`; zeros when None.
         output_final_state: also return h_{T−1}.
+        mode: ``"fused"``, ``"chunked"``, ``"loop"`` or ``"auto"`` (the module docstring).
+        chunk_size: steps per chunk of the fused loop; None picks
+            `seqlab.ops.selective_scan.default_chunk_size`.
 
     Returns:
         (y `[B, T, D]`, h_{T−1} `[B, D, N]` or None).
     """
+    if mode not in get_args(SelectiveScanMode):
+        raise ValueError(f"mode must be one of {get_args(SelectiveScanMode)}, got {mode!r}")
+    if mode == "auto":
+        mode = choose_mode(*u.shape, k.shape[-1])
+    if mode == "loop":
+        y, h_last = longhorn_scan_loop(u, beta, k, q, D, initial_state=initial_state)
+        return y, (h_last if output_final_state else None)
     eps = longhorn_step_size(beta, k)
-    decay = 1 - eps[..., None] * k.square()[:, :, None, :]  # [B, T, D, N]
-    drive = (eps * u)[..., None] * k[:, :, None, :]
-    h, h_last = diagonal_scan(
-        decay, drive, initial_state=initial_state, output_final_state=output_final_state
-    )
-    y = torch.einsum("btdn,btn->btd", h, q)
+    if mode == "fused":
+        y, h_last = fused_selective_scan(
+            eps * u, k, q, "longhorn", (eps, k), initial_state=initial_state, chunk_size=chunk_size
+        )
+    else:
+        decay = 1 - eps[..., None] * k.square()[:, :, None, :]  # [B, T, D, N]
+        drive = (eps * u)[..., None] * k[:, :, None, :]
+        h, h_last = diagonal_scan(
+            decay, drive, initial_state=initial_state, output_final_state=True
+        )
+        y = torch.einsum("btdn,btn->btd", h, q)
     if D is not None:
         y = y + D * u
-    return y, h_last
+    return y, (h_last if output_final_state else None)
 
 
 def longhorn_scan_loop(
@@ -77,9 +101,9 @@ def longhorn_scan_loop(
     *,
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Reference for `longhorn_scan`: one step at a time through autograd, written as the
-    online regression's closed-form update of each channel's weights h_d (restricted to the
-    diagonal of k kᵀ). Returns (y `[B, T, D]`, h_{T−1} `[B, D, N]`)."""
+    """Reference for `longhorn_scan` (its ``"loop"`` mode): one step at a time through
+    autograd, written as the online regression's closed-form update of each channel's weights
+    h_d (restricted to the diagonal of k kᵀ). Returns (y `[B, T, D]`, h_{T−1} `[B, D, N]`)."""
     batch, steps, channels = u.shape
     h = initial_state
     if h is None:
@@ -159,12 +183,17 @@ class Longhorn(SelectiveBlock):
         output_final_state: bool,
         reference: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """The Longhorn scan with β = σ(W_β δ + b_β), keys k = B and queries q = C."""
-        args = (u, torch.sigmoid(self.beta_proj(delta)).to(u.dtype), B, C, self.D.to(u.dtype))
-        if reference:
-            return longhorn_scan_loop(*args, initial_state=initial_state)
+        """The Longhorn scan with β = σ(W_β δ + b_β), keys k = B and queries q = C; the fused
+        loop unless the state is tiny (``mode="auto"``, as `mamba`)."""
         return longhorn_scan(
-            *args, initial_state=initial_state, output_final_state=output_final_state
+            u,
+            torch.sigmoid(self.beta_proj(delta)).to(u.dtype),
+            B,
+            C,
+            self.D.to(u.dtype),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            mode="loop" if reference else "auto",
         )
 
     def mixing_flops(self, seq_len: int) -> float:
