@@ -1,10 +1,13 @@
-"""Kernel and backbone speed for the linear-recurrent / state-space family (issue 3).
+"""Kernel and backbone speed for the linear-recurrent, state-space and long-convolution
+families (issues 3 and 23).
 
 Prints, measured side by side in one run:
 1. forward+backward time of each chunked/parallel kernel vs its step-by-step reference loop
    and vs causal softmax attention of the same shape (B=1, H=4, D=64), at T in --lengths;
-2. decode time per token at context 512 vs 8192 for every fixed-state mixer, the two contexts
-   timed interleaved in one process (ratio ~1 = flat);
+2. decode time per token at context 512 vs 8192 (--contexts) for every mixer that decodes
+   (declares the causal layout), the two contexts timed interleaved in one process: ratio ~1
+   (flat) for the fixed-state ones, growing for those whose state grows (attention, hyena,
+   mega without `chunk`);
 3. training tokens/s of the seqlab `mamba2` model vs Hugging Face `Mamba2ForCausalLM` of the
    same shape (needs `pip install transformers`; skipped with a message otherwise).
 
@@ -25,9 +28,13 @@ import torch.nn.functional as F
 from seqlab.mixers.gateloop import gateloop_attention, gateloop_decay, gateloop_scan_loop
 from seqlab.mixers.lightnet import lightnet_attention
 from seqlab.mixers.longhorn import longhorn_scan
+from seqlab.mixers.s4 import NPLRSSM, nplr_kernel_reference
 from seqlab.ops.delta_rule import delta_rule, gated_delta_rule
+from seqlab.ops.ema import damped_ema
+from seqlab.ops.fftconv import causal_fft_conv, fft_conv
 from seqlab.ops.generalized_delta_rule import generalized_delta_rule
 from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.ops.prefix_linear_attention import prefix_linear_attention
 from seqlab.ops.scan import diagonal_scan
 from seqlab.ops.selective_scan import selective_scan
 
@@ -66,6 +73,11 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
     magnitude = (torch.randn(b, t, h, d) + 4).requires_grad_()
     phase = (0.1 * torch.randn(b, t, h, d)).requires_grad_()
     beta_channel = torch.rand(b, t, h * d).requires_grad_()
+    prefix = t // 2
+    long_filter = (torch.randn(t, h * d) / t).requires_grad_()
+    ema_decay = torch.empty(h * d, 16).uniform_(0.5, 0.99).requires_grad_()
+    ema_gain, ema_readout = (torch.randn(h * d, 16, requires_grad=True) for _ in range(2))
+    s4 = NPLRSSM(h * d, 64, init="legs", discretization="bilinear", dt_min=1e-3, dt_max=1e-1)
 
     def gateloop(mode: str):
         if mode == "chunk":
@@ -76,7 +88,7 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
         def make(mode: str):
             def go():
                 out = op(mode)
-                out[0].sum().backward()
+                (out[0] if isinstance(out, tuple) else out).sum().backward()
 
             return go
 
@@ -113,6 +125,32 @@ def kernel_cases(t: int, b: int = 1, h: int = 4, d: int = 64) -> dict[str, Calla
                 x, a, s6_a, s6_bc, s6_bc, mode="fused" if m == "chunk" else "loop"
             )
         ),
+        "s4 kernel (Cauchy/Woodbury vs powers of A, N=64)": run(
+            lambda m: s4.cauchy_kernel(t) if m == "chunk" else nplr_kernel_reference(s4, t)
+        ),
+        "hyena long conv (blocked causal FFT)": run(
+            lambda m: (
+                causal_fft_conv(x, long_filter)
+                if m == "chunk"
+                else fft_conv(x, long_filter, mode="direct")
+            )
+        ),
+        "long conv (one FFT, causal up to rounding)": run(
+            lambda m: fft_conv(x, long_filter, mode="fft" if m == "chunk" else "direct")
+        ),
+        "mega EMA (N=16, chunked)": run(
+            lambda m: damped_ema(
+                x, ema_decay, ema_gain, ema_readout, mode="chunked" if m == "chunk" else m
+            )
+        ),
+        "mega EMA (N=16, fft)": run(
+            lambda m: damped_ema(
+                x, ema_decay, ema_gain, ema_readout, mode="fft" if m == "chunk" else "recurrent"
+            )
+        ),
+        "jrt prefix linear attention (M=T/2)": run(
+            lambda m: prefix_linear_attention(q, k, v, k[:, :prefix], v[:, :prefix], mode=m)
+        ),
     }
 
 
@@ -147,28 +185,50 @@ def bench_kernels(lengths: list[int], max_loop_len: int, repeats: int) -> None:
             )
 
 
+def decode_backbones() -> list[tuple[str, str, dict]]:
+    """(label, mixer, mixer options) of every mixer that decodes (declares the causal layout):
+    the fixed-state ones first, then those whose state grows with the context."""
+    from seqlab.mixers.base import LayoutKind
+    from seqlab.registry import MIXERS
+
+    causal = [n for n in MIXERS.names() if LayoutKind.CAUSAL in MIXERS.get(n).declared("layouts")]
+    fixed = [n for n in causal if MIXERS.get(n).declared("state_kind") == "fixed"]
+    growing = [n for n in causal if n not in fixed]
+    rows = [(n, n, {}) for n in fixed]
+    if "mega" in growing:  # Mega-chunk keeps c − 1 cached keys: fixed state by an option
+        rows.append(("mega (chunk 128)", "mega", {"chunk": 128}))
+    return rows + [(n, n, {}) for n in growing]
+
+
 def bench_decode(contexts: tuple[int, int], d_model: int, steps: int, repeats: int) -> None:
     import seqlab
     from seqlab.config import ModelConfig
     from seqlab.harness.bench import interleaved_decode_rates
-    from seqlab.registry import MIXERS
 
-    fixed = [n for n in MIXERS.names() if MIXERS.get(n).declared("state_kind") == "fixed"]
     print(
         f"\n## Decode: ms per token after a context of {contexts[0]} vs {contexts[1]} "
         f"(d_model {d_model}, 2 layers, batch 1; {repeats} interleaved rounds of {steps} "
-        "greedy steps, medians)\n"
+        "greedy steps, medians; non-causal mixers cannot decode and are left out)\n"
     )
-    print(f"| backbone | ms/token @{contexts[0]} | ms/token @{contexts[1]} | ratio |")
-    print("|---|---|---|---|")
-    for name in fixed + ["attention"]:
+    print(f"| backbone | state | ms/token @{contexts[0]} | ms/token @{contexts[1]} | ratio |")
+    print("|---|---|---|---|---|")
+    for label, name, options in decode_backbones():
         torch.manual_seed(0)
-        config = ModelConfig(mixer=name, d_model=d_model, n_layers=2, n_heads=4, vocab_size=256)
+        config = ModelConfig(
+            mixer=name,
+            d_model=d_model,
+            n_layers=2,
+            n_heads=4,
+            vocab_size=256,
+            mixer_options={name: options} if options else {},
+        )
         model = seqlab.build_model(config).eval()
+        kind = model.blocks[0].mixer.state_kind
+        state = "fixed" if kind == "fixed" else "grows"
         short, long = (
             1000 / rate for rate in interleaved_decode_rates(model, list(contexts), steps, repeats)
         )
-        print(f"| {name} | {short:.3f} | {long:.3f} | {long / short:.2f} |", flush=True)
+        print(f"| {label} | {state} | {short:.3f} | {long:.3f} | {long / short:.2f} |", flush=True)
 
 
 def bench_mamba2_vs_hf(steps: int, seq_len: int, batch: int, d_model: int, layers: int) -> None:
@@ -251,6 +311,7 @@ def main() -> None:
     parser.add_argument("--max-loop-len", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--contexts", default="512,8192", help="the two decode contexts")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,7 +319,8 @@ def main() -> None:
     if args.only in (None, "kernels"):
         bench_kernels([int(t) for t in args.lengths.split(",")], args.max_loop_len, args.repeats)
     if args.only in (None, "decode"):
-        bench_decode((512, 8192), d_model=128, steps=32, repeats=max(args.repeats, 7))
+        short, long = (int(c) for c in args.contexts.split(","))
+        bench_decode((short, long), d_model=128, steps=32, repeats=max(args.repeats, 7))
     if args.only in (None, "mamba2"):
         bench_mamba2_vs_hf(steps=5, seq_len=256, batch=8, d_model=256, layers=4)
 

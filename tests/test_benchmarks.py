@@ -95,3 +95,43 @@ def test_kernel_speed_runs_as_a_script():
     rows = [line for line in done.stdout.splitlines() if re.match(r"\| \S.* \| 64 \| ", line)]
     assert any(row.startswith("| delta_rule | 64 |") for row in rows), done.stdout
     assert any(row.startswith("| diagonal_scan | 64 |") for row in rows), done.stdout
+    for kernel in ("s4 kernel (", "hyena long conv (", "mega EMA (N=16, chunked)", "jrt prefix"):
+        assert any(row.startswith(f"| {kernel}") for row in rows), (kernel, done.stdout)
+
+
+def test_length_scaling_quick_prints_times_and_exponents_per_mixer():
+    """Its `--quick` setting, run as a script: one row per (mixer, T) with the batch at equal
+    tokens, the ratio to the smallest T (1 there), and one exponent row per mixer."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "length_scaling.py"), "--quick", "--threads", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "| mixer | T | batch | ms/step | min | max | step / step @T=16 |" in lines
+    assert "| mixer | p (all T) | p (32→64) |" in lines
+    assert re.search(r"load average \(1/5/15 min\): before .+, after ", done.stdout)
+    mixers = ("s4", "hyena", "mega-chunk", "attention")
+    for name in mixers:
+        for length, batch in ((16, 8), (32, 4), (64, 2)):
+            row = next(line for line in lines if line.startswith(f"| {name} | {length} | "))
+            cells = row.strip("| ").split(" | ")
+            assert int(cells[2]) == batch and float(cells[3]) > 0, row
+            if length == 16:
+                assert cells[6] == "1.00", row
+    exponents = [
+        line for line in lines if re.match(r"\| \S+ \| -?\d+\.\d\d \| -?\d+\.\d\d \|$", line)
+    ]
+    assert [row.split(" | ")[0][2:] for row in exponents] == list(mixers), done.stdout
+
+
+def test_length_scaling_rejects_tokens_not_a_multiple_of_every_length(capsys):
+    length_scaling = load_script("length_scaling")
+    with pytest.raises(SystemExit):
+        length_scaling.parse_args(["--lengths", "256,384", "--tokens", "1024"])
+    assert (
+        "--tokens (1024) must be a multiple of every length [256, 384]" in capsys.readouterr().err
+    )
