@@ -11,9 +11,10 @@ from seqlab.mixers.s4 import (
     S4_DISCRETIZATIONS,
     S4_INITS,
     hippo,
+    interleave,
     nplr,
-    nplr_dense_reference,
     nplr_kernel_reference,
+    nplr_recurrence_reference,
 )
 from seqlab.model import build_model
 
@@ -68,29 +69,57 @@ def test_kernel_equals_materialised_powers_forward_and_backward_float64(
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=name)
 
 
-def recurrence(module: NPLRSSM, u: torch.Tensor, x: torch.Tensor):
-    """Reference: the full complex state [x; x̄], x_t = Ā x_{t−1} + B̄ u_t, y_t = C x_t."""
-    a_bar, b_bar, c = nplr_dense_reference(module)
-    x = torch.cat([x, x.conj()], dim=-1)
-    ys = []
-    for t in range(u.shape[1]):
-        x = torch.einsum("dmn,bdn->bdm", a_bar, x) + b_bar * u[:, t, :, None]
-        ys.append((c * x).sum(-1).real)
-    return torch.stack(ys, 1), x[..., : x.shape[-1] // 2]
+@pytest.mark.parametrize("discretization", S4_DISCRETIZATIONS)
+@pytest.mark.parametrize("init", S4_INITS)
+@pytest.mark.parametrize("steps", [1, 5])
+def test_step_form_equals_dense_recurrence_forward_and_backward_float64(
+    init, discretization, steps
+):
+    module = ssm(init, discretization)
+    u = torch.randn(2, steps, 3, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, 8, dtype=F64, requires_grad=True)
+    y, h = module.recurrence(u, h0)
+    x0 = torch.view_as_complex(h0.unflatten(-1, (-1, 2)))
+    y_ref, x_ref = nplr_recurrence_reference(module, u, x0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(h, interleave(x_ref), rtol=1e-9, atol=1e-10)
+    wy, wh = torch.randn_like(y), torch.randn_like(h)
+    inputs = [u, h0, *(getattr(module, name) for name in PARAMS)]
+    grads = torch.autograd.grad((y * wy).sum() + (h * wh).sum(), inputs)
+    loss_ref = (y_ref * wy).sum() + (interleave(x_ref) * wh).sum()
+    expected = torch.autograd.grad(loss_ref, inputs)
+    for name, got, want in zip(("u", "h0", *PARAMS), grads, expected, strict=True):
+        assert want.abs().max() > 0, name
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=name)
+    y_zero, _ = module.recurrence(u, None)
+    expected_zero, _ = nplr_recurrence_reference(module, u, torch.zeros_like(x0))
+    torch.testing.assert_close(y_zero, expected_zero, rtol=1e-9, atol=1e-10)
+
+
+def s4(init: str, discretization: str, chunk_size: int = 4) -> S4:
+    torch.manual_seed(0)
+    d_state = 6 if init == "legt" else 8
+    m = S4(8, d_state=d_state, init=init, discretization=discretization, chunk_size=chunk_size)
+    m = m.double()
+    m.init_weights(0.2, 0.2)
+    return m
 
 
 @pytest.mark.parametrize("discretization", S4_DISCRETIZATIONS)
 @pytest.mark.parametrize("chunk_size", [4, 64])
-def test_chunked_causal_form_equals_recurrence_from_any_state_float64(discretization, chunk_size):
-    torch.manual_seed(0)
-    m = S4(8, d_state=6, init="legt", discretization=discretization, chunk_size=chunk_size)
-    m = m.double()
-    m.init_weights(0.2, 0.2)
+@pytest.mark.parametrize("stepwise", [False, True])
+def test_causal_forms_equal_recurrence_from_any_state_float64(
+    discretization, chunk_size, stepwise, monkeypatch
+):
+    m = s4("legt", discretization, chunk_size)
+    if not stepwise:  # the chunked form, which 13 steps would not take by default
+        monkeypatch.setattr(m.ssm, "recurrent_steps", 0)
+    assert (m.ssm.recurrent_steps >= 13) == stepwise
     x = torch.randn(2, 13, 8, dtype=F64)
     u, z = m.in_proj(x).chunk(2, dim=-1)
     x0 = torch.randn(2, m.d_inner, 3, dtype=torch.complex128)
     for start in (torch.zeros_like(x0), x0):
-        y, x_last = recurrence(m.ssm, u, start)
+        y, x_last = nplr_recurrence_reference(m.ssm, u, start)
         expected = m.out(F.gelu(y + m.D * u) * torch.sigmoid(z))
         out, state = m(x, SSMState(torch.view_as_real(start)))
         torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-10)
@@ -98,18 +127,44 @@ def test_chunked_causal_form_equals_recurrence_from_any_state_float64(discretiza
     torch.testing.assert_close(m(x)[0], m(x, m.init_state(2))[0], rtol=1e-9, atol=1e-10)
 
 
-def test_decode_token_by_token_equals_full_causal_forward_float64():
-    torch.manual_seed(0)
-    m = S4(8, d_state=8, init="fout", chunk_size=4).double()
-    m.init_weights(0.2, 0.2)
-    x = torch.randn(2, 11, 8, dtype=F64)
-    full, _ = m(x)
-    state, steps = m.init_state(2), []
-    for t in range(11):
+def no_dense_discretisation():
+    raise AssertionError("the bilinear step must not discretise densely")
+
+
+@pytest.mark.parametrize("discretization", S4_DISCRETIZATIONS)
+@pytest.mark.parametrize("init", S4_INITS)
+def test_decode_token_by_token_equals_full_chunked_forward_and_backward_float64(
+    init, discretization, monkeypatch
+):
+    m = s4(init, discretization)
+    x = torch.randn(2, 7, 8, dtype=F64)
+    h0 = 0.5 * torch.randn_like(m.init_state(2).h)
+    weights = torch.randn(2, 7, 8, dtype=F64)
+    state_weights = torch.randn_like(h0)
+    forward_params = {n: p for n, p in m.named_parameters() if "reverse" not in n}
+    names, params = list(forward_params), list(forward_params.values())
+
+    def loss(out, state):
+        return (out * weights).sum() + (state.h * state_weights).sum()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(m.ssm, "recurrent_steps", 0)
+        full, last = m(x, SSMState(h0))
+        expected = torch.autograd.grad(loss(full, last), params)
+    if discretization == "bilinear":
+        monkeypatch.setattr(m.ssm, "discretize", no_dense_discretisation)
+    state, steps = SSMState(h0), []
+    for t in range(7):
         y, state = m(x[:, t : t + 1], state)
         steps.append(y)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-10)
-    assert state.h[0].numel() == m.state_size(11) == m.d_inner * 8
+    decoded = torch.cat(steps, 1)
+    torch.testing.assert_close(decoded, full, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(state.h, last.h, rtol=1e-9, atol=1e-10)
+    grads = torch.autograd.grad(loss(decoded, state), params)
+    for name, got, want in zip(names, grads, expected, strict=True):
+        assert want.abs().max() > 0, name
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=name)
+    assert state.h[0].numel() == m.state_size(7) == m.d_inner * m.d_state
 
 
 def test_real_part_of_the_diagonal_stays_negative_and_the_system_stable():

@@ -60,6 +60,10 @@ class StateSpace(nn.Module):
     """`channels` independent linear time-invariant SSMs, x_k = Ā x_{k−1} + B̄ u_k,
     y_k = C̄ x_k, with the state stored as d_state/2 complex pairs. What `ConvSSM` needs."""
 
+    # `ConvSSM` runs inputs of at most this many steps through `recurrence` rather than the
+    # chunked form (0: never, for SSMs whose chunk maps are as cheap as a step).
+    recurrent_steps = 0
+
     @abstractmethod
     def kernel(self, length: int) -> Tensor:
         """K `[length, channels]`, K_l = C̄ Ā^l B̄."""
@@ -67,6 +71,12 @@ class StateSpace(nn.Module):
     @abstractmethod
     def chunk_maps(self, size: int, tail: int) -> ChunkMaps:
         """The maps of a chunk of `size` steps (`tail` steps in the last one)."""
+
+    def recurrence(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The SSM step by step: x_k = Ā x_{k−1} + B̄ u_k, y_k = C̄ x_k from the working state
+        `h0 [B, channels, n]` (zero when None), for u `[B, T, channels]`; returns
+        (y `[B, T, channels]`, the final working state). Only for `recurrent_steps` > 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no step-by-step form")
 
     @abstractmethod
     def load_state(self, pairs: Tensor) -> Tensor:
@@ -165,6 +175,9 @@ class ConvSSM(Mixer):
         """SSM(u) `[B, T, d_inner]` from the working state `h0` (zero when None), and the final
         working state `[B, d_inner, n]` when `h0` is given."""
         batch, steps, _ = u.shape
+        if steps <= self.ssm.recurrent_steps:
+            y, h_last = self.ssm.recurrence(u, h0)
+            return y, None if h0 is None else h_last
         size = min(self.chunk_size, steps)
         n_chunks = -(-steps // size)
         chunks = F.pad(u, (0, 0, 0, n_chunks * size - steps)).unflatten(1, (n_chunks, size))

@@ -18,7 +18,7 @@ from torch import Tensor
 from seqlab.errors import ConfigError
 from seqlab.mixers.base import no_weight_decay
 from seqlab.mixers.common import log_uniform_log_dt
-from seqlab.mixers.conv_ssm import ChunkMaps, GatedConvSSM, StateSpace
+from seqlab.mixers.conv_ssm import ChunkMaps, GatedConvSSM, StateSpace, advance
 from seqlab.registry import MIXERS
 
 S4_INITS = ("legs", "legt", "fout")
@@ -119,7 +119,16 @@ class NPLRSSM(StateSpace):
     `[channels, N/2]`, P `[channels, r, N/2, 2]`, B, C `[channels, N/2, 2]` (complex stored
     as real pairs). Init: Λ, P, B from `nplr` in every channel, C ~ CN(0, 1),
     log Δ ~ U[log dt_min, log dt_max].
+
+    Decodes and short inputs (T ≤ `recurrent_steps`) run step by step (`recurrence`): the
+    bilinear step through the NPLR structure at O(N r) per channel and step, with no N × N
+    matrix; ZOH one dense matrix exponential per call, then O(N²) per step. The chunked form
+    would discretise densely twice and build Krylov maps and matrix powers.
     """
+
+    # Measured on CPU (one thread, 128 channels, d_state 64): the steps beat the chunked form,
+    # forward and backward, up to T = 128 at batch 1 and T = 64 at batch 8.
+    recurrent_steps = 32
 
     def __init__(
         self,
@@ -244,6 +253,63 @@ class NPLRSSM(StateSpace):
             last=torch.linalg.matrix_power(a_bar, tail),
         )
 
+    def recurrence(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """y `[B, T, channels]` and the final real state s `[B, channels, N]` from s_0 = h0
+        (zero when None), u `[B, T, channels]`, one step at a time.
+
+        Bilinear: `bilinear_steps`, O(N r) per channel and step. ZOH: Ā = exp(ΔA) has no NPLR
+        structure (nor any cheap exact form), so each call discretises once, densely (one
+        matrix exponential of [[ΔA, ΔB], [0, 0]], O(N³) per channel, shared by its T steps),
+        then s_t = Ā s_{t−1} + B̄ u_t, y_t = C̄ s_t at O(N²) per channel and step.
+        """
+        if self.discretization == "bilinear":
+            return self.bilinear_steps(u, h0)
+        a_bar, b_bar, c = self.discretize()
+        u = u.to(a_bar.dtype)
+        h = b_bar.new_zeros(u.shape[0], *b_bar.shape) if h0 is None else h0.to(a_bar.dtype)
+        outputs = []
+        for t in range(u.shape[1]):
+            h = advance(a_bar, h) + b_bar * u[:, t, :, None]
+            outputs.append((c * h).sum(-1))
+        return torch.stack(outputs, dim=1), h
+
+    def bilinear_steps(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The bilinear recurrence on the complex modes x `[B, channels, N/2]` through the NPLR
+        structure (S4's recurrent view), O(N r) per channel and step; shapes as `recurrence`.
+
+        With R = (I − Δ/2 A)⁻¹, Ā = R (I + Δ/2 A) = 2R − I and B̄ = R Δ B, so
+        x_t = R (2 x_{t−1} + Δ B u_t) − x_{t−1}, y_t = 2 Re(C x_t). On [x; x̄],
+        I − Δ/2 A = D + Δ/2 Q Q* with D = diag(1 − Δ/2 Λ, conjugates) and Q = [P, P̄]ᵀ `[N, r]`;
+        by Woodbury R v = w − Δ/2 D⁻¹ Q M⁻¹ Q* w with w = D⁻¹ v and the real r × r
+        M = I + Δ/2 Q* D⁻¹ Q = I + Δ Re(Σ_n P̄_n P_nᵀ / d_n). For a conjugate-symmetric
+        [w; w̄], Q* [w; w̄] = 2 Re(Σ_n P̄_n w_n) `[r]`: every sum runs over the kept modes.
+        """
+        lam, p, b, c = self.parameters_complex()
+        dt = self.log_dt.exp()[:, None]  # [channels, 1]
+        inverse_d = 1 / (1 - dt / 2 * lam)  # D⁻¹, [channels, N/2]
+        p_d = p * inverse_d[:, None]  # D⁻¹ Q, [channels, r, N/2]
+        rank = p.shape[1]
+        capacitance = torch.eye(rank, dtype=dt.dtype, device=dt.device) + dt[..., None] * (
+            torch.einsum("drn,dsn->drs", p.conj(), p_d).real
+        )
+        # R v = w − Σ_s q_s correction_s with q = Q* w and correction = Δ/2 (M⁻¹)ᵀ D⁻¹ Q.
+        correction = torch.einsum("drs,drn->dsn", torch.linalg.inv(capacitance).to(p.dtype), p_d)
+        correction = dt[..., None] / 2 * correction
+        read_q = 2 * p.conj()
+        write = dt * b * inverse_d  # D⁻¹ Δ B
+        u = u.to(dt.dtype)
+        if h0 is None:
+            x = lam.new_zeros(u.shape[0], *lam.shape)
+        else:
+            x = torch.view_as_complex(h0.to(dt.dtype).unflatten(-1, (-1, 2)).contiguous())
+        outputs = []
+        for t in range(u.shape[1]):
+            w = 2 * inverse_d * x + write * u[:, t, :, None]
+            q = torch.einsum("drn,bdn->bdr", read_q, w).real
+            x = w - (q[..., None] * correction).sum(-2) - x
+            outputs.append(2 * torch.einsum("dn,bdn->bd", c, x).real)
+        return torch.stack(outputs, dim=1), interleave(x)
+
     def load_state(self, pairs: Tensor) -> Tensor:
         return pairs.flatten(-2)
 
@@ -261,6 +327,20 @@ def nplr_kernel_reference(ssm: NPLRSSM, length: int) -> Tensor:
         taps.append((c * x).sum(-1).real)
         x = torch.einsum("dmn,dn->dm", a, x)
     return torch.stack(taps)
+
+
+def nplr_recurrence_reference(ssm: NPLRSSM, u: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference recurrence on the full complex state [x; x̄] with the dense Ā, B̄ of
+    `nplr_dense_reference`: x_t = Ā x_{t−1} + B̄ u_t, y_t = Re(C x_t) = 2 Re of the kept
+    half's sum, from the kept modes x0 `[B, channels, N/2]`; u `[B, T, channels]`.
+    Returns y `[B, T, channels]` and the final kept modes."""
+    a_bar, b_bar, c = nplr_dense_reference(ssm)
+    x = torch.cat([x0, x0.conj()], dim=-1)
+    outputs = []
+    for t in range(u.shape[1]):
+        x = torch.einsum("dmn,bdn->bdm", a_bar, x) + b_bar * u[:, t, :, None]
+        outputs.append((c * x).sum(-1).real)
+    return torch.stack(outputs, dim=1), x[..., : x.shape[-1] // 2]
 
 
 def nplr_dense_reference(ssm: NPLRSSM) -> tuple[Tensor, Tensor, Tensor]:
