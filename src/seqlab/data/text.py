@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from seqlab.data.corpora import SPLITS, TokenCorpus
+from seqlab.data.tasks.base import check_batch_request
 from seqlab.errors import DataError
 
 
@@ -57,13 +58,7 @@ class TextData:
         ``(rank + 1) * batch_size`` of it.
         """
         tokens = self.corpus.tokens(split)
-        if step < 0 or seed < 0:
-            raise ValueError(f"step and seed must be non-negative, got step={step} seed={seed}")
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
-                f"rank={rank} world_size={world_size}"
-            )
+        check_batch_request(step, seed, batch_size, rank, world_size)
         rng = np.random.default_rng([seed, SPLITS.index(split), step])
         offsets = rng.integers(0, len(tokens) - self.seq_len, size=batch_size * world_size)
         return self._windows(tokens, offsets[rank * batch_size : (rank + 1) * batch_size])

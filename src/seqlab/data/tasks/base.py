@@ -106,3 +106,15 @@ def build_task(config: ExperimentConfig) -> Task:
     return entry.build(
         supplied={"data": config.data} if takes_data else None, **config.task.options
     )
+
+
+def check_batch_request(step: int, seed: int, batch_size: int, rank: int, world_size: int) -> None:
+    """The arguments every `Task.batch` takes: step and seed >= 0, batch_size >= 1 and
+    0 <= rank < world_size (a ValueError otherwise: a caller's bug, not a user's input)."""
+    if step < 0 or seed < 0:
+        raise ValueError(f"step and seed must be non-negative, got step={step} seed={seed}")
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
+            f"rank={rank} world_size={world_size}"
+        )

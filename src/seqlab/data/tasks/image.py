@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqlab.data.tasks.base import SPLITS, Task
+from seqlab.data.tasks.base import SPLITS, Task, check_batch_request
 from seqlab.data.tasks.synthetic import check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -164,13 +164,7 @@ class ImageTask(Task):
         rank: int = 0,
         world_size: int = 1,
     ) -> Batch:
-        if step < 0 or seed < 0:
-            raise ValueError(f"step and seed must be non-negative, got step={step} seed={seed}")
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
-                f"rank={rank} world_size={world_size}"
-            )
+        check_batch_request(step, seed, batch_size, rank, world_size)
         n = len(self.split_indices(split))
         first = (step * world_size + rank) * batch_size
         flat = np.arange(first, first + batch_size)

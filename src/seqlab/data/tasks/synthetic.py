@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.data.tasks.base import SPLITS, Task
+from seqlab.data.tasks.base import SPLITS, Task, check_batch_request
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
 
@@ -216,13 +216,7 @@ class SyntheticTask(Task):
         world_size: int = 1,
     ) -> Batch:
         split_index = _split_index(split)
-        if step < 0 or seed < 0:
-            raise ValueError(f"step and seed must be non-negative, got step={step} seed={seed}")
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
-                f"rank={rank} world_size={world_size}"
-            )
+        check_batch_request(step, seed, batch_size, rank, world_size)
         key = (seed, split, step, batch_size * world_size)
         if self._last_batch is None or self._last_batch[0] != key:
             rng = np.random.default_rng([seed, split_index, step])
