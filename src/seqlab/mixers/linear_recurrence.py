@@ -281,11 +281,21 @@ class LinearRecurrence(Mixer):
         reference = next(self.parameters())
         device = device or reference.device
         dtype = state_dtype(dtype or reference.dtype)
-        shape = (batch_size, self.heads, self.state_k, self.state_v)
-        conv = None
-        if self.conv is not None:
-            conv = self.conv.init_state(batch_size, device=device, dtype=dtype)
+        shape = (batch_size, self.state_heads(), self.state_k, self.state_v)
+        conv = self._init_conv_state(batch_size, device, dtype)
         return LinearState(torch.zeros(shape, device=device, dtype=dtype), conv)
+
+    def state_heads(self) -> int:
+        """The heads of the matrix state (MoM keeps one set per memory)."""
+        return self.heads
+
+    def _init_conv_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> Tensor | None:
+        """The conv's state before any token (None without a conv)."""
+        if self.conv is None:
+            return None
+        return self.conv.init_state(batch_size, device=device, dtype=dtype)
 
     def state_size(self, seq_len: int) -> int:
         """heads · K · V for the matrix state, plus (conv taps − 1) · conv channels."""

@@ -320,21 +320,13 @@ class MoM(GatedDeltaNet):
             )
         return super().forward(x, state, layout=layout, positions=positions)
 
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LinearState:
-        reference = next(self.parameters())
-        device = device or reference.device
-        dtype = state_dtype(dtype or reference.dtype)
-        shape = (batch_size, self.slots * self.heads, self.state_k, self.state_v)
+    def state_heads(self) -> int:
+        return self.slots * self.heads
+
+    def _init_conv_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Every slot's conv window over its own routed inputs `[B, slots, k − 1, C]`."""
         conv = self.conv.init_state(batch_size * self.slots, device=device, dtype=dtype)
-        return LinearState(
-            torch.zeros(shape, device=device, dtype=dtype), conv.unflatten(0, (batch_size, -1))
-        )
+        return conv.unflatten(0, (batch_size, -1))
 
     def state_size(self, seq_len: int) -> int:
         """(M + shared) · (H · K · V + (conv taps − 1) · conv channels): every slot's state and

@@ -221,16 +221,9 @@ class RWKV7(LinearRecurrence):
         gate, bonus = extras
         return self.out((group_norm(self.norm, o) + bonus.flatten(2)) * gate)
 
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LinearState:
-        state = super().init_state(batch_size, device=device, dtype=dtype)
-        state.conv = state.recurrent.new_zeros(batch_size, 1, self.d_model)
-        return state
+    def _init_conv_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The token shift's previous input `[B, 1, d_model]` (zeros before the first)."""
+        return torch.zeros(batch_size, 1, self.d_model, device=device, dtype=dtype)
 
     def state_size(self, seq_len: int) -> int:
         """heads · K · V for the matrix state plus the last token (d_model) for the shift."""
