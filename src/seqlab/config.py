@@ -102,6 +102,86 @@ class MoEConfig:
         )
 
 
+DEQ_SOLVERS = ("anderson", "broyden", "fixed_point")
+DEQ_BACKWARDS = ("implicit", "phantom", "unrolled")
+
+
+@dataclass
+class DEQConfig:
+    """The options of a deep equilibrium model, `model.deq` (null: an ordinary block stack).
+
+    Keys:
+        layers: the Blocks, one mixer each, of the one weight-tied layer f whose fixed point
+            is the hidden state (null: model.layers, or model.mixer x n_layers)
+        solver: anderson, broyden or fixed_point
+        max_iter: most evaluations of f in the forward solve
+        tol: forward relative residual ‖f(z) − z‖ / ‖f(z)‖ per sample to stop at
+        memory: iterates Anderson mixes / rank-one updates Broyden keeps
+        backward: implicit (adjoint fixed point, memory of one f), phantom (phantom_steps
+            damped steps from z*) or unrolled (backpropagate through max_iter plain
+            iterations; memory grows with them: a reference)
+        backward_max_iter: implicit: most vector-Jacobian products of the adjoint solve
+        backward_tol: implicit: relative residual of the adjoint solve to stop at
+        phantom_steps: phantom: damped steps z <- λ f(z) + (1 − λ) z run with autograd
+        phantom_damping: phantom: λ in (0, 1]
+    """
+
+    layers: list[str] | None = None
+    solver: str = "anderson"
+    max_iter: int = 30
+    tol: float = 1e-3
+    memory: int = 5
+    backward: str = "implicit"
+    backward_max_iter: int = 30
+    backward_tol: float = 1e-3
+    phantom_steps: int = 5
+    phantom_damping: float = 0.8
+
+    section: ClassVar[str] = "model.deq"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        require(
+            [
+                (
+                    self.layers is None
+                    or (bool(self.layers) and all(n.strip() for n in self.layers)),
+                    f"model.deq.layers must name at least one mixer (or be null), got "
+                    f"{self.layers}",
+                ),
+                (
+                    self.solver in DEQ_SOLVERS,
+                    f"model.deq.solver must be one of {', '.join(DEQ_SOLVERS)}, got "
+                    f"{self.solver!r}",
+                ),
+                (
+                    self.backward in DEQ_BACKWARDS,
+                    f"model.deq.backward must be one of {', '.join(DEQ_BACKWARDS)}, got "
+                    f"{self.backward!r}",
+                ),
+                (self.max_iter >= 1, f"model.deq.max_iter must be >= 1, got {self.max_iter}"),
+                (
+                    self.backward_max_iter >= 1,
+                    f"model.deq.backward_max_iter must be >= 1, got {self.backward_max_iter}",
+                ),
+                (_non_negative(self.tol), f"model.deq.tol must be finite and >= 0, got {self.tol}"),
+                (
+                    _non_negative(self.backward_tol),
+                    f"model.deq.backward_tol must be finite and >= 0, got {self.backward_tol}",
+                ),
+                (self.memory >= 1, f"model.deq.memory must be >= 1, got {self.memory}"),
+                (
+                    self.phantom_steps >= 1,
+                    f"model.deq.phantom_steps must be >= 1, got {self.phantom_steps}",
+                ),
+                (
+                    0 < self.phantom_damping <= 1,
+                    f"model.deq.phantom_damping must lie in (0, 1], got {self.phantom_damping}",
+                ),
+            ]
+        )
+
+
 @dataclass
 class ModelConfig:
     """The backbone: embed -> [Block(mixer, mlp)] x n_layers -> norm -> head.
@@ -124,6 +204,9 @@ class ModelConfig:
         window: sliding-window length of attention (null: full causal attention)
         init_std: std of the normal init (output projections scaled by 1/sqrt(2 n_layers))
         mixer_options: mixer name -> its options (`seqlab list mixers -v`)
+        deq: null, or a deep equilibrium model: the blocks become one weight-tied layer f
+            and the hidden state its fixed point z* = f(z*, x), with the model.deq.* keys
+            below (`seqlab.implicit`)
     """
 
     mixer: str = "attention"
@@ -141,13 +224,24 @@ class ModelConfig:
     window: int | None = None
     init_std: float = 0.02
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deq: dict[str, Any] | None = None
 
     section: ClassVar[str] = "model"
     # mapping keys whose own keys are the fields of a dataclass (listed by `config_keys`)
-    mapping_keys: ClassVar[dict[str, type]] = {"mlp": MoEConfig}
+    mapping_keys: ClassVar[dict[str, type]] = {"mlp": MoEConfig, "deq": DEQConfig}
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.deq is not None:
+            deq = from_dict(DEQConfig, self.deq, "model.deq.")
+            if deq.layers is not None and self.layers is not None and deq.layers != self.layers:
+                raise ConfigError(
+                    f"model.layers ({self.layers}) and model.deq.layers ({deq.layers}) both "
+                    "name the blocks; set one of them"
+                )
+            self.deq = to_dict(deq)
+            if deq.layers is not None:
+                self.layers = list(deq.layers)
         if self.layers is not None:
             if not self.layers:
                 raise ConfigError("model.layers must name at least one mixer")
@@ -240,6 +334,10 @@ class ModelConfig:
         if moe is not None:
             ratio = moe.expert_ratio or self.mlp_ratio / (moe.top_k + moe.shared)
         return int(round(ratio * self.d_model))
+
+    def deq_config(self) -> DEQConfig | None:
+        """The deep-equilibrium options (None: an ordinary block stack)."""
+        return None if self.deq is None else DEQConfig(**self.deq)
 
     def layer_names(self) -> list[str]:
         return list(self.layers) if self.layers is not None else [self.mixer] * self.n_layers

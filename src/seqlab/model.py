@@ -4,6 +4,10 @@ Each Block is pre-norm: x + mixer(norm(x)), then x + mlp(norm(x)) with mlp a den
 a mixture of SwiGLU experts (`ModelConfig.mlp`, `seqlab.feedforward`). A per-layer mixer
 pattern (`ModelConfig.layers`) builds hybrids. The decode state is a tuple with one entry
 per layer, each whatever that layer's mixer returns.
+
+With `ModelConfig.deq` set, the blocks form one weight-tied layer and the hidden state is its
+equilibrium (`seqlab.implicit.deq`): embed -> z* = f(z*, x) -> norm -> head, the state still
+one entry per block.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.feedforward.moe import MoE
 from seqlab.feedforward.swiglu import SwiGLU
+from seqlab.implicit.deq import DEQ
 from seqlab.layout import Layout
 from seqlab.mixers.base import Mixer
 from seqlab.registry import MIXERS
@@ -91,6 +96,8 @@ class Model(nn.Module):
         self.tied = config.tie_embeddings
         if self.tied:
             self.head.weight = self.embed.weight
+        deq = config.deq_config()
+        self.deq = None if deq is None else DEQ(deq, config.d_model, eps=config.norm_eps)
         self.layouts = frozenset.intersection(*(block.mixer.layouts for block in self.blocks))
         self.init_weights()
 
@@ -129,12 +136,23 @@ class Model(nn.Module):
                     f"{list(input_embeddings.shape)}"
                 )
             x = x + input_embeddings
+
+        def stack(h: Tensor) -> tuple[Tensor, tuple]:
+            return self._stack(h, state, layout, positions)
+
+        x, new_states = stack(x) if self.deq is None else self.deq(stack, x)
+        logits = self.head(self.norm(x))
+        return logits, (None if state is None else new_states)
+
+    def _stack(
+        self, x: Tensor, state: ModelState | None, layout: Layout, positions: Tensor | None
+    ) -> tuple[Tensor, tuple]:
+        """The blocks in turn, each from its own entry of `state` (never mutated)."""
         new_states = []
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, None if state is None else state[i], layout, positions)
             new_states.append(layer_state)
-        logits = self.head(self.norm(x))
-        return logits, (None if state is None else tuple(new_states))
+        return x, tuple(new_states)
 
     def _check(self, tokens: Tensor, state: ModelState | None, layout: Layout) -> None:
         if not isinstance(tokens, Tensor):
@@ -217,10 +235,14 @@ class Model(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Analytic forward FLOPs per token: 2 per active matmul weight (the routed experts a
-        token skips do not count) plus the mixers' own work."""
-        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        active = matmul - self._inactive_params()
-        return 2.0 * active + sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
+        token skips do not count) plus the mixers' own work. A DEQ counts its blocks once per
+        evaluation of f actually used (`DEQ.iterations_used`: the mean over its training
+        forwards so far, max_iter + 1 before any) and the head once."""
+        matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        blocks = 2.0 * (matmul - self._inactive_params())
+        blocks += sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
+        repeats = 1.0 if self.deq is None else self.deq.iterations_used()
+        return 2.0 * self.head.weight.numel() + repeats * blocks
 
     @property
     def device(self) -> torch.device:
@@ -269,7 +291,8 @@ def count_parameters(config: ModelConfig) -> int | None:
     except (RuntimeError, NotImplementedError):
         return None
     head = 0 if config.tie_embeddings else config.vocab_size * config.d_model
-    embed_and_norm = config.vocab_size * config.d_model + config.d_model
+    norms = config.d_model * (1 if config.deq is None else 2)  # a DEQ's injection norm
+    embed_and_norm = config.vocab_size * config.d_model + norms
     return embed_and_norm + head + sum(blocks[n] for n in names)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses
+from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses, recorded_metrics
 from seqlab.errors import ShapeError
 from seqlab.layout import Layout
 
@@ -87,12 +87,14 @@ class Objective(ABC):
 
     def training_loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """`loss` plus the auxiliary losses the model's layers recorded in its forward (see
-        `seqlab.auxiliary`), each also reported as the metric `aux_<name>`."""
+        `seqlab.auxiliary`), each also reported as the metric `aux_<name>`, and the metrics
+        they recorded, under their own names."""
         clear_auxiliary_losses(model)
         loss, metrics = self.loss(model, batch)
         for name, value in auxiliary_losses(model).items():
             loss = loss + value
             metrics[f"aux_{name}"] = value.detach().item()
+        metrics.update(recorded_metrics(model))
         return loss, metrics
 
     @abstractmethod
