@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 from torch import Tensor, nn
@@ -13,14 +14,15 @@ from seqlab.errors import ConfigError
 from seqlab.mixers import Layout, Mixer
 
 FAULTY = "tests.harness.faults:Faulty"
-FAULTS = ("none", "nan", "raise", "kill")
+FAULTS = ("none", "nan", "raise", "kill", "hang")
 
 
 class Faulty(Mixer):
     """A per-token linear map that misbehaves at training forward number `after + 1`:
     `fault` nan (its output becomes NaN, so training diverges), raise (RuntimeError), kill
-    (its process kills itself with SIGKILL) or none. With `armed` (a file path) the fault
-    fires only while that file exists, so a rerun with the same options can run clean."""
+    (its process kills itself with SIGKILL), hang (its process writes its pid into the
+    folder `armed` and sleeps until it is killed) or none. With `armed` (a file path) the
+    fault fires only while that file exists, so a rerun with the same options can run clean."""
 
     def __init__(
         self, d_model: int, *, fault: str = "none", after: int = 0, armed: str | None = None
@@ -49,6 +51,11 @@ class Faulty(Mixer):
                     raise RuntimeError("injected fault")
                 elif self.fault == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                elif self.fault == "hang":
+                    with open(os.path.join(self.armed, str(os.getpid())), "w"):
+                        pass
+                    while True:
+                        time.sleep(1)
         return y, state
 
     def init_state(

@@ -4,8 +4,12 @@ matplotlib."""
 import csv
 import json
 import math
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -193,6 +197,42 @@ def test_a_comparison_killed_mid_training_resumes(grid, tmp_path):
     assert row["status"] == "ok" and math.isfinite(row["val_bits_per_byte"])
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4, 5, 6], "resumed at step 4, not restarted"
+
+
+def test_a_terminated_comparison_terminates_its_workers(grid, tmp_path):
+    """SIGTERM to `seqlab compare` ends it (exit 143) only after its worker processes are
+    gone: none is left training into the output folder."""
+    grid.grid = {"model.d_model": [16, 32]}
+    grid.lrs = [1e-3]
+    grid.base["model"]["mixer"] = FAULTY
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    grid.base["model"]["mixer_options"] = {FAULTY: {"fault": "hang", "armed": str(workers)}}
+    command = [sys.executable, "-m", "seqlab", "compare", write_yaml(tmp_path / "hang.yaml", grid)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        [*command, "--out", str(tmp_path / "out"), "--workers", "2"], env=env, cwd=ROOT
+    ) as process:
+        deadline = time.monotonic() + 240
+        while len(list(workers.iterdir())) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, "the workers never started training"
+            time.sleep(0.2)
+        pids = [int(path.name) for path in workers.iterdir()]
+        assert len(pids) == 2 and process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"worker processes {pids} outlived the comparison"
+        time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_learning_rate_selection_skips_failed_runs_and_runs_without_validation():

@@ -24,6 +24,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Iterator
@@ -222,10 +223,14 @@ def _run_in_processes(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Train each run in its own process, `workers` at a time; yields (index, row) as runs
     end. A process that dies without writing its result (killed, out of memory, a crash in
-    native code) makes its run a failed one; an interrupted one stops the comparison."""
+    native code) makes its run a failed one; an interrupted one stops the comparison. A
+    SIGTERM to this process ends it (exit 143) after its workers are terminated, so that no
+    orphaned training goes on writing into `out`."""
     context = multiprocessing.get_context("spawn")
     waiting = list(enumerate(runs))
     running: dict[int, tuple[int, Any]] = {}
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
     try:
         while waiting or running:
             while waiting and len(running) < workers:
@@ -250,6 +255,12 @@ def _run_in_processes(
         for _, process in running.values():
             process.terminate()
             process.join()
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 PER_RUN_KEYS = ("run_id", "lr", "seed", "seconds", "final_loss", "status", "error", "details")
