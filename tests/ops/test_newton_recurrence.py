@@ -93,3 +93,13 @@ def test_unknown_structure_is_rejected():
     cell, _, u, h0 = _setup("diagonal", 3, False)
     with pytest.raises(ValueError, match="structure"):
         newton_recurrence(cell, (u,), h0, structure="dense")
+
+
+def test_projecting_the_iterates_onto_the_states_range_keeps_the_solution():
+    """tanh states lie in [-1, 1]: clamping each iterate there changes nothing at the end."""
+    cell, _, u, h0 = _setup("diagonal", 37, False, seed=2)
+    u = (4 * u).detach()  # saturating inputs, where the first linear solves overshoot
+    h_ref = sequential_recurrence(cell, (u,), h0).detach()
+    h, info = newton_recurrence(cell, (u,), h0, project=lambda h: h.clamp(-1.0, 1.0))
+    assert info.converged
+    torch.testing.assert_close(h.detach(), h_ref, rtol=1e-10, atol=1e-10)

@@ -38,16 +38,18 @@ class ParaRNN(Mixer):
     whole sequence is solved at once by Newton's method (`seqlab.ops.newton_recurrence`):
     each iteration is one parallel scan, the backward one more scan backward in time.
 
-    The cells (σ the sigmoid, a_⋆ and p_⋆ per-channel vectors, u_⋆ = W_⋆ x_t + b_⋆ computed
-    for all t by one projection) are in `_gru_cell` and `_lstm_cell`. Then y_t = W_out h_t.
+    The cells (σ the sigmoid, a_⋆ per-channel recurrent weights, starting U(−0.5, 0.5) and
+    kept out of weight decay; u_⋆ = W_⋆ x_t + b_⋆ for all t by one projection) are the
+    subclasses' `_cell`. Then y_t = W_out h_t.
     Shapes: x `[B, T, d_model]`, h `[B, T, hidden]`, hidden = expand · d_model.
 
+    Each Newton iterate is clamped to the range the cell's state cannot leave (`_project`).
     mode "newton" runs at most `max_iter` iterations and stops once the residual
     max |f(h_{t−1}, x_t) − h_t| <= tol (None: 1e-12 in float64, 1e-5 otherwise); the last
     solve's `NewtonInfo` (iterations, residual, converged) is kept in `newton_info`, and a
     solve that does not converge warns (RuntimeWarning). mode "sequential" runs the same
     cell step by step (the reference, and the benchmark's baseline). Decoding (T = 1) is the
-    cell step; prefill from a state starts Newton from that state.
+    cell step; a prefill (T > 1) from a carried state solves with h_{−1} = that state.
     Other layouts (`scan_in_layout`): the same cell also runs over the reversed sequence (or
     each block of it); the directions are summed before the output projection.
     """
@@ -108,6 +110,7 @@ class ParaRNN(Mixer):
                 structure=self.structure,
                 max_iter=self.max_iter,
                 tol=self.tol,
+                project=lambda s: self._project(s, s0),
             )
             self.newton_info = info
             if not info.converged:
@@ -122,6 +125,10 @@ class ParaRNN(Mixer):
     def _cell(
         self, s_prev: Tensor, inputs: tuple[Tensor, ...], jacobian: bool
     ) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _project(self, s: Tensor, s0: Tensor) -> Tensor:
+        """Clamp a Newton iterate `[B, T, *S]` to a box that holds the solution from `s0`."""
         raise NotImplementedError
 
     def _pack(self, state: RNNState) -> Tensor:
@@ -205,6 +212,11 @@ class ParaGRU(ParaRNN):
         dc = (1 - c * c) * a_c * (r + s_prev * r * (1 - r) * a_r)
         return h, 1 - z + (c - s_prev) * z * (1 - z) * a_z + z * dc
 
+    def _project(self, s: Tensor, s0: Tensor) -> Tensor:
+        """h_t mixes h_{t−1} and tanh(·), so |h_t| <= max(1, |h_{−1}|) per channel."""
+        bound = s0.abs().clamp(min=1.0).unsqueeze(1)
+        return torch.clamp(s, -bound, bound)
+
 
 @MIXERS.register("pararnn_lstm")
 class ParaLSTM(ParaRNN):
@@ -262,6 +274,10 @@ class ParaLSTM(ParaRNN):
         dh_dh = o * (1 - o) * a_o * tc + dtc * dc_dh
         jac = torch.stack((f, dc_dh, dtc * f, dh_dh), dim=-1).unflatten(-1, (2, 2))
         return s, jac
+
+    def _project(self, s: Tensor, s0: Tensor) -> Tensor:
+        """|h_t| = |o_t tanh(c_t)| < 1; c is left free (it may grow by one per step)."""
+        return torch.stack((s[..., 0], s[..., 1].clamp(-1.0, 1.0)), dim=-1)
 
     def _pack(self, state: RNNState) -> Tensor:
         return torch.stack((state.c, state.h), dim=-1)

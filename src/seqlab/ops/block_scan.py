@@ -68,31 +68,49 @@ def _matmul(a: Tensor, c: Tensor) -> Tensor:
 
 
 def _within_chunks(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inclusive scan over dim -2 of flattened pairs ``a: [..., C, 4N]``, ``b: [..., C, 2N]``:
-    ``P_t = A_t P_{t-1}``, ``B_t = A_t B_{t-1} + b_t`` from ``P_{-1} = I``, ``B_{-1} = 0``.
-    One vectorised step per chunk position (see ``seqlab.ops.scan._within_chunks``)."""
-    a = a.unflatten(-1, (-1, 2, 2))
-    b = b.unflatten(-1, (-1, 2))
+    """Inclusive scan over dim -2 of component-major pairs ``a: [..., C, 4N]`` (entries 00, 01,
+    10, 11, each N wide) and ``b: [..., C, 2N]``: ``P_t = A_t P_{t-1}``,
+    ``B_t = A_t B_{t-1} + b_t`` from ``P_{-1} = I``, ``B_{-1} = 0``. One vectorised step per
+    chunk position, each entry a multiply and a fused multiply-add over every chunk and
+    channel at once (see ``seqlab.ops.scan._within_chunks``)."""
+    a, b = a.unflatten(-1, (4, -1)), b.unflatten(-1, (2, -1))
     cum_a, cum_b = torch.empty_like(a), torch.empty_like(b)
-    cum_a[..., 0, :, :, :] = a[..., 0, :, :, :]
+    cum_a[..., 0, :, :] = a[..., 0, :, :]
     cum_b[..., 0, :, :] = b[..., 0, :, :]
-    for t in range(1, a.shape[-4]):
-        cum_a[..., t, :, :, :] = _matmul(a[..., t, :, :, :], cum_a[..., t - 1, :, :, :])
-        cum_b[..., t, :, :] = _matvec(a[..., t, :, :, :], cum_b[..., t - 1, :, :]) + b[..., t, :, :]
-    return cum_a.flatten(-3), cum_b.flatten(-2)
+    for t in range(1, a.shape[-3]):
+        a00, a01, a10, a11 = a[..., t, :, :].unbind(-2)
+        q00, q01, q10, q11 = cum_a[..., t - 1, :, :].unbind(-2)
+        p00, p01, p10, p11 = cum_a[..., t, :, :].unbind(-2)
+        torch.mul(a00, q00, out=p00).addcmul_(a01, q10)
+        torch.mul(a00, q01, out=p01).addcmul_(a01, q11)
+        torch.mul(a10, q00, out=p10).addcmul_(a11, q10)
+        torch.mul(a10, q01, out=p11).addcmul_(a11, q11)
+        v0, v1 = cum_b[..., t - 1, :, :].unbind(-2)
+        w0, w1 = cum_b[..., t, :, :].unbind(-2)
+        b0, b1 = b[..., t, :, :].unbind(-2)
+        torch.addcmul(b0, a00, v0, out=w0).addcmul_(a01, v1)
+        torch.addcmul(b1, a10, v0, out=w1).addcmul_(a11, v1)
+    return cum_a.flatten(-2), cum_b.flatten(-2)
 
 
 def _finish(cum_a: Tensor, cum_b: Tensor, h: Tensor) -> Tensor:
-    """``P_t h_start + B_t`` on the flattened layout."""
-    return (_matvec(cum_a.unflatten(-1, (-1, 2, 2)), h.unflatten(-1, (-1, 2))).flatten(-2)) + cum_b
+    """``P_t h_start + B_t`` on the component-major layout."""
+    product = cum_a.unflatten(-1, (2, 2, -1)) * h.unflatten(-1, (1, 2, -1))
+    return (product.sum(-2) + cum_b.unflatten(-1, (2, -1))).flatten(-2)
 
 
 def _parallel(a: Tensor, b: Tensor, h0: Tensor, chunk_size: int) -> Tensor:
     """``a [B, T, N, 2, 2]``, ``b [B, T, N, 2]``, ``h0 [B, N, 2]`` -> ``h [B, T, N, 2]``."""
+    batch, steps, channels = b.shape[:3]
     h = _chunked_scan(
-        a.flatten(2), b.flatten(2), h0.flatten(1), chunk_size, _within_chunks, _finish
+        a.permute(0, 1, 3, 4, 2).reshape(batch, steps, 4 * channels),
+        b.transpose(-1, -2).reshape(batch, steps, 2 * channels),
+        h0.transpose(-1, -2).reshape(batch, 2 * channels),
+        chunk_size,
+        _within_chunks,
+        _finish,
     )
-    return h.view(b.shape)
+    return h.unflatten(-1, (2, channels)).transpose(-1, -2)
 
 
 class _Block2Scan(torch.autograd.Function):
