@@ -179,26 +179,27 @@ def _loop(
 def _chunked_scan(
     x: Tensor, y: Tensor, h0: Tensor, chunk_size: int, block: _BlockFn, apply: _ApplyFn
 ) -> Tensor:
-    """Solve a first-order recurrence over dim 1 of ``x, y: [B, T, F]`` chunk by chunk.
+    """Solve a first-order recurrence over dim 1 of ``x: [B, T, F_x]``, ``y: [B, T, F]``
+    chunk by chunk (``F_x`` may differ from ``F``, e.g. flattened matrices and vectors).
 
     ``block`` maps a chunk's per-step pairs to cumulative pairs from the chunk start (scan over
     dim -2), and ``apply(cum_x, cum_y, h_start)`` finishes each step from the state entering the
     chunk. The cumulative pairs at each chunk's last step obey the same recurrence, so the
     states entering the chunks come from a recursive call on them.
     """
-    batch, steps, feat = x.shape
+    batch, steps, _ = x.shape
     if steps <= chunk_size:
         return apply(*block(x, y), h0.unsqueeze(1))
     n_chunks = -(-steps // chunk_size)
     # Padding sits after the last real step, so it reaches neither outputs nor chunk totals.
     pad = (0, 0, 0, n_chunks * chunk_size - steps)
-    x = F.pad(x, pad).reshape(batch, n_chunks, chunk_size, feat)
-    y = F.pad(y, pad).reshape(batch, n_chunks, chunk_size, feat)
+    x = F.pad(x, pad).reshape(batch, n_chunks, chunk_size, -1)
+    y = F.pad(y, pad).reshape(batch, n_chunks, chunk_size, -1)
     cum_x, cum_y = block(x, y)
     ends = _chunked_scan(cum_x[:, :-1, -1], cum_y[:, :-1, -1], h0, chunk_size, block, apply)
     starts = torch.cat([h0.unsqueeze(1), ends], dim=1)
     h = apply(cum_x, cum_y, starts.unsqueeze(2))
-    return h.reshape(batch, n_chunks * chunk_size, feat)[:, :steps]
+    return h.reshape(batch, n_chunks * chunk_size, -1)[:, :steps]
 
 
 def _within_chunks(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
