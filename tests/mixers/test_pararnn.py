@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seqlab.auxiliary import recorded_metrics
 from seqlab.errors import ConfigError
 from seqlab.mixers.fused_rnn import RNNState
 from seqlab.mixers.pararnn import ParaGRU, ParaLSTM, ParaRNN
@@ -105,6 +106,10 @@ def test_non_convergence_is_reported_and_warned(cls):
         m(torch.randn(1, 64, 8, dtype=F64))
     assert m.newton_info.iterations == 1 and not m.newton_info.converged
     assert m.newton_info.residual > m.newton_info.tol
+    assert recorded_metrics(m) == {"newton_unconverged": 1.0}
+    m.max_iter = 20
+    m(torch.randn(1, 64, 8, dtype=F64))
+    assert recorded_metrics(m) == {"newton_unconverged": 0.0}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from seqlab.auxiliary import record_metric
 from seqlab.errors import ConfigError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
@@ -47,9 +48,11 @@ class ParaRNN(Mixer):
     mode "newton" runs at most `max_iter` iterations and stops once the residual
     max |f(h_{t−1}, x_t) − h_t| <= tol (None: 1e-12 in float64, 1e-5 otherwise); the last
     solve's `NewtonInfo` (iterations, residual, converged) is kept in `newton_info`, and a
-    solve that does not converge warns (RuntimeWarning). mode "sequential" runs the same
-    cell step by step (the reference, and the benchmark's baseline). Decoding (T = 1) is the
-    cell step; a prefill (T > 1) from a carried state solves with h_{−1} = that state.
+    solve that does not converge warns (RuntimeWarning) and is counted in the training metric
+    `newton_unconverged` (the number of layers whose last solve missed tol).
+    mode "sequential" runs the same cell step by step (the reference, and the benchmark's
+    baseline). Decoding (T = 1) is the cell step; a prefill (T > 1) from a carried state
+    solves with h_{−1} = that state.
     Other layouts (`scan_in_layout`): the same cell also runs over the reversed sequence (or
     each block of it); the directions are summed before the output projection.
     """
@@ -113,6 +116,7 @@ class ParaRNN(Mixer):
                 project=lambda s: self._project(s, s0),
             )
             self.newton_info = info
+            record_metric(self, "newton_unconverged", float(not info.converged))
             if not info.converged:
                 warnings.warn(
                     f"{self.mixer_name}: Newton did not converge in {info.iterations} iterations "

@@ -1,6 +1,8 @@
 """Copy and selective copy: an independent parser reproduces every scored label; selective
 copy's token-count curriculum shapes only the training rows."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -136,8 +138,13 @@ def test_selective_copy_longer_test_rows_leave_the_other_splits_unchanged():
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
     (a,), (b,) = plain.eval_batches("validation", 32), longer.eval_batches("validation", 32)
     assert torch.equal(a.tokens, b.tokens)
-    assert longer.eval_count("validation", 33 * 10) == 10, "validation rows counted at 33"
-    assert longer.eval_count("test", 129 * 10) == 10
+    with pytest.warns(UserWarning, match=r"scores 10 of the \d+ validation examples of 33"):
+        assert longer.eval_count("validation", 33 * 10) == 10, "validation rows counted at 33"
+    with pytest.warns(UserWarning, match=r"set it to \d+ to score them all"):
+        assert longer.eval_count("test", 129 * 10) == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert longer.eval_count("test", 129 * longer.eval_examples) == longer.eval_examples
 
 
 @pytest.mark.parametrize("test_seq_len", [32, 16, 64.0, True])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
+from seqlab.errors import DataError
 from seqlab.objectives.base import NLL, Batch
 from seqlab.registry import TASKS
 
@@ -118,3 +120,23 @@ def check_batch_request(step: int, seed: int, batch_size: int, rank: int, world_
             f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size} "
             f"rank={rank} world_size={world_size}"
         )
+
+
+def capped_rows(name: str, split: str, rows: int, width: int, max_tokens: int | None) -> int:
+    """How many of a split's `rows` evaluation rows of `width` tokens a budget of `max_tokens`
+    allows (all when None). A budget below one row is a DataError; one that leaves rows out
+    warns, naming the budget that scores them all."""
+    if max_tokens is None:
+        return rows
+    if max_tokens < width:
+        raise DataError(
+            f"max_tokens={max_tokens} is less than one {split} example of {width} tokens"
+        )
+    count = min(rows, max_tokens // width)
+    if count < rows:
+        warnings.warn(
+            f"{name}: max_tokens {max_tokens} (train.eval_tokens) scores {count} of the {rows} "
+            f"{split} examples of {width} tokens; set it to {rows * width} to score them all",
+            stacklevel=3,
+        )
+    return count

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqlab.data.tasks.base import SPLITS, Task, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
 from seqlab.data.tasks.synthetic import check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -181,14 +181,8 @@ class ImageTask(Task):
     ) -> Iterator[Batch]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        count = len(self.split_indices(split))
-        if max_tokens is not None:
-            if max_tokens < self.seq_len:
-                raise DataError(
-                    f"max_tokens={max_tokens} is less than one {split} example of "
-                    f"{self.seq_len} tokens"
-                )
-            count = min(count, max_tokens // self.seq_len)
+        rows = len(self.split_indices(split))
+        count = capped_rows(self.name, split, rows, self.seq_len, max_tokens)
         for start in range(0, count, batch_size):
             yield self.rows(split, np.arange(start, min(start + batch_size, count)))
 

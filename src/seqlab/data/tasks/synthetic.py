@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.data.tasks.base import SPLITS, Task, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
 
@@ -242,15 +242,11 @@ class SyntheticTask(Task):
     def eval_count(self, split: str, max_tokens: int | None) -> int:
         """How many of `split`'s evaluation rows `max_tokens` allows (all when None), counting
         each row at the split's padded width: where test rows are longer, validation keeps
-        as many rows as its own length allows."""
+        as many rows as its own length allows. A cap below `eval_examples` warns."""
         if max_tokens is None:
             return self.eval_examples
         width = int(self.eval_set(split).tokens.shape[1])
-        if max_tokens < width:
-            raise DataError(
-                f"max_tokens={max_tokens} is less than one {split} example of {width} tokens"
-            )
-        return min(self.eval_examples, max_tokens // width)
+        return capped_rows(self.name, split, self.eval_examples, width, max_tokens)
 
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
