@@ -20,6 +20,20 @@ class RNNState:
     h: Tensor
     c: Tensor | None = None
 
+    @classmethod
+    def zeros(
+        cls, batch_size: int, hidden: int, *, cell: bool, like: Tensor, device, dtype
+    ) -> RNNState:
+        """A zero state (with a zero cell when `cell`), on `device` and in the state dtype of
+        `dtype`, each defaulting to those of the weight `like`."""
+        zeros = torch.zeros(
+            batch_size,
+            hidden,
+            device=device or like.device,
+            dtype=state_dtype(dtype or like.dtype),
+        )
+        return cls(zeros, zeros.clone() if cell else None)
+
 
 class FusedRNN(Mixer):
     """A single-layer LSTM or GRU (torch's fused kernel) followed by an output projection.
@@ -85,14 +99,10 @@ class FusedRNN(Mixer):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> RNNState:
-        weight = self.out.weight
-        zeros = torch.zeros(
-            batch_size,
-            self.hidden,
-            device=device or weight.device,
-            dtype=state_dtype(dtype or weight.dtype),
+        lstm = self.cell == "lstm"
+        return RNNState.zeros(
+            batch_size, self.hidden, cell=lstm, like=self.out.weight, device=device, dtype=dtype
         )
-        return RNNState(zeros, zeros.clone() if self.cell == "lstm" else None)
 
     def state_size(self, seq_len: int) -> int:
         return (2 if self.cell == "lstm" else 1) * self.hidden

@@ -153,14 +153,10 @@ class ParaRNN(Mixer):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> RNNState:
-        weight = self.out.weight
-        zeros = torch.zeros(
-            batch_size,
-            self.hidden,
-            device=device or weight.device,
-            dtype=state_dtype(dtype or weight.dtype),
+        cell = self.structure == "block2"
+        return RNNState.zeros(
+            batch_size, self.hidden, cell=cell, like=self.out.weight, device=device, dtype=dtype
         )
-        return RNNState(zeros, zeros.clone() if self.structure == "block2" else None)
 
     def state_size(self, seq_len: int) -> int:
         return (2 if self.structure == "block2" else 1) * self.hidden
