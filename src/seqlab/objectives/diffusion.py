@@ -15,6 +15,9 @@ never noised, never scored.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,12 +27,15 @@ from seqlab.layout import Layout
 from seqlab.model import Model
 from seqlab.objectives.base import NLL, Batch, Objective
 from seqlab.objectives.noise import (
+    Hyperschedule,
     Schedule,
     absorb,
     absorb_count,
+    build_hyperschedule,
     build_schedule,
     stratified_times,
     uniform_noise,
+    uniform_posterior,
 )
 from seqlab.registry import OBJECTIVES
 
@@ -68,6 +74,26 @@ class Absorbing:
         return torch.where(x_t == self.mask_id, weight * cross_entropy, 0.0)
 
 
+def uniform_integrand(x0_hat: Tensor, x_t: Tensor, tokens: Tensor, keep: Tensor) -> Tensor:
+    """The bracket of the UDLM integrand per position `[B, L]` in float64:
+
+        N/x̄θ_z − N/x̄_z + Σ_{y≠z} x̄_y/x̄_z log(x̄_y x̄θ_z / (x̄_z x̄θ_y)),
+
+    x̄ = N·u·onehot(x_0) + (1 − u), x̄θ = N·u·x̂_0 + (1 − u), z = x_t (a data token), u = `keep`
+    `[B, L]` (the probability that uniform noise left the token alone). Terms with x̄_y = 0
+    (u = 1) are 0, so the bracket stays finite at u = 1."""
+    n = x0_hat.shape[-1]
+    u = keep.double()[..., None]
+    bar = n * u * F.one_hot(tokens, n).double() + (1 - u)
+    bar_model = n * u * x0_hat + (1 - u)
+    z = x_t[..., None]
+    bar_z, bar_model_z = bar.gather(-1, z), bar_model.gather(-1, z)
+    log_ratio = bar_model_z.log() - bar_model.log() - bar_z.log()
+    others = torch.ones_like(bar, dtype=torch.bool).scatter(-1, z, False)
+    kl = ((torch.xlogy(bar, bar) + bar * log_ratio) / bar_z).where(others, 0.0)
+    return (n / bar_model_z - n / bar_z + kl.sum(-1, keepdim=True)).squeeze(-1)
+
+
 class Uniform:
     """Each token is redrawn uniformly from the N data tokens with probability 1 − α(t)."""
 
@@ -86,21 +112,197 @@ class Uniform:
     def terms(self, logits: Tensor, x_t: Tensor, tokens: Tensor, t: Tensor) -> Tensor:
         """The UDLM integrand per position `[B, L]`, formed in float64: near t = 1 it is a
         difference of nearly equal terms times a large decay rate."""
-        n = self.vocab_size
-        alpha = self.schedule.alpha(t).double()[..., None]
         x0_hat = self.log_x0(logits).exp()
-        bar = n * alpha * F.one_hot(tokens, n).double() + (1 - alpha)
-        bar_model = n * alpha * x0_hat + (1 - alpha)
-        z = x_t[..., None]
-        bar_z, bar_model_z = bar.gather(-1, z), bar_model.gather(-1, z)
-        log_ratio = bar.log() - bar_z.log() + bar_model_z.log() - bar_model.log()
-        others = torch.ones_like(bar, dtype=torch.bool).scatter(-1, z, False)
-        kl = (bar / bar_z * log_ratio).where(others, 0.0).sum(-1, keepdim=True)
-        integrand = (n / bar_model_z - n / bar_z + kl).squeeze(-1)
-        return self.schedule.decay(t).double() / n * integrand
+        integrand = uniform_integrand(x0_hat, x_t, tokens, self.schedule.alpha(t))
+        return self.schedule.decay(t).double() / self.vocab_size * integrand
 
 
-PROCESSES = {p.name: p for p in (Absorbing, Uniform)}
+class Hybrid:
+    """Absorbing and uniform noise together (Fathi et al., 2025): a token is masked, or
+    redrawn uniformly from the N data tokens, and a masked token stays masked.
+
+    A process is given by a(t), the probability that a token is not masked, and u(t), the
+    probability that uniform noise has not touched an unmasked token:
+
+        q_t(mask | x_0) = 1 − a,    q_t(y | x_0) = a · p_u(y),    p_u = u·onehot(x_0) + (1 − u)/N
+
+    Its rates: a data token is masked at λ_a = −a′/a and redrawn at λ_u = −u′/u (to each
+    data token at λ_u/N). The continuous-time ELBO (the path-measure KL to the reverse
+    process whose rates plug x̂_0 into q_t, as MDLM and UDLM do) is ∫_0^1 E_{x_t}[f] dt with
+
+        f(mask) = λ_a · a/(1 − a) · KL(p_u(x_0) ‖ p_u(x̂_0)),   p_u(x̂_0) = u·x̂_0 + (1 − u)/N
+        f(z)    = λ_u/N · [UDLM bracket at keep u] (see `uniform_integrand`), z a data token
+
+    The mask term: the mask's marginal does not depend on x_0, so the rate ratios reduce to
+    the KL between the two data distributions; the data term is UDLM's with α → u. With
+    u = 1 the mask term is −α′/(1 − α) · (−log x̂_0(x_0)), MDLM's; with a = 1 the data term
+    is UDLM's. Both variants reach a(1) u(1) = 0 with a prior that does not depend on x_0,
+    so no prior term remains.
+
+    Corruption draws one r ~ U[0, 1) per token (and one uniform token where u can be < 1):
+    masked if r < 1 − a, redrawn if r ≥ 1 − a + a·u, else kept: the same draws as `absorb`
+    at u = 1 and as `uniform_noise` at a = 1.
+    """
+
+    extra_tokens = 1
+    name: str
+
+    def __init__(self, vocab_size: int, schedule: Schedule) -> None:
+        self.vocab_size, self.schedule = vocab_size, schedule
+        self.mask_id = vocab_size
+
+    def mask_rate(self, t: Tensor) -> Tensor:
+        """1 − a(t)."""
+        raise NotImplementedError
+
+    def keep(self, t: Tensor) -> Tensor:
+        """u(t)."""
+        raise NotImplementedError
+
+    def mask_weight(self, t: Tensor) -> Tensor:
+        """λ_a · a / (1 − a)."""
+        raise NotImplementedError
+
+    def uniform_rate(self, t: Tensor) -> Tensor:
+        """λ_u."""
+        raise NotImplementedError
+
+    @property
+    def uniform(self) -> bool:
+        """Whether uniform noise acts at all (else this is absorbing noise)."""
+        raise NotImplementedError
+
+    def corrupt(self, tokens: Tensor, t: Tensor, scored: Tensor) -> Tensor:
+        shape, device = tokens.shape, tokens.device
+        rate = self.mask_rate(t)
+        r = torch.rand(shape, dtype=torch.float64, device=device)
+        masked = (r < rate) & scored
+        x_t = torch.where(masked, torch.full_like(tokens, self.mask_id), tokens)
+        if not self.uniform:
+            return x_t
+        noise = torch.randint(0, self.vocab_size, shape, device=device)
+        redrawn = (r >= rate + (1 - rate) * self.keep(t)) & scored & ~masked
+        return torch.where(redrawn, noise, x_t)
+
+    def log_x0(self, logits: Tensor) -> Tensor:
+        return logits[..., : self.vocab_size].double().log_softmax(-1)
+
+    def terms(self, logits: Tensor, x_t: Tensor, tokens: Tensor, t: Tensor) -> Tensor:
+        """f per position `[B, L]` in float64 (see the class docstring)."""
+        n = self.vocab_size
+        log_x0 = self.log_x0(logits)
+        u = self.keep(t).double()
+        masked = x_t == self.mask_id
+        # KL(p_u(x_0) ‖ p_u(x̂_0)); log p_u(x̂_0) = logaddexp(log u + log x̂_0, log((1 − u)/N))
+        log_model = torch.logaddexp(
+            u.log()[..., None] + log_x0, (torch.log1p(-u) - math.log(n))[..., None]
+        )
+        target = u[..., None] * F.one_hot(tokens, n).double() + ((1 - u) / n)[..., None]
+        kl = (torch.xlogy(target, target) - target * log_model).sum(-1)
+        terms = torch.where(masked, self.mask_weight(t).double() * kl, 0.0)
+        if not self.uniform:
+            return terms
+        data = uniform_integrand(log_x0.exp(), x_t.clamp(max=n - 1), tokens, u)
+        return torch.where(masked, terms, self.uniform_rate(t).double() / n * data)
+
+    def prior(self, shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
+        """A draw from q_1 (mask with probability 1 − a(1), else a uniform data token)."""
+        t = torch.ones((), dtype=torch.float64)
+        r = torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+        noise = torch.randint(0, self.vocab_size, shape, generator=generator, device=device)
+        return torch.where(r < self.mask_rate(t).to(device), self.mask_id, noise)
+
+    def posterior(self, x_t: Tensor, x0_probs: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """The reverse step q(x_s | x_t, x̂_0) for s < t over the N data tokens and the mask
+        `[..., N + 1]`. From the mask: x_s = y ∝ (a_s − a_t)·p_{u_s}(x̂_0)(y), the mask ∝ 1 − a_s
+        (normalised by 1 − a_t). From a data token z (never from the mask): UDLM's posterior
+        with α → u (`uniform_posterior`)."""
+        a_t, a_s = 1 - self.mask_rate(t), 1 - self.mask_rate(s)
+        u_t, u_s = self.keep(t), self.keep(s)
+        n = self.vocab_size
+        unmasked = (a_s - a_t) * (u_s * x0_probs + (1 - u_s) / n)
+        from_mask = torch.cat([unmasked, (1 - a_s).expand(*unmasked.shape[:-1], 1)], dim=-1)
+        from_mask = from_mask / from_mask.sum(-1, keepdim=True)
+        z = x_t.clamp(max=n - 1)
+        from_data = F.pad(uniform_posterior(z, x0_probs, u_t, u_s), (0, 1))
+        return torch.where((x_t == self.mask_id)[..., None], from_mask, from_data)
+
+
+class GammaHybrid(Hybrid):
+    """γ-hybrid: the rate matrix (1 − γ)·Q_absorb + γ·Q_uniform times the schedule's rate
+    β = −α′/α, so a = α^(1 − γ), u = α^γ, λ_a = (1 − γ)β, λ_u = γβ and the mask weight
+    λ_a · a/(1 − a) = (1 − γ)β α^(1−γ) / (1 − α^(1−γ)). γ = 0 is absorbing, γ = 1 uniform."""
+
+    name = "gamma_hybrid"
+
+    def __init__(self, vocab_size: int, schedule: Schedule, gamma: float) -> None:
+        super().__init__(vocab_size, schedule)
+        self.gamma = float(gamma)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return torch.log1p(-self.schedule.noise_rate(t).double())
+
+    def mask_rate(self, t: Tensor) -> Tensor:
+        return -torch.expm1((1 - self.gamma) * self._log_alpha(t))
+
+    def keep(self, t: Tensor) -> Tensor:
+        return torch.exp(self.gamma * self._log_alpha(t))
+
+    def mask_weight(self, t: Tensor) -> Tensor:
+        rate = self.mask_rate(t)
+        if self.gamma == 1:  # never masked: 0, not 0 · ∞
+            return torch.zeros_like(rate)
+        return (1 - self.gamma) * self.schedule.decay(t).double() * (1 - rate) / rate
+
+    def uniform_rate(self, t: Tensor) -> Tensor:
+        return self.gamma * self.schedule.decay(t).double()
+
+    @property
+    def uniform(self) -> bool:
+        return self.gamma > 0
+
+
+class EpsilonHybrid(Hybrid):
+    """ε-hybrid: a token is noised with probability 1 − α(t), as in masked diffusion, and a
+    noised token becomes a uniform data token with probability ε instead of the mask:
+
+        q_t(mask | x_0) = (1 − ε)(1 − α),   q_t(y | x_0) = α·[y = x_0] + ε(1 − α)/N
+
+    so a = ε + (1 − ε)α, u = α/a, λ_a = (1 − ε)(−α′)/a, λ_u = ε(−α′)/(α a) = εβ/a, and the
+    mask weight λ_a · a/(1 − a) = −α′/(1 − α) is MDLM's. ε = 0 is absorbing noise; at t = 1 a
+    token is the mask with probability 1 − ε, else uniform."""
+
+    name = "epsilon_hybrid"
+
+    def __init__(self, vocab_size: int, schedule: Schedule, epsilon: float) -> None:
+        super().__init__(vocab_size, schedule)
+        self.epsilon = float(epsilon)
+
+    def _clean(self, t: Tensor) -> Tensor:
+        """a(t) = ε + (1 − ε)α(t)."""
+        return self.epsilon + (1 - self.epsilon) * self.schedule.alpha(t).double()
+
+    def mask_rate(self, t: Tensor) -> Tensor:
+        return (1 - self.epsilon) * self.schedule.noise_rate(t).double()
+
+    def keep(self, t: Tensor) -> Tensor:
+        return self.schedule.alpha(t).double() / self._clean(t)
+
+    def mask_weight(self, t: Tensor) -> Tensor:
+        return self.schedule.weight(t).double()
+
+    def uniform_rate(self, t: Tensor) -> Tensor:
+        return self.epsilon * self.schedule.decay(t).double() / self._clean(t)
+
+    @property
+    def uniform(self) -> bool:
+        return self.epsilon > 0
+
+
+Process = Absorbing | Uniform | Hybrid
+PROCESSES: dict[str, type[Process]] = {
+    p.name: p for p in (Absorbing, Uniform, GammaHybrid, EpsilonHybrid)
+}
 
 
 class Diffusion(Objective):
@@ -108,6 +310,13 @@ class Diffusion(Objective):
 
     `eval_samples` t draws per sequence estimate the ELBO in `nll` (low-discrepancy over the
     batch and the draws; deterministic given torch's RNG state).
+
+    `hyperschedule: {kind: flat | staircase | sliding, width: w}` gives each position its
+    own noise level τ_i(t) (`noise.Hyperschedule`); each position's ELBO integrand is
+    weighted by τ_i′(t). Flat (the default) is plain full-sequence diffusion; a staircase of
+    width 1 with the count estimator and `eval_samples` a multiple of the length scores
+    exactly the chain rule (each row's draws hit every position's window once). The option
+    is named `hyperschedule` because `schedule` already names α(t).
 
     `estimator="count"` (absorbing noise) draws the number of masked tokens per group instead
     of t (`noise.absorb_count`): the same bound, lower variance, and exact at block size 1.
@@ -121,6 +330,7 @@ class Diffusion(Objective):
     bound = True
     layout = Layout.BIDIRECTIONAL
     noise: str  # a key of PROCESSES, set by each subclass
+    noise_options: dict[str, float] = {}  # the process's own parameters (γ, ε)
 
     def __init__(
         self,
@@ -130,6 +340,7 @@ class Diffusion(Objective):
         estimator: str = "time",
         num_classes: int = 0,
         label_dropout: float = 0.1,
+        hyperschedule: dict[str, Any] | None = None,
     ) -> None:
         noise = self.noise
         if noise not in PROCESSES:
@@ -150,17 +361,23 @@ class Diffusion(Objective):
                 f"with {noise} noise"
             )
         self.eval_samples, self.estimator = eval_samples, estimator
-        self.process: Absorbing | Uniform | None = None
+        self.hyperschedule: Hyperschedule = build_hyperschedule(hyperschedule)
+        if estimator == "count" and self.hyperschedule.groups(1, torch.device("cpu")) is None:
+            raise ConfigError(
+                "the count estimator needs one noise level per group: a flat, staircase or "
+                "width-1 sliding hyperschedule"
+            )
+        self.process: Process | None = None
 
     def bind(self, vocab_size: int) -> Diffusion:
         super().bind(vocab_size)
-        self.process = PROCESSES[self.noise](vocab_size, self.schedule)
+        self.process = PROCESSES[self.noise](vocab_size, self.schedule, **self.noise_options)
         return self
 
     @property
     def mask_id(self) -> int:
-        """The absorbing mask token (the data vocabulary size)."""
-        if self.noise != "absorbing":
+        """The mask token (the data vocabulary size) of absorbing or hybrid noise."""
+        if PROCESSES[self.noise].extra_tokens == 0:
             raise SeqlabError(f"{self.noise} noise has no mask token")
         return self._bound().mask_id
 
@@ -177,7 +394,7 @@ class Diffusion(Objective):
             )
         return (self._bound().vocab_size + PROCESSES[self.noise].extra_tokens + labels)[:, None]
 
-    def _bound(self) -> Absorbing | Uniform:
+    def _bound(self) -> Process:
         if self.process is None:
             raise SeqlabError(f"objective {self.name!r} must be bound to a vocabulary first")
         return self.process
@@ -205,22 +422,30 @@ class Diffusion(Objective):
         self, model: Model, batch: Batch, t: Tensor, condition: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """ELBO integrand `[B, L]` at per-position times `t [B, L]` given class labels
-        `condition` (None: unconditional), and the scored mask."""
+        `condition` (None: unconditional), and the scored mask. Under a hyperschedule `t` is
+        the global time: each position is noised at τ_i(t) and its term weighted by τ_i′(t)."""
         process = self._bound()
         tokens = batch.tokens
         scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        tau, rate = self.hyperschedule.levels(t)
         weight = None
         if self.estimator == "count":
-            groups = self.groups(tokens.shape[1], tokens.device)
-            x_t, weight = absorb_count(tokens, t, scored, groups, process.mask_id)
+            groups = self.hyperschedule.groups(tokens.shape[1], tokens.device)
+            if self.hyperschedule.flat:
+                groups = self.groups(tokens.shape[1], tokens.device)
+            x_t, weight = absorb_count(tokens, tau, scored, groups, process.mask_id)
         else:
-            x_t = process.corrupt(tokens, t, scored)
+            x_t = process.corrupt(tokens, tau, scored)
         prefix = self.class_prefix(condition, tokens.shape[0], tokens.device)
         logits = self.denoise(model, x_t, tokens, prefix)
+        if rate is not None:  # clean (τ = 0) and pure-noise (τ = 1) positions weigh 0
+            tau = tau.clamp(1e-12, 1 - 1e-12)
         if weight is None:
-            terms = process.terms(logits, x_t, tokens, t)
+            terms = process.terms(logits, x_t, tokens, tau)
         else:  # the count estimator (absorbing noise only)
-            terms = process.terms(logits, x_t, tokens, t, weight)
+            terms = process.terms(logits, x_t, tokens, tau, weight)
+        if rate is not None:
+            terms = torch.where(rate > 0, terms * rate.to(terms.dtype), 0.0)
         return terms.where(scored, 0.0), scored
 
     def _times(self, draws: Tensor, batch: Batch) -> Tensor:
@@ -279,3 +504,63 @@ class UniformDiffusion(Diffusion):
     """Uniform-state diffusion (UDLM: closed-form posterior, continuous-time ELBO bound)."""
 
     noise = "uniform"
+
+
+@OBJECTIVES.register("gamma_hybrid_diffusion")
+class GammaHybridDiffusion(Diffusion):
+    """γ-hybrid diffusion: rates (1 − γ)·absorbing + γ·uniform (Fathi et al., 2025; ELBO bound).
+
+    `gamma` 0 is masked diffusion, 1 uniform diffusion; between, a masked token is decoded
+    into a token that may still be corrected. See `Hybrid` and `GammaHybrid`."""
+
+    noise = "gamma_hybrid"
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 0.5,
+        schedule: str = "loglinear",
+        eval_samples: int = 4,
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+        hyperschedule: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0 <= gamma <= 1:
+            raise ConfigError(f"gamma must lie in [0, 1], got {gamma}")
+        self.noise_options = {"gamma": float(gamma)}
+        super().__init__(
+            schedule=schedule,
+            eval_samples=eval_samples,
+            num_classes=num_classes,
+            label_dropout=label_dropout,
+            hyperschedule=hyperschedule,
+        )
+
+
+@OBJECTIVES.register("epsilon_hybrid_diffusion")
+class EpsilonHybridDiffusion(Diffusion):
+    """ε-hybrid diffusion: a noised token is uniform with probability ε, else the mask
+    (Fathi et al., 2025; ELBO bound). `epsilon` 0 is masked diffusion. See `EpsilonHybrid`."""
+
+    noise = "epsilon_hybrid"
+
+    def __init__(
+        self,
+        *,
+        epsilon: float = 0.1,
+        schedule: str = "loglinear",
+        eval_samples: int = 4,
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+        hyperschedule: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0 <= epsilon < 1:
+            raise ConfigError(f"epsilon must lie in [0, 1), got {epsilon}")
+        self.noise_options = {"epsilon": float(epsilon)}
+        super().__init__(
+            schedule=schedule,
+            eval_samples=eval_samples,
+            num_classes=num_classes,
+            label_dropout=label_dropout,
+            hyperschedule=hyperschedule,
+        )

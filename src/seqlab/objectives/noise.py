@@ -110,7 +110,8 @@ def absorb_count(
     the continuous-time absorbing ELBO integrated over t in closed form (the number of
     masked tokens replaces t), so this estimates the same bound without the 1/t weight. A
     group of one token (block size 1) is always masked with weight 1: the exact chain rule.
-    `u [B, L]` is constant within a group; `groups [L]` are contiguous group indices.
+    `u [B, L]` is constant within a group; `groups [L]` are contiguous group indices. A
+    group at u = 0 (a clean group of a hyperschedule) stays clean.
     """
     b, length = tokens.shape
     keys = torch.rand(b, length, dtype=torch.float64, device=tokens.device)
@@ -121,10 +122,10 @@ def absorb_count(
     rank = rank - start[groups]
     counts = torch.zeros(b, int(groups.max()) + 1, device=tokens.device, dtype=torch.float64)
     n = counts.index_add(1, groups, scored.double())[:, groups]
-    k = torch.ceil(u * n).clamp(min=1)
+    k = torch.where(u > 0, torch.ceil(u * n).clamp(min=1), 0.0)
     masked = scored & (rank < k)
     x_t = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
-    return x_t, n / k
+    return x_t, n / k.clamp(min=1)
 
 
 def uniform_noise(
@@ -159,3 +160,81 @@ def uniform_posterior(x_t: Tensor, x0_probs: Tensor, alpha_t: Tensor, alpha_s: T
     stay = torch.nn.functional.one_hot(x_t, n).to(x0_probs.dtype)
     weights = (a_ts * stay + (1 - a_ts) / n) * (a_s * x0_probs + (1 - a_s) / n)
     return weights / weights.sum(dim=-1, keepdim=True)
+
+
+HYPERSCHEDULES = ("flat", "staircase", "sliding")
+
+
+class Hyperschedule:
+    """Per-position noise levels τ_i(t) driven by one global time t (Fathi et al., 2025).
+
+        τ_i(t) = clip(v · t − d_i, 0, 1),    τ_i′(t) = v · [0 < v · t − d_i < 1]
+
+    Position i runs its own schedule α(τ_i(t)); each ramp takes 1/v of global time, and
+    later positions start earlier (d_i decreases in i), so in reverse time the sequence is
+    denoised from the left. Over a sequence of L positions:
+
+    - `flat`: v = 1, d_i = 0: every position shares t (plain masked diffusion);
+    - `staircase` of width w: the n = ⌈L/w⌉ blocks b = ⌊i/w⌋ ramp one after another,
+      v = n, d_i = n − 1 − b: a block is clean before the next one starts (width 1: the
+      chain rule, as autoregression; width ≥ L: flat);
+    - `sliding` of width w: v = (L − 1 + w)/w, d_i = (L − 1 − i)/w: a window of about w
+      partially noised positions slides over the sequence (width 1: the staircase of 1).
+
+    Each position's noise is its own process in time τ_i, so the joint ELBO is the sum over
+    positions of their integrands at τ_i(t), each times τ_i′(t) (the chain rule of the time
+    change): −log p(x_0) ≤ ∫_0^1 E_{x_t} [Σ_i τ_i′(t) · f_i(x_t, τ_i(t))] dt, where f_i is
+    the process's ELBO integrand for position i. τ_i(1) = 1 for all i: no prior term.
+    """
+
+    def __init__(self, kind: str = "flat", width: int = 1) -> None:
+        if kind not in HYPERSCHEDULES:
+            raise ConfigError(
+                f"hyperschedule kind must be one of {list(HYPERSCHEDULES)}, got {kind!r}"
+            )
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ConfigError(f"hyperschedule width must be a positive integer, got {width!r}")
+        self.kind, self.width = kind, width
+
+    @property
+    def flat(self) -> bool:
+        return self.kind == "flat"
+
+    def speed_and_lag(self, length: int, device: torch.device) -> tuple[float, Tensor]:
+        """v and d_i `[L]` (float64) over a sequence of `length` positions."""
+        index = torch.arange(length, dtype=torch.float64, device=device)
+        if self.kind == "staircase":
+            blocks = -(-length // self.width)
+            return float(blocks), blocks - 1 - torch.div(index, self.width, rounding_mode="floor")
+        if self.kind == "sliding":
+            w = self.width
+            return (length - 1 + w) / w, (length - 1 - index) / w
+        return 1.0, torch.zeros_like(index)
+
+    def levels(self, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """τ_i(t) and τ_i′(t) `[B, L]` from global times `t [B, L]` (one per row, repeated
+        along the positions); flat returns `(t, None)` (τ′ = 1 everywhere, left out)."""
+        if self.flat:
+            return t, None
+        speed, lag = self.speed_and_lag(t.shape[-1], t.device)
+        ramp = speed * t.double() - lag
+        rate = torch.where((ramp > 0) & (ramp < 1), speed, 0.0)
+        return ramp.clamp(0.0, 1.0), rate
+
+    def groups(self, length: int, device: torch.device) -> Tensor | None:
+        """Positions sharing one level at every t `[L]` (the staircase's blocks), or None
+        when levels differ within the sequence at some t (sliding wider than 1)."""
+        if self.kind == "sliding" and self.width > 1:
+            return None
+        if self.kind != "flat":
+            return torch.arange(length, device=device) // self.width
+        return torch.zeros(length, dtype=torch.long, device=device)
+
+
+def build_hyperschedule(spec: dict | None) -> Hyperschedule:
+    """A Hyperschedule from `{kind, width}` (None: flat)."""
+    if spec is None:
+        return Hyperschedule()
+    if not isinstance(spec, dict) or set(spec) - {"kind", "width"}:
+        raise ConfigError(f"hyperschedule must be a mapping with keys kind, width; got {spec!r}")
+    return Hyperschedule(**spec)

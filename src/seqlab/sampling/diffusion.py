@@ -54,7 +54,7 @@ from seqlab.model import Model
 from seqlab.objectives import build_objective
 from seqlab.objectives.base import Objective
 from seqlab.objectives.block import BlockDiffusion
-from seqlab.objectives.diffusion import Diffusion
+from seqlab.objectives.diffusion import Diffusion, Hybrid
 from seqlab.objectives.noise import absorbing_posterior, uniform_posterior
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation
@@ -233,6 +233,8 @@ def denoise(
     shape = (b, max_new_tokens)
     if objective.noise == "absorbing":
         canvas = torch.full(shape, objective.mask_id, dtype=torch.long, device=prompt.device)
+    elif isinstance(objective.process, Hybrid):
+        canvas = objective.process.prior(shape, generator, prompt.device)
     else:
         canvas = torch.randint(0, n_vocab, shape, generator=generator, device=prompt.device)
     x = torch.cat([prompt, canvas], dim=1)
@@ -309,11 +311,24 @@ def ancestral_rule(
     """The reverse process q(x_s | x_t, x_0 = x̂_0) on the objective's schedule (MDLM/UDLM).
 
     Under guidance uniform noise receives the stacked conditional and unconditional x̂_0
-    `[2, B, n, N]` and mixes their posteriors (guidance on x̂_0 would not be a posterior)."""
+    `[2, B, n, N]` and mixes their posteriors (guidance on x̂_0 would not be a posterior).
+    Hybrid noise draws from `Hybrid.posterior` over the data tokens and the mask (a masked
+    token may stay masked, a decoded one may still change); it takes no guidance. The steps
+    share one t over the canvas: a model trained under a non-flat hyperschedule is refused."""
     schedule = objective.schedule
+    if not objective.hyperschedule.flat:
+        raise ConfigError(
+            f"ancestral sampling follows a flat schedule; the objective's "
+            f"{objective.hyperschedule.kind} hyperschedule is not supported by it"
+        )
+    hybrid = objective.process if isinstance(objective.process, Hybrid) else None
+    if hybrid is not None and guidance is not None:
+        raise ConfigError(f"guidance is not supported with {objective.noise} noise")
 
     def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
         t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
+        if hybrid is not None:
+            return torch.where(free, draw(hybrid.posterior(tokens, probs, t, s), generator), tokens)
         alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
         if objective.noise == "uniform":
             posterior = uniform_posterior(tokens, probs, alpha_t, alpha_s)
@@ -407,7 +422,7 @@ def _generator(model: Model, seed: object) -> torch.Generator | None:
 
 def _absorbing(objective: Diffusion, sampler: str) -> None:
     if objective.noise != "absorbing":
-        raise SeqlabError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
+        raise ConfigError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
 
 
 @dataclass(frozen=True)
