@@ -1,6 +1,7 @@
-"""Decoding speed: KV cache vs recompute, recurrent state vs context, speculative decoding.
+"""Decoding speed: KV cache vs recompute, recurrent state vs context, speculative decoding,
+prompt lookup decoding.
 
-Three measurements, each compared within one run (interleaved repeats, medians):
+Four measurements, each compared within one run (interleaved repeats, medians):
 
 1. attention decode tokens/s with the KV cache vs recomputing the whole context every step,
    at a `--context` token context (default 1024);
@@ -8,7 +9,13 @@ Three measurements, each compared within one run (interleaved repeats, medians):
    512 and 8192 tokens: a fixed-size state should not slow down with context;
 3. greedy speculative decoding of a trained target with a draft 4x smaller (same width, a
    quarter of the layers), both trained on the same corpus: tokens/s against the target's
-   plain greedy decoding, acceptance rate, and a check that the outputs are identical.
+   plain greedy decoding, acceptance rate, and a check that the outputs are identical;
+4. greedy prompt lookup decoding (`prompt_lookup`: drafts copied from the context) of the same
+   target against its plain greedy decoding, after `--lookup-prompt-len` tokens of Python
+   source (the stdlib corpus's test split) and of English prose (the text paragraphs of
+   Python's own documentation, `pydoc_data.topics`), with the adaptive and the fixed draft
+   length: tokens per forward pass, acceptance, tokens/s and a check that the outputs are
+   identical.
 
 Models are trained here on the built-in corpus (a short run of the `default` preset) unless
 `--target DIR --draft DIR` name existing run directories. Run from the repository root:
@@ -142,6 +149,74 @@ def speculative_bench(args) -> None:
         )
 
 
+def prose_text() -> str:
+    """English prose from Python's documentation: the paragraphs of `pydoc_data.topics` (the
+    language reference) whose every line starts with a letter, so no code, tables or
+    headings."""
+    from pydoc_data.topics import topics
+
+    paragraphs = [
+        paragraph.strip("\n")
+        for text in topics.values()
+        for paragraph in text.split("\n\n")
+        if all(line[:1].isalpha() for line in paragraph.strip("\n").split("\n"))
+    ]
+    return "\n\n".join(paragraphs)
+
+
+def prompt_lookup_bench(args) -> None:
+    from seqlab.data.corpora import load_corpus
+
+    root = Path(args.runs)
+    target_dir = Path(args.target) if args.target else train_run(root / "target", args.steps, {})
+    target = seqlab.load(target_dir).eval()
+    sources = {
+        "python": load_corpus("stdlib").tokens("test").tolist(),
+        "prose": list(prose_text().encode("utf-8")),
+    }
+    lookups = {
+        f"{schedule} {args.lookup_draft_tokens}": {
+            "sampler": "prompt_lookup",
+            "num_draft_tokens": args.lookup_draft_tokens,
+            "adaptive": schedule == "adaptive",
+        }
+        for schedule in ("adaptive", "fixed")
+    }
+
+    def decode(prompts, **options):
+        return [
+            seqlab.generate(target, [p], max_new_tokens=args.new_tokens, **options) for p in prompts
+        ]
+
+    for name, tokens in sources.items():
+        step = (len(tokens) - args.lookup_prompt_len) // args.prompts
+        prompts = [
+            tokens[i * step : i * step + args.lookup_prompt_len] for i in range(args.prompts)
+        ]
+        base = decode(prompts)
+        runs = {label: decode(prompts, **options) for label, options in lookups.items()}
+        seconds = {label: [] for label in ["greedy", *lookups]}
+        for _ in range(args.repeats):
+            seconds["greedy"].append(sum(g.seconds for g in decode(prompts)))
+            for label, options in lookups.items():
+                seconds[label].append(sum(g.seconds for g in decode(prompts, **options)))
+        total = args.new_tokens * len(prompts)
+        plain_rate = total / statistics.median(seconds["greedy"])
+        print(
+            f"  {name:<6} greedy       tokens/forward {total / sum(g.nfe for g in base):.2f}"
+            f"  {plain_rate:6.1f} tok/s"
+        )
+        for label, outs in runs.items():
+            same = all(torch.equal(a.tokens, b.tokens) for a, b in zip(base, outs, strict=True))
+            rate = total / statistics.median(seconds[label])
+            acceptance = statistics.mean(g.acceptance for g in outs)
+            print(
+                f"  {name:<6} {label:<12} tokens/forward {total / sum(g.nfe for g in outs):.2f}"
+                f"  {rate:6.1f} tok/s  speed-up {rate / plain_rate:.2f}x  acceptance "
+                f"{acceptance:.2f}  identical to greedy: {same}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -162,7 +237,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["kv", "recurrent", "spec"])
+    parser.add_argument("--lookup-prompt-len", type=int, default=512)
+    parser.add_argument("--lookup-draft-tokens", type=int, default=10, help="the most drafted")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["kv", "recurrent", "spec", "lookup"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -202,6 +281,13 @@ def main() -> None:
     if "spec" not in args.skip:
         print("3. greedy speculative decoding, trained target and 4x smaller draft")
         speculative_bench(args)
+
+    if "lookup" not in args.skip:
+        print(
+            f"4. greedy prompt lookup decoding after {args.lookup_prompt_len}-token prompts, "
+            "trained target"
+        )
+        prompt_lookup_bench(args)
     print(f"load average after {os.getloadavg()}")
 
 

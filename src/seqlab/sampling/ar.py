@@ -44,7 +44,10 @@ class Generation:
     `nfe`: forward passes of the (target) model; `seconds`: wall time.
     `sequences [B, n, T]` and `scores [B, n]`: the n best hypotheses of n-best samplers (beam
     search), best first, with their length-penalised log-probabilities; None otherwise.
-    `acceptance`: accepted / proposed draft tokens of speculative decoding; None otherwise.
+    `acceptance`: accepted / proposed draft tokens of speculative decoding, and
+    `tokens_per_forward`: the tokens each row gained per forward pass of the model, prefill
+    included (1.0 for greedy decoding of one prompt; more when drafts are accepted); None
+    otherwise.
     """
 
     tokens: Tensor
@@ -54,6 +57,7 @@ class Generation:
     scores: Tensor | None = None
     lengths: Tensor | None = None
     acceptance: float | None = None
+    tokens_per_forward: float | None = None
 
 
 def as_prompt(prompt: Tensor | Sequence[Sequence[int]], device: torch.device) -> Prompt:
@@ -213,6 +217,10 @@ class Continuations:
         )
         if self.stream is not None:
             self.stream(streamed)
+
+    def tokens_per_forward(self, nfe: int) -> float:
+        """New tokens per row per forward pass (`nfe` passes in all)."""
+        return sum(len(n) for n in self.new) / (len(self.new) * max(nfe, 1))
 
     def result(self, nfe: int, start: float, **fields: object) -> Generation:
         rows = [p + n for p, n in zip(self.prompts, self.new, strict=True)]

@@ -15,6 +15,10 @@ it never read, waits for the next round with the new x). KV caches forget the ot
 (position −1, then compacted per row); recurrent states re-run the kept tokens from the state
 saved before the round (`seqlab.sampling.state.rewind`). Every row therefore evolves exactly
 as it would alone, and with a seed list it also draws the same numbers.
+
+The round itself (one forward over [x, d_1..d_k], `verify`, append, rewind) is `check_drafts`,
+which every drafting decoder shares (`prompt_lookup` too, whose rows draft different numbers
+of tokens).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from seqlab.sampling.base import (
     shares,
 )
 from seqlab.sampling.processors import LogitsProcessor
-from seqlab.sampling.state import feed_rows, rewind
+from seqlab.sampling.state import State, feed_rows, rewind
 
 
 @torch.no_grad()
@@ -107,20 +111,13 @@ def speculative_decode(
             else:
                 drafts.append(scores.argmax(dim=-1))
         d = torch.stack(drafts, dim=1)
-        fed = torch.cat([last[:, None], d], dim=1)
-        saved = state
-        logits, state = model(fed, state)
-        nfe += 1
-        scores = torch.stack(
-            [out.process(processors, logits[:, j].float(), d[:, :j]) for j in range(k + 1)], dim=1
-        )
         q_d = torch.stack(q, dim=1) if do_sample else None
-        n, final = verify(scores, d, q_d, u[:, k:] if do_sample else None)
-        out.extend(accepted_tokens(d, n, final), n + 1)
+        n, final, _, state, passes = check_drafts(
+            model, state, last, d, out, processors, q_d, u[:, k:] if do_sample else None
+        )
+        nfe += passes
         proposed += k * int(active.sum())
         accepted += int(n[active].sum())
-        state, extra = rewind(model, saved, state, fed, n + 1)
-        nfe += extra
         # the draft read pending + d_1..d_{k-1}; it keeps pending + the accepted drafts
         draft_fed = torch.cat([pending, d[:, :-1]], dim=1)
         columns = pending_lengths[:, None] + torch.arange(k - 1, device=device)
@@ -137,38 +134,93 @@ def speculative_decode(
         pending = torch.stack([torch.where(full, d[:, -1], final), final], dim=1)
         pending_lengths = 1 + full.long()
         last = final
-    return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
+    return drafted_result(out, nfe, start, accepted, proposed)
 
 
-def verify(scores: Tensor, d: Tensor, q: Tensor | None, u: Tensor | None) -> tuple[Tensor, Tensor]:
+def verify(
+    scores: Tensor,
+    d: Tensor,
+    q: Tensor | None,
+    u: Tensor | None,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Accept drafts `d [B, k]` against target scores `[B, k+1, V]`; returns the number
     accepted `n [B]` and the token that follows them `[B]`.
 
     Greedy (`q` None): n is the length of the prefix equal to the target's argmax, followed by
     the argmax. Sampling: drafts came from `q [B, k, V]`; d_j is kept when u_j q(d_j) < p(d_j)
     (`u [B, k+1]`: k acceptance uniforms and one for the final draw), the final token is
-    drawn from norm(max(0, p − q)) after a rejection, from p_k after k acceptances.
+    drawn from norm(max(0, p − q)) after a rejection, from p_n after n acceptances of all the
+    row's drafts. Row i drafted only its first `lengths[i]` tokens (all k when None): the rest
+    of its row of `d` is padding, never accepted.
     """
     k = d.shape[1]
     batch = torch.arange(d.shape[0], device=d.device)
+    if lengths is None:
+        lengths = torch.full_like(batch, k)
+    drafted = torch.arange(k, device=d.device) < lengths[:, None]
     if q is None:
         target = scores.argmax(dim=-1)
-        n = (d == target[:, :k]).long().cumprod(dim=1).sum(dim=1)
+        n = ((d == target[:, :k]) & drafted).long().cumprod(dim=1).sum(dim=1)
         return n, target[batch, n]
     p = softmax64(scores)
     q_all = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)
     p_d = p[:, :k].gather(-1, d[..., None]).squeeze(-1)
     q_d = q_all[:, :k].gather(-1, d[..., None]).squeeze(-1)
-    n = (u[:, :k] * q_d < p_d).long().cumprod(dim=1).sum(dim=1)
+    n = ((u[:, :k] * q_d < p_d) & drafted).long().cumprod(dim=1).sum(dim=1)
     p_n = p[batch, n]
     residual = (p_n - q_all[batch, n]).clamp(min=0)
-    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_n)
-    return n, categorical(residual, u[:, k])
+    rejected = (n < lengths)[:, None] & (residual.sum(-1, keepdim=True) > 0)
+    return n, categorical(torch.where(rejected, residual, p_n), u[:, k])
+
+
+def check_drafts(
+    model: Model,
+    state: State,
+    last: Tensor,
+    d: Tensor,
+    out: Continuations,
+    processors: Sequence[LogitsProcessor],
+    q: Tensor | None,
+    u: Tensor | None,
+    lengths: Tensor | None = None,
+    heads: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, State, int]:
+    """One verification round: the model reads `[last, d]` in one forward (`d [B, k]`; `q`,
+    `u`, `lengths` as in `verify`), row i's accepted drafts and the token after them are
+    appended to `out`, and the state is rewound to them. A multi-token-prediction model's
+    logits hold `heads` vocabularies; the first predicts the next token. Returns (accepted
+    `n [B]`, the token after them `[B]`, the logits `[B, k+1, heads·V]`, the state, forward
+    passes)."""
+    k = d.shape[1]
+    fed = torch.cat([last[:, None], d], dim=1)
+    logits, after = model(fed, state)
+    following = logits.unflatten(-1, (heads, -1))[..., 0, :].float()
+    scores = torch.stack(
+        [out.process(processors, following[:, j], d[:, :j]) for j in range(k + 1)], dim=1
+    )
+    n, final = verify(scores, d, q, u, lengths)
+    out.extend(accepted_tokens(d, n, final), n + 1)
+    after, extra = rewind(model, state, after, fed, n + 1)
+    return n, final, logits, after, 1 + extra
+
+
+def drafted_result(
+    out: Continuations, nfe: int, start: float, accepted: int, proposed: int
+) -> Generation:
+    """The `Generation` of a drafting decoder, with its acceptance rate and tokens per
+    forward pass."""
+    return out.result(
+        nfe,
+        start,
+        acceptance=accepted / max(proposed, 1),
+        tokens_per_forward=out.tokens_per_forward(nfe),
+    )
 
 
 def accepted_tokens(d: Tensor, n: Tensor, final: Tensor) -> Tensor:
     """`[B, k+1]`: row i holds d_1..d_{n_i}, then `final` (later columns are unused)."""
-    return torch.cat([d, d[:, :1]], dim=1).scatter(1, n[:, None], final[:, None])
+    return torch.cat([d, final[:, None]], dim=1).scatter(1, n[:, None], final[:, None])
 
 
 def _prefix(drafts: list[Tensor], b: int, device: torch.device) -> Tensor:
@@ -249,26 +301,18 @@ def self_speculative_decode(
     proposed = accepted = 0
     while not out.finished:
         active = torch.tensor([not done for done in out.done], device=device)
-        fed = torch.cat([last[:, None], d], dim=1)
-        saved = state
-        logits, state = model(fed, state)
-        nfe += 1
-        guesses = logits.unflatten(-1, (heads, vocab))
-        scores = torch.stack(
-            [out.process(processors, guesses[:, j, 0].float(), d[:, :j]) for j in range(k + 1)],
-            dim=1,
-        )
         # the drafts are the heads' argmax: q is one-hot, so d_j is kept with probability p(d_j)
         q = torch.nn.functional.one_hot(d, vocab).double() if do_sample else None
-        n, final = verify(scores, d, q, draws.uniform(k + 1) if do_sample else None)
-        out.extend(accepted_tokens(d, n, final), n + 1)
+        u = draws.uniform(k + 1) if do_sample else None
+        n, final, logits, state, passes = check_drafts(
+            model, state, last, d, out, processors, q, u, heads=heads
+        )
+        nfe += passes
         proposed += k * int(active.sum())
         accepted += int(n[active].sum())
-        state, extra = rewind(model, saved, state, fed, n + 1)
-        nfe += extra
-        d = guesses[batch, n, 1:].argmax(dim=-1)
+        d = logits.unflatten(-1, (heads, vocab))[batch, n, 1:].argmax(dim=-1)
         last = final
-    return out.result(nfe, start, acceptance=accepted / max(proposed, 1))
+    return drafted_result(out, nfe, start, accepted, proposed)
 
 
 @SAMPLERS.register("self_speculative")
