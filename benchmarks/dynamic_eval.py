@@ -10,7 +10,7 @@ prints static and dynamic bits per byte and the gain, one row per run and --dyna
 validation split, then report the test split with them:
 
     PYTHONPATH=src python benchmarks/dynamic_eval.py RUN_A RUN_B RUN_C --split validation \\
-        --dynamic lr=1e-4,decay=0.01 --dynamic lr=3e-4,decay=0.01 --dynamic lr=1e-3,decay=0.01
+        --dynamic lr=1e-5,decay=0.01 --dynamic lr=3e-5,decay=0.01 --dynamic lr=1e-4,decay=0.01
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from seqlab.train import train
 from seqlab.train.dynamic_eval import dynamic_eval_run, parse_dynamic_options
 
 MIXERS = ("attention", "mamba2", "gated_deltanet")
-DEFAULT_GRID = ("lr=1e-4,decay=0.01", "lr=3e-4,decay=0.01", "lr=1e-3,decay=0.01")
+DEFAULT_GRID = ("lr=1e-5,decay=0.01", "lr=3e-5,decay=0.01", "lr=1e-4,decay=0.01")
 QUICK = {
     "model.d_model": 32,
     "model.n_layers": 2,
