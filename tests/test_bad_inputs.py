@@ -173,15 +173,39 @@ CONFIG_FILE_ROWS = [
     ["train", "--config", CONFIG, "--out", RUN],
 ]
 
-EVAL_ROWS = [
-    ["eval", RUN, "--max-tokens", value] for value in ("0", "-5", "abc", "1.5", "1", "31")
-] + [
-    ["eval", RUN, "--split", "nosuch"],
-    ["eval", RUN, "--model.d_model", "8"],
-    ["eval", RUN, "--seed", "x"],
-    ["eval", "{base}/nosuch"],
-    ["eval", "{base}/corpus"],
-]
+EVAL_ROWS = (
+    [["eval", RUN, "--max-tokens", value] for value in ("0", "-5", "abc", "1.5", "1", "31")]
+    + [
+        ["eval", RUN, "--split", "nosuch"],
+        ["eval", RUN, "--model.d_model", "8"],
+        ["eval", RUN, "--seed", "x"],
+        ["eval", "{base}/nosuch"],
+        ["eval", "{base}/corpus"],
+        ["eval", RUN, "--dynamic"],
+    ]
+    + [
+        ["eval", RUN, "--dynamic", value]
+        for value in (
+            "",
+            "lr",
+            "lr=",
+            "1e-3",
+            "lr=1e-3;decay=0.1",
+            "lr=1e-3,lr=2e-3",
+            "decay=0.1",
+            "lr=1e-3,nosuch=1",
+            "lr=abc",
+            "lr=-1",
+            "lr=inf",
+            "lr=1e-3,decay=-1",
+            "lr=1e-3,segment=0",
+            "lr=1e-3,segment=1.5",
+            "lr=1e-3,ms_batches=0",
+            "lr=1e-3,eps=0",
+            "lr=1e-3,context=-2",
+        )
+    ]
+)
 
 SAMPLE_FLAG_ROWS = [
     ["sample", RUN, "--prompt", "def", *flag]

@@ -135,3 +135,19 @@ def test_length_scaling_rejects_tokens_not_a_multiple_of_every_length(capsys):
     assert (
         "--tokens (1024) must be a multiple of every length [256, 384]" in capsys.readouterr().err
     )
+
+
+def test_dynamic_eval_quick_prints_static_and_dynamic_rows(tmp_path, capsys):
+    dynamic_eval = load_script("dynamic_eval")
+    dynamic_eval.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [row[1] for row in rows] == ["attention", "mamba2", "gated_deltanet"]
+    for row in rows:
+        static, dynamic, gain = (float(x) for x in row[5:8])
+        assert gain == pytest.approx(static - dynamic, abs=2e-4)
+    # run directories given: scored as they are, one row per --dynamic setting
+    argv = [str(tmp_path / "mamba2"), "--quick", "--dynamic", "lr=0,segment=8"]
+    dynamic_eval.main([*argv, "--dynamic", "lr=1e-4,segment=8,ms_batches=1"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()][4:]
+    assert len(rows) == 2 and float(rows[0][7]) == 0.0 and rows[0][5] == rows[1][5]

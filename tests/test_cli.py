@@ -242,6 +242,29 @@ def test_eval_scores_a_run_on_an_overridden_task_setting(cli, tmp_path):
     assert_user_error(cli("eval", run, "--model.d_model", "8"), "only --task.*", "--model.d_model")
     assert_user_error(cli("eval", run, "--task.alphabet_size", "5"), "vocab_size 8", "19")
     assert_user_error(cli("eval", run, "--task.test_seq_len", "10"), "test_seq_len must be")
+    assert_user_error(cli("eval", run, "--dynamic", "lr=1e-3"), "--dynamic", "not text")
+
+
+def test_eval_dynamic_prints_static_and_dynamic_scores_and_leaves_the_run(cli, trained):
+    """`seqlab eval RUN --dynamic ...` scores the split as one sequence, static and adapted,
+    with the gain in bits per byte; lr 0 gains exactly nothing; the run is only read."""
+    _, _, run, _ = trained
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ("eval", run, "--split", "validation", "--max-tokens", "200")
+    result = cli(*args, "--dynamic", "lr=1e-4,decay=0.01,segment=16,ms_batches=2")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["tokens"] == 200 and metrics["segment"] == 16 and metrics["lr"] == 1e-4
+    assert metrics["context"] == 32 - 16  # the run's seq_len minus one segment
+    assert metrics["static_bits_per_byte"] > 0 and metrics["dynamic_bits_per_byte"] > 0
+    assert metrics["gain_bits_per_byte"] == pytest.approx(
+        metrics["static_bits_per_byte"] - metrics["dynamic_bits_per_byte"]
+    )
+    assert metrics["gain_bits_per_byte"] != 0
+    frozen = json.loads(cli(*args, "--dynamic", "lr=0,decay=0.01,segment=16").stdout)
+    assert frozen["gain_bits_per_byte"] == 0
+    assert frozen["static_bits_per_byte"] == metrics["static_bits_per_byte"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
 def test_version_prints_the_installed_version(cli, capsys):

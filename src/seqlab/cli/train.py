@@ -18,6 +18,7 @@ from seqlab.errors import ConfigError, SeqlabError
 from seqlab.io import load
 from seqlab.objectives import build_objective
 from seqlab.train import train
+from seqlab.train.dynamic_eval import dynamic_eval_run, parse_dynamic_options
 
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -51,6 +52,13 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         )
     run_dir = Path(args.run)
     config = run_config(run_dir, overrides)
+    if args.dynamic is not None:
+        options = parse_dynamic_options(args.dynamic)
+        metrics = dynamic_eval_run(
+            run_dir, options, split=args.split, max_tokens=args.max_tokens, overrides=overrides
+        )
+        print(json.dumps({"objective": config.objective.name, **metrics}))
+        return 0
     model = load(run_dir)
     task = build_task(config)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
@@ -117,4 +125,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--max-tokens", type=int_at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic objectives")
+    p.add_argument(
+        "--dynamic",
+        metavar="KEY=VALUE,...",
+        help="dynamic evaluation (Krause et al., 2018) of a text run: score the split as one "
+        "sequence in segments, adapting the weights on each after scoring it, beside the "
+        "static score of the same segments; keys lr (required), decay, segment (32), "
+        "ms_batches (10), eps (2e-5), context (training seq_len - segment), e.g. "
+        "--dynamic lr=1e-4,decay=0.01",
+    )
     p.set_defaults(func=cmd_eval)

@@ -153,6 +153,13 @@ class KVCache:
         positions = self.positions.masked_fill(forget, -1)
         return dataclasses.replace(self, positions=positions, offset=self.offset - drop).compact()
 
+    def keep_last(self, count: int) -> KVCache:
+        """Only the newest `count` entry columns (a sliding context over a carried cache)."""
+        start = max(self.k.shape[1] - count, 0)
+        if start == 0:
+            return self
+        return self._entries(lambda s: s[:, start:], self.positions[:, start:], self.offset)
+
     def compact(self) -> KVCache:
         """Move each row's padding to the left (keeping the order of its entries) and drop
         the columns that are padding in every row."""
