@@ -17,6 +17,8 @@ over `eval_orders` permutations, which bounds the NLL of the mixture over orders
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,6 +43,28 @@ def embedding_shape(model: Model) -> tuple[int, torch.dtype]:
     return inner.config.d_model, inner.embed.weight.dtype
 
 
+def scored_mask(batch: Batch) -> Tensor:
+    """The positions `[B, L]` whose prediction is scored (all when the batch has no mask)."""
+    return torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+
+
+@dataclass
+class Scores:
+    """One draw of an order (and grouping) at the original positions: the NLL of every
+    token `[B, L]`, which of them count `[B, L]` and the logits they come from `[B, L, V]`."""
+
+    nll: Tensor
+    scored: Tensor
+    logits: Tensor
+
+    def loss(self) -> tuple[Tensor, dict[str, float]]:
+        loss = (self.nll * self.scored).sum() / self.scored.sum().clamp(min=1)
+        return loss, {"nll": loss.detach().item()}
+
+    def predict(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return torch.where(self.scored, self.logits.argmax(-1), batch.tokens), self.scored
+
+
 @OBJECTIVES.register("any_order")
 class AnyOrder(Objective):
     """Any-order autoregression (σ-GPT): the chain rule along a random permutation (see the
@@ -63,18 +87,24 @@ class AnyOrder(Objective):
     def bos_id(self) -> int:
         return self.vocab_size
 
-    def permutation(self, batch: Batch) -> Tensor:
+    def permutation(self, batch: Batch, random: float | None = None) -> Tensor:
         """π `[B, L]`: unscored positions first (left to right), then the scored ones in a
-        random order (one per sequence, from torch's generator) or left to right."""
+        random order (one per sequence, from torch's generator) or left to right. `random`
+        is the fraction of rows whose scored tokens are shuffled (default: all for
+        `order="random"`, none for `"identity"`); each row is shuffled with that probability.
+        """
         tokens = batch.tokens
         b, length = tokens.shape
+        random = (1.0 if self.order == "random" else 0.0) if random is None else random
         index = torch.arange(length, device=tokens.device, dtype=torch.float64) / length
-        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
-        if self.order == "random":
-            rank = torch.rand(b, length, dtype=torch.float64, device=tokens.device)
-        else:
-            rank = index.expand(b, -1)
-        keys = torch.where(scored, 1 + rank, index - 1)
+        rank = index.expand(b, -1)
+        if random > 0:
+            shuffled = torch.rand(b, length, dtype=torch.float64, device=tokens.device)
+            if random < 1:
+                rows = torch.rand(b, 1, dtype=torch.float64, device=tokens.device) < random
+                shuffled = torch.where(rows, shuffled, rank)
+            rank = shuffled
+        keys = torch.where(scored_mask(batch), 1 + rank, index - 1)
         return keys.argsort(dim=1)
 
     def token_nll(self, model: Model, batch: Batch, order: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -98,31 +128,35 @@ class AnyOrder(Objective):
         logits = logits[..., : self.vocab_size]
         logits = logits if logits.dtype == torch.float64 else logits.float()
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
-        return nll.view_as(targets), scored.gather(1, order), logits
+        return nll.view_as(targets), scored_mask(batch).gather(1, order), logits
+
+    def scores(self, model: Model, batch: Batch) -> Scores:
+        """One draw of the factorisation, aligned with `batch.tokens`."""
+        order = self.permutation(batch)
+        nll, scored, logits = self.token_nll(model, batch, order)
+        back = order.argsort(dim=1)
+        return Scores(
+            nll.gather(1, back),
+            scored.gather(1, back),
+            logits.gather(1, back[..., None].expand_as(logits)),
+        )
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        nll, scored, _ = self.token_nll(model, batch, self.permutation(batch))
-        loss = (nll * scored).sum() / scored.sum().clamp(min=1)
-        return loss, {"nll": loss.detach().item()}
+        return self.scores(model, batch).loss()
 
     @torch.no_grad()
     def nll(self, model: Model, batch: Batch) -> NLL:
-        orders = self.eval_orders if self.order == "random" else 1
+        """−log p_π(x) of the scored tokens, averaged over `eval_orders` draws when the
+        order is random."""
+        draws = self.eval_orders if self.bound else 1
         nats, count = 0.0, 0
-        for _ in range(orders):
-            nll, scored, _ = self.token_nll(model, batch, self.permutation(batch))
-            nats += float((nll.double() * scored).sum())
-            count = int(scored.sum())
-        return NLL(nats / orders, count, bound=self.bound)
+        for _ in range(draws):
+            scores = self.scores(model, batch)
+            nats += float((scores.nll.double() * scores.scored).sum())
+            count = int(scores.scored.sum())
+        return NLL(nats / draws, count, bound=self.bound)
 
     @torch.no_grad()
     def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Teacher-forced argmax along one order, scattered back to the original positions."""
-        order = self.permutation(batch)
-        _, _, logits = self.token_nll(model, batch, order)
-        predictions = batch.tokens.clone().scatter(1, order, logits.argmax(-1))
-        scored = (
-            torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
-        )
-        return torch.where(scored, predictions, batch.tokens), scored
+        """Teacher-forced argmax along one order, at the original positions."""
+        return self.scores(model, batch).predict(batch)

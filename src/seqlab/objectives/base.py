@@ -71,6 +71,13 @@ class Objective(ABC):
     layout: Layout = Layout.CAUSAL
     extra_tokens: int = 0
     vocab_size: int | None = None
+    step: int | None = None
+
+    def set_step(self, step: int) -> None:
+        """The trainer calls this before each training step (0-based) with the step it is
+        about to take, so a curriculum can follow training; `step` stays None outside
+        training, where an objective acts as at the end of its curriculum."""
+        self.step = step
 
     def bind(self, vocab_size: int) -> Objective:
         """Attach the data vocabulary; the model's vocabulary is `vocab_size + extra_tokens`

@@ -301,6 +301,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(step_seed(tc.seed, step, info.rank))
+        objective.set_step(step)
         loss_value = 0.0
         for m in range(tc.grad_accum):
             batch = task.batch(
