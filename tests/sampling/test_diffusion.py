@@ -10,7 +10,7 @@ from seqlab.sampling import generate
 from seqlab.sampling.diffusion import Context, geometric_mix
 
 VOCAB = 7
-SAMPLER_NAMES = ["ancestral", "confidence", "topk_confidence", "remask"]
+SAMPLER_NAMES = ["ancestral", "confidence", "topk_confidence", "remask", "lrd"]
 
 
 BLOCK_BACKBONES = ["attention", "gla", "mamba", "lstm"]

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from seqlab.objectives.base import Objective
 
 Stream = Callable[[list[list[int]]], None]
+GUIDANCE_SCHEDULES = ("constant", "linear", "increasing")
+GUIDANCE_RULES = ("normalized", "unnormalized")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -69,7 +71,9 @@ class SamplingOptions:
     tokens per row), `pad_id` (fills rows past their length). Diffusion: the `objective`
     the model was trained with (None: masked diffusion), `steps` per block, `block_size`,
     `cache` (finished blocks in the decode state), class `condition` and classifier-free
-    `guidance`; `temperature` and `seed` apply there too.
+    `guidance` γ with its `guidance_schedule` over time (constant, linear, increasing) and
+    `guidance_rule` (normalized: tilt x̂_0 only; unnormalized: tilt the whole reverse
+    transition); `temperature` and `seed` apply there too.
     """
 
     temperature: float = 1.0
@@ -91,6 +95,8 @@ class SamplingOptions:
     cache: bool = True
     condition: int | list[int] | Tensor | None = None
     guidance: float | None = None
+    guidance_schedule: str = "constant"
+    guidance_rule: str = "normalized"
 
     def __post_init__(self) -> None:
         """Range-check the options on their way in, naming the valid range."""
@@ -160,6 +166,16 @@ class SamplingOptions:
                     or (_number(self.guidance) and math.isfinite(self.guidance)),
                     f"guidance must be a finite number (or None: off), got {self.guidance!r}",
                 ),
+                (
+                    self.guidance_schedule in GUIDANCE_SCHEDULES,
+                    f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got "
+                    f"{self.guidance_schedule!r}",
+                ),
+                (
+                    self.guidance_rule in GUIDANCE_RULES,
+                    f"guidance_rule must be one of {list(GUIDANCE_RULES)}, got "
+                    f"{self.guidance_rule!r}",
+                ),
             ]
         )
 
@@ -200,7 +216,7 @@ FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 PROCESSING = ("repetition_penalty", "processors")
 OUTPUT = ("stop_tokens", "stop_strings", "decode_fn", "stream", "pad_id")
 DENOISING = ("objective", "steps", "block_size", "cache", "temperature", "seed")
-GUIDANCE = ("condition", "guidance")
+GUIDANCE = ("condition", "guidance", "guidance_schedule", "guidance_rule")
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SamplingOptions)}
 # The fields' types resolved here, so that a sampler's signature carries real types wherever

@@ -22,18 +22,20 @@ model reads depends on the objective it was trained with:
 Samplers are rules plugged into one loop (`denoise`): a rule maps a block's tokens and x̂_0
 to its next tokens. `ancestral` (the reverse process; a step that changed nothing reuses the
 last prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per
-step), `topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale).
-Each is declared by `@diffusion_sampler` on the function that builds its rule from the
-`RuleInputs` and its own options; the shared options (`objective`, `steps`, `block_size`,
-`cache`, `temperature`, `seed`, `condition`, `guidance`) are the driver's. `steps` counts
-steps per block (default: one per new token of the block). A class-conditional objective
-takes `condition`; `guidance` γ adds classifier-free guidance (γ = 1: plain conditional
-sampling).
+step), `topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale),
+`lrd` (Latent Refinement Decoding: masks fed back as soft embeddings of their predictions,
+`LatentRefinement`). Each is declared by `@diffusion_sampler` on the function that builds its
+rule from the `RuleInputs` and its own options; the shared options (`objective`, `steps`,
+`block_size`, `cache`, `temperature`, `seed`, `condition`, `guidance`, `guidance_schedule`,
+`guidance_rule`) are the driver's. `steps` counts steps per block (default: one per new
+token of the block). A class-conditional objective takes `condition`; `guidance` γ adds
+classifier-free guidance (γ = 1: plain conditional sampling, γ = 0: unconditional) with a
+schedule γ(t) and a rule (`Guidance`: tilt x̂_0 only, or the whole reverse step).
 
-Every sampler reports NFE and wall time. NFE counts model evaluations: each denoising pass,
-each separate prefill of finished blocks (recurrent states), and two per guided pass
-(conditional and null class, batched in one call). Categorical draws are in float64 from
-a `torch.Generator` seeded by `seed`.
+Every sampler reports NFE and wall time. NFE counts model evaluations: each denoising pass
+(soft passes included), each separate prefill of finished blocks (recurrent states), and two
+per guided pass (conditional and null class, batched in one call). Categorical draws are in
+float64 from a `torch.Generator` seeded by `seed`.
 """
 
 from __future__ import annotations
@@ -102,36 +104,49 @@ class Context:
         """Where the block holding `position` begins (its earlier tokens are in the block)."""
         return position if self.block is None else position - position % self.block
 
-    def logits(self, x: Tensor, start: int, end: int) -> Tensor:
+    def logits(self, x: Tensor, start: int, end: int, soft: Tensor | None = None) -> Tensor:
         """Logits `[B, end − start, V]` of x̂_0 for the block, `start` from `block_start`.
 
         With a class `prefix` `[R·B, 1]` (full diffusion only) the canvas is read R times,
         once after each row's class token, in one call that counts as R evaluations (R = 2
         for guidance: conditional rows, then null-class rows); returns `[R·B, ...]`.
+        `soft` `[B, end − start, d_model]` is added to the block's token embeddings (the
+        model's `input_embeddings`; zero elsewhere), e.g. soft masks (`lrd`).
         """
         self.nfe += 1
         if self.block is None and self.prefix is not None:
             rows = self.prefix.shape[0] // x.shape[0]
             self.nfe += rows - 1
             canvas = torch.cat([self.prefix, x.repeat(rows, 1)], dim=1)
-            return self.model(canvas, layout=Layout.BIDIRECTIONAL)[0][:, 1 + start : 1 + end]
+            soft = None if soft is None else soft.repeat(rows, 1, 1)
+            extra = _placed(soft, canvas.shape[1], 1 + start)
+            out = self.model(canvas, layout=Layout.BIDIRECTIONAL, input_embeddings=extra)[0]
+            return out[:, 1 + start : 1 + end]
         if self.block is None:
-            return self.model(x, layout=Layout.BIDIRECTIONAL)[0][:, start:end]
+            extra = _placed(soft, x.shape[1], start)
+            return self.model(x, layout=Layout.BIDIRECTIONAL, input_embeddings=extra)[0][
+                :, start:end
+            ]
         if not self.cache:
-            out = self.model(x[:, :end], layout=Layout.block_causal(self.block))[0]
+            extra = _placed(soft, end, start)
+            out = self.model(
+                x[:, :end], layout=Layout.block_causal(self.block), input_embeddings=extra
+            )[0]
             return self._shifted(out[:, start:], out[:, start - 1 : start] if start else None)
         if self.cached < start:
             if self.state is None:
                 self.state = self.model.init_state(x.shape[0])
             if self._fusable():
-                return self._prefill_with_block(x, start, end)
+                return self._prefill_with_block(x, start, end, soft)
             # recurrent states cannot forget the block: prefill the clean blocks alone
             chunk = x[:, self.cached : start]
             out, self.state = self.model(chunk, self.state, layout=Layout.block_causal(self.block))
             self.prefix_last = out[:, -1:]
             self.cached = start
             self.nfe += 1
-        out = self.model(x[:, start:end], self.state, layout=Layout.BIDIRECTIONAL)[0]
+        out = self.model(
+            x[:, start:end], self.state, layout=Layout.BIDIRECTIONAL, input_embeddings=soft
+        )[0]
         return self._shifted(out, self.prefix_last if start > 0 else None)
 
     def _fusable(self) -> bool:
@@ -139,12 +154,17 @@ class Context:
         every entry (a sliding window would have trimmed entries the block pushed out)."""
         return self.model.config.window is None and can_drop_last(self.state)
 
-    def _prefill_with_block(self, x: Tensor, start: int, end: int) -> Tensor:
+    def _prefill_with_block(
+        self, x: Tensor, start: int, end: int, soft: Tensor | None = None
+    ) -> Tensor:
         """One pass over the finished clean blocks and the current block, block-causally (the
         block reads them and itself, as on top of the cache); the cache then forgets the
         block's entries. Saves the separate prefill pass per block."""
         out, state = self.model(
-            x[:, self.cached : end], self.state, layout=Layout.block_causal(self.block)
+            x[:, self.cached : end],
+            self.state,
+            layout=Layout.block_causal(self.block),
+            input_embeddings=_placed(soft, end - self.cached, start - self.cached),
         )
         self.state = drop_last(state, end - start)
         clean = start - self.cached
@@ -160,6 +180,15 @@ class Context:
         return torch.cat([out[:, :1] if before is None else before, out[:, :-1]], dim=1)
 
 
+def _placed(soft: Tensor | None, length: int, offset: int) -> Tensor | None:
+    """`soft` `[B, n, d]` at positions [offset, offset + n) of zeros `[B, length, d]`."""
+    if soft is None:
+        return None
+    out = soft.new_zeros(soft.shape[0], length, soft.shape[2])
+    out[:, offset : offset + soft.shape[1]] = soft
+    return out
+
+
 # A rule updates one block: (tokens [B, n], x̂_0 probabilities [B, n, N] float64, the
 # positions it may change [B, n], step i of `steps`) -> new tokens [B, n].
 Rule = Callable[[Tensor, Tensor, Tensor, int, int], Tensor]
@@ -171,13 +200,87 @@ def x0_probs(logits: Tensor, vocab_size: int, temperature: float) -> Tensor:
     return (logits / temperature if temperature > 0 else logits).softmax(-1)
 
 
-def geometric_mix(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guidance of two distributions `[..., N]`:
-    p_γ ∝ p_c^γ · p_u^(1 − γ) (γ = 1: the conditional one; γ = 0: the unconditional)."""
+def tilt(conditional: Tensor, unconditional: Tensor, guidance: float) -> tuple[Tensor, Tensor]:
+    """Classifier-free guidance of two distributions `[..., N]`: p_γ = p_c^γ · p_u^(1 − γ) / Z_γ
+    and its normaliser Z_γ = Σ_y p_c^γ(y) · p_u^(1 − γ)(y) `[...]`. γ = 1 returns p_c and
+    γ = 0 returns p_u exactly (Z = 1), so guided sampling there repeats plain sampling.
+    Z_γ ≤ 1 for γ in [0, 1] (Hölder) and Z_γ ≥ 1 for γ > 1."""
+    if guidance in (0, 1):
+        chosen = conditional if guidance == 1 else unconditional
+        return chosen, torch.ones_like(chosen[..., 0])
     tiny = torch.finfo(conditional.dtype).tiny
     log_mix = guidance * conditional.clamp_min(tiny).log()
     log_mix = log_mix + (1 - guidance) * unconditional.clamp_min(tiny).log()
-    return log_mix.softmax(-1)
+    log_z = log_mix.logsumexp(-1, keepdim=True)
+    return (log_mix - log_z).exp(), log_z.squeeze(-1).exp()
+
+
+def geometric_mix(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
+    """p_γ ∝ p_c^γ · p_u^(1 − γ), normalised (see `tilt`)."""
+    return tilt(conditional, unconditional, guidance)[0]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: the scale γ, its schedule over time, and its rule.
+
+    The schedule moves γ(t) from 1 (plain conditional sampling) at t = 1 (all noise) to γ
+    at t = 0 (clean), so guidance is weak while the canvas is mostly noise and strong late
+    (Rojas et al., 2025: early guidance harms, late guidance helps):
+
+        constant:   γ(t) = γ
+        linear:     γ(t) = 1 + (γ − 1)(1 − t)
+        increasing: γ(t) = 1 + (γ − 1)(1 − t)²
+
+    Every schedule is 1 for γ = 1. Rules (for a step from t to s < t):
+
+    - `normalized` (Rojas et al., 2025): tilt the denoiser only, x̂_0 → p_γ (`tilt`), and
+      step with it. Under absorbing noise a mask is unmasked with (α_s − α_t)/(1 − α_t), as
+      unguided: only which token it becomes is guided. Uniform and hybrid noise plug p_γ
+      into their reverse step.
+    - `unnormalized`: tilt the whole reverse transition q(x_s | x_t, x̂_0) over all states,
+      staying included (Schiff et al., 2025; the rate form of Nisonoff et al., 2025 is its
+      small-step limit). Under absorbing noise a mask moves to y with weight
+      u · p_c(y)^γ p_u(y)^(1 − γ) and stays with 1 − u, u = (α_s − α_t)/(1 − α_t), so it is
+      unmasked with u·Z_γ / (u·Z_γ + 1 − u): Z_γ > 1 (γ > 1) unmasks faster than the
+      schedule, Z_γ < 1 slower. Ancestral sampling only.
+    """
+
+    scale: float
+    schedule: str = "constant"
+    rule: str = "normalized"
+
+    def at(self, t: float) -> float:
+        """γ(t)."""
+        if self.schedule == "constant":
+            return self.scale
+        ramp = 1 - t if self.schedule == "linear" else (1 - t) ** 2
+        return 1 + (self.scale - 1) * ramp
+
+
+def guided_probs(raw: Tensor, guidance: Guidance | None, t: float) -> Tensor:
+    """What a rule reads from the denoiser's x̂_0 `raw`: `[B, n, N]` unguided; under guidance
+    `raw` stacks the conditional and unconditional x̂_0 `[2, B, n, N]`, and the normalized
+    rule gets p_γ(t) while the unnormalized one gets both (it tilts the whole step)."""
+    if guidance is None or guidance.rule == "unnormalized":
+        return raw
+    return tilt(raw[0], raw[1], guidance.at(t))[0]
+
+
+def absorbing_transition(
+    unmask: Tensor, probs: Tensor, guidance: Guidance | None, t: float
+) -> tuple[Tensor, Tensor]:
+    """A masked position's reverse step: (the probability that it is unmasked `[...]`, the
+    distribution of the token it becomes `[..., N]`), from the unguided unmasking
+    probability u = (α_s − α_t)/(1 − α_t) and what `guided_probs` gave. Normalized rule
+    (and unguided): u and x̂_0 (or p_γ). Unnormalized: u·Z_γ / (u·Z_γ + 1 − u) and p_γ."""
+    if guidance is None or guidance.rule == "normalized":
+        return unmask.expand(probs.shape[:-1]), probs
+    gamma = guidance.at(t)
+    tilted, z = tilt(probs[0], probs[1], gamma)
+    if gamma in (0, 1):
+        return unmask.expand(tilted.shape[:-1]), tilted
+    return unmask * z / (unmask * z + 1 - unmask), tilted
 
 
 def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -202,7 +305,7 @@ def denoise(
     until_clean: bool = False,
     stop_when_clean: bool = False,
     condition: Tensor | None = None,
-    guidance: float | None = None,
+    guidance: Guidance | None = None,
     generator: torch.Generator | None = None,
 ) -> Generation:
     """Denoise `max_new_tokens` after `prompt` block by block with `rule`.
@@ -213,8 +316,13 @@ def denoise(
     tokens did not change reuses the previous prediction instead of calling the model.
 
     A class-conditional objective reads the class `condition` `[B]` (None: the null class);
-    `guidance` γ runs the null class beside it and mixes the two (on x̂_0 for absorbing
-    noise, on the reverse posteriors for uniform noise, see `ancestral_rule`).
+    `guidance` runs the null class beside it and mixes the two at γ(t) (`Guidance`); t is
+    the step's time, or for rules without steps the fraction of the block's free positions
+    still masked.
+
+    A rule with a `feed(tokens, probs, free)` method gives the embeddings to add to the
+    block's next pass (`Context.logits`' `soft`, None: none); a step that feeds one always
+    runs the model again.
     """
     start_time = time.perf_counter()
     b, p = prompt.shape
@@ -227,9 +335,10 @@ def denoise(
         model,
         block_causal,
         cache,
-        _class_prefix(objective, condition, guidance, b, prompt.device),
+        _class_prefix(objective, condition, guidance is not None, b, prompt.device),
         shift=isinstance(objective, BlockDiffusion) and objective.shift,
     )
+    feed = getattr(rule, "feed", None)
     shape = (b, max_new_tokens)
     if objective.noise == "absorbing":
         canvas = torch.full(shape, objective.mask_id, dtype=torch.long, device=prompt.device)
@@ -249,23 +358,23 @@ def denoise(
         free = torch.zeros(b, end - start, dtype=torch.bool, device=x.device)
         free[:, position - start :] = True
         n_steps = steps or (end - position)
-        step, probs = 0, None
+        step, raw, soft = 0, None, None
         while until_clean or step < n_steps:
-            if (until_clean or stop_when_clean) and not (x[:, start:end] == n_vocab).any():
+            masks = x[:, start:end] == n_vocab
+            if (until_clean or stop_when_clean) and not masks.any():
                 break
-            if probs is None:
-                probs = x0_probs(context.logits(x, start, end), n_vocab, temperature)
+            if raw is None:
+                raw = x0_probs(context.logits(x, start, end, soft), n_vocab, temperature)
                 if guidance is not None:
-                    conditional, unconditional = probs.chunk(2)
-                    if objective.noise == "absorbing":
-                        probs = geometric_mix(conditional, unconditional, guidance)
-                    else:
-                        probs = torch.stack([conditional, unconditional])
+                    raw = torch.stack(raw.chunk(2))
+            t = float(masks[free].double().mean()) if until_clean else _times(step, n_steps)[0]
+            probs = guided_probs(raw, guidance, t)
             block = x[:, start:end]
             new = rule(block, probs, free, step, n_steps)
-            if not torch.equal(new, block):
+            soft = feed(new, probs, free) if feed is not None else None
+            if soft is not None or not torch.equal(new, block):
                 x[:, start:end] = new
-                probs = None
+                raw = None
             step += 1
         position = end
     lengths = torch.full((b,), x.shape[1], dtype=torch.long, device=x.device)
@@ -280,13 +389,13 @@ def _coins(tokens: Tensor, generator: torch.Generator | None) -> Tensor:
 def _class_prefix(
     objective: Diffusion,
     condition: Tensor | None,
-    guidance: float | None,
+    guided: bool,
     batch_size: int,
     device: torch.device,
 ) -> Tensor | None:
     """Class tokens `[B, 1]`, or `[2B, 1]` (conditional, then null) under guidance."""
     if not objective.num_classes:
-        if condition is not None or guidance is not None:
+        if condition is not None or guided:
             raise SeqlabError(
                 "condition and guidance need a class-conditional full-sequence "
                 "diffusion objective (num_classes > 0)"
@@ -295,7 +404,7 @@ def _class_prefix(
     if condition is not None:
         condition = torch.as_tensor(condition, device=device).expand(batch_size)
     prefix = objective.class_prefix(condition, batch_size, device)
-    if guidance is None:
+    if not guided:
         return prefix
     return torch.cat([prefix, objective.class_prefix(None, batch_size, device)])
 
@@ -306,15 +415,17 @@ def _times(step: int, steps: int) -> tuple[float, float]:
 
 
 def ancestral_rule(
-    objective: Diffusion, generator: torch.Generator | None, guidance: float | None = None
+    objective: Diffusion, generator: torch.Generator | None, guidance: Guidance | None = None
 ) -> Rule:
     """The reverse process q(x_s | x_t, x_0 = x̂_0) on the objective's schedule (MDLM/UDLM).
 
-    Under guidance uniform noise receives the stacked conditional and unconditional x̂_0
-    `[2, B, n, N]` and mixes their posteriors (guidance on x̂_0 would not be a posterior).
     Hybrid noise draws from `Hybrid.posterior` over the data tokens and the mask (a masked
-    token may stay masked, a decoded one may still change); it takes no guidance. The steps
-    share one t over the canvas: a model trained under a non-flat hyperschedule is refused."""
+    token may stay masked, a decoded one may still change). Under the unnormalized guidance
+    rule the rule receives the stacked conditional and unconditional x̂_0 `[2, B, n, N]` and
+    tilts the whole step: the posteriors of uniform and hybrid noise (`tilt` over all their
+    states), the unmasking probability and token of absorbing noise (`absorbing_transition`).
+    The steps share one t over the canvas: a model trained under a non-flat hyperschedule is
+    refused."""
     schedule = objective.schedule
     if not objective.hyperschedule.flat:
         raise ConfigError(
@@ -322,23 +433,29 @@ def ancestral_rule(
             f"{objective.hyperschedule.kind} hyperschedule is not supported by it"
         )
     hybrid = objective.process if isinstance(objective.process, Hybrid) else None
-    if hybrid is not None and guidance is not None:
-        raise ConfigError(f"guidance is not supported with {objective.noise} noise")
+    whole = guidance is not None and guidance.rule == "unnormalized"
 
     def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
         t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
-        if hybrid is not None:
-            return torch.where(free, draw(hybrid.posterior(tokens, probs, t, s), generator), tokens)
-        alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
-        if objective.noise == "uniform":
-            posterior = uniform_posterior(tokens, probs, alpha_t, alpha_s)
-            if guidance is not None:
-                posterior = geometric_mix(posterior[0], posterior[1], guidance)
-            return torch.where(free, draw(posterior, generator), tokens)
-        unmask = absorbing_posterior(alpha_t, alpha_s)[0]
+        if objective.noise != "absorbing":
+            if hybrid is not None:
+                posterior = functools.partial(hybrid.posterior, tokens, t=t, s=s)
+            else:
+                alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
+                posterior = functools.partial(
+                    uniform_posterior, tokens, alpha_t=alpha_t, alpha_s=alpha_s
+                )
+            if whole:
+                gamma = guidance.at(float(t))
+                step_probs = tilt(posterior(probs[0]), posterior(probs[1]), gamma)[0]
+            else:
+                step_probs = posterior(probs)
+            return torch.where(free, draw(step_probs, generator), tokens)
+        unmask = absorbing_posterior(schedule.alpha(t), schedule.alpha(s))[0]
+        unmask, token_probs = absorbing_transition(unmask, probs, guidance, float(t))
         masked = free & (tokens == objective.mask_id)
         chosen = masked & (_coins(tokens, generator) < unmask)
-        return torch.where(chosen, draw(probs, generator), tokens)
+        return torch.where(chosen, draw(token_probs, generator), tokens)
 
     return rule
 
@@ -351,6 +468,17 @@ def _candidates(
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
+def _confident(
+    tokens: Tensor, confidence: Tensor, free: Tensor, mask_id: int, threshold: float
+) -> Tensor:
+    """The masks to unmask `[B, n]`: every free mask whose confidence exceeds `threshold`,
+    and the most confident free mask of each row."""
+    masked = free & (tokens == mask_id)
+    confidence = confidence.masked_fill(~masked, -1.0)
+    best = torch.zeros_like(masked).scatter(1, confidence.argmax(1, keepdim=True), True)
+    return masked & ((confidence > threshold) | best)
+
+
 def confidence_rule(
     mask_id: int, threshold: float, temperature: float, generator: torch.Generator | None
 ) -> Rule:
@@ -359,10 +487,7 @@ def confidence_rule(
 
     def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
         proposal, confidence = _candidates(probs, temperature, generator)
-        masked = free & (tokens == mask_id)
-        confidence = confidence.masked_fill(~masked, -1.0)
-        best = torch.zeros_like(masked).scatter(1, confidence.argmax(1, keepdim=True), True)
-        chosen = masked & ((confidence > threshold) | best)
+        chosen = _confident(tokens, confidence, free, mask_id, threshold)
         return torch.where(chosen, proposal, tokens)
 
     return rule
@@ -414,6 +539,98 @@ def remask_rule(
     return rule
 
 
+def truncated(probs: Tensor, top_p: float) -> Tensor:
+    """x̂_0 `[..., N]` kept on its top-p set (the most probable tokens until their mass
+    reaches `top_p`, at least one) and renormalised there."""
+    ordered, order = probs.sort(-1, descending=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep.scatter_(-1, order, ordered.cumsum(-1) - ordered < top_p)
+    kept = probs * keep
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def soft_embeddings(
+    probs: Tensor, embeddings: Tensor, mask_id: int, mix: float, top_p: float
+) -> Tensor:
+    """LRD's soft mask `[..., d]`: ẽ = (1 − λ)·e_mask + λ·Σ_v p̃(v)·e_v, p̃ = x̂_0 `probs`
+    `[..., N]` truncated to its top-p set (`truncated`), λ = `mix`, e the rows of the
+    embedding table `embeddings` `[V, d]` (data tokens first), in the dtype of `probs`."""
+    table = embeddings.to(probs.dtype)
+    expected = truncated(probs, top_p) @ table[: probs.shape[-1]]
+    return (1 - mix) * table[mask_id] + mix * expected
+
+
+def prediction_change(probs: Tensor, previous: Tensor, masked: Tensor) -> Tensor:
+    """Per row `[B]`: the mean over its `masked` positions of KL(x̂_0 ‖ the previous x̂_0)
+    (`probs`, `previous` `[B, n, N]`); 0 for a row without masks."""
+    tiny = torch.finfo(probs.dtype).tiny
+    kl = (probs * (probs.clamp_min(tiny).log() - previous.clamp_min(tiny).log())).sum(-1)
+    count = masked.sum(1)
+    return torch.where(masked, kl, 0.0).sum(1) / count.clamp(min=1)
+
+
+class LatentRefinement:
+    """Latent Refinement Decoding (Zhu et al., 2025) as a rule over one block.
+
+    Phase 1 (latent refinement): no token is committed; each masked position is read as the
+    soft mask ẽ of its last x̂_0 (`soft_embeddings`: the mask embedding mixed with the
+    expected embedding of the top-p tokens, weight `mix`), fed back to the model (tokens =
+    the mask, `input_embeddings` = ẽ − e_mask), until the predictions settle — the mean KL
+    between successive x̂_0 over a row's masks (`prediction_change`) is below `epsilon` for
+    every row — or after `refine_steps` soft passes. Phase 2 (predictive feedback): each
+    step commits the confident masks (`_confident`, Fast-dLLM's rule at `threshold`, at
+    least one per row) and keeps feeding the rest as soft masks; a row whose predictions
+    changed by less than `epsilon` since the last step commits all its masks. With
+    `mix` = 0 phase 1 is skipped (a soft mask is the mask) and nothing is fed, and with
+    `epsilon` = 0 too this is the `confidence` sampler step for step.
+    """
+
+    def __init__(
+        self,
+        inputs: RuleInputs,
+        mix: float,
+        top_p: float,
+        epsilon: float,
+        refine_steps: int,
+        threshold: float,
+    ) -> None:
+        self.mask_id, self.mix, self.top_p = inputs.objective.mask_id, mix, top_p
+        self.epsilon, self.refine_steps, self.threshold = epsilon, refine_steps, threshold
+        self.temperature, self.generator = inputs.temperature, inputs.generator
+        self.embeddings = inputs.model.embed.weight.detach()
+        self.previous: Tensor | None = None
+        self.refined: int | None = 0
+
+    def __call__(
+        self, tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int
+    ) -> Tensor:
+        if step == 0:  # a new block
+            self.previous, self.refined = None, 0
+        masked = free & (tokens == self.mask_id)
+        change = None if self.previous is None else prediction_change(probs, self.previous, masked)
+        self.previous = probs
+        if self.mix > 0 and self.refined is not None:
+            self.refined += 1
+            settled = change is not None and bool((change < self.epsilon).all())
+            if not settled and self.refined <= self.refine_steps:
+                return tokens
+            self.refined = None
+        proposal, confidence = _candidates(probs, self.temperature, self.generator)
+        chosen = _confident(tokens, confidence, free, self.mask_id, self.threshold)
+        if change is not None:
+            chosen = chosen | (masked & (change < self.epsilon)[:, None])
+        return torch.where(chosen, proposal, tokens)
+
+    def feed(self, tokens: Tensor, probs: Tensor, free: Tensor) -> Tensor | None:
+        """ẽ − e_mask at the block's remaining masks `[B, n, d]` (zero elsewhere), or None."""
+        masked = free & (tokens == self.mask_id)
+        if self.mix == 0 or not masked.any():
+            return None
+        soft = soft_embeddings(probs, self.embeddings, self.mask_id, self.mix, self.top_p)
+        soft = (soft - self.embeddings[self.mask_id].to(soft.dtype)) * masked[..., None]
+        return soft.to(self.embeddings.dtype)
+
+
 def _generator(model: Model, seed: object) -> torch.Generator | None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(f"diffusion samplers take one integer seed (or none), got {seed!r}")
@@ -428,12 +645,13 @@ def _absorbing(objective: Diffusion, sampler: str) -> None:
 @dataclass(frozen=True)
 class RuleInputs:
     """What a diffusion sampler's rule is built from: the bound objective, the generator
-    seeded by `seed`, and the shared `temperature` and `guidance` options."""
+    seeded by `seed`, the shared `temperature` and guidance options, and the model."""
 
     objective: Diffusion
     generator: torch.Generator | None
     temperature: float
-    guidance: float | None
+    guidance: Guidance | None
+    model: Model
 
 
 RuleFactory = Callable[..., Rule]
@@ -444,6 +662,7 @@ def diffusion_sampler(
     absorbing: bool = False,
     until_clean: bool = False,
     stop_when_clean: bool | Callable[[Diffusion], bool] = False,
+    whole_step_guidance: bool = False,
     **defaults: Any,
 ) -> Callable[[RuleFactory], Callable[..., Generation]]:
     """Decorator: a diffusion sampler from `make(inputs: RuleInputs, *, own options) -> Rule`.
@@ -453,6 +672,7 @@ def diffusion_sampler(
     noise. `until_clean`: steps run until the block has no mask (no `steps` option);
     `stop_when_clean` (or a function of the objective): a block's steps end once it is
     clean, for rules that never touch a clean token (see `denoise`).
+    `whole_step_guidance`: the rule takes the unnormalized guidance rule (`Guidance`).
     """
     names = tuple(n for n in (*DENOISING, *GUIDANCE) if not (until_clean and n == "steps"))
 
@@ -468,7 +688,17 @@ def diffusion_sampler(
             if absorbing:
                 _absorbing(objective, make.__name__)
             generator = _generator(model, options.seed)
-            inputs = RuleInputs(objective, generator, options.temperature, options.guidance)
+            guidance = None
+            if options.guidance is not None:
+                guidance = Guidance(
+                    options.guidance, options.guidance_schedule, options.guidance_rule
+                )
+                if guidance.rule == "unnormalized" and not whole_step_guidance:
+                    raise ConfigError(
+                        f"the unnormalized guidance rule tilts the reverse step's own "
+                        f"probabilities; the {make.__name__!r} sampler takes only 'normalized'"
+                    )
+            inputs = RuleInputs(objective, generator, options.temperature, guidance, model)
             rule = make(inputs, **own)
             clean = stop_when_clean(objective) if callable(stop_when_clean) else stop_when_clean
             return denoise(
@@ -484,7 +714,7 @@ def diffusion_sampler(
                 until_clean=until_clean,
                 stop_when_clean=clean,
                 condition=options.condition,
-                guidance=options.guidance,
+                guidance=guidance,
                 generator=generator,
             )
 
@@ -500,7 +730,9 @@ def diffusion_sampler(
 
 
 @SAMPLERS.register("ancestral")
-@diffusion_sampler(stop_when_clean=lambda objective: objective.noise == "absorbing")
+@diffusion_sampler(
+    stop_when_clean=lambda objective: objective.noise == "absorbing", whole_step_guidance=True
+)
 def ancestral(inputs: RuleInputs) -> Rule:
     """The reverse process of the objective's noise (MDLM / UDLM ancestral sampling)."""
     return ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
@@ -529,3 +761,31 @@ def remask(inputs: RuleInputs, *, eta: float = 0.04, strategy: str = "cap") -> R
     """ReMDM: the ancestral step plus remasking decoded tokens with probability σ_t
     (`strategy` cap: σ_t = min(`eta`, σ_max); rescale: σ_t = `eta` · σ_max)."""
     return remask_rule(inputs.objective, eta, strategy, inputs.generator)
+
+
+@SAMPLERS.register("lrd")
+@diffusion_sampler(absorbing=True, until_clean=True, temperature=0.0)
+def lrd(
+    inputs: RuleInputs,
+    *,
+    mix: float = 0.2,
+    top_p: float = 0.9,
+    epsilon: float = 1e-3,
+    refine_steps: int = 4,
+    threshold: float = 0.9,
+) -> Rule:
+    """Latent Refinement Decoding: masks read as soft mixtures of the mask embedding and the
+    top-`top_p` predicted tokens' embeddings (weight `mix`), refined for up to `refine_steps`
+    passes until successive predictions differ by less than `epsilon` (mean KL, nats), then
+    confident tokens (above `threshold`) committed step by step (`LatentRefinement`)."""
+    checks = [
+        (0 <= mix <= 1, f"lrd mix must lie in [0, 1], got {mix}"),
+        (0 < top_p <= 1, f"lrd top_p must lie in (0, 1], got {top_p}"),
+        (epsilon >= 0, f"lrd epsilon must be >= 0, got {epsilon}"),
+        (refine_steps >= 0, f"lrd refine_steps must be >= 0, got {refine_steps}"),
+        (0 <= threshold <= 1, f"lrd threshold must lie in [0, 1], got {threshold}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return LatentRefinement(inputs, mix, top_p, epsilon, refine_steps, threshold)
