@@ -383,6 +383,9 @@ class TaskConfig:
         check_field_types(self)
 
 
+DATA_FORMATS = ("text", "pairs")
+
+
 @dataclass
 class DataConfig:
     """Where text comes from and how it becomes tokens (the `text` task).
@@ -391,7 +394,9 @@ class DataConfig:
         corpus: stdlib (the Python standard library's source), path (a text file or a
             folder of them) or hf (a Hugging Face dataset saved to disk or by name)
         path: the file, folder or dataset that the path and hf corpora read
-        seq_len: tokens per training row
+        format: text (windows of one token stream) or pairs (one source<TAB>target pair
+            per line of the path corpus; only the target is scored)
+        seq_len: tokens per training row (pairs: a row holds at most seq_len + 1)
         tokenizer: byte or bpe
         vocab_size: vocabulary of a trained bpe tokenizer
         cache_dir: where tokenized corpora are cached (null: $SEQLAB_CACHE or ~/.cache/seqlab)
@@ -401,6 +406,7 @@ class DataConfig:
 
     corpus: str = "stdlib"
     path: str | None = None
+    format: str = "text"
     seq_len: int = 128
     tokenizer: str = "byte"
     vocab_size: int = 4096
@@ -416,6 +422,15 @@ class DataConfig:
             [
                 (self.seq_len >= 1, f"data.seq_len must be >= 1, got {self.seq_len}"),
                 (self.vocab_size >= 1, f"data.vocab_size must be >= 1, got {self.vocab_size}"),
+                (
+                    self.format in DATA_FORMATS,
+                    f"data.format must be one of {', '.join(DATA_FORMATS)}, got {self.format!r}",
+                ),
+                (
+                    self.format != "pairs" or self.corpus == "path",
+                    f"data.format: pairs reads a user file of source<TAB>target lines: set "
+                    f"data.corpus: path and data.path, got data.corpus: {self.corpus}",
+                ),
             ]
         )
 

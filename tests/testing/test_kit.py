@@ -12,6 +12,7 @@ from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import Mixer, scan_in_layout
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
+from seqlab.objectives.diffusion import MaskedDiffusion
 from seqlab.registry import OBJECTIVES, SAMPLERS
 from seqlab.sampling.ar import greedy
 from seqlab.testing import (
@@ -279,8 +280,53 @@ def test_hyperschedule_and_hybrid_settings(name, options):
 def test_an_objective_whose_loss_is_not_its_nll_fails_that_invariant_only():
     report = check_objective(MisscaledLoss, raise_on_failure=False)
     assert report.failed == ["nll_matches_loss"], str(report)
-    assert report.passed == ["loss_and_gradient", "nll_reported", "nll_deterministic"]
+    assert report.passed == [
+        "loss_and_gradient",
+        "nll_reported",
+        "nll_deterministic",
+        "source_kept",
+    ]
     assert report.skipped == ["block_size_one_is_ar"]
+
+
+class NoisesItsSource(MaskedDiffusion):
+    """Masks unscored positions too (it scores only the scored ones)."""
+
+    def bind(self, vocab_size: int):
+        super().bind(vocab_size)
+        corrupt = self.process.corrupt
+        self.process.corrupt = lambda tokens, t, scored: corrupt(tokens, t, scored | True)
+        return self
+
+
+class ScoresItsSource(Autoregressive):
+    """Reads the right inputs but scores every next token, the source's too."""
+
+    def loss(self, model, batch: Batch):
+        return super().loss(model, Batch(batch.tokens))
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("block_diffusion", {"block_sizes": [2, 3]}),
+        ("block_diffusion", {"shift": True, "clip": [0.3, 0.8], "block_size": 3}),
+        ("masked_diffusion", {"estimator": "count"}),
+        ("any_order", {"order": "identity"}),
+        ("mtp", {"heads": 3}),
+    ],
+)
+def test_the_source_is_kept_under_other_settings(name, options):
+    assert check_objective(name, only=["source_kept"], **options).ok
+
+
+def test_an_objective_that_noises_or_scores_its_source_fails_source_kept():
+    report = check_objective(NoisesItsSource, raise_on_failure=False)
+    assert report.failed == ["source_kept"], str(report)
+    assert "does not hold the unscored source" in report["source_kept"].detail
+    report = check_objective(ScoresItsSource, raise_on_failure=False)
+    assert report.failed == ["nll_matches_loss", "source_kept"], str(report)
+    assert "scores source tokens" in report["source_kept"].detail
 
 
 def test_objective_user_errors():
@@ -308,6 +354,18 @@ def ignores_its_seed(model, prompt, max_new_tokens, *, seed: int | None = None):
     return sample(model, prompt, max_new_tokens, seed=int(torch.randint(0, 1000, ())))
 
 
+def forgets_the_prompt_while_denoising(model, prompt, max_new_tokens, *, seed: int | None = None):
+    """Ancestral sampling after one forward that reads the prompt masked out."""
+    from seqlab.sampling import generate
+
+    mask_id = model.config.vocab_size - 1
+    model(torch.full((prompt.shape[0], prompt.shape[1] + max_new_tokens), mask_id))
+    return generate(model, prompt, max_new_tokens=max_new_tokens, sampler="ancestral", seed=seed)
+
+
+forgets_the_prompt_while_denoising.paradigm = "diffusion"
+
+
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_registered_sampler_passes(name):
     report = check_sampler(name)
@@ -315,12 +373,31 @@ def test_every_registered_sampler_passes(name):
 
 
 @pytest.mark.parametrize(
-    ("sampler", "breaks"), [(drops_the_prompt, "prompt_kept"), (ignores_its_seed, "reproducible")]
+    ("sampler", "breaks"),
+    [
+        (drops_the_prompt, "prompt_kept"),
+        (ignores_its_seed, "reproducible"),
+        (forgets_the_prompt_while_denoising, "prompt_fixed"),
+    ],
 )
 def test_a_broken_sampler_fails_exactly_what_it_breaks(sampler, breaks):
     report = check_sampler(sampler, raise_on_failure=False)
     assert report.failed == [breaks], str(report)
-    assert len(report.passed) == len(SAMPLER_INVARIANT_NAMES) - 1
+    assert len(report.passed) + len(report.skipped) == len(SAMPLER_INVARIANT_NAMES) - 1
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("ancestral", {"objective": "block_diffusion", "block_size": 4}),
+        ("remask", {"objective": "block_diffusion", "block_size": 4, "eta": 1.0}),
+        ("confidence", {"objective": "block_diffusion", "block_size": 3}),
+        ("ancestral", {"objective": "uniform_diffusion", "block_size": 2}),
+    ],
+)
+def test_a_prompt_that_ends_inside_a_block_stays_fixed(name, options):
+    # the 5-token prompt shares a block with new tokens, which the rules may change
+    assert check_sampler(name, only=["prompt_kept", "prompt_fixed"], **options).ok
 
 
 def test_sampler_options_and_user_errors():

@@ -220,7 +220,7 @@ def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 def _stdlib_source() -> _Source:
     root = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = _list_files(root, suffix=".py", excluded_dirs=EXCLUDED_STDLIB_DIRS)
+    files = list_files(root, suffix=".py", excluded_dirs=EXCLUDED_STDLIB_DIRS)
     version = ".".join(map(str, sys.version_info[:3]))
 
     def prepare() -> _Splits:
@@ -239,7 +239,7 @@ def _path_source(path: str) -> _Source:
         return _Source(identity, lambda: _single_file_splits(resolved))
     if not resolved.is_dir():
         raise DataError(f"corpus path {path!r} does not exist (resolved to {resolved})")
-    files = _list_files(resolved)
+    files = list_files(resolved)
 
     def prepare() -> _Splits:
         splits = _hash_split(resolved, files)
@@ -247,7 +247,7 @@ def _path_source(path: str) -> _Source:
             return _Splits(splits[0], f"folder {resolved}: {splits[1]}")
         data = bytearray()
         for relative, _, _ in files:
-            text = _read_text(resolved / relative)
+            text = read_text(resolved / relative)
             if text is not None:
                 data += text.encode("utf-8") + b"\n"
         if not data:
@@ -396,7 +396,7 @@ def _stat_entry(root: Path, path: Path) -> FileEntry:
     return path.relative_to(root).as_posix(), info.st_size, info.st_mtime_ns
 
 
-def _list_files(
+def list_files(
     root: Path, suffix: str = "", excluded_dirs: frozenset[str] = frozenset()
 ) -> list[FileEntry]:
     """(relative POSIX path, size, mtime_ns) of the regular, non-hidden files under `root`."""
@@ -417,7 +417,7 @@ def _file_identity(root: Path, files: list[FileEntry]) -> dict[str, Any]:
     return {"root": str(root), "files": files}
 
 
-def _read_text(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     """The file's text if it is UTF-8 without NUL bytes, else None (binary or other encoding)."""
     try:
         data = path.read_bytes()
@@ -431,12 +431,12 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _hash_fraction(relative: str) -> float:
+def hash_fraction(relative: str) -> float:
     return int.from_bytes(hashlib.sha1(relative.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
 def _hash_split_of(relative: str) -> str:
-    u = _hash_fraction(relative)
+    u = hash_fraction(relative)
     if u < HASH_FRACTIONS["validation"]:
         return "validation"
     if u < HASH_FRACTIONS["validation"] + HASH_FRACTIONS["test"]:
@@ -450,7 +450,7 @@ def _hash_split(root: Path, files: list[FileEntry]) -> tuple[dict[str, TextStrea
     skipped = 0
     for relative, _, _ in files:
         path = root / relative
-        if _read_text(path) is None:
+        if read_text(path) is None:
             skipped += 1
         else:
             members[_hash_split_of(relative)].append(path)
@@ -460,7 +460,7 @@ def _hash_split(root: Path, files: list[FileEntry]) -> tuple[dict[str, TextStrea
     def stream(paths: list[Path]) -> TextStream:
         def texts() -> Iterator[str]:
             for path in paths:
-                text = _read_text(path)
+                text = read_text(path)
                 if text is not None:
                     yield text + "\n"
 

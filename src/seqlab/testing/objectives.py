@@ -2,6 +2,9 @@
 
 The model is a 2-layer attention model (d_model 32, 4 heads) over a data vocabulary of 7
 (plus the objective's extra tokens), scoring 3 sequences of 9 tokens.
+
+`source_kept` is the sequence-to-sequence contract: positions outside `batch.mask` are a
+source (a clean prefix, DiffuSeq's partial noising) that no paradigm may corrupt or score.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from seqlab.testing.report import Invariant, Report, run_invariants
 
 VOCAB = 7
 BATCH, LENGTH = 3, 9
+SOURCE = 4  # the unscored prefix of `scored_mask`
+SOURCE_DRAWS = 4
 
 
 @dataclass
@@ -66,7 +71,7 @@ def tokens() -> torch.Tensor:
 def scored_mask() -> torch.Tensor:
     """Score the last 5 positions of each sequence (the first 4 are clean context)."""
     mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
-    mask[:, 4:] = True
+    mask[:, SOURCE:] = True
     return mask
 
 
@@ -136,6 +141,75 @@ def check_nll_matches_loss(s: ObjectiveSubject) -> None:
             f"loss gives {value!r} nats per token, nll {result.per_token!r} "
             f"({'masked' if mask is not None else 'unmasked'} batch)"
         )
+
+
+def _training_inputs(
+    objective: Objective, model: Model, batch: Batch, draws: int
+) -> list[torch.Tensor]:
+    """The token inputs of every model forward in `draws` training losses (seeds 0, 1, ...)."""
+    inputs: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
+    try:
+        for seed in range(draws):
+            torch.manual_seed(seed)
+            objective.loss(model, batch)
+    finally:
+        hook.remove()
+    return inputs
+
+
+def _loss_with_fixed_logits(
+    objective: Objective, model: Model, batch: Batch, logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss (seed 0) when the model outputs `logits[:, :T]` whatever its input
+    of length T, and its gradient with respect to `logits`."""
+
+    def replace(_module, args, output):
+        return logits[:, : args[0].shape[1]], output[1]
+
+    hook = model.register_forward_hook(replace)
+    try:
+        torch.manual_seed(0)
+        loss = objective.loss(model, batch)[0]
+    finally:
+        hook.remove()
+    return loss.detach(), torch.autograd.grad(loss, logits)[0]
+
+
+def check_source_kept(s: ObjectiveSubject) -> None:
+    """Positions outside `batch.mask` (a source prefix of 4 tokens) are never noised and
+    never scored. Every model forward of 4 training losses reads each row's source unchanged
+    (at one offset); and with logits that ignore the input, another source gives the same
+    loss and the same gradient with respect to the logits: no logit is scored against a
+    source token (float64)."""
+    objective = s.objective()
+    model = s.model(objective)
+    batch = Batch(tokens(), scored_mask())
+    source = batch.tokens[:, :SOURCE]
+    for x in _training_inputs(objective, model, batch, SOURCE_DRAWS):
+        found = any(
+            torch.equal(x[:, offset : offset + SOURCE], source)
+            for offset in range(x.shape[1] - SOURCE + 1)
+        )
+        assert found, (
+            f"a training forward reads {x.tolist()}, which does not hold the unscored source "
+            f"{source.tolist()} unchanged"
+        )
+    vocab = objective.model_vocab_size(VOCAB)
+    logits = torch.randn(BATCH, 2 * LENGTH + 2, vocab, dtype=torch.float64, requires_grad=True)
+    other = batch.tokens.clone()
+    other[:, :SOURCE] = (other[:, :SOURCE] + 1 + torch.arange(SOURCE)) % VOCAB
+    loss, grad = _loss_with_fixed_logits(objective, model, batch, logits)
+    other_loss, other_grad = _loss_with_fixed_logits(
+        objective, model, Batch(other, batch.mask), logits
+    )
+    assert torch.isclose(loss, other_loss, rtol=1e-12, atol=1e-12), (
+        f"the loss scores source tokens: {loss.item()!r}, with another source {other_loss.item()!r}"
+    )
+    assert torch.allclose(grad, other_grad, rtol=1e-12, atol=1e-12), (
+        "the loss scores source tokens: its gradient with respect to the logits changes "
+        "with the source"
+    )
 
 
 def _exact(s: ObjectiveSubject) -> str | None:
@@ -208,6 +282,11 @@ OBJECTIVE_INVARIANTS: tuple[Invariant[ObjectiveSubject], ...] = (
         "an exact objective's loss equals nll per token under one seed (float64)",
         check_nll_matches_loss,
         _exact,
+    ),
+    Invariant(
+        "source_kept",
+        "the unscored source is never noised in the model's input and never scored",
+        check_source_kept,
     ),
     Invariant(
         "block_size_one_is_ar",

@@ -136,6 +136,35 @@ def check_prompt_kept(s: SamplerSubject) -> None:
             assert start == prompt, f"row {i} starts {start}, its prompt is {prompt}"
 
 
+def check_prompt_fixed(s: SamplerSubject) -> None:
+    """A diffusion sampler never changes the prompt while it denoises: every model forward
+    (without a cache, so each reads the canvas from position 0) holds the prompt unchanged
+    after the class token, if any."""
+    model = s.model()
+    inputs: list[Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
+    changes = {"cache": False} if "cache" in s.entry.parameters() else {}
+    try:
+        s.run(model, PROMPT, **_seed(s), **changes)
+    finally:
+        hook.remove()
+    assert inputs, "the sampler never called the model"
+    prompt = torch.tensor(PROMPT, device=model.device)
+    for x in inputs:
+        rows = x[: prompt.shape[0]]  # guidance appends the null-class rows
+        kept = any(torch.equal(rows[:, o : o + prompt.shape[1]], prompt) for o in (0, 1))
+        assert kept, (
+            f"a denoising forward reads {rows.tolist()}, which does not start with the "
+            f"prompt {PROMPT} (after a class token, if any)"
+        )
+
+
+def _not_diffusion(s: SamplerSubject) -> str | None:
+    if s.paradigm != "diffusion":
+        return "an autoregressive sampler only appends; prompt_kept checks its output"
+    return None
+
+
 def check_valid_tokens(s: SamplerSubject) -> None:
     """Each row adds exactly max_new_tokens (6; at most 6 when a stop option is given), and
     every token lies in [0, 11), the data vocabulary (no mask or extra-head ids)."""
@@ -173,6 +202,12 @@ def _seed(s: SamplerSubject) -> dict[str, Any]:
 
 SAMPLER_INVARIANTS: tuple[Invariant[SamplerSubject], ...] = (
     Invariant("prompt_kept", "every output row starts with its prompt", check_prompt_kept),
+    Invariant(
+        "prompt_fixed",
+        "a diffusion sampler's every forward reads the prompt unchanged",
+        check_prompt_fixed,
+        _not_diffusion,
+    ),
     Invariant(
         "valid_tokens",
         "at most max_new_tokens are added, all in the data vocabulary",

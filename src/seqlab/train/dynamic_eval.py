@@ -284,10 +284,10 @@ def dynamic_eval_run(
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml", overrides)
     task = build_task(config)
-    if not isinstance(task, TextTask):
+    if not isinstance(task, TextTask) or task.corpus is None:
         raise ConfigError(
             f"--dynamic scores a text split as one sequence; the run's task is "
-            f"{config.task.name}, not text"
+            f"{config.task.name} (data.format: {config.data.format}), not text windows"
         )
     model = load(run_dir, device)
     check_dynamic_model(model, config.objective.name)

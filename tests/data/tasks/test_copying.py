@@ -151,3 +151,25 @@ def test_selective_copy_longer_test_rows_leave_the_other_splits_unchanged():
 def test_selective_copy_test_seq_len_is_validated(test_seq_len):
     with pytest.raises(ConfigError, match="test_seq_len"):
         make("selective_copy", seq_len=32, num_tokens=4, test_seq_len=test_seq_len)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_reverse_scores_the_reversal_and_the_end_marker(split):
+    task = make("reverse", min_len=3, max_len=8, test_max_len=12, alphabet_size=5)
+    assert task.seq_len == 27 and task.vocab_size == 9
+    lengths = []
+    for tokens, mask in rows(task, split):
+        row = tokens[tokens != 0].tolist()
+        separator = row.index(2)
+        x = row[1:separator]
+        assert row == [1, *x, 2, *x[::-1], 3] and all(4 <= s < 9 for s in x)
+        assert np.flatnonzero(mask).tolist() == list(range(separator + 1, len(row)))
+        lengths.append(len(x))
+    assert (min(lengths) > 8) if split == "test" else (max(lengths) <= 8)
+
+
+def test_reverse_names_itself_in_option_errors():
+    with pytest.raises(ConfigError, match="^reverse: need integers"):
+        make("reverse", min_len=5, max_len=4)
+    with pytest.raises(ConfigError, match="^reverse: alphabet_size"):
+        make("reverse", alphabet_size=1)

@@ -20,6 +20,7 @@ CONFIGS = [
     ("mqar", {"seq_len": 32, "num_kv_pairs": 4, "kv_pairs_mix": [1, 2, 4], "vocab_size": 64}),
     ("induction", {"seq_len": 16, "test_seq_len": 40}),
     ("copy", {"min_len": 2, "max_len": 6, "test_max_len": 12}),
+    ("reverse", {"min_len": 2, "max_len": 6, "test_max_len": 12}),
     ("selective_copy", {"seq_len": 24, "num_tokens": 4}),
     ("state_tracking", {"kind": "parity", "max_len": 10, "test_max_len": 20}),
     ("state_tracking", {"kind": "mod_add", "max_len": 10, "test_max_len": 20}),

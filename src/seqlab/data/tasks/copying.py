@@ -1,4 +1,5 @@
-"""Copying: the "Repeat After Me" string copy (`copy`) and the Mamba paper's `selective_copy`."""
+"""Copying: the "Repeat After Me" string copy (`copy`), its reversal (`reverse`) and the Mamba
+paper's `selective_copy`."""
 
 from __future__ import annotations
 
@@ -45,10 +46,10 @@ class Copy(SyntheticTask):
         alphabet_size: int = 26,
         eval_examples: int = 512,
     ) -> None:
-        check_lengths("copy", min_len, max_len, test_max_len)
+        check_lengths(self.name, min_len, max_len, test_max_len)
         check(
             isinstance(alphabet_size, int) and alphabet_size >= 2,
-            f"copy: alphabet_size must be an integer >= 2, got {alphabet_size!r}",
+            f"{self.name}: alphabet_size must be an integer >= 2, got {alphabet_size!r}",
         )
         self.lengths = (min_len, max_len, test_max_len)
         self.alphabet_size = alphabet_size
@@ -56,14 +57,37 @@ class Copy(SyntheticTask):
         self.seq_len = 2 * test_max_len + 3
         super().__init__(eval_examples=eval_examples)
 
+    def target(self, x: np.ndarray) -> np.ndarray:
+        """The answer to the string `x`: `x` itself."""
+        return x
+
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         low, high = split_lengths(split, *self.lengths)
         n = int(rng.integers(low, high + 1))
         x = 4 + rng.integers(0, self.alphabet_size, n)
-        tokens = np.concatenate([[BOS], x, [SEP], x, [EOS]])
+        tokens = np.concatenate([[BOS], x, [SEP], self.target(x), [EOS]])
         scored = np.zeros(len(tokens), dtype=bool)
         scored[n + 2 :] = True
         return Example(tokens, scored)
+
+
+@TASKS.register("reverse")
+class Reverse(Copy):
+    """Reverse a random string, tested on up to 3x longer strings.
+
+    ``$ x | reversed(x) .``, with the ids, lengths, splits and scoring of `copy`: only the
+    reversal and the final ``.`` are scored. Under AR the first answer token is the source's
+    last, so the whole source must be held before answering (unlike copy, where the answer
+    can follow the source a fixed distance behind).
+
+    Example (x = ``c a b``, symbols a=4, b=5, c=6; scored tokens in brackets)::
+
+        $ c a b | [b] [a] [c] [.]   ->   1 6 4 5 2 [5] [4] [6] [3]
+    """
+
+    def target(self, x: np.ndarray) -> np.ndarray:
+        """The answer to the string `x`: `x` reversed."""
+        return x[::-1]
 
 
 BLANK, COPY = 1, 2

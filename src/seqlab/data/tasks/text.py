@@ -1,39 +1,62 @@
-"""Language modelling on a corpus (built-in `stdlib`, a user path or a HF dataset)."""
+"""Language modelling on a corpus (built-in `stdlib`, a user path or a HF dataset), or
+sequence-to-sequence pairs from a user file (`data.format: pairs`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from torch import Tensor
+
 from seqlab.config import DataConfig
-from seqlab.data.corpora import load_corpus
+from seqlab.data.corpora import TokenCorpus, load_corpus
+from seqlab.data.pairs import PairData, load_pairs
 from seqlab.data.tasks.base import Task
 from seqlab.data.text import TextData
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
 
+def _as_batch(rows: Tensor | Batch) -> Batch:
+    """Text windows (every token scored) or pair rows (already a Batch) as a Batch."""
+    return rows if isinstance(rows, Batch) else Batch(rows)
+
+
 @TASKS.register("text")
 class TextTask(Task):
-    """Language modelling on a corpus, scored in bits per byte.
+    """Language modelling on a corpus, scored in bits per byte; or source/target pairs.
 
-    Windows of `seq_len + 1` tokens; scored in nats per token and bits per byte."""
+    `data.format: text`: windows of `seq_len + 1` tokens; scored in nats per token and bits
+    per byte. `data.format: pairs`: rows `source TAB target NEWLINE` of a user file
+    (`seqlab.data.pairs`), only the target scored; nats per target token, accuracy and
+    exact match."""
 
     scores_answers = False
 
     def __init__(self, data: DataConfig) -> None:
-        corpus = load_corpus(
-            data.corpus,
-            path=data.path,
-            tokenizer=data.tokenizer,
-            vocab_size=data.vocab_size,
-            cache_dir=data.cache_dir,
-            text_field=data.text_field,
-            hf_split=data.hf_split,
-        )
-        self.corpus = corpus
-        self.tokenizer = corpus.tokenizer
-        self.data = TextData(corpus, data.seq_len)
-        self.vocab_size = corpus.tokenizer.vocab_size
+        self.corpus: TokenCorpus | None = None
+        self.data: TextData | PairData
+        if data.format == "pairs":
+            self.data = load_pairs(
+                data.path,
+                tokenizer=data.tokenizer,
+                vocab_size=data.vocab_size,
+                seq_len=data.seq_len,
+            )
+            self.tokenizer = self.data.tokenizer
+            self.scores_answers = True
+        else:
+            self.corpus = load_corpus(
+                data.corpus,
+                path=data.path,
+                tokenizer=data.tokenizer,
+                vocab_size=data.vocab_size,
+                cache_dir=data.cache_dir,
+                text_field=data.text_field,
+                hf_split=data.hf_split,
+            )
+            self.data = TextData(self.corpus, data.seq_len)
+            self.tokenizer = self.corpus.tokenizer
+        self.vocab_size = self.tokenizer.vocab_size
         self.seq_len = data.seq_len + 1
 
     def batch(
@@ -46,16 +69,14 @@ class TextTask(Task):
         rank: int = 0,
         world_size: int = 1,
     ) -> Batch:
-        tokens = self.data.batch(
-            split, step, batch_size, seed=seed, rank=rank, world_size=world_size
-        )
-        return Batch(tokens)
+        rows = self.data.batch(split, step, batch_size, seed=seed, rank=rank, world_size=world_size)
+        return _as_batch(rows)
 
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        for tokens in self.data.eval_batches(split, batch_size, max_tokens):
-            yield Batch(tokens)
+        for rows in self.data.eval_batches(split, batch_size, max_tokens):
+            yield _as_batch(rows)
 
-    def bytes_per_token(self, split: str) -> float:
+    def bytes_per_token(self, split: str) -> float | None:
         return self.data.bytes_per_token(split)
