@@ -69,6 +69,7 @@ class Objective(ABC):
     name: str
     bound: bool = False
     layout: Layout = Layout.CAUSAL
+    paradigm: str = "ar"  # how its models decode: the samplers declaring the same paradigm
     extra_tokens: int = 0
     vocab_size: int | None = None
     step: int | None = None

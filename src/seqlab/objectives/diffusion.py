@@ -329,6 +329,7 @@ class Diffusion(Objective):
 
     bound = True
     layout = Layout.BIDIRECTIONAL
+    paradigm = "diffusion"
     noise: str  # a key of PROCESSES, set by each subclass
     noise_options: dict[str, float] = {}  # the process's own parameters (γ, ε)
 

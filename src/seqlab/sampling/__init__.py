@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.model import Model
 from seqlab.objectives.base import Objective
-from seqlab.objectives.diffusion import Diffusion
 from seqlab.registry import OBJECTIVES, SAMPLERS, Entry
 from seqlab.sampling.ar import Generation, as_prompt
 from seqlab.sampling.base import SamplingOptions, eval_mode
@@ -28,24 +27,18 @@ MAX_NEW_TOKENS = 1_000_000
 
 
 def check_paradigm(entry: Entry, objective: Objective | str | None) -> None:
-    """Refuse a decoder of the other paradigm than the objective the model was trained with:
-    an autoregressive sampler for a diffusion objective, or a diffusion sampler for one that
-    is not."""
+    """Refuse a decoder of another paradigm than the objective the model was trained with
+    (the objective's `paradigm`: `"ar"`, `"diffusion"` or `"insertion"`; the sampler's
+    declared one): an autoregressive sampler for a diffusion objective, and so on."""
     if objective is None:
         return
     if isinstance(objective, str):
         objective = OBJECTIVES.get(objective).target
-    diffusion = isinstance(objective, Diffusion) or (
-        isinstance(objective, type) and issubclass(objective, Diffusion)
-    )
+    trained = objective.paradigm
     paradigm = entry.declared("paradigm")
-    if diffusion != (paradigm == "diffusion"):
-        kind = "a diffusion" if diffusion else "an autoregressive"
-        fitting = [
-            e.name
-            for e in SAMPLERS.entries()
-            if (e.declared("paradigm") == "diffusion") == diffusion
-        ]
+    if trained != paradigm:
+        kind = {"ar": "an autoregressive", "insertion": "an insertion"}.get(trained, f"a {trained}")
+        fitting = [e.name for e in SAMPLERS.entries() if e.declared("paradigm") == trained]
         raise ConfigError(
             f"sampler {entry.name!r} decodes {paradigm}, but the model was trained with "
             f"{kind} objective ({objective.name!r}); samplers that fit it: {', '.join(fitting)}"

@@ -2,8 +2,9 @@
 
 The model is a 2-layer attention model (d_model 32, 4 heads, init std 0.3 so predictions
 vary) over a data vocabulary of 11: plus the mask token (or the objective's extra tokens)
-for a diffusion sampler, times `heads` for a sampler that reads multi-token-prediction
-heads. A required option typed as a model (a speculative draft) gets a second tiny model.
+for a diffusion sampler, plus the start/stop token for an insertion sampler, times `heads`
+for a sampler that reads multi-token-prediction heads. A required option typed as a model
+(a speculative draft) gets a second tiny model.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ class SamplerSubject:
         return self.entry.declared("paradigm")
 
     def model_vocab(self) -> int:
-        if self.paradigm == "diffusion":
-            objective = self.options.get("objective") or "masked_diffusion"
+        if self.paradigm != "ar":
+            # diffusion: the objective option (masked diffusion by default); another paradigm
+            # (insertion): the objective of its name
+            default = "masked_diffusion" if self.paradigm == "diffusion" else self.paradigm
+            objective = self.options.get("objective") or default
             if isinstance(objective, str):
                 objective = build_objective(objective)
             return objective.model_vocab_size(VOCAB)
@@ -166,10 +170,14 @@ def _not_diffusion(s: SamplerSubject) -> str | None:
 
 
 def check_valid_tokens(s: SamplerSubject) -> None:
-    """Each row adds exactly max_new_tokens (6; at most 6 when a stop option is given), and
-    every token lies in [0, 11), the data vocabulary (no mask or extra-head ids)."""
+    """Each row adds exactly max_new_tokens (6; at most 6 when a stop option is given or the
+    sampler inserts, choosing when to stop), and every token lies in [0, 11), the data
+    vocabulary (no mask, start or extra-head ids)."""
     model = s.model()
-    may_stop = any(s.options.get(k) for k in ("stop_tokens", "stop_strings"))
+    # an insertion model chooses its own length (its stop action)
+    may_stop = s.paradigm == "insertion" or any(
+        s.options.get(k) for k in ("stop_tokens", "stop_strings")
+    )
     for batch in prompts(s):
         out = s.run(model, batch, **_seed(s))
         for i, (row, prompt) in enumerate(zip(generated_rows(out), batch, strict=True)):

@@ -34,6 +34,7 @@ CONFIGS = [
     ("listops", {"max_depth": 2, "max_len": 24}),
     ("sort", {"max_items": 6, "num_values": 16}),
     ("pathfinder", {"size": 17, "contour_length": 3, "dash_length": 1, "seed_distance": 4}),
+    ("star_graph", {"degree": 3, "path_length": 4, "num_nodes": 12}),
 ]
 IDS = [f"{name}-{'-'.join(str(v) for v in options.values())}" for name, options in CONFIGS]
 # Example spaces small enough that train and evaluation would share examples without the
@@ -45,6 +46,7 @@ TINY = [
     ("sort", {"min_items": 1, "max_items": 3, "num_values": 5}),
     ("listops", {"max_depth": 1, "max_args": 2, "max_len": 4}),
     ("selective_copy", {"seq_len": 6, "num_tokens": 2, "alphabet_size": 3}),
+    ("star_graph", {"degree": 2, "path_length": 2, "num_nodes": 5}),
 ]
 
 
