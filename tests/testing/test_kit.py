@@ -366,9 +366,16 @@ def forgets_the_prompt_while_denoising(model, prompt, max_new_tokens, *, seed: i
 forgets_the_prompt_while_denoising.paradigm = "diffusion"
 
 
+# samplers that need more than the default objective (arpc: a BlockGen model, trained with
+# block size 1 among its block sizes)
+KIT_OBJECTIVES = {"arpc": {"name": "block_diffusion", "block_size": 4, "block_sizes": [1, 4]}}
+
+
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_registered_sampler_passes(name):
-    report = check_sampler(name)
+    spec = dict(KIT_OBJECTIVES.get(name, {}))
+    options = {"objective": OBJECTIVES.build(spec.pop("name"), **spec)} if spec else {}
+    report = check_sampler(name, **options)
     assert report.names == list(SAMPLER_INVARIANT_NAMES) and report.ok
 
 

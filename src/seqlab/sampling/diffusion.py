@@ -24,7 +24,8 @@ to its next tokens. `ancestral` (the reverse process; a step that changed nothin
 last prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per
 step), `topk_confidence` (LLaDA low-confidence remasking), `remask` (ReMDM cap / rescale),
 `lrd` (Latent Refinement Decoding: masks fed back as soft embeddings of their predictions,
-`LatentRefinement`). Each is declared by `@diffusion_sampler` on the function that builds its
+`LatentRefinement`); `arpc` and `acs` (correctors, in their own modules) build on
+`ancestral`. Each is declared by `@diffusion_sampler` on the function that builds its
 rule from the `RuleInputs` and its own options; the shared options (`objective`, `steps`,
 `block_size`, `cache`, `temperature`, `seed`, `condition`, `guidance`, `guidance_schedule`,
 `guidance_rule`) are the driver's. `steps` counts steps per block (default: one per new
@@ -322,7 +323,10 @@ def denoise(
 
     A rule with a `feed(tokens, probs, free)` method gives the embeddings to add to the
     block's next pass (`Context.logits`' `soft`, None: none); a step that feeds one always
-    runs the model again.
+    runs the model again. A rule with a `correct(x, start, end, free, context)` method is
+    asked once a block's steps end: it returns the block's tokens with some positions
+    re-noised, and the block's steps run again from step 0, or None to move on (its own
+    model calls go through `context`, or add to `context.nfe`).
     """
     start_time = time.perf_counter()
     b, p = prompt.shape
@@ -339,6 +343,7 @@ def denoise(
         shift=isinstance(objective, BlockDiffusion) and objective.shift,
     )
     feed = getattr(rule, "feed", None)
+    correct = getattr(rule, "correct", None)
     shape = (b, max_new_tokens)
     if objective.noise == "absorbing":
         canvas = torch.full(shape, objective.mask_id, dtype=torch.long, device=prompt.device)
@@ -358,24 +363,29 @@ def denoise(
         free = torch.zeros(b, end - start, dtype=torch.bool, device=x.device)
         free[:, position - start :] = True
         n_steps = steps or (end - position)
-        step, raw, soft = 0, None, None
-        while until_clean or step < n_steps:
-            masks = x[:, start:end] == n_vocab
-            if (until_clean or stop_when_clean) and not masks.any():
+        while True:
+            step, raw, soft = 0, None, None
+            while until_clean or step < n_steps:
+                masks = x[:, start:end] == n_vocab
+                if (until_clean or stop_when_clean) and not masks.any():
+                    break
+                if raw is None:
+                    raw = x0_probs(context.logits(x, start, end, soft), n_vocab, temperature)
+                    if guidance is not None:
+                        raw = torch.stack(raw.chunk(2))
+                t = float(masks[free].double().mean()) if until_clean else _times(step, n_steps)[0]
+                probs = guided_probs(raw, guidance, t)
+                block = x[:, start:end]
+                new = rule(block, probs, free, step, n_steps)
+                soft = feed(new, probs, free) if feed is not None else None
+                if soft is not None or not torch.equal(new, block):
+                    x[:, start:end] = new
+                    raw = None
+                step += 1
+            again = correct(x, start, end, free, context) if correct is not None else None
+            if again is None:
                 break
-            if raw is None:
-                raw = x0_probs(context.logits(x, start, end, soft), n_vocab, temperature)
-                if guidance is not None:
-                    raw = torch.stack(raw.chunk(2))
-            t = float(masks[free].double().mean()) if until_clean else _times(step, n_steps)[0]
-            probs = guided_probs(raw, guidance, t)
-            block = x[:, start:end]
-            new = rule(block, probs, free, step, n_steps)
-            soft = feed(new, probs, free) if feed is not None else None
-            if soft is not None or not torch.equal(new, block):
-                x[:, start:end] = new
-                raw = None
-            step += 1
+            x[:, start:end] = again
         position = end
     lengths = torch.full((b,), x.shape[1], dtype=torch.long, device=x.device)
     return Generation(x, context.nfe, time.perf_counter() - start_time, lengths=lengths)

@@ -143,7 +143,8 @@ def check_prompt_kept(s: SamplerSubject) -> None:
 def check_prompt_fixed(s: SamplerSubject) -> None:
     """A diffusion sampler never changes the prompt while it denoises: every model forward
     (without a cache, so each reads the canvas from position 0) holds the prompt unchanged
-    after the class token, if any."""
+    after the class token, if any, or in the clean half of a vectorised [x_t ; x_0] pass of
+    length 2L (block diffusion read at another block size, as `arpc`'s AR pass)."""
     model = s.model()
     inputs: list[Tensor] = []
     hook = model.register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
@@ -156,7 +157,8 @@ def check_prompt_fixed(s: SamplerSubject) -> None:
     prompt = torch.tensor(PROMPT, device=model.device)
     for x in inputs:
         rows = x[: prompt.shape[0]]  # guidance appends the null-class rows
-        kept = any(torch.equal(rows[:, o : o + prompt.shape[1]], prompt) for o in (0, 1))
+        offsets = (0, 1, x.shape[1] // 2) if x.shape[1] % 2 == 0 else (0, 1)
+        kept = any(torch.equal(rows[:, o : o + prompt.shape[1]], prompt) for o in offsets)
         assert kept, (
             f"a denoising forward reads {rows.tolist()}, which does not start with the "
             f"prompt {PROMPT} (after a class token, if any)"
