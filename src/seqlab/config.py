@@ -124,6 +124,10 @@ class DEQConfig:
         backward_tol: implicit: relative residual of the adjoint solve to stop at
         phantom_steps: phantom: damped steps z <- λ f(z) + (1 − λ) z run with autograd
         phantom_damping: phantom: λ in (0, 1]
+        jacobian_penalty: γ of the Jacobian regulariser γ ‖J_f(z*)‖_F² / (B·T·D) added to the
+            training loss (Bai, Koltun & Kolter, 2021; one Hutchinson probe per step), which
+            keeps the equilibrium well-conditioned as training goes on (implicit and
+            phantom backward; 0: off)
     """
 
     layers: list[str] | None = None
@@ -136,6 +140,7 @@ class DEQConfig:
     backward_tol: float = 1e-3
     phantom_steps: int = 5
     phantom_damping: float = 0.8
+    jacobian_penalty: float = 0.0
 
     section: ClassVar[str] = "model.deq"
 
@@ -177,6 +182,11 @@ class DEQConfig:
                 (
                     0 < self.phantom_damping <= 1,
                     f"model.deq.phantom_damping must lie in (0, 1], got {self.phantom_damping}",
+                ),
+                (
+                    _non_negative(self.jacobian_penalty),
+                    f"model.deq.jacobian_penalty must be finite and >= 0, got "
+                    f"{self.jacobian_penalty}",
                 ),
             ]
         )

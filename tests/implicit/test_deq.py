@@ -6,8 +6,9 @@ import logging
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from seqlab.auxiliary import recorded_metrics
+from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses, recorded_metrics
 from seqlab.config import ModelConfig, from_dict, load_config
 from seqlab.errors import ConfigError
 from seqlab.io import load, save
@@ -196,6 +197,7 @@ def test_flops_count_the_iterations_used_and_parameters_are_counted_once():
         ({"max_iter": 0}, "max_iter must be >= 1"),
         ({"tol": -1.0}, "tol must be finite and >= 0"),
         ({"phantom_damping": 0.0}, "phantom_damping must lie in (0, 1]"),
+        ({"jacobian_penalty": -0.1}, "jacobian_penalty must be finite and >= 0"),
         ({"memory": 0}, "memory must be >= 1"),
         ({"layers": []}, "must name at least one mixer"),
         ({"solvr": "anderson"}, "unknown config key 'model.deq.solvr'"),
@@ -252,3 +254,67 @@ def test_a_saved_deq_loads_with_its_iteration_count(tmp_path):
     assert loaded.flops_per_token(8) == model.flops_per_token(8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens)[0], model(tokens)[0])
+
+
+def test_the_jacobian_penalty_estimates_the_squared_jacobian_norm():
+    """The recorded aux "jacobian" is γ ‖J_f(z*) ε‖² / n for the step's probe ε: equal to the
+    exact Jacobian-vector product (math attention, float64) to the difference's accuracy,
+    and its mean over probes is γ ‖J_f‖_F² / n."""
+    tokens = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(3))
+    model = deq_model(jacobian_penalty=0.5, init_std=0.15).train()
+    captured = {}
+    original = model.deq.forward
+
+    def capture(stack, x):
+        captured["stack"], captured["x"] = stack, x
+        return original(stack, x)
+
+    model.deq.forward = capture
+    clear_auxiliary_losses(model)
+    torch.manual_seed(11)
+    model(tokens)
+    (penalty,) = auxiliary_losses(model).values()
+    assert list(auxiliary_losses(model)) == ["jacobian"] and penalty.requires_grad
+    x_hat = model.deq.injection(captured["x"]).detach()
+
+    def f(z):
+        return x_hat + captured["stack"](z)[0] - z
+
+    with torch.no_grad():
+        z = x_hat.clone()
+        for _ in range(300):
+            z = f(z)
+    torch.manual_seed(11)
+    probe = torch.randn_like(z)
+    with sdpa_kernel(SDPBackend.MATH):
+        exact = torch.autograd.functional.jvp(f, z, probe)[1]
+        jacobian = torch.autograd.functional.jacobian(f, z).reshape(z.numel(), z.numel())
+    n = z.numel()
+    torch.testing.assert_close(penalty.detach(), 0.5 * exact.pow(2).sum() / n, rtol=2e-3, atol=0)
+    frobenius = 0.5 * jacobian.pow(2).sum() / n
+    estimates = []
+    for seed in range(200):
+        clear_auxiliary_losses(model)
+        torch.manual_seed(seed)
+        model(tokens)
+        estimates.append(auxiliary_losses(model)["jacobian"].item())
+    mean = torch.tensor(estimates, dtype=torch.float64).mean()
+    assert abs(mean - frobenius) < 0.25 * frobenius, (mean, frobenius)
+
+
+def test_the_jacobian_penalty_trains_the_parameters():
+    tokens = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    model = deq_model(jacobian_penalty=0.5, init_std=0.3).train()
+    clear_auxiliary_losses(model)
+    model(tokens)
+    penalty = auxiliary_losses(model)["jacobian"]
+    grads = torch.autograd.grad(penalty, [p for p in model.parameters()], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_no_jacobian_penalty_in_evaluation():
+    tokens = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    model = deq_model(jacobian_penalty=0.5).eval()
+    clear_auxiliary_losses(model)
+    model(tokens)
+    assert auxiliary_losses(model) == {}

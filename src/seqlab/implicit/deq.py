@@ -47,6 +47,13 @@ new positions: every evaluation calls the blocks with the same earlier state (a 
 mutated), and the states the final evaluation returns become the new state. Non-causal layouts
 work the same way (f simply runs in that layout).
 
+Jacobian regularisation (`deq.jacobian_penalty` γ > 0; Bai, Koltun & Kolter, 2021): without
+it the equilibrium tends to lose stability as training goes on (the solver needs more and
+more iterations and stops converging); the training loss then gains γ ‖J_f(z*)‖_F² / (B·T·D),
+estimated with one Gaussian probe per step by a central difference of f (two more
+evaluations, their own graph, so the adjoint hook never sees them), recorded as the
+auxiliary loss `aux_jacobian`.
+
 Reports (`seqlab.auxiliary.record_metric`): `deq_iterations`, `deq_residual` (the largest
 per-sample relative residual), `deq_unconverged` (1 when the solve missed `tol`) and the same
 with `deq_backward_` for the adjoint solve. Unconverged solves are also counted on the module
@@ -63,12 +70,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from seqlab.auxiliary import record_metric
+from seqlab.auxiliary import record_auxiliary_loss, record_metric
 from seqlab.config import DEQConfig
 from seqlab.implicit.solvers import SolverInfo, fixed_point, solve
 
 logger = logging.getLogger(__name__)
 
+# the finite-difference step of the Jacobian probe, relative to the RMS of z* (at least 1)
+JACOBIAN_STEP = 1e-2
 # h [B, T, D] -> (Blocks(h) [B, T, D], the blocks' new states): the block stack with the
 # earlier states, layout and positions bound
 Stack = Callable[[Tensor], tuple[Tensor, object]]
@@ -117,6 +126,8 @@ class DEQ(nn.Module):
         if not torch.is_grad_enabled() or config.backward == "unrolled":
             return layer(z_star)
         z_star = z_star.detach()
+        if config.jacobian_penalty > 0 and self.training:
+            self._penalise_jacobian(f, z_star)
         if config.backward == "phantom":
             z, damping = z_star, config.phantom_damping
             for _ in range(config.phantom_steps):
@@ -128,6 +139,18 @@ class DEQ(nn.Module):
         if z.requires_grad:
             self._attach_adjoint(z, z_in)
         return z, states
+
+    def _penalise_jacobian(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> None:
+        """Record γ ‖J_f(z*) ε‖² / (B·T·D), ε ~ N(0, I) (E‖Jε‖² = ‖J‖_F²), as the auxiliary loss
+        "jacobian", with Jε by a central difference (f(z* + hε) − f(z* − hε)) / 2h: two more
+        evaluations of f under autograd, so its gradient reaches θ by an ordinary backward
+        through any mixer (a double backward would need every kernel to be twice
+        differentiable, which fused attention and the hand-written scan backwards are not)."""
+        probe = torch.randn_like(z_star)
+        step = JACOBIAN_STEP * z_star.detach().pow(2).mean().sqrt().clamp_min(1.0)
+        jvp = (f(z_star + step * probe) - f(z_star - step * probe)) / (2 * step)
+        penalty = self.config.jacobian_penalty * jvp.pow(2).sum() / jvp.numel()
+        record_auxiliary_loss(self, "jacobian", penalty)
 
     def _attach_adjoint(self, z: Tensor, z_in: Tensor) -> None:
         """Make the gradient reaching z = f(z_in) the adjoint solution u = J_f(z_in)ᵀ u + g."""
