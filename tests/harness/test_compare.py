@@ -35,6 +35,20 @@ def test_expand_validates_every_point_up_front(grid):
         expand(grid)
 
 
+def test_a_whole_section_axis_may_not_silently_drop_base_keys(grid):
+    """A grid axis naming a whole section replaces it: base keys of that section would be
+    lost, so they are refused; the same keys inside every entry are fine."""
+    grid.base["model"] = {"d_model": 16, "n_layers": 1}
+    grid.grid = {"model": [{"mixer": "gla"}, {"mixer": "attention"}]}
+    with pytest.raises(ConfigError, match=r"base\.model \(d_model, n_layers\) would be ignored"):
+        expand(grid)
+    entries = [{"mixer": m, "d_model": 16, "n_layers": 1} for m in ("gla", "attention")]
+    grid.grid = {"model": entries}
+    del grid.base["model"]
+    runs = expand(grid)
+    assert {r.config.model.d_model for r in runs} == {16}
+
+
 def test_compare_writes_results_and_skips_finished_runs(grid, tmp_path):
     out = tmp_path / "out"
     results = compare(grid, out, progress=False)

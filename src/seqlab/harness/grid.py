@@ -161,6 +161,15 @@ def expand(config: CompareConfig) -> list[Run]:
     """Every run of the comparison, each config validated before anything trains."""
     base = read_config_mapping(None) | config.base
     axes = list(config.grid)
+    for axis in axes:
+        kept = config.base.get(axis) if "." not in axis else None
+        if kept:
+            keys = ", ".join(sorted(kept)) if isinstance(kept, dict) else repr(kept)
+            raise ConfigError(
+                f"grid axis {axis!r} replaces the whole {axis} section, so base.{axis} ({keys}) "
+                f"would be ignored; put those keys in every {axis} entry of the grid, or make "
+                f"the axis dotted ({axis}.KEY)"
+            )
     runs = []
     for values in itertools.product(*(config.grid[a] for a in axes)):
         point = dict(zip(axes, values, strict=True))
