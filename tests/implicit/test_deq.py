@@ -184,6 +184,8 @@ def test_flops_count_the_iterations_used_and_parameters_are_counted_once():
     used = recorded_metrics(model)["deq_iterations"]
     assert used < 20
     assert model.flops_per_token(8) == pytest.approx(head + (used + 1) * block)
+    phantom = deq_model(max_iter=20, backward="phantom", phantom_steps=3, jacobian_penalty=1.0)
+    assert phantom.flops_per_token(8) == pytest.approx(head + (20 + 3 + 2) * block)
     assert model.num_params() == plain.num_params() + 16  # the injection norm only
     assert model.num_params() == count_parameters(model.config)
     assert model.config.n_layers == 1 and model.config.layer_names() == ["attention"]

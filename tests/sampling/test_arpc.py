@@ -15,7 +15,8 @@ from seqlab.errors import ConfigError
 from seqlab.objectives import build_objective
 from seqlab.registry import SAMPLERS
 from seqlab.sampling import generate
-from seqlab.sampling.arpc import kl_divergence, worst
+from seqlab.sampling.arpc import worst
+from seqlab.sampling.diffusion import kl_divergence
 from seqlab.testing import check_sampler
 
 VOCAB = 7

@@ -256,7 +256,7 @@ def _run_in_processes(
             process.terminate()
             process.join()
         if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

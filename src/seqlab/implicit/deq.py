@@ -203,8 +203,12 @@ class DEQ(nn.Module):
             )
 
     def iterations_used(self) -> float:
-        """Evaluations of f per forward: the solver's mean iterations over the training
-        forwards so far (`max_iter` before any) plus the final evaluation at z*."""
-        if int(self.solves) == 0:
-            return float(self.config.max_iter + 1)
-        return float(self.mean_iterations) + 1.0
+        """Evaluations of f per training forward: the solver's mean iterations over the
+        training forwards so far (`max_iter` before any), then the evaluations after the
+        solve (the final one at z*, or the phantom steps) and the two of the Jacobian
+        probe."""
+        config = self.config
+        after = config.phantom_steps if config.backward == "phantom" else 1
+        after += 2 if config.jacobian_penalty > 0 else 0
+        solver = config.max_iter if int(self.solves) == 0 else float(self.mean_iterations)
+        return float(solver) + after

@@ -76,7 +76,8 @@ def trellis_levels(
     """
     dtype = x.dtype
     keep = state.x.shape[1]  # k − 1
-    injected = F.linear(windows(x, state.x.to(dtype)), inject_weight, inject_bias)
+    x_before = state.x.to(dtype)
+    injected = F.linear(windows(x, x_before), inject_weight, inject_bias)
     h, c = lstm_gates(injected, None)
     hs, cs = [], []
     for level in range(1, depth):
@@ -85,7 +86,7 @@ def trellis_levels(
         cs.append(c[:, -1])
         z = injected + F.linear(windows(h, h_history), recur_weight)
         h, c = lstm_gates(z, torch.cat([c_last[:, None], c[:, :-1]], dim=1))
-    return h, _new_state(torch.cat([state.x.to(dtype), x], dim=1)[:, -keep:], hs, cs, state)
+    return h, _new_state(torch.cat([x_before, x], dim=1)[:, -keep:], hs, cs, state)
 
 
 def _new_state(x: Tensor, hs: list[Tensor], cs: list[Tensor], like: TrellisState) -> TrellisState:

@@ -26,7 +26,7 @@ from torch import Tensor
 from seqlab.errors import ConfigError
 from seqlab.layout import Layout
 from seqlab.model import Model
-from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 
 
@@ -41,11 +41,6 @@ def embedding_shape(model: Model) -> tuple[int, torch.dtype]:
     """d_model and embedding dtype of a model, or of the model inside a DDP wrapper."""
     inner = getattr(model, "module", model)
     return inner.config.d_model, inner.embed.weight.dtype
-
-
-def scored_mask(batch: Batch) -> Tensor:
-    """The positions `[B, L]` whose prediction is scored (all when the batch has no mask)."""
-    return torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
 
 
 @dataclass

@@ -51,8 +51,8 @@ from seqlab.auxiliary import record_metric
 from seqlab.errors import ConfigError, ShapeError
 from seqlab.layout import Layout
 from seqlab.model import Model
-from seqlab.objectives.any_order import AnyOrder, Scores, embedding_shape, scored_mask, sinusoid
-from seqlab.objectives.base import Batch
+from seqlab.objectives.any_order import AnyOrder, Scores, embedding_shape, sinusoid
+from seqlab.objectives.base import Batch, scored_mask
 from seqlab.registry import OBJECTIVES
 
 DEFAULT_GROUP_SIZE = 4

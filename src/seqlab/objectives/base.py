@@ -117,3 +117,8 @@ class Objective(ABC):
         the argmax of the next-token logits given the true prefix (teacher forcing); for
         diffusion the argmax at the scored positions with all of them noised at once.
         """
+
+
+def scored_mask(batch: Batch) -> Tensor:
+    """The positions `[B, L]` whose prediction is scored (all when the batch has no mask)."""
+    return torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask

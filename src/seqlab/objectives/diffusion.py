@@ -25,7 +25,7 @@ from torch import Tensor
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import Layout
 from seqlab.model import Model
-from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.objectives.noise import (
     Hyperschedule,
     Schedule,
@@ -427,7 +427,7 @@ class Diffusion(Objective):
         the global time: each position is noised at τ_i(t) and its term weighted by τ_i′(t)."""
         process = self._bound()
         tokens = batch.tokens
-        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        scored = scored_mask(batch)
         tau, rate = self.hyperschedule.levels(t)
         weight = None
         if self.estimator == "count":
@@ -485,7 +485,7 @@ class Diffusion(Objective):
         """All scored positions noised at once (masked, or redrawn uniformly), argmax x̂_0."""
         process = self._bound()
         tokens = batch.tokens
-        scored = torch.ones_like(tokens, dtype=torch.bool) if batch.mask is None else batch.mask
+        scored = scored_mask(batch)
         t = torch.ones(tokens.shape, dtype=torch.float64, device=tokens.device)
         x_t = process.corrupt(tokens, t, scored)
         prefix = self.class_prefix(batch.condition, tokens.shape[0], tokens.device)

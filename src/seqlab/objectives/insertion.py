@@ -62,7 +62,7 @@ from torch.nn import functional as F
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import Layout
 from seqlab.model import Model
-from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 
 
@@ -240,16 +240,13 @@ class Insertion(Objective):
         inserted = -(taken.where(drop.dropped, 0.0)).sum(1) / drop.counts.clamp(min=1)
         return torch.where(drop.counts > 0, inserted, -stop_lp)
 
-    def _scored(self, batch: Batch) -> Tensor:
-        return torch.ones_like(batch.tokens, dtype=torch.bool) if batch.mask is None else batch.mask
-
     def _bound(self, losses: Tensor, scored: Tensor) -> Tensor:
         """(n + 1)·ℓ − log n! per row `[B]`, in float64."""
         n = scored.sum(1).double()
         return (n + 1) * losses.double() - torch.lgamma(n + 1)
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        scored = self._scored(batch)
+        scored = scored_mask(batch)
         n = scored.sum(1)
         fraction = torch.rand((), dtype=torch.float64, device=n.device)
         counts = ((n + 1) * fraction).floor().long().clamp(max=n)
@@ -260,7 +257,7 @@ class Insertion(Objective):
 
     @torch.no_grad()
     def nll(self, model: Model, batch: Batch) -> NLL:
-        scored = self._scored(batch)
+        scored = scored_mask(batch)
         n = scored.sum(1)
         k = self.eval_samples
         offset = torch.rand((), dtype=torch.float64, device=n.device)
@@ -276,7 +273,7 @@ class Insertion(Objective):
         """Greedy insertion decoding of the scored tokens into the context (at most as many
         as the row scores); the final sequence read against the row's positions (positions
         past its end hold the START id, which matches no token)."""
-        scored = self._scored(batch)
+        scored = scored_mask(batch)
         n = scored.sum(1)
         context = Drop.from_mask(batch.tokens, scored, scored, self.start_id).canvas
         final, _ = decode(model, context, n, self.start_id)

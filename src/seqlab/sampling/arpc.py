@@ -41,15 +41,9 @@ from seqlab.sampling.diffusion import (
     RuleInputs,
     ancestral_rule,
     diffusion_sampler,
+    kl_divergence,
     x0_probs,
 )
-
-
-def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
-    """KL(p ‖ q) `[...]` of distributions `[..., N]` (0·log 0 = 0, q floored at the
-    smallest positive float)."""
-    tiny = torch.finfo(p.dtype).tiny
-    return (p * (p.clamp_min(tiny).log() - q.clamp_min(tiny).log())).sum(-1)
 
 
 def worst(scores: Tensor, free: Tensor, k: int) -> Tensor:

@@ -570,11 +570,17 @@ def soft_embeddings(
     return (1 - mix) * table[mask_id] + mix * expected
 
 
+def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """KL(p ‖ q) `[...]` of distributions `[..., N]` (0·log 0 = 0, q floored at the
+    smallest positive float)."""
+    tiny = torch.finfo(p.dtype).tiny
+    return (p * (p.clamp_min(tiny).log() - q.clamp_min(tiny).log())).sum(-1)
+
+
 def prediction_change(probs: Tensor, previous: Tensor, masked: Tensor) -> Tensor:
     """Per row `[B]`: the mean over its `masked` positions of KL(x̂_0 ‖ the previous x̂_0)
     (`probs`, `previous` `[B, n, N]`); 0 for a row without masks."""
-    tiny = torch.finfo(probs.dtype).tiny
-    kl = (probs * (probs.clamp_min(tiny).log() - previous.clamp_min(tiny).log())).sum(-1)
+    kl = kl_divergence(probs, previous)
     count = masked.sum(1)
     return torch.where(masked, kl, 0.0).sum(1) / count.clamp(min=1)
 

@@ -167,7 +167,7 @@ def check_prompt_fixed(s: SamplerSubject) -> None:
 
 def _not_diffusion(s: SamplerSubject) -> str | None:
     if s.paradigm != "diffusion":
-        return "an autoregressive sampler only appends; prompt_kept checks its output"
+        return "not a diffusion sampler: it never rewrites the prompt (prompt_kept checks it)"
     return None
 
 

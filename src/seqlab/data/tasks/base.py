@@ -135,8 +135,9 @@ def capped_rows(name: str, split: str, rows: int, width: int, max_tokens: int | 
     count = min(rows, max_tokens // width)
     if count < rows:
         warnings.warn(
-            f"{name}: max_tokens {max_tokens} (train.eval_tokens) scores {count} of the {rows} "
-            f"{split} examples of {width} tokens; set it to {rows * width} to score them all",
+            f"{name}: an evaluation budget of {max_tokens} tokens (train.eval_tokens, or eval "
+            f"--max-tokens) scores {count} of the {rows} {split} examples of {width} tokens; "
+            f"set it to {rows * width} to score them all",
             stacklevel=3,
         )
     return count
