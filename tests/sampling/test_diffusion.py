@@ -7,7 +7,7 @@ from seqlab.errors import SeqlabError
 from seqlab.objectives import Batch, build_objective
 from seqlab.registry import SAMPLERS
 from seqlab.sampling import generate
-from seqlab.sampling.diffusion import Context, geometric_mix
+from seqlab.sampling.diffusion import Context, tilt
 
 VOCAB = 7
 SAMPLER_NAMES = ["ancestral", "confidence", "topk_confidence", "remask", "lrd"]
@@ -217,12 +217,12 @@ def test_a_trained_block_model_continues_the_pattern(sampler, trained_block_mode
     assert accuracy > 0.9, out.tokens
 
 
-def test_geometric_mix_endpoints_and_normalisation():
+def test_tilt_endpoints_and_normalisation():
     p = torch.softmax(torch.randn(3, VOCAB, dtype=torch.float64), -1)
     q = torch.softmax(torch.randn(3, VOCAB, dtype=torch.float64), -1)
-    torch.testing.assert_close(geometric_mix(p, q, 1.0), p)
-    torch.testing.assert_close(geometric_mix(p, q, 0.0), q)
-    torch.testing.assert_close(geometric_mix(p, q, 2.5).sum(-1), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(tilt(p, q, 1.0)[0], p)
+    torch.testing.assert_close(tilt(p, q, 0.0)[0], q)
+    torch.testing.assert_close(tilt(p, q, 2.5)[0].sum(-1), torch.ones(3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize(

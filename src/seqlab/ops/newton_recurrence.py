@@ -113,7 +113,7 @@ def newton_recurrence(
             fx, jac = cell(_shift(h, h0), inputs, True)
             if (fx - h).abs().max().item() <= tol:
                 break
-    out, jac = cell(_shift(h, initial_state), inputs, True)
+    out, jac = cell(_shift(h, initial_state), inputs, torch.is_grad_enabled())
     residual = (out.detach() - h).abs().max().item()
     info = NewtonInfo(iterations, residual, residual <= tol or iterations >= steps, tol)
     if out.requires_grad:

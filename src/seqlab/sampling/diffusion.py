@@ -216,11 +216,6 @@ def tilt(conditional: Tensor, unconditional: Tensor, guidance: float) -> tuple[T
     return (log_mix - log_z).exp(), log_z.squeeze(-1).exp()
 
 
-def geometric_mix(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
-    """p_γ ∝ p_c^γ · p_u^(1 − γ), normalised (see `tilt`)."""
-    return tilt(conditional, unconditional, guidance)[0]
-
-
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance: the scale γ, its schedule over time, and its rule.
