@@ -316,7 +316,6 @@ def _train(
             with contextlib.nullcontext() if sync else net.no_sync():
                 loss, metrics = objective.training_loss(net, batch)
                 (loss / tc.grad_accum).backward()
-            layer_metrics = recorded_metrics(net)  # the backward's too (e.g. adjoint solves)
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
         done = step + 1
@@ -348,7 +347,8 @@ def _train(
                 "seconds": round(seconds, 3),
             }
             record.update({k: v for k, v in metrics.items() if k.startswith("aux_")})
-            record.update(layer_metrics)
+            # read after the backward, so the adjoint solves' reports are in (last micro-batch)
+            record.update(recorded_metrics(net))
             if done % tc.eval_every == 0 or is_last:
                 if info.is_main:
                     evaluation = task.evaluate(
