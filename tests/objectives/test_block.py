@@ -65,7 +65,9 @@ def test_block_size_of_the_sequence_is_full_diffusion_with_the_same_draws(noise,
     name = "masked_diffusion" if noise == "absorbing" else "uniform_diffusion"
     options = {"estimator": estimator} if estimator == "count" else {}
     full = build_objective(name, VOCAB, **options)
-    block = build_objective("block_diffusion", VOCAB, block_size=10, noise=noise, **options)
+    block = build_objective(
+        "block_diffusion", VOCAB, block_size=10, noise=noise, clip=None, **options
+    )
     model = tiny(vocab=full.model_vocab_size(VOCAB))
     batch = Batch(torch.randint(0, VOCAB, (4, 10)))
     for method in ("nll", "loss"):
@@ -146,6 +148,78 @@ def test_mixture_of_block_sizes_and_clipped_times_train():
     assert times.min() >= 0.3 and times.max() <= 0.8
     with pytest.raises(ConfigError, match="clip"):
         build_objective("block_diffusion", VOCAB, clip=[0.8, 0.3])
+    with pytest.raises(ConfigError, match="clip"):
+        build_objective("block_diffusion", VOCAB, clip="paper")
+
+
+def test_paper_clip_windows():
+    from seqlab.objectives.block import paper_clip
+
+    assert paper_clip(1) == (1.0, 1.0)
+    assert paper_clip(4) == (0.45, 0.95) and paper_clip(16) == (0.3, 0.8)
+    assert paper_clip(2) == (0.45, 0.95) and paper_clip(64) == (0.3, 0.8)
+    low, high = paper_clip(8)
+    assert math.isclose(low, 0.375) and math.isclose(high, 0.875)
+
+
+def masked_fractions(objective, tokens, scored):
+    """Per-block masked fractions of scored tokens of one training draw, and the times."""
+    process = objective._bound()
+    b, length = tokens.shape
+    t = objective._times(objective.train_times(b * objective.n_groups(length), "cpu"), Batch(tokens))
+    x_t = objective.noised(process, tokens, t, scored)
+    masked = ((x_t == process.mask_id) & scored).double().view(b, -1, objective.block_size)
+    return masked.sum(-1) / scored.double().view(b, -1, objective.block_size).sum(-1), t
+
+
+@pytest.mark.parametrize("block_size", [4, 8, 16])
+def test_auto_clip_keeps_every_block_in_the_window(block_size):
+    torch.manual_seed(0)
+    objective = build_objective("block_diffusion", VOCAB, block_size=block_size)
+    low, high = objective.window()
+    tokens = torch.randint(0, VOCAB, (32, 32))
+    fractions, t = masked_fractions(objective, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    assert t.min() >= low and t.max() <= high
+    assert fractions.min() >= low - 1e-9 and fractions.max() <= high + 1e-9
+    unclipped = build_objective("block_diffusion", VOCAB, block_size=block_size, clip=None)
+    assert unclipped.window() is None
+    fractions, t = masked_fractions(unclipped, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    assert t.min() < low and t.max() > high  # 1,024 draws cover [0, 1]
+    assert fractions.min() < low and fractions.max() > high
+
+
+def test_resampling_counts_scored_tokens_only_and_can_be_switched_off():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (16, 16))
+    scored = torch.ones_like(tokens, dtype=torch.bool)
+    scored[:, :2] = False  # two clean context tokens in the first block of every row
+    objective = build_objective("block_diffusion", VOCAB, block_size=4, clip=[0.5, 0.5 + 1e-6])
+    fractions, _ = masked_fractions(objective, tokens, scored)
+    assert torch.equal(fractions, torch.full_like(fractions, 0.5))  # 1 of 2, 2 of 4
+    plain = build_objective("block_diffusion", VOCAB, block_size=4, clip=[0.5, 0.6], resample=False)
+    fractions, _ = masked_fractions(plain, tokens, scored)
+    assert (fractions != 0.5).any()
+
+
+def test_auto_clip_at_block_size_one_trains_on_the_ar_loss():
+    torch.manual_seed(0)
+    objective = build_objective("block_diffusion", VOCAB, block_size=1)
+    model = tiny()
+    tokens = torch.randint(0, VOCAB, (3, 9))
+    loss, _ = objective.loss(model, Batch(tokens))
+    expected = all_noised_terms(objective, model, tokens).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_evaluation_bound_ignores_the_training_window():
+    model = tiny()
+    tokens = torch.randint(0, VOCAB, (2, 16))
+    scores = []
+    for clip in ("auto", None, [0.2, 0.3]):
+        objective = build_objective("block_diffusion", VOCAB, block_size=4, clip=clip)
+        torch.manual_seed(3)
+        scores.append(objective.nll(model, Batch(tokens)).nats)
+    assert scores[0] == scores[1] == scores[2]
 
 
 @pytest.mark.statistical

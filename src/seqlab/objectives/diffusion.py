@@ -419,12 +419,23 @@ class Diffusion(Objective):
     def train_times(self, n: int, device: torch.device) -> Tensor:
         return stratified_times(n, device=device)
 
+    def noised(self, process: Process, tokens: Tensor, t: Tensor, scored: Tensor) -> Tensor:
+        """x_t drawn for a training step at per-position levels `t [B, L]` (a block-wise
+        objective may shape the draw; evaluation always draws from `process.corrupt`)."""
+        return process.corrupt(tokens, t, scored)
+
     def elbo_terms(
-        self, model: Model, batch: Batch, t: Tensor, condition: Tensor | None = None
+        self,
+        model: Model,
+        batch: Batch,
+        t: Tensor,
+        condition: Tensor | None = None,
+        training: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """ELBO integrand `[B, L]` at per-position times `t [B, L]` given class labels
         `condition` (None: unconditional), and the scored mask. Under a hyperschedule `t` is
-        the global time: each position is noised at τ_i(t) and its term weighted by τ_i′(t)."""
+        the global time: each position is noised at τ_i(t) and its term weighted by τ_i′(t).
+        `training` draws x_t with `noised` (the training loss's own draw)."""
         process = self._bound()
         tokens = batch.tokens
         scored = scored_mask(batch)
@@ -436,7 +447,9 @@ class Diffusion(Objective):
                 groups = self.groups(tokens.shape[1], tokens.device)
             x_t, weight = absorb_count(tokens, tau, scored, groups, process.mask_id)
         else:
-            x_t = process.corrupt(tokens, tau, scored)
+            x_t = self.noised(process, tokens, tau, scored) if training else process.corrupt(
+                tokens, tau, scored
+            )
         prefix = self.class_prefix(condition, tokens.shape[0], tokens.device)
         logits = self.denoise(model, x_t, tokens, prefix)
         if rate is not None:  # clean (τ = 0) and pure-noise (τ = 1) positions weigh 0
@@ -464,7 +477,7 @@ class Diffusion(Objective):
         if self.num_classes and condition is not None and self.label_dropout > 0:
             dropped = torch.rand(b, device=condition.device) < self.label_dropout
             condition = condition.masked_fill(dropped, self.num_classes)
-        terms, scored = self.elbo_terms(model, batch, t, condition)
+        terms, scored = self.elbo_terms(model, batch, t, condition, training=True)
         loss = terms.sum() / scored.sum().clamp(min=1)
         return loss.float(), {"nll_bound": loss.detach().item()}
 
