@@ -402,8 +402,9 @@ class DataConfig:
 
     Keys:
         corpus: stdlib (the Python standard library's source), path (a text file or a
-            folder of them) or hf (a Hugging Face dataset saved to disk or by name)
-        path: the file, folder or dataset that the path and hf corpora read
+            folder of them), hf (a Hugging Face dataset saved to disk or by name) or
+            wikipedia (a MediaWiki XML dump, .xml or .xml.bz2)
+        path: the file, folder, dataset or dump that the path, hf and wikipedia corpora read
         format: text (windows of one token stream) or pairs (one source<TAB>target pair
             per line of the path corpus; only the target is scored)
         seq_len: tokens per training row (pairs: a row holds at most seq_len + 1)

@@ -1,6 +1,6 @@
 """Text corpora tokenised once into cached, memory-mapped train/validation/test token arrays.
 
-Three sources:
+Four sources:
 
 * ``stdlib``: every ``*.py`` file of the running Python's standard library (no
   ``site-packages``/``dist-packages``), offline and about 30 MB. Each file goes to one split by
@@ -9,22 +9,28 @@ Three sources:
   files and folders, binary and non-UTF-8 files are skipped).
 * ``hf``: a Hugging Face dataset, by hub name (``name`` or ``name:config``) or a local
   directory written by ``save_to_disk``; the text is the ``text_field`` column.
+* ``wikipedia``: a MediaWiki XML dump (Wikipedia's ``pages-articles``, ``.xml`` or
+  ``.xml.bz2``), streamed; each article (namespace 0, not a redirect, at least
+  ``MIN_ARTICLE_CHARS`` characters once cleaned by `seqlab.data.wikitext`) is one document:
+  its title, a newline, its plain text. The cleaned documents are spooled to anonymous
+  temporary files (not held in memory) while tokenising.
 
 Splits
-    Per-document hash split (stdlib, folders): sha1 of the relative POSIX path, first 8 bytes
-    read as a fraction u in [0, 1): u < 0.02 is validation, u < 0.04 test, the rest train
-    (96 / 2 / 2). On the 3.11 stdlib that is about 500 KB each for validation and test.
-    Position split (a single file, a folder whose hash split leaves validation or test
+    Per-document hash split (stdlib, folders, dumps): sha1 of the relative POSIX path (of a
+    dump: the title), first 8 bytes read as a fraction u in [0, 1): u < 0.02 is validation,
+    u < 0.04 test, the rest train (96 / 2 / 2). On the 3.11 stdlib that is about 500 KB each
+    for validation and test.
+    Position split (a single file, a folder or dump whose hash split leaves validation or test
     empty): the text's first 90% of bytes is train, the next 5% validation, the last 5% test
     (cuts moved forward to a character boundary). Hugging Face datasets keep their own
     train/validation/test splits ("valid" and "dev" count as validation); missing ones are cut
     from the end of train by row position, 5% of its rows each, validation before test.
 
 Documents
-    Each document (file, dataset row) is tokenised on its own as its text followed by "\\n",
-    for both tokenizers, so documents are separated by a newline and ``num_bytes`` counts the
-    UTF-8 bytes of exactly the text tokenised, separators included. A position split has no
-    added separators (a folder's concatenation already has them).
+    Each document (file, dataset row, article) is tokenised on its own as its text followed by
+    "\\n", for both tokenizers, so documents are separated by a newline and ``num_bytes``
+    counts the UTF-8 bytes of exactly the text tokenised, separators included. A position
+    split has no added separators (a folder's or dump's concatenation already has them).
 
 BPE
     Trained on the first ~2 MB (characters) of the train split, in corpus order, then used for
@@ -34,9 +40,10 @@ Cache
     ``<cache_dir>/corpora/<corpus>-<tokenizer>-<hash>/`` holds ``train.bin``,
     ``validation.bin``, ``test.bin`` (raw little-endian uint16, or uint32 for vocabularies over
     65536), ``tokenizer.json`` for BPE and ``meta.json``. The hash covers the corpus kind, the
-    resolved path, the (relative file, size, mtime_ns) listing or the dataset fingerprints,
-    the tokenizer and its vocabulary size, and the recipe above. Every file is written to a
-    temporary name and moved into place; ``meta.json`` comes last and marks the entry complete.
+    resolved path, the (relative file, size, mtime_ns) listing or the dataset fingerprints (for
+    a dump also the cleaner's version and minimum article length), the tokenizer and its
+    vocabulary size, and the recipe above. Every file is written to a temporary name and moved
+    into place; ``meta.json`` comes last and marks the entry complete.
     Concurrent builders of the same entry (e.g. several ranks) wait on a lock file.
 """
 
@@ -58,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from seqlab.data import wikitext
 from seqlab.data.tokenizers import (
     MIN_BPE_VOCAB,
     TOKENIZER_NAMES,
@@ -76,7 +84,7 @@ except ImportError:  # Windows: no advisory locks, concurrent builders just repe
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-CORPORA = ("stdlib", "path", "hf")
+CORPORA = ("stdlib", "path", "hf", "wikipedia")
 HASH_FRACTIONS = {"validation": 0.02, "test": 0.02}
 POSITION_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 HF_CUT_FRACTION = 0.05
@@ -90,6 +98,7 @@ HF_SPLIT_ALIASES = {
 BPE_SAMPLE_CHARS = 2_000_000
 ENCODE_BATCH_CHARS = 4_000_000
 CHUNK_CHARS = 1_000_000
+MIN_ARTICLE_CHARS = 200
 FORMAT_VERSION = 1
 RECIPE = {
     "format": FORMAT_VERSION,
@@ -161,7 +170,8 @@ def load_corpus(
 ) -> TokenCorpus:
     """Tokenise `corpus` (or read it from the cache) into train/validation/test token arrays.
 
-    `path` is the file, folder, hub name or ``save_to_disk`` directory for "path" and "hf";
+    `path` is the file, folder, hub name, ``save_to_disk`` directory or dump file for "path",
+    "hf" and "wikipedia";
     `vocab_size` only matters for "bpe"; `text_field` and `hf_split` (use only that split of
     the dataset and cut it by row position; hub names accept slices like "train[:10%]") only
     for "hf". `cache_dir` defaults to ``$SEQLAB_CACHE`` or ``~/.cache/seqlab``.
@@ -182,6 +192,8 @@ def load_corpus(
         source = _path_source(_require_path(corpus, path))
     elif corpus == "hf":
         source = _hf_source(_require_path(corpus, path), text_field, hf_split)
+    elif corpus == "wikipedia":
+        source = _wikipedia_source(_require_path(corpus, path))
     else:
         raise UnknownNameError("corpus", corpus, CORPORA)
 
@@ -383,6 +395,82 @@ def _check_text_column(dataset: Any, text_field: str, where: str) -> None:
     dtype = getattr(dataset.features[text_field], "dtype", None)
     if dtype not in ("string", "large_string"):
         raise DataError(f"column {text_field!r} of dataset {where} holds {dtype}, not text")
+
+
+def _wikipedia_source(path: str) -> _Source:
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise DataError(
+            f"wikipedia corpus path {path!r} is not a file (resolved to {resolved}); expected "
+            "a MediaWiki XML dump, .xml or .xml.bz2"
+        )
+    identity = {
+        **_file_identity(resolved.parent, [_stat_entry(resolved.parent, resolved)]),
+        "cleaner": wikitext.CLEANER_VERSION,
+        "min_article_chars": MIN_ARTICLE_CHARS,
+    }
+    return _Source(identity, lambda: _wikipedia_splits(resolved))
+
+
+def _wikipedia_splits(path: Path) -> _Splits:
+    """One pass over the dump: each kept article is spooled to its split's temporary file,
+    NUL-terminated (XML text cannot hold NUL)."""
+    # The spools live as long as the returned streams; the OS deletes them once closed.
+    spools = {
+        split: tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
+        for split in SPLITS
+    }
+    counts = dict.fromkeys(SPLITS, 0)
+    for title, document in _dump_articles(path):
+        split = _hash_split_of(title)
+        spools[split].write(document + "\0")
+        counts[split] += 1
+    kept = sum(counts.values())
+    if not kept:
+        raise DataError(
+            f"MediaWiki dump {path} has no article (namespace 0, not a redirect) with at least "
+            f"{MIN_ARTICLE_CHARS} characters of text"
+        )
+    what = (
+        f"MediaWiki dump {path}: {kept} articles (namespace 0, no redirects, at least "
+        f"{MIN_ARTICLE_CHARS} characters of plain text), each its title, a newline and its text"
+    )
+    if all(counts.values()):
+        percent = {s: round(100 * f) for s, f in HASH_FRACTIONS.items()}
+        return _Splits(
+            {split: _spooled_documents(spools[split]) for split in SPLITS},
+            f"{what}, split by a hash of the title: train {100 - sum(percent.values())}% / "
+            f"validation {percent['validation']}% / test {percent['test']}% "
+            f"({'/'.join(map(str, counts.values()))} articles), each followed by a newline",
+        )
+    for spool in spools.values():
+        spool.close()
+    data = "".join(document + "\n" for _, document in _dump_articles(path)).encode("utf-8")
+    return _Splits(
+        _position_split(data),
+        f"{what}: too few articles for a per-article split, so their concatenation (each "
+        f"followed by a newline) is split by position: {_describe_position()}",
+    )
+
+
+def _dump_articles(path: Path) -> Iterator[tuple[str, str]]:
+    """(title, document) of the dump's articles with enough text, in dump order."""
+    for page in wikitext.iter_pages(path):
+        if wikitext.is_article(page):
+            text = wikitext.clean_wikitext(page.text)
+            if len(text) >= MIN_ARTICLE_CHARS:
+                yield page.title, f"{page.title}\n{text}"
+
+
+def _spooled_documents(spool: Any) -> TextStream:
+    def texts() -> Iterator[str]:
+        spool.seek(0)
+        rest = ""
+        while chunk := spool.read(CHUNK_CHARS):
+            *documents, rest = (rest + chunk).split("\0")
+            yield from (document + "\n" for document in documents)
+
+    return texts
 
 
 # ---------------------------------------------------------------------------- files
