@@ -330,7 +330,7 @@ SAMPLERS = Registry(
     "seqlab.sampling",
     "seqlab.samplers",
     positional=3,
-    declarations={"paradigm": "ar"},
+    declarations={"paradigm": "ar", "hyperschedule": False},
 )
 TASKS = Registry(
     "task",

@@ -167,10 +167,10 @@ def test_hybrid_posterior_is_the_true_one_for_a_one_hot_x0():
     torch.testing.assert_close(marginal(t) @ posterior, marginal(s), rtol=1e-12, atol=1e-12)
 
 
-def test_sampler_refuses_a_hyperschedule():
+def test_a_flat_time_sampler_refuses_a_hyperschedule():
     objective = build_objective("masked_diffusion", VOCAB, hyperschedule={"kind": "staircase"})
     with pytest.raises(ConfigError, match="hyperschedule"):
-        generate(tiny(), [[1]], max_new_tokens=3, sampler="ancestral", objective=objective)
+        generate(tiny(), [[1]], max_new_tokens=3, sampler="remask", objective=objective)
 
 
 def test_hybrid_user_errors():

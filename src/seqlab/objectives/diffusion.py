@@ -216,12 +216,14 @@ class Hybrid:
         """The reverse step q(x_s | x_t, x̂_0) for s < t over the N data tokens and the mask
         `[..., N + 1]`. From the mask: x_s = y ∝ (a_s − a_t)·p_{u_s}(x̂_0)(y), the mask ∝ 1 − a_s
         (normalised by 1 − a_t). From a data token z (never from the mask): UDLM's posterior
-        with α → u (`uniform_posterior`)."""
+        with α → u (`uniform_posterior`). `t`, `s` broadcast against `x_t` (per-position
+        levels of a hyperschedule, or one time)."""
         a_t, a_s = 1 - self.mask_rate(t), 1 - self.mask_rate(s)
         u_t, u_s = self.keep(t), self.keep(s)
         n = self.vocab_size
-        unmasked = (a_s - a_t) * (u_s * x0_probs + (1 - u_s) / n)
-        from_mask = torch.cat([unmasked, (1 - a_s).expand(*unmasked.shape[:-1], 1)], dim=-1)
+        unmasked = (a_s - a_t)[..., None] * (u_s[..., None] * x0_probs + (1 - u_s)[..., None] / n)
+        stay = (1 - a_s)[..., None].expand(*unmasked.shape[:-1], 1)
+        from_mask = torch.cat([unmasked, stay], dim=-1)
         from_mask = from_mask / from_mask.sum(-1, keepdim=True)
         z = x_t.clamp(max=n - 1)
         from_data = F.pad(uniform_posterior(z, x0_probs, u_t, u_s), (0, 1))

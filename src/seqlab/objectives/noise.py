@@ -200,16 +200,48 @@ class Hyperschedule:
     def flat(self) -> bool:
         return self.kind == "flat"
 
-    def speed_and_lag(self, length: int, device: torch.device) -> tuple[float, Tensor]:
-        """v and d_i `[L]` (float64) over a sequence of `length` positions."""
-        index = torch.arange(length, dtype=torch.float64, device=device)
+    def _rational(self, length: int, device: torch.device) -> tuple[int, Tensor, int]:
+        """Integers (a, e_i `[L]`, c) with v = a / c and d_i = e_i / c."""
+        index = torch.arange(length, device=device)
         if self.kind == "staircase":
             blocks = -(-length // self.width)
-            return float(blocks), blocks - 1 - torch.div(index, self.width, rounding_mode="floor")
+            return blocks, blocks - 1 - index // self.width, 1
         if self.kind == "sliding":
-            w = self.width
-            return (length - 1 + w) / w, (length - 1 - index) / w
-        return 1.0, torch.zeros_like(index)
+            return length - 1 + self.width, length - 1 - index, self.width
+        return 1, torch.zeros_like(index), 1
+
+    def speed_and_lag(self, length: int, device: torch.device) -> tuple[float, Tensor]:
+        """v and d_i `[L]` (float64) over a sequence of `length` positions."""
+        a, e, c = self._rational(length, device)
+        return a / c, e.double() / c
+
+    def sampling_steps(self, length: int) -> int:
+        """The natural number K of reverse steps over `length` positions: the grid
+        t_k = 1 − k/K on which every ramp starts and ends on a grid time and takes one step
+        per position it holds, so a sampler commits about one position per step.
+
+        - `flat`: K = L, every position ramps over all K steps;
+        - `staircase` of width w: n = ⌈L/w⌉ ramps one after another, min(w, L) steps each:
+          K = n · min(w, L) (width 1: K = L, one position per step, as autoregression);
+        - `sliding` of width w: a ramp starts at every step and lasts w steps (position i
+          moves during steps i … i + w − 1 and is clean after step i + w − 1): K = L − 1 + w,
+          the L positions plus the width of the ramp.
+        """
+        if self.kind == "staircase":
+            return -(-length // self.width) * min(self.width, length)
+        if self.kind == "sliding":
+            return length - 1 + self.width
+        return length
+
+    def grid_levels(self, length: int, step: int, steps: int, device: torch.device) -> Tensor:
+        """τ_i(t) `[L]` (float64) at the grid time t = (K − k)/K, k = `step`, K = `steps`.
+
+        Formed as clip((a·(K − k) − e_i·K) / (c·K), 0, 1) from the integers of v = a/c and
+        d_i = e_i/c, so a level the schedule puts at 0 (clean) or 1 (pure noise) is exactly
+        that, on any grid."""
+        a, e, c = self._rational(length, device)
+        ramp = (a * (steps - step) - e * steps).double() / (c * steps)
+        return ramp.clamp(0.0, 1.0)
 
     def levels(self, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """τ_i(t) and τ_i′(t) `[B, L]` from global times `t [B, L]` (one per row, repeated

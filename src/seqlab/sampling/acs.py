@@ -12,7 +12,10 @@ the token is replaced by the prediction (corrected in place, no extra model call
 prediction is the step's own x̂_0). The correction needs a denoiser that predicts clean
 positions too, as the hybrid (ε/γ) objectives train it to; under pure absorbing noise the
 prediction at a decoded position is whatever the denoiser outputs there. τ = `threshold`;
-τ ≥ 1 turns correction off, and the sampler is then `ancestral`, draw for draw.
+τ ≥ 1 turns correction off, and the sampler is then `ancestral`, draw for draw. Under a
+non-flat hyperschedule the ancestral step follows each position's levels, and only
+positions inside their ramp at this step are corrected: one still at pure noise is not yet
+decoded, one already committed (τ = 0) stays.
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ def acs_rule(inputs: RuleInputs, threshold: float) -> Rule:
     step_rule = ancestral_rule(objective, inputs.generator, inputs.guidance)
     mask_id = objective.mask_id
 
-    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
-        new = step_rule(tokens, probs, free, step, steps)
+    def rule(
+        tokens: Tensor,
+        probs: Tensor,
+        free: Tensor,
+        step: int,
+        steps: int,
+        levels: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        new = step_rule(tokens, probs, free, step, steps, levels)
         if threshold >= 1:
             return new
+        if levels is not None:
+            free = free & (levels[1] < levels[0])
         fix, predicted = corrections(tokens, probs, free, mask_id, threshold)
         return torch.where(fix, predicted, new)
 
@@ -52,7 +64,9 @@ def acs_rule(inputs: RuleInputs, threshold: float) -> Rule:
 
 
 @SAMPLERS.register("acs")
-@diffusion_sampler(stop_when_clean=lambda objective: objective.noise == "absorbing")
+@diffusion_sampler(
+    stop_when_clean=lambda objective: objective.noise == "absorbing", hyperschedule=True
+)
 def acs(inputs: RuleInputs, *, threshold: float = 0.9) -> Rule:
     """Adaptive correction (Fathi et al., 2025): ancestral steps, and after each a decoded
     token is replaced by the denoiser's prediction where that prediction differs and its

@@ -19,6 +19,11 @@ model reads depends on the objective it was trained with:
   tokens. A `shift` objective reads x̂_0 at i from the output at i − 1: for the block's
   first position, the last output of the clean prefix.
 
+Under an objective's non-flat hyperschedule (staircase, sliding: `noise.Hyperschedule`) the
+canvas is one block whose positions step between their own noise levels τ_i(t) on a global
+time grid (`denoise`); the `ancestral`, `acs` and `confidence` samplers follow it, the others
+refuse it.
+
 Samplers are rules plugged into one loop (`denoise`): a rule maps a block's tokens and x̂_0
 to its next tokens. `ancestral` (the reverse process; a step that changed nothing reuses the
 last prediction), `confidence` (Fast-dLLM: every mask above `threshold`, at least one per
@@ -191,8 +196,10 @@ def _placed(soft: Tensor | None, length: int, offset: int) -> Tensor | None:
 
 
 # A rule updates one block: (tokens [B, n], x̂_0 probabilities [B, n, N] float64, the
-# positions it may change [B, n], step i of `steps`) -> new tokens [B, n].
-Rule = Callable[[Tensor, Tensor, Tensor, int, int], Tensor]
+# positions it may change [B, n], step i of `steps`) -> new tokens [B, n]. The rules of
+# samplers declared with `hyperschedule=True` also take `levels=(τ_t, τ_s)` `[n]` under a
+# non-flat hyperschedule (see `denoise`).
+Rule = Callable[..., Tensor]
 
 
 def x0_probs(logits: Tensor, vocab_size: int, temperature: float) -> Tensor:
@@ -316,6 +323,14 @@ def denoise(
     the step's time, or for rules without steps the fraction of the block's free positions
     still masked.
 
+    Under a non-flat hyperschedule (`noise.Hyperschedule`, full-sequence diffusion, the
+    canvas as one block) the steps follow the global grid t_k = 1 − k/K, K = `steps` or
+    `Hyperschedule.sampling_steps` of the canvas (prompt included: training placed the levels
+    over whole sequences), and the rule is also given `levels=(τ(t_k), τ(t_{k+1}))`, each
+    position's own levels `[n]`: positions at τ = 1 stay noise, those reaching τ = 0 are
+    committed. Steps that move no free position's level are skipped (no model call, no draw);
+    `until_clean` rules run the K steps (ending once clean), and t is the grid time.
+
     A rule with a `feed(tokens, probs, free)` method gives the embeddings to add to the
     block's next pass (`Context.logits`' `soft`, None: none); a step that feeds one always
     runs the model again. A rule with a `correct(x, start, end, free, context)` method is
@@ -339,6 +354,13 @@ def denoise(
     )
     feed = getattr(rule, "feed", None)
     correct = getattr(rule, "correct", None)
+    hyper = None if objective.hyperschedule.flat else objective.hyperschedule
+    if hyper is not None and size < max_new_tokens:
+        raise ConfigError(
+            f"a {hyper.kind} hyperschedule orders the whole canvas itself: full-sequence "
+            f"diffusion samples it as one block (block_size None or >= max_new_tokens, "
+            f"got {block_size})"
+        )
     shape = (b, max_new_tokens)
     if objective.noise == "absorbing":
         canvas = torch.full(shape, objective.mask_id, dtype=torch.long, device=prompt.device)
@@ -358,20 +380,37 @@ def denoise(
         free = torch.zeros(b, end - start, dtype=torch.bool, device=x.device)
         free[:, position - start :] = True
         n_steps = steps or (end - position)
+        if hyper is not None:
+            n_steps = hyper.sampling_steps(x.shape[1]) if until_clean or not steps else steps
         while True:
             step, raw, soft = 0, None, None
-            while until_clean or step < n_steps:
+            while (until_clean and hyper is None) or step < n_steps:
                 masks = x[:, start:end] == n_vocab
                 if (until_clean or stop_when_clean) and not masks.any():
                     break
+                levels = None
+                if hyper is not None:
+                    levels = tuple(
+                        hyper.grid_levels(x.shape[1], k, n_steps, x.device)[start:end]
+                        for k in (step, step + 1)
+                    )
+                    if not (free & (levels[1] < levels[0])).any():
+                        step += 1
+                        continue
                 if raw is None:
                     raw = x0_probs(context.logits(x, start, end, soft), n_vocab, temperature)
                     if guidance is not None:
                         raw = torch.stack(raw.chunk(2))
-                t = float(masks[free].double().mean()) if until_clean else _times(step, n_steps)[0]
+                if until_clean and hyper is None:
+                    t = float(masks[free].double().mean())
+                else:
+                    t = _times(step, n_steps)[0]
                 probs = guided_probs(raw, guidance, t)
                 block = x[:, start:end]
-                new = rule(block, probs, free, step, n_steps)
+                if levels is None:
+                    new = rule(block, probs, free, step, n_steps)
+                else:
+                    new = rule(block, probs, free, step, n_steps, levels=levels)
                 soft = feed(new, probs, free) if feed is not None else None
                 if soft is not None or not torch.equal(new, block):
                     x[:, start:end] = new
@@ -429,19 +468,31 @@ def ancestral_rule(
     rule the rule receives the stacked conditional and unconditional x̂_0 `[2, B, n, N]` and
     tilts the whole step: the posteriors of uniform and hybrid noise (`tilt` over all their
     states), the unmasking probability and token of absorbing noise (`absorbing_transition`).
-    The steps share one t over the canvas: a model trained under a non-flat hyperschedule is
-    refused."""
+
+    The steps share one t over the canvas, or under a non-flat hyperschedule take each
+    position's own levels `levels = (τ_t, τ_s)` `[n]` (from `denoise`): position i steps
+    from α(τ_i(t)) to α(τ_i(s)) with the same posterior, and a position whose level does not
+    move (τ = 1: still noise; τ = 0: committed) is left as it is. Reaching τ_s = 0 unmasks
+    with probability 1 (absorbing) and leaves no mask (hybrid)."""
     schedule = objective.schedule
-    if not objective.hyperschedule.flat:
-        raise ConfigError(
-            f"ancestral sampling follows a flat schedule; the objective's "
-            f"{objective.hyperschedule.kind} hyperschedule is not supported by it"
-        )
     hybrid = objective.process if isinstance(objective.process, Hybrid) else None
     whole = guidance is not None and guidance.rule == "unnormalized"
 
-    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+    def rule(
+        tokens: Tensor,
+        probs: Tensor,
+        free: Tensor,
+        step: int,
+        steps: int,
+        levels: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
+        gamma_t = float(t)
+        if levels is not None:  # each position at its own levels; still ones kept as they are
+            free = free & (levels[1] < levels[0])
+            # still positions get an interior pair, finite for every process (draws discarded)
+            t = torch.where(free, levels[0], 0.5)
+            s = torch.where(free, levels[1], 0.25)
         if objective.noise != "absorbing":
             if hybrid is not None:
                 posterior = functools.partial(hybrid.posterior, tokens, t=t, s=s)
@@ -451,13 +502,13 @@ def ancestral_rule(
                     uniform_posterior, tokens, alpha_t=alpha_t, alpha_s=alpha_s
                 )
             if whole:
-                gamma = guidance.at(float(t))
+                gamma = guidance.at(gamma_t)
                 step_probs = tilt(posterior(probs[0]), posterior(probs[1]), gamma)[0]
             else:
                 step_probs = posterior(probs)
             return torch.where(free, draw(step_probs, generator), tokens)
         unmask = absorbing_posterior(schedule.alpha(t), schedule.alpha(s))[0]
-        unmask, token_probs = absorbing_transition(unmask, probs, guidance, float(t))
+        unmask, token_probs = absorbing_transition(unmask, probs, guidance, gamma_t)
         masked = free & (tokens == objective.mask_id)
         chosen = masked & (_coins(tokens, generator) < unmask)
         return torch.where(chosen, draw(token_probs, generator), tokens)
@@ -488,11 +539,27 @@ def confidence_rule(
     mask_id: int, threshold: float, temperature: float, generator: torch.Generator | None
 ) -> Rule:
     """Fast-dLLM: unmask every masked position whose confidence exceeds `threshold`, and
-    at least the most confident one per row."""
+    at least the most confident one per row.
 
-    def rule(tokens: Tensor, probs: Tensor, free: Tensor, step: int, steps: int) -> Tensor:
+    Under a non-flat hyperschedule (`levels = (τ_t, τ_s)` `[n]`) only positions whose
+    window has opened by the step's end (τ_s < 1) may be unmasked, by the same rule, and
+    every mask reaching τ_s = 0 is: each row's masks are committed in the schedule's order
+    (a staircase of width 1 with K = L steps commits exactly position k at step k)."""
+
+    def rule(
+        tokens: Tensor,
+        probs: Tensor,
+        free: Tensor,
+        step: int,
+        steps: int,
+        levels: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         proposal, confidence = _candidates(probs, temperature, generator)
-        chosen = _confident(tokens, confidence, free, mask_id, threshold)
+        if levels is None:
+            chosen = _confident(tokens, confidence, free, mask_id, threshold)
+        else:
+            chosen = _confident(tokens, confidence, free & (levels[1] < 1), mask_id, threshold)
+            chosen = chosen | (free & (tokens == mask_id) & (levels[1] == 0))
         return torch.where(chosen, proposal, tokens)
 
     return rule
@@ -674,6 +741,7 @@ def diffusion_sampler(
     until_clean: bool = False,
     stop_when_clean: bool | Callable[[Diffusion], bool] = False,
     whole_step_guidance: bool = False,
+    hyperschedule: bool = False,
     **defaults: Any,
 ) -> Callable[[RuleFactory], Callable[..., Generation]]:
     """Decorator: a diffusion sampler from `make(inputs: RuleInputs, *, own options) -> Rule`.
@@ -684,6 +752,8 @@ def diffusion_sampler(
     `stop_when_clean` (or a function of the objective): a block's steps end once it is
     clean, for rules that never touch a clean token (see `denoise`).
     `whole_step_guidance`: the rule takes the unnormalized guidance rule (`Guidance`).
+    `hyperschedule`: the rule takes per-position `levels` (see `denoise`), so the sampler
+    follows an objective's non-flat hyperschedule; other samplers refuse one.
     """
     names = tuple(n for n in (*DENOISING, *GUIDANCE) if not (until_clean and n == "steps"))
 
@@ -698,6 +768,12 @@ def diffusion_sampler(
             objective = diffusion_objective(model, options.objective)
             if absorbing:
                 _absorbing(objective, make.__name__)
+            if not (hyperschedule or objective.hyperschedule.flat):
+                supported = [e.name for e in SAMPLERS.entries() if e.declared("hyperschedule")]
+                raise ConfigError(
+                    f"the {make.__name__!r} sampler shares one t over the canvas; a "
+                    f"{objective.hyperschedule.kind} hyperschedule is sampled by {supported}"
+                )
             generator = _generator(model, options.seed)
             guidance = None
             if options.guidance is not None:
@@ -735,6 +811,7 @@ def diffusion_sampler(
         sampler.__signature__ = inspect.Signature([*leading, *own])  # type: ignore[attr-defined]
         functools.update_wrapper(sampler, make)
         sampler.paradigm = "diffusion"  # type: ignore[attr-defined]  (read by the registry)
+        sampler.hyperschedule = hyperschedule  # type: ignore[attr-defined]
         return shares(*names, **defaults)(sampler)
 
     return decorate
@@ -742,18 +819,43 @@ def diffusion_sampler(
 
 @SAMPLERS.register("ancestral")
 @diffusion_sampler(
-    stop_when_clean=lambda objective: objective.noise == "absorbing", whole_step_guidance=True
+    stop_when_clean=lambda objective: objective.noise == "absorbing",
+    whole_step_guidance=True,
+    hyperschedule=True,
 )
 def ancestral(inputs: RuleInputs) -> Rule:
-    """The reverse process of the objective's noise (MDLM / UDLM ancestral sampling)."""
+    """The reverse process of the objective's noise (MDLM / UDLM ancestral sampling).
+
+    Under the objective's hyperschedule each position steps between its own levels τ_i(t)
+    on the grid t_k = 1 − k/K (`denoise`); K (`steps`) defaults to
+    `Hyperschedule.sampling_steps` of the canvas: L for flat (the number of new tokens,
+    as before), n·w for a staircase of n blocks of width w (each block ramps in w steps),
+    L − 1 + w for a sliding window of width w (a ramp starts each step and lasts w steps).
+    Staircase width 1 with K = L commits position k at step k, as AR decoding; steps that
+    would move only prompt positions are skipped and cost nothing. Example: a sliding
+    window of width 2 over a prompt of 2 and 6 new tokens runs K = 8 − 1 + 2 = 9 grid
+    steps, of which the first two move only the prompt:
+
+        objective = build_objective(
+            "masked_diffusion", 7, hyperschedule={"kind": "sliding", "width": 2}
+        )
+        out = generate(model, [[1, 2]], max_new_tokens=6, sampler="ancestral",
+                       objective=objective)
+        assert out.nfe <= 7  # position i moves during steps i, i + 1; clean after
+    """
     return ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
 
 
 @SAMPLERS.register("confidence")
-@diffusion_sampler(absorbing=True, until_clean=True, temperature=0.0)
+@diffusion_sampler(absorbing=True, until_clean=True, hyperschedule=True, temperature=0.0)
 def confidence(inputs: RuleInputs, *, threshold: float = 0.9) -> Rule:
     """Fast-dLLM: unmask every position more confident than `threshold`, at least one per
-    step, until the block is clean."""
+    step, until the block is clean.
+
+    Under a non-flat hyperschedule the steps follow its natural grid (`denoise`), only
+    positions whose window has opened may be unmasked, and each is unmasked at the latest
+    when its level reaches 0 (`confidence_rule`): a staircase of width 1 is greedy AR
+    decoding."""
     return confidence_rule(
         inputs.objective.mask_id, threshold, inputs.temperature, inputs.generator
     )
