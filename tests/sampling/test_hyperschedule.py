@@ -234,3 +234,21 @@ def test_unsupported_combinations_raise():
         generate(
             model, [[1]], max_new_tokens=4, sampler="ancestral", objective=objective, block_size=2
         )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ancestral_at_temperature_zero_is_greedy(seed):
+    """Greedy tokens whatever the seed: on a width-1 staircase, greedy AR decoding."""
+    objective = build_objective("masked_diffusion", VOCAB, hyperschedule={"kind": "staircase"})
+    model = tiny(objective)
+    prompt = torch.randint(0, VOCAB, (3, 2))
+    out = generate(
+        model,
+        prompt,
+        max_new_tokens=6,
+        sampler="ancestral",
+        objective=objective,
+        temperature=0.0,
+        seed=seed,
+    )
+    assert torch.equal(out.tokens, greedy_ar(model, prompt, 6))

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seqlab.errors import ConfigError, SeqlabError
@@ -842,8 +843,19 @@ def ancestral(inputs: RuleInputs) -> Rule:
         out = generate(model, [[1, 2]], max_new_tokens=6, sampler="ancestral",
                        objective=objective)
         assert out.nfe <= 7  # position i moves during steps i, i + 1; clean after
+
+    At temperature 0 the tokens are greedy (x̂_0 replaced by its one-hot mode); which
+    positions move at a step is still drawn from the posterior.
     """
-    return ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
+    rule = ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
+    if inputs.temperature > 0:
+        return rule
+
+    def greedy(tokens: Tensor, probs: Tensor, *args, **kwargs) -> Tensor:
+        mode = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+        return rule(tokens, mode, *args, **kwargs)
+
+    return greedy
 
 
 @SAMPLERS.register("confidence")
