@@ -50,6 +50,10 @@ HIGHER_IS_BETTER = {
     "accuracy": True,
     "exact_match": True,
     "dfa_valid": True,
+    "generated_accuracy": True,
+    "generated_exact_match": True,
+    "infill_accuracy": True,
+    "infill_nll": False,
     "nll": False,
     "bits_per_byte": False,
 }

@@ -113,7 +113,16 @@ def leaderboard_markdown(
         sparse = _has_sparse(rows)
         others = [
             m
-            for m in ("nll", "accuracy", "exact_match", "bits_per_byte", "dfa_valid")
+            for m in (
+                "nll",
+                "accuracy",
+                "exact_match",
+                "generated_exact_match",
+                "infill_nll",
+                "infill_accuracy",
+                "bits_per_byte",
+                "dfa_valid",
+            )
             if m != metric and f"test_{m}" in rows[0]
         ]
         header = (

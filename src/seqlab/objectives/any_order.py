@@ -155,3 +155,22 @@ class AnyOrder(Objective):
     def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
         """Teacher-forced argmax along one order, at the original positions."""
         return self.scores(model, batch).predict(batch)
+
+    @torch.no_grad()
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Greedy decoding along the left-to-right order (the context first, then the scored
+        positions left to right): one pass per scored token, each committing the argmax at
+        the next scored position from the context and the tokens decoded before it."""
+        scored = scored_mask(batch)
+        x = batch.tokens.masked_fill(scored, 0)
+        order = self.permutation(Batch(x, scored), random=0.0)
+        context, counts = (~scored).sum(1), scored.sum(1)
+        last = x.shape[1] - 1
+        for k in range(int(counts.max())):
+            logits = self.token_nll(model, Batch(x, scored), order)[2]
+            step = (context + k).clamp(max=last)[:, None]
+            guess = logits.gather(1, step[..., None].expand(-1, -1, logits.shape[-1])).argmax(-1)
+            position = order.gather(1, step)
+            live = (k < counts)[:, None]
+            x = x.scatter(1, position, torch.where(live, guess, x.gather(1, position)))
+        return x, scored

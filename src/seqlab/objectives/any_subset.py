@@ -191,6 +191,23 @@ class AnySubset(AnyOrder):
         nll = F.cross_entropy(logits.flatten(0, 1), batch.tokens.flatten(), reduction="none")
         return Scores(nll.view_as(batch.tokens), scored_mask(batch), logits)
 
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Greedy A3 decoding (`sampling.any_subset.infill`, temperature 0): the scored
+        positions left to right in groups of the configured size, the unscored context first:
+        the factorisation `nll` scores in left-to-right order."""
+        from seqlab.sampling.any_subset import infill  # the sampler imports this module
+
+        scored = scored_mask(batch)
+        filled, _ = infill(
+            model,
+            batch.tokens,
+            ~scored,
+            objective=self,
+            group_size=self.target_size(batch),
+            temperature=0.0,
+        )
+        return filled, scored
+
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         grow, shuffle = self.curriculum()
         if self.curriculum_steps > 0:  # logged by the trainer (see seqlab.auxiliary)

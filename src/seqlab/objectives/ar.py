@@ -8,8 +8,9 @@ from torch import Tensor
 
 from seqlab.layout import Layout
 from seqlab.model import Model
-from seqlab.objectives.base import NLL, Batch, Objective
+from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
+from seqlab.sampling.ar import fill
 
 
 @OBJECTIVES.register("ar")
@@ -48,6 +49,15 @@ class Autoregressive(Objective):
         if batch.mask is not None:
             scored &= batch.mask
         return predictions, scored
+
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Greedy left to right (`sampling.ar.fill`): a scored position is decoded from the
+        model's own earlier predictions when reached, an unscored one is context, copied
+        from the batch. Position 0 has no prefix and is never scored (as in `predict`)."""
+        scored = scored_mask(batch).clone()
+        scored[:, 0] = False
+        filled, _ = fill(model, batch.tokens, ~scored, self.vocab_size)
+        return filled, scored
 
     def nll(self, model: Model, batch: Batch) -> NLL:
         nll, mask = self.token_nll(model, batch)

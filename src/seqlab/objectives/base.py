@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses, recorded_metrics
-from seqlab.errors import ShapeError
+from seqlab.errors import ConfigError, ShapeError
 from seqlab.layout import Layout
 
 if TYPE_CHECKING:
@@ -117,6 +117,19 @@ class Objective(ABC):
         the argmax of the next-token logits given the true prefix (teacher forcing); for
         diffusion the argmax at the scored positions with all of them noised at once.
         """
+
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The objective's own greedy decoding of every scored token from the unscored ones.
+
+        Returns `(predictions [B, L], scored [B, L] bool)` like `predict`, but every scored
+        position is filled by the paradigm's generation given only the unscored positions
+        (the prompt, the context): the true values of scored tokens are never read, and
+        unscored positions are returned unchanged. Generation-based evaluation
+        (`Task.generate_eval`) scores this, comparable across paradigms."""
+        raise ConfigError(
+            f"objective {self.name!r} defines no generate (needed for generation-based "
+            f"evaluation: task generate_eval or infill_span)"
+        )
 
 
 def scored_mask(batch: Batch) -> Tensor:

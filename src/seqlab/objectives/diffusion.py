@@ -507,6 +507,44 @@ class Diffusion(Objective):
         guess = process.log_x0(self.denoise(model, x_t, tokens, prefix)).argmax(-1)
         return torch.where(scored, guess, tokens), scored
 
+    @property
+    def decodes_from_masks(self) -> bool:
+        """Whether the process reaches the all-mask state (absorbing noise, or a hybrid that
+        masks at t = 1), from which `generate` decodes."""
+        process = self._bound()
+        if isinstance(process, Absorbing):
+            return True
+        if isinstance(process, Hybrid):
+            return bool(process.mask_rate(torch.ones((), dtype=torch.float64)) > 0)
+        return False
+
+    @torch.no_grad()
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Greedy confidence decoding: every scored position starts masked and each model
+        call commits the argmax at the most confident masked position (the `confidence`
+        sampler's rule, threshold 1), within the first group holding masks (the whole row
+        here; block diffusion: blocks left to right). As many calls as scored tokens.
+        Uniform noise has no mask to start from: a ConfigError (use the ancestral sampler)."""
+        from seqlab.sampling.diffusion import confidence_rule, x0_probs  # imports objectives
+
+        if not self.decodes_from_masks:
+            raise ConfigError(
+                f"{self.noise} noise has no mask state to decode from: generate needs absorbing "
+                f"or hybrid noise that masks (sample uniform diffusion with the ancestral sampler)"
+            )
+        tokens = batch.tokens
+        scored = scored_mask(batch)
+        x = tokens.masked_fill(scored, self.mask_id)
+        rule = confidence_rule(self.mask_id, 1.0, 0.0, None)
+        groups = self.groups(tokens.shape[1], tokens.device).expand_as(tokens)
+        prefix = self.class_prefix(batch.condition, tokens.shape[0], tokens.device)
+        for _ in range(int(scored.sum(1).max())):
+            masked = x == self.mask_id
+            current = groups.masked_fill(~masked, tokens.shape[1]).min(1, keepdim=True).values
+            logits = self.denoise(model, x, x, prefix)
+            x = rule(x, x0_probs(logits, self.vocab_size, 1.0), masked & (groups == current), 0, 1)
+        return x, scored
+
 
 @OBJECTIVES.register("masked_diffusion")
 class MaskedDiffusion(Diffusion):

@@ -282,3 +282,7 @@ class Insertion(Objective):
         index = torch.arange(length, device=tokens.device)[None]
         tokens = torch.where(index < final.lengths[:, None], tokens, self.start_id)
         return torch.where(scored, tokens, batch.tokens), scored
+
+    def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
+        """`predict`: greedy insertion decoding is already this paradigm's own generation."""
+        return self.predict(model, batch)

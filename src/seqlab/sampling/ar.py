@@ -276,6 +276,47 @@ def decode(
     return out.result(nfe, start)
 
 
+@torch.no_grad()
+@in_eval_mode
+def fill(
+    model: Model, tokens: Tensor, known: Tensor, vocab_size: int | None = None
+) -> tuple[Tensor, int]:
+    """Greedy left-to-right filling: `tokens [B, L]` with every position where `known [B, L]`
+    is False replaced by the argmax of the next-token logits (the first `vocab_size` ids; all
+    when None) given the row so far, known tokens as they are and filled ones as filled; the
+    values at unknown positions are never read. Each row is prefilled up to its first
+    unknown position (`prefill`), then every row advances one position per forward pass to
+    its last unknown one. On a prompt followed by unknown positions this is `greedy`
+    decoding. Returns the filled tokens and the number of forward passes."""
+    if known.shape != tokens.shape:
+        raise ShapeError(f"known must have the tokens' shape {list(tokens.shape)}")
+    if not bool(known[:, 0].all()):
+        raise ShapeError("position 0 must be known: nothing precedes it to predict it from")
+    unknown = ~known
+    x = tokens.masked_fill(unknown, 0)
+    rows = unknown.any(1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return x, 0
+    length = tokens.shape[1]
+    gaps = unknown[rows].long()
+    first = gaps.argmax(1)
+    last = length - 1 - gaps.flip(1).argmax(1)
+    prompts = [x[r, :f] for r, f in zip(rows.tolist(), first.tolist(), strict=True)]
+    logits, state, nfe = prefill(model, prompts)
+    steps = int((last - first).max()) + 1
+    for step in range(steps):
+        position = (first + step).clamp(max=length - 1)
+        live = first + step <= last
+        guess = logits[:, :vocab_size].argmax(-1) if vocab_size else logits.argmax(-1)
+        chosen = torch.where(unknown[rows, position] & live, guess, x[rows, position])
+        x[rows[live], position[live]] = chosen[live]
+        if step + 1 < steps:
+            logits, state = model(chosen[:, None], state)
+            logits = logits[:, -1]
+            nfe += 1
+    return x, nfe
+
+
 @SAMPLERS.register("greedy")
 @shares(*PROCESSING, *OUTPUT)
 def greedy(

@@ -212,6 +212,46 @@ def check_source_kept(s: ObjectiveSubject) -> None:
     )
 
 
+def generate_mask() -> torch.Tensor:
+    """Scored positions that are not a suffix and differ per row: 4 5 7 8 / 2 3 6 / 6 7 8."""
+    mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
+    for row, positions in enumerate(([4, 5, 7, 8], [2, 3, 6], [6, 7, 8])):
+        mask[row, positions] = True
+    return mask
+
+
+def check_generate_blind(s: ObjectiveSubject) -> None:
+    """`generate` fills the scored positions from the unscored ones alone: other values at
+    the scored positions give the same output, the unscored positions come back unchanged,
+    and every filled token is a data token (scored positions not a suffix, per row)."""
+    objective = s.objective()
+    model = s.model(objective).eval()
+    batch = Batch(tokens(), generate_mask())
+    other = torch.where(batch.mask, (batch.tokens + 1) % VOCAB, batch.tokens)
+    predictions, scored = objective.generate(model, batch)
+    again, _ = objective.generate(model, Batch(other, batch.mask))
+    assert predictions.shape == batch.tokens.shape and scored.shape == batch.tokens.shape
+    assert not bool((scored & ~batch.mask).any()), "generate scores an unscored position"
+    assert torch.equal(predictions[~scored], batch.tokens[~scored]), (
+        "generate changes unscored positions"
+    )
+    assert torch.equal(predictions, again), (
+        f"generate reads the true values of scored tokens: {predictions.tolist()} becomes "
+        f"{again.tolist()} when only they change"
+    )
+    filled = predictions[scored]
+    assert bool(((filled >= 0) & (filled < VOCAB)).all()), f"generated ids {filled.tolist()}"
+
+
+def _generates(s: ObjectiveSubject) -> str | None:
+    objective = s.objective()
+    if type(objective).generate is Objective.generate:
+        return "the objective defines no generate"
+    if not getattr(objective, "decodes_from_masks", True):
+        return "the objective's noise has no mask state to decode from"
+    return None
+
+
 def _exact(s: ObjectiveSubject) -> str | None:
     if s.objective().bound:
         return "a bound objective's loss is a stochastic estimate of its nll"
@@ -287,6 +327,12 @@ OBJECTIVE_INVARIANTS: tuple[Invariant[ObjectiveSubject], ...] = (
         "source_kept",
         "the unscored source is never noised in the model's input and never scored",
         check_source_kept,
+    ),
+    Invariant(
+        "generate_blind",
+        "generate fills scored positions from the unscored ones alone, which it keeps",
+        check_generate_blind,
+        _generates,
     ),
     Invariant(
         "block_size_one_is_ar",

@@ -6,9 +6,12 @@ import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from seqlab.errors import DataError
 from seqlab.objectives.base import NLL, Batch
@@ -20,6 +23,51 @@ if TYPE_CHECKING:
     from seqlab.objectives.base import Objective
 
 SPLITS = ("train", "validation", "test")
+INFILL_STREAM = 0x1F_111
+
+
+@dataclass
+class Tally:
+    """Token accuracy and exact match of predictions, summed over evaluation batches."""
+
+    correct: int = 0
+    scored: int = 0
+    exact: int = 0
+    sequences: int = 0
+
+    def add(self, predictions: Tensor, scored: Tensor, tokens: Tensor) -> None:
+        """Count `predictions [B, L]` against `tokens [B, L]` at the `scored [B, L]` positions
+        (a row with none takes no part in exact match)."""
+        hits = (predictions == tokens) & scored
+        self.correct += int(hits.sum())
+        self.scored += int(scored.sum())
+        self.exact += int(((hits | ~scored).all(dim=1) & scored.any(dim=1)).sum())
+        self.sequences += int(scored.any(dim=1).sum())
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.scored, 1)
+
+    @property
+    def exact_match(self) -> float:
+        return self.exact / max(self.sequences, 1)
+
+
+def infill_spans(split: str, first_row: int, rows: int, length: int, span: int) -> Tensor:
+    """The infilling targets `[rows, length]` bool of evaluation rows `first_row ..`: for row
+    r, `span` positions from a start drawn uniformly in 1 .. length − span from a generator
+    seeded with (split, r) alone, so every objective and batch size scores the same spans
+    (position 0 is never in a span: AR has nothing to predict it from)."""
+    if not 1 <= span <= length - 1:
+        raise DataError(f"infill_span must lie in 1 .. {length - 1} for rows of {length} tokens")
+    split_index = SPLITS.index(split)
+    starts = [
+        int(np.random.default_rng([INFILL_STREAM, split_index, r]).integers(1, length - span + 1))
+        for r in range(first_row, first_row + rows)
+    ]
+    index = torch.arange(length)
+    start = torch.tensor(starts)[:, None]
+    return (index >= start) & (index < start + span)
 
 
 class Task(ABC):
@@ -34,6 +82,8 @@ class Task(ABC):
     vocab_size: int
     seq_len: int
     scores_answers: bool = True
+    generate_eval: bool = False  # also score `Objective.generate` (generated_* metrics)
+    infill_span: int | None = None  # also score random spans of this length given the rest
 
     @abstractmethod
     def batch(
@@ -68,23 +118,38 @@ class Task(ABC):
         batch_size: int = 16,
         max_tokens: int | None = None,
     ) -> dict[str, float]:
-        """NLL in nats per scored token (bits per byte for text), and for tasks with answers
-        the token accuracy and exact-match rate of the objective's predictions."""
+        """NLL in nats per scored token (bits per byte for text); for tasks with answers the
+        token accuracy and exact-match rate of the objective's `predict`, and with
+        `generate_eval` those of its `generate` (`generated_accuracy`,
+        `generated_exact_match`: every paradigm decodes the answer from the prompt alone, so
+        these compare across paradigms where `predict` may be teacher-forced).
+
+        With `infill_span` k: for every row a span of k tokens at a seeded position
+        (`infill_spans`) is the target and the rest of the row its context; `infill_nll` is
+        the objective's `nll` with only the span scored (nats per span token; a bound where
+        `bound`; AR can read only the context left of the span, the honest answer for a
+        left-to-right model) and `infill_accuracy` the token accuracy of `generate` there."""
         was_training = model.training
         model.eval()
         total = NLL(0.0, 0, objective.bound)
-        correct = scored_total = exact = sequences = 0
+        infill = NLL(0.0, 0, objective.bound)
+        answers, generated, infilled = Tally(), Tally(), Tally()
         device = model.device
+        row = 0
         for batch in self.eval_batches(split, batch_size, max_tokens):
             batch = batch.to(device)
             total = total + objective.nll(model, batch)
             if self.scores_answers:
-                predictions, scored = objective.predict(model, batch)
-                hits = (predictions == batch.tokens) & scored
-                correct += int(hits.sum())
-                scored_total += int(scored.sum())
-                exact += int(((hits | ~scored).all(dim=1) & scored.any(dim=1)).sum())
-                sequences += int(scored.any(dim=1).sum())
+                answers.add(*objective.predict(model, batch), batch.tokens)
+                if self.generate_eval:
+                    generated.add(*objective.generate(model, batch), batch.tokens)
+            if self.infill_span is not None:
+                rows, length = batch.tokens.shape
+                span = infill_spans(split, row, rows, length, self.infill_span).to(device)
+                spanned = Batch(batch.tokens, span, batch.condition)
+                infill = infill + objective.nll(model, spanned)
+                infilled.add(*objective.generate(model, spanned), batch.tokens)
+            row += batch.tokens.shape[0]
         model.train(was_training)
         metrics: dict[str, float] = {
             "nll": total.per_token,
@@ -95,8 +160,14 @@ class Task(ABC):
         if bytes_per_token is not None:
             metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
         if self.scores_answers:
-            metrics["accuracy"] = correct / max(scored_total, 1)
-            metrics["exact_match"] = exact / max(sequences, 1)
+            metrics["accuracy"] = answers.accuracy
+            metrics["exact_match"] = answers.exact_match
+            if self.generate_eval:
+                metrics["generated_accuracy"] = generated.accuracy
+                metrics["generated_exact_match"] = generated.exact_match
+        if self.infill_span is not None:
+            metrics["infill_nll"] = infill.per_token
+            metrics["infill_accuracy"] = infilled.accuracy
         return metrics
 
 

@@ -54,8 +54,9 @@ def parse(tokens: list[int]) -> StarGraph:
 
 @TASKS.register("star_graph")
 class StarGraphTask(SyntheticTask):
-    """Path-star graphs: find the path from the centre to a goal leaf; exact match is the
-    metric of record.
+    """Path-star graphs: find the path from the centre to a goal leaf; the exact match of
+    the generated path (`generated_exact_match`, `generate_eval`, on by default) is the
+    metric of record: AR's `predict` is teacher-forced, so its `exact_match` is not.
 
     A graph has `degree` arms, each a path of `path_length` nodes counting the shared centre
     (the start), with distinct node labels drawn from ``0 .. num_nodes - 1``. A row lists its
@@ -82,6 +83,7 @@ class StarGraphTask(SyntheticTask):
         path_length: int = 5,
         num_nodes: int = 20,
         eval_examples: int = 512,
+        generate_eval: bool = True,
     ) -> None:
         check(
             all(isinstance(v, int) and not isinstance(v, bool) for v in (degree, path_length))
@@ -96,7 +98,12 @@ class StarGraphTask(SyntheticTask):
             f"star_graph: num_nodes must be an integer >= degree * (path_length - 1) + 1 = "
             f"{needed} (distinct labels), got {num_nodes!r}",
         )
+        check(
+            isinstance(generate_eval, bool),
+            f"star_graph: generate_eval must be true or false, got {generate_eval!r}",
+        )
         self.degree, self.path_length, self.num_nodes = degree, path_length, num_nodes
+        self.generate_eval = generate_eval
         self.vocab_size = FIRST_NODE + num_nodes
         self.seq_len = 2 * degree * (path_length - 1) + 4 + path_length
         super().__init__(eval_examples=eval_examples)

@@ -12,6 +12,7 @@ from seqlab.data.corpora import TokenCorpus, load_corpus
 from seqlab.data.pairs import PairData, load_pairs
 from seqlab.data.tasks.base import Task
 from seqlab.data.text import TextData
+from seqlab.errors import ConfigError
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 
@@ -28,11 +29,26 @@ class TextTask(Task):
     `data.format: text`: windows of `seq_len + 1` tokens; scored in nats per token and bits
     per byte. `data.format: pairs`: rows `source TAB target NEWLINE` of a user file
     (`seqlab.data.pairs`), only the target scored; nats per target token, accuracy and
-    exact match."""
+    exact match.
+
+    `infill_span: k` (text format) also scores infilling: in every evaluation row a span of k
+    tokens at a seeded position, the same for every objective, given the rest of the row
+    (`infill_nll`, `infill_accuracy`; see `Task.evaluate`). `generate_eval` (pairs) also
+    scores the targets each objective generates from the source (`generated_*`)."""
 
     scores_answers = False
 
-    def __init__(self, data: DataConfig) -> None:
+    def __init__(
+        self, data: DataConfig, infill_span: int | None = None, generate_eval: bool = False
+    ) -> None:
+        if infill_span is not None and (
+            data.format == "pairs" or not 1 <= infill_span <= data.seq_len
+        ):
+            raise ConfigError(
+                f"text: infill_span must lie in 1 .. data.seq_len ({data.seq_len}) with "
+                f"data.format text, got {infill_span!r} with format {data.format!r}"
+            )
+        self.infill_span, self.generate_eval = infill_span, generate_eval
         self.corpus: TokenCorpus | None = None
         self.data: TextData | PairData
         if data.format == "pairs":
