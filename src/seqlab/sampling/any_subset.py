@@ -25,9 +25,9 @@ from seqlab.objectives import build_objective
 from seqlab.objectives.any_subset import AnySubset, ceil_div
 from seqlab.objectives.base import Objective
 from seqlab.registry import SAMPLERS
-from seqlab.sampling.ar import Generation, prompt_rows
+from seqlab.sampling.ar import Generation, pad_rows, prompt_rows
 from seqlab.sampling.base import SamplingOptions, in_eval_mode, shares
-from seqlab.sampling.diffusion import draw
+from seqlab.sampling.diffusion import draw, seed_generator
 
 ORDERS = ("left_to_right", "random")
 
@@ -106,10 +106,7 @@ def any_subset(
     right or in a random `order`, each group in parallel from the two-stream pass."""
     start = time.perf_counter()
     objective = any_subset_objective(model, options.objective)
-    seed = options.seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"the any_subset sampler takes one integer seed (or none), got {seed!r}")
-    generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
+    generator = seed_generator(model, options.seed, "any_subset")
     rows = prompt_rows(prompt)
     groups = [prompt] if isinstance(prompt, Tensor) else [row[None] for row in rows]
     outputs, nfe = [], 0
@@ -127,10 +124,8 @@ def any_subset(
             temperature=options.temperature,
             generator=generator,
         )
-        outputs.extend(filled.unbind(0))
+        outputs.extend(filled.tolist())
         nfe += passes
     lengths = torch.tensor([len(r) for r in outputs], device=model.device)
-    out = torch.full((len(outputs), int(lengths.max())), options.pad_id, device=model.device)
-    for i, row in enumerate(outputs):
-        out[i, : len(row)] = row
+    out = pad_rows(outputs, options.pad_id, model.device)
     return Generation(out, nfe, time.perf_counter() - start, lengths=lengths)

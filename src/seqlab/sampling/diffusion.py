@@ -710,9 +710,11 @@ class LatentRefinement:
         return soft.to(self.embeddings.dtype)
 
 
-def _generator(model: Model, seed: object) -> torch.Generator | None:
+def seed_generator(model: Model, seed: object, sampler: str) -> torch.Generator | None:
+    """One generator on the model's device for samplers that take one integer seed (None:
+    torch's global generator)."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"diffusion samplers take one integer seed (or none), got {seed!r}")
+        raise ConfigError(f"the {sampler} sampler takes one integer seed (or none), got {seed!r}")
     return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
 
 
@@ -775,7 +777,7 @@ def diffusion_sampler(
                     f"the {make.__name__!r} sampler shares one t over the canvas; a "
                     f"{objective.hyperschedule.kind} hyperschedule is sampled by {supported}"
                 )
-            generator = _generator(model, options.seed)
+            generator = seed_generator(model, options.seed, "diffusion")
             guidance = None
             if options.guidance is not None:
                 guidance = Guidance(
