@@ -151,3 +151,34 @@ def test_dynamic_eval_quick_prints_static_and_dynamic_rows(tmp_path, capsys):
     dynamic_eval.main([*argv, "--dynamic", "lr=1e-4,segment=8,ms_batches=1"])
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()][4:]
     assert len(rows) == 2 and float(rows[0][7]) == 0.0 and rows[0][5] == rows[1][5]
+
+
+def test_gradient_variance_measures_each_window_on_one_model(tmp_path, capsys):
+    import torch
+
+    from seqlab.config import load_config
+    from seqlab.train import train
+
+    gradient_variance = load_script("gradient_variance")
+    rows = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # mean (2, 1), ‖ḡ‖² = 5
+    # Σ‖g − ḡ‖² = (1 + 1) + (1 + 1) + (0 + 4) = 8, over R − 1 = 2 draws: 4, relative 0.8
+    assert gradient_variance.relative_variance(rows) == pytest.approx(0.8)
+    overrides = {
+        "objective.name": "block_diffusion",
+        "objective.block_size": 4,
+        "model.d_model": 16,
+        "model.n_layers": 1,
+        "model.n_heads": 2,
+        "data.seq_len": 16,
+        "train.batch_size": 4,
+        "train.steps": 2,
+        "train.eval_every": 2,
+        "train.eval_tokens": 64,
+    }
+    train(load_config("default", overrides), tmp_path / "run", progress=False)
+    gradient_variance.main([str(tmp_path / "run"), "--draws", "3", "--threads", "1"])
+    out = capsys.readouterr().out
+    table = [line.split(" | ") for line in out.splitlines()[2:]]
+    assert [row[2] for row in table] == ["auto", "none"]
+    for row in table:
+        assert float(row[3]) > 0 and float(row[4]) > 0
