@@ -5,7 +5,15 @@ corpus (`stdlib`, byte tokens) with the same model, steps, batch and learning ra
 prints the test NLL of each in nats per token and bits per byte (an ELBO bound, "≤", for
 the diffusion paradigms, the mean of `--eval-repeats` Monte Carlo estimates ± its standard
 error; every paradigm scores all L tokens except `ar`, which takes the first as given).
-BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity.
+BD3-LM (LM1B) reports AR 22.9 < block-4 28.2 < masked 31.8 perplexity. Block diffusion
+trains with BD3-LM's clipped schedules (`clip: auto`); `--no-clip` trains the block cells on
+the unclipped ELBO instead.
+
+One seed orders nothing: `--seeds N` trains every cell at seeds 0..N-1 and prints each NLL as
+mean ± std over seeds with the 95% Student-t interval of the mean, then tests each paradigm
+against the next-ranked one (Welch's t-test, `seqlab.harness.stats`). Read the ordering with
+its intervals: two paradigms whose difference is "not separated at 95%" are not ordered by
+this run. The 5-seed results are in docs/results.md, "The paradigm ordering across seeds".
 
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
 block-diffusion sampling of the `--sample-cells` models (default block-16): `ancestral`,
@@ -18,6 +26,8 @@ low NLL by repeating themselves). Each row is compared with AR at its own temper
     PYTHONPATH=src python benchmarks/paradigms.py             # defaults below
     PYTHONPATH=src python benchmarks/paradigms.py --quick     # smoke test
     PYTHONPATH=src python benchmarks/paradigms.py --mixer gla # a recurrent backbone
+    PYTHONPATH=src python benchmarks/paradigms.py --seeds 5   # the ordering with intervals
+    PYTHONPATH=src python benchmarks/paradigms.py --seeds 5 --no-clip
 
 `--cells ar block-16-from-ar` adds AR-to-block-diffusion conversion (Fast-dLLM v2, SDAR):
 a shifted block-diffusion model started from the AR cell's weights.
@@ -38,6 +48,7 @@ import torch
 
 import seqlab
 from seqlab.config import ExperimentConfig, from_dict
+from seqlab.harness.stats import mean_interval, separation_lines
 from seqlab.objectives import Batch, build_objective
 from seqlab.sampling.ar import Generation
 from seqlab.train.loop import RunParts, build_run, train
@@ -124,6 +135,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["block-16"],
         help="block-diffusion cells whose samplers are compared with AR sampling",
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every cell at seeds 0..N-1: NLL mean ± std, 95%% t interval, and whether "
+        "each paradigm is separated from the next (Welch's t-test)",
+    )
+    p.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="block diffusion on the unclipped ELBO (clip: null) instead of BD3-LM's clipped "
+        "schedules (clip: auto)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--out",
@@ -135,13 +159,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.eval_repeats < 1:
         p.error(f"--eval-repeats must be at least 1, got {args.eval_repeats}")
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.quick:
         args.steps, args.d_model, args.layers, args.seq_len = 20, 32, 1, 32
         args.eval_tokens, args.prompts, args.prompt_len, args.new_tokens = 1024, 2, 8, 16
     return args
 
 
-def experiment(args: argparse.Namespace, name: str, options: dict) -> ExperimentConfig:
+def experiment(
+    args: argparse.Namespace, name: str, options: dict, seed: int = 0
+) -> ExperimentConfig:
+    if name == "block_diffusion" and args.no_clip:
+        options = {**options, "clip": None}
     return from_dict(
         ExperimentConfig,
         {
@@ -164,6 +194,7 @@ def experiment(args: argparse.Namespace, name: str, options: dict) -> Experiment
                 "log_every": max(args.steps // 10, 1),
                 "threads": args.threads,
                 "device": "cpu",
+                "seed": seed,
             },
         },
     )
@@ -234,6 +265,67 @@ def confident_share(
     return {h: float((top > h).float().mean()) for h in thresholds}
 
 
+def run_dir(root: Path, label: str, seed: int, args: argparse.Namespace) -> Path:
+    """A cell's run folder at one seed: `LABEL` at seed 0 (as before seeds), `LABEL-seedK`
+    otherwise; unclipped block cells (and those converted from them) get `-noclip`."""
+    clip = "-noclip" if args.no_clip and label.startswith("block") else ""
+    return root / (label + clip + (f"-seed{seed}" if seed else ""))
+
+
+class Cell(NamedTuple):
+    label: str
+    metrics: list[dict[str, float]]  # test metrics at each seed
+    seconds: list[float]  # training time at each seed
+
+    def nlls(self) -> list[float]:
+        return [m["nll"] for m in self.metrics]
+
+
+def print_nll_table(cells: list[Cell], args: argparse.Namespace) -> None:
+    """One seed: each cell's NLL (± the ELBO estimator's standard error); several: mean ± std
+    over seeds and the 95% t interval. Then each paradigm against the next-ranked one."""
+    clip = ", block diffusion unclipped" if args.no_clip else ""
+    print(
+        f"\nNLL on the stdlib test split ({args.steps} steps x {args.batch} x {args.seq_len} "
+        f"tokens, d_model {args.d_model}, {args.layers} layers, {args.seeds} seed(s){clip})\n"
+    )
+    if args.seeds == 1:
+        print("| paradigm | NLL (nats/token) | bits/byte | perplexity | train s |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| paradigm | NLL (nats/token) | 95% CI | bits/byte | perplexity | train s |")
+        print("|---|---|---|---|---|---|")
+    for cell in cells:
+        sign = "≤ " if cell.metrics[0]["bound"] else ""
+        nll = statistics.fmean(cell.nlls())
+        bits = statistics.fmean(m["bits_per_byte"] for m in cell.metrics)
+        seconds = statistics.fmean(cell.seconds)
+        if args.seeds == 1:
+            m = cell.metrics[0]
+            spread = f" ± {m['nll_stderr']:.4f}" if "nll_stderr" in m else ""
+            interval = ""
+        else:
+            spread = f" ± {statistics.stdev(cell.nlls()):.4f}"
+            low, high = mean_interval(cell.nlls()) or (math.nan, math.nan)
+            interval = f" [{low:.4f}, {high:.4f}] |"
+        print(
+            f"| {cell.label} | {sign}{nll:.4f}{spread} |{interval} {sign}{bits:.4f} | "
+            f"{sign}{math.exp(nll):.2f} | {seconds:.0f} |"
+        )
+    if args.seeds > 1:
+        print(f"\n(± is the standard deviation over {args.seeds} training seeds)")
+    elif any("nll_stderr" in m for c in cells for m in c.metrics):
+        print(
+            f"\n(± is the standard error of the mean of {args.eval_repeats} independent ELBO "
+            f"estimates, each with {args.eval_samples} t draws per sequence)"
+        )
+    ranked = sorted(cells, key=lambda c: statistics.fmean(c.nlls()))
+    print("\nIs each paradigm ahead of the next (NLL)?\n")
+    seeds = list(range(args.seeds))
+    for line in separation_lines([(c.label, c.nlls(), seeds) for c in ranked], False):
+        print(f"- {line}")
+
+
 def ar_label(temperature: float) -> str:
     """The AR row a sampler at `temperature` is compared with."""
     return "ar greedy" if temperature == 0 else f"ar sample, T={temperature:g}"
@@ -244,44 +336,36 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.out or tempfile.mkdtemp(prefix="paradigms-"))
-    rows, trained = [], {}
+    cells, trained = [], {}  # trained: label -> (model, parts) at seed 0, for sampling
     for label, name, options in (cell for cell in CELLS + CONVERTED if cell[0] in args.cells):
-        config = experiment(args, name, options)
-        if (label, name, options) in CONVERTED:
-            if not (root / "ar" / "summary.json").exists():
-                raise SystemExit(f"{label} starts from the ar cell: list ar first in --cells")
-            config.train.init_from, config.train.lr = str(root / "ar"), args.convert_lr
-        if name != "ar":
-            config.objective.options["eval_samples"] = args.eval_samples
-        summary = root / label / "summary.json"
-        if not summary.exists():
-            train(config, root / label, progress=False)
-        seconds = json.loads(summary.read_text())["seconds"]
-        parts = build_run(config)
-        model = seqlab.load(root / label)
-        metrics = evaluate(parts, model, args)
-        rows.append((label, metrics, seconds))
-        trained[label] = (model, parts)
-        print(f"trained {label}: {metrics['nll']:.4f} nats/token in {seconds:.0f} s", flush=True)
-
-    print(
-        f"\nNLL on the stdlib test split ({args.steps} steps x {args.batch} x {args.seq_len} "
-        f"tokens, d_model {args.d_model}, {args.layers} layers)\n"
-    )
-    print("| paradigm | NLL (nats/token) | bits/byte | perplexity | train s |")
-    print("|---|---|---|---|---|")
-    for label, m, seconds in rows:
-        sign = "≤ " if m["bound"] else ""
-        error = f" ± {m['nll_stderr']:.4f}" if "nll_stderr" in m else ""
-        print(
-            f"| {label} | {sign}{m['nll']:.4f}{error} | {sign}{m['bits_per_byte']:.4f} | "
-            f"{sign}{math.exp(m['nll']):.2f} | {seconds:.0f} |"
-        )
-    if any("nll_stderr" in m for _, m, _ in rows):
-        print(
-            f"\n(± is the standard error of the mean of {args.eval_repeats} independent ELBO "
-            f"estimates, each with {args.eval_samples} t draws per sequence)"
-        )
+        cell = Cell(label, [], [])
+        for seed in range(args.seeds):
+            config = experiment(args, name, options, seed)
+            directory = run_dir(root, label, seed, args)
+            if (label, name, options) in CONVERTED:
+                ar = run_dir(root, "ar", seed, args)
+                if not (ar / "summary.json").exists():
+                    raise SystemExit(f"{label} starts from the ar cell: list ar first in --cells")
+                config.train.init_from, config.train.lr = str(ar), args.convert_lr
+            if name != "ar":
+                config.objective.options["eval_samples"] = args.eval_samples
+            summary = directory / "summary.json"
+            if not summary.exists():
+                train(config, directory, progress=False)
+            seconds = json.loads(summary.read_text())["seconds"]
+            parts = build_run(config)
+            model = seqlab.load(directory)
+            metrics = evaluate(parts, model, args)
+            cell.metrics.append(metrics)
+            cell.seconds.append(seconds)
+            if seed == 0:
+                trained[label] = (model, parts)
+            print(
+                f"trained {label}, seed {seed}: {metrics['nll']:.4f} nats/token in {seconds:.0f} s",
+                flush=True,
+            )
+        cells.append(cell)
+    print_nll_table(cells, args)
 
     samplers = [label for label in args.sample_cells if label in trained]
     if "ar" not in trained or not samplers:

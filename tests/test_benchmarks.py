@@ -63,6 +63,24 @@ def test_paradigms_quick_prints_nll_table_and_sampling_rows(tmp_path, capsys):
     assert "init_from" in config and "shift: true" in config
 
 
+def test_paradigms_over_seeds_prints_intervals_and_separation(tmp_path, capsys):
+    """`--seeds 2`: every cell at seeds 0 and 1, mean ± std, a 95% interval and one
+    separation line per adjacent pair; `--no-clip`: block cells on the unclipped ELBO."""
+    paradigms = load_script("paradigms")
+    argv = ["--quick", "--threads", "1", "--out", str(tmp_path), "--seeds", "2", "--no-clip"]
+    paradigms.main([*argv, "--cells", "ar", "block-4"])
+    out = capsys.readouterr().out
+    assert "| paradigm | NLL (nats/token) | 95% CI |" in out
+    number = r"\d+\.\d{4}"
+    assert re.search(rf"\| block-4 \| ≤ {number} ± {number} \| \[{number}, {number}\] \|", out)
+    (line,) = [line for line in out.splitlines() if line.startswith("- rank 1 (")]
+    assert re.search(r"vs 2 \((ar|block-4)\): Δ = .*Welch 95% CI .*: (not )?separated", line)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ar", "ar-seed1", "block-4-noclip", "block-4-noclip-seed1"]
+    config = (tmp_path / "block-4-noclip-seed1" / "config.yaml").read_text()
+    assert "clip: null" in config and "seed: 1" in config
+
+
 def test_paradigms_rejects_fewer_than_one_elbo_estimate(capsys):
     paradigms = load_script("paradigms")
     with pytest.raises(SystemExit):

@@ -4,7 +4,9 @@ best learning rate on validation, evaluate on test, and write a leaderboard and 
 Output directory:
     runs/<run_id>/      each run's training directory (checkpoints, metrics.jsonl, result.json)
     runs.csv            one row per run (every lr and seed)
-    results.csv         one row per grid point: best lr, test metrics mean ± std over seeds
+    results.csv         one row per grid point: best lr, test metrics mean ± std over seeds,
+                        the ranking metric's per-seed values (`test_<metric>_seeds`, seeds in
+                        `seed_list`) and the 95% t interval of its mean (`test_<metric>_ci95_*`)
     results.md          the ranked leaderboard, one table per task
     plots/*.png         metric vs d_model / state size / training FLOPs, loss curves
 A rerun skips finished runs (result.json) and resumes interrupted ones from their checkpoint.
@@ -49,6 +51,7 @@ from seqlab.harness.grid import (
     point_labels,
 )
 from seqlab.harness.report import leaderboard_markdown, pyplot, write_plots
+from seqlab.harness.stats import mean_interval
 from seqlab.io import load
 from seqlab.objectives import build_objective
 from seqlab.registry import TASKS
@@ -328,9 +331,27 @@ def aggregate(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[st
             values = [float(r[key]) for r in chosen if key in r]
             result[key] = statistics.fmean(values)
             result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        result.update(seed_columns(chosen, metric))
         result["score"] = result.get(f"test_{metric}", math.nan)
         results.append(result)
     return results
+
+
+def seed_columns(chosen: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The ranking metric's per-seed test values and their seeds (`;`-joined, in seed order,
+    for results.csv), and with two seeds or more the 95% t interval of their mean."""
+    key = f"test_{metric}"
+    by_seed = sorted((r["seed"], float(r[key])) for r in chosen if _number(r.get(key)))
+    if not by_seed:
+        return {}
+    columns: dict[str, Any] = {
+        f"{key}_seeds": ";".join(repr(v) for _, v in by_seed),
+        "seed_list": ";".join(str(s) for s, _ in by_seed),
+    }
+    interval = mean_interval([v for _, v in by_seed])
+    if interval is not None:
+        columns[f"{key}_ci95_low"], columns[f"{key}_ci95_high"] = interval
+    return columns
 
 
 def _point_failure(rows: list[dict[str, Any]], failed: list[dict[str, Any]], metric: str) -> str:

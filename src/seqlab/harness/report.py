@@ -9,6 +9,7 @@ from typing import Any
 
 from seqlab.errors import SeqlabError
 from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig, is_failed
+from seqlab.harness.stats import separation_lines
 from seqlab.train.logging import read_metrics
 
 MODEL_AXES = ("model.mixer", "model.layers")
@@ -100,6 +101,11 @@ def leaderboard_markdown(
         f"{max(r['seeds'] for r in results)} seed(s). NLL is in nats per scored token "
         "(≤ marks a bound)."
     )
+    if any(r["seeds"] > 1 for r in results):
+        lines[-1] += (
+            " The 95% CI is the Student-t interval of the ranked metric's mean over seeds; under "
+            "each table, each row is tested against the next (Welch's t-test, seeds unpaired)."
+        )
     if config.init_from is not None:
         lines[-1] += (
             f" Every run continues the run of the same id in `{config.init_from}` (an earlier "
@@ -111,6 +117,7 @@ def leaderboard_markdown(
         arrow = "↑" if HIGHER_IS_BETTER.get(metric, False) else "↓"
         extras = _extra_axes(rows)
         sparse = _has_sparse(rows)
+        interval = any(r["seeds"] > 1 for r in rows)
         others = [
             m
             for m in (
@@ -129,6 +136,7 @@ def leaderboard_markdown(
             ["rank", "backbone", "paradigm"]
             + [a[5:] for a in extras]
             + [f"{metric} {arrow}"]
+            + (["95% CI"] if interval else [])
             + others
             + ["params"]
             + (["active params"] if sparse else [])
@@ -162,6 +170,7 @@ def leaderboard_markdown(
                 [str(i), row["backbone"], row["paradigm"]]
                 + [str(row[a]) for a in extras]
                 + [f"failed: {_cell(row['error'])}" if failed else fmt(metric)]
+                + ([_interval_cell(row, metric)] if interval else [])
                 + [fmt(m) for m in others]
                 + [number("params", "human")]
                 + ([number("active_params", "human")] if sparse else [])
@@ -173,8 +182,32 @@ def leaderboard_markdown(
                 ]
             )
             lines.append("| " + " | ".join(cells) + " |")
+        tested = [(None, *seed_values(r, metric)) for r in rows if not is_failed(r)]
+        if len(tested) > 1:
+            separation = separation_lines(tested, HIGHER_IS_BETTER.get(metric, False))
+            lines += ["", f"Is each row ahead of the next ({metric})?", ""]
+            lines += [f"- {line}" for line in separation]
         lines += _failed_runs(runs, {r["point_id"] for r in rows})
     return "\n".join(lines) + "\n"
+
+
+def seed_values(row: dict[str, Any], metric: str) -> tuple[list[float], list[int] | None]:
+    """A result row's per-seed test values of `metric` and their seeds (`aggregate`'s
+    `test_<metric>_seeds` and `seed_list`); a row without them has its mean as one value."""
+    joined = row.get(f"test_{metric}_seeds")
+    if not joined:
+        value = row.get(f"test_{metric}")
+        return ([] if _missing(value) else [float(value)]), None
+    values = [float(v) for v in str(joined).split(";")]
+    seeds = row.get("seed_list")
+    return values, [int(s) for s in str(seeds).split(";")] if seeds else None
+
+
+def _interval_cell(row: dict[str, Any], metric: str) -> str:
+    low, high = row.get(f"test_{metric}_ci95_low"), row.get(f"test_{metric}_ci95_high")
+    if _missing(low) or _missing(high):
+        return MISSING
+    return f"[{low:.4f}, {high:.4f}]"
 
 
 def _failed_runs(runs: list[dict[str, Any]], points: set[str]) -> list[str]:
