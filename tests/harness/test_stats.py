@@ -120,3 +120,12 @@ def test_the_leaderboard_carries_intervals_and_separation_lines():
     lines = leaderboard_markdown(CONFIG, single, []).splitlines()
     assert "95% CI" not in "\n".join(lines)
     assert "- rank 1 vs 2: one seed: no interval" in lines
+
+
+def test_a_bound_row_keeps_its_bound_mark_after_aggregation():
+    bound = [{**row, "test_bound": True} for row in _runs("b", [2.0, 2.2])]
+    results = aggregate(CONFIG, _runs("a", [1.0, 1.1]) + bound)
+    assert [r["test_bound"] for r in results] == [False, True]
+    lines = leaderboard_markdown(CONFIG, results, []).splitlines()
+    assert "| ≤ 2.1000 ± " in next(line for line in lines if line.startswith("| 2 |"))
+    assert "| 1.0500 ± " in next(line for line in lines if line.startswith("| 1 |"))

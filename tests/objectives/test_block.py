@@ -166,7 +166,9 @@ def masked_fractions(objective, tokens, scored):
     """Per-block masked fractions of scored tokens of one training draw, and the times."""
     process = objective._bound()
     b, length = tokens.shape
-    t = objective._times(objective.train_times(b * objective.n_groups(length), "cpu"), Batch(tokens))
+    t = objective._times(
+        objective.train_times(b * objective.n_groups(length), "cpu"), Batch(tokens)
+    )
     x_t = objective.noised(process, tokens, t, scored)
     masked = ((x_t == process.mask_id) & scored).double().view(b, -1, objective.block_size)
     return masked.sum(-1) / scored.double().view(b, -1, objective.block_size).sum(-1), t

@@ -332,6 +332,7 @@ def aggregate(config: CompareConfig, rows: list[dict[str, Any]]) -> list[dict[st
             result[key] = statistics.fmean(values)
             result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         result.update(seed_columns(chosen, metric))
+        result["test_bound"] = any(bool(r.get("test_bound")) for r in chosen)
         result["score"] = result.get(f"test_{metric}", math.nan)
         results.append(result)
     return results

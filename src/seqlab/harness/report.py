@@ -154,7 +154,7 @@ def leaderboard_markdown(
 
             def fmt(m: str, row: dict[str, Any] = row, bound: str = bound) -> str:
                 value, std = row.get(f"test_{m}", math.nan), row.get(f"test_{m}_std", 0.0)
-                prefix = bound if m in ("nll", "bits_per_byte") else ""
+                prefix = bound if m in ("nll", "bits_per_byte", "infill_nll") else ""
                 if _missing(value):
                     return MISSING
                 return f"{prefix}{value:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")

@@ -39,7 +39,6 @@ from seqlab.objectives.diffusion import Absorbing, Diffusion, Process
 from seqlab.objectives.noise import stratified_times
 from seqlab.registry import OBJECTIVES
 
-
 RESAMPLE_ROUNDS = 100
 
 # BD3-LM (Arriola et al., 2025), the clipped windows U[β, ω] of lowest NELBO variance on LM1B:
@@ -106,9 +105,7 @@ class BlockDiffusion(Diffusion):
                 raise ConfigError(f"clip must be 'auto', [low, high] or null, got {clip!r}")
         elif clip is not None:
             if len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 1:
-                raise ConfigError(
-                    f"clip must be [low, high] with 0 <= low < high <= 1, got {clip}"
-                )
+                raise ConfigError(f"clip must be [low, high] with 0 <= low < high <= 1, got {clip}")
             clip = (float(clip[0]), float(clip[1]))
         self.block_size, self.block_sizes, self.clip = block_size, sizes, clip
         self.resample = bool(resample)

@@ -449,8 +449,10 @@ class Diffusion(Objective):
                 groups = self.groups(tokens.shape[1], tokens.device)
             x_t, weight = absorb_count(tokens, tau, scored, groups, process.mask_id)
         else:
-            x_t = self.noised(process, tokens, tau, scored) if training else process.corrupt(
-                tokens, tau, scored
+            x_t = (
+                self.noised(process, tokens, tau, scored)
+                if training
+                else process.corrupt(tokens, tau, scored)
             )
         prefix = self.class_prefix(condition, tokens.shape[0], tokens.device)
         logits = self.denoise(model, x_t, tokens, prefix)
