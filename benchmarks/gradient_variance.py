@@ -7,8 +7,10 @@ gradient of the training loss two ways:
   the masks); the spread is the estimator's own;
 - noise and data: `--draws` different batches, one draw each; the spread SGD sees.
 
-Each is reported as the relative variance E‖g − ḡ‖² / ‖ḡ‖² (unbiased over the draws), with
-the training loss's mean and standard deviation over the draws. For block diffusion the same
+Each is reported as the relative variance tr Σ / ‖E g‖² (Σ the covariance of one gradient
+draw; both estimated without bias from the R draws: tr Σ̂ = Σ_r ‖g_r − ḡ‖² / (R − 1) and
+‖E g‖² ≈ ‖ḡ‖² − tr Σ̂ / R), with the training loss's mean and standard deviation over the
+draws. Dropout is off (eval mode), so the noise is the objective's own. For block diffusion the same
 model is also measured under the other training window (`--windows auto none`: BD3-LM's
 clipped window, and times from U[0, 1]), so the estimator's variance is compared on one set
 of weights. AR has no noise: its noise-only variance is 0.
@@ -57,10 +59,13 @@ def window_option(text: str) -> str | list[float] | None:
 
 
 def relative_variance(gradients: torch.Tensor) -> float:
-    """E‖g − ḡ‖² / ‖ḡ‖² over the rows of `gradients [R, P]`, unbiased in R."""
+    """tr Σ / ‖E g‖² from the draws `gradients [R, P]` (see the module docstring); inf when
+    the mean gradient is not resolved (‖ḡ‖² ≤ tr Σ̂ / R)."""
+    draws = gradients.shape[0]
     mean = gradients.mean(0)
-    spread = (gradients - mean).pow(2).sum(1).sum() / (gradients.shape[0] - 1)
-    return float(spread / mean.pow(2).sum())
+    spread = float((gradients - mean).pow(2).sum() / (draws - 1))
+    signal = float(mean.pow(2).sum()) - spread / draws
+    return spread / signal if signal > 0 else float("inf")
 
 
 def gradient(model: torch.nn.Module, objective: Objective, batch) -> tuple[torch.Tensor, float]:
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(run / "config.yaml")
         task = build_task(config)
         model = load(run)
-        model.train()
+        model.eval()
         batch_size = args.batch_size or config.train.batch_size
         name, options = config.objective.name, dict(config.objective.options)
         windows = args.windows if name == "block_diffusion" else ["–"]

@@ -48,7 +48,7 @@ import torch
 
 import seqlab
 from seqlab.config import ExperimentConfig, from_dict
-from seqlab.harness.stats import mean_interval, separation_lines
+from seqlab.harness.stats import mean_interval, separation_lines, standard_error
 from seqlab.objectives import Batch, build_objective
 from seqlab.sampling.ar import Generation
 from seqlab.train.loop import RunParts, build_run, train
@@ -216,8 +216,7 @@ def evaluate(
     if repeats > 1:
         for key in ("nll", "bits_per_byte"):
             metrics[key] = statistics.fmean(e[key] for e in estimates)
-        nll_stdev = statistics.stdev(e["nll"] for e in estimates)
-        metrics["nll_stderr"] = nll_stdev / math.sqrt(repeats)
+        metrics["nll_stderr"] = standard_error([e["nll"] for e in estimates])
     return metrics
 
 

@@ -179,8 +179,9 @@ def test_gradient_variance_measures_each_window_on_one_model(tmp_path, capsys):
 
     gradient_variance = load_script("gradient_variance")
     rows = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # mean (2, 1), ‖ḡ‖² = 5
-    # Σ‖g − ḡ‖² = (1 + 1) + (1 + 1) + (0 + 4) = 8, over R − 1 = 2 draws: 4, relative 0.8
-    assert gradient_variance.relative_variance(rows) == pytest.approx(0.8)
+    # tr Σ̂ = ((1 + 1) + (1 + 1) + (0 + 4)) / (R − 1) = 4; ‖E g‖² ≈ 5 − 4 / 3 = 11 / 3
+    assert gradient_variance.relative_variance(rows) == pytest.approx(12 / 11)
+    assert gradient_variance.relative_variance(torch.tensor([[1.0], [-1.0]])) == float("inf")
     overrides = {
         "objective.name": "block_diffusion",
         "objective.block_size": 4,

@@ -239,3 +239,36 @@ def test_block_diffusion_learns(mixer):
         optimizer.step()
     result = objective.nll(model, Batch((base + torch.randint(0, VOCAB, (64, 1))) % VOCAB))
     assert result.per_token < 0.6 * math.log(VOCAB), result.per_token
+
+
+def test_clip_and_resample_options_are_checked():
+    for clip in (0.5, [0.5], ["a", 0.9], "paper"):
+        with pytest.raises(ConfigError, match="clip"):
+            build_objective("block_diffusion", VOCAB, clip=clip)
+    with pytest.raises(ConfigError, match="resample"):
+        build_objective("block_diffusion", VOCAB, resample="false")
+
+
+def test_auto_clips_absorbing_noise_only_and_uniform_block_one_trains_finitely():
+    uniform = build_objective("block_diffusion", VOCAB, block_size=1, noise="uniform")
+    assert uniform.window() is None
+    model = tiny(vocab=uniform.model_vocab_size(VOCAB)).float()
+    loss, metrics = uniform.loss(model, Batch(torch.randint(0, VOCAB, (2, 8))))
+    assert torch.isfinite(loss) and "nll_bound" in metrics
+    clipped = build_objective("block_diffusion", VOCAB, block_size=4)
+    _, metrics = clipped.loss(tiny().float(), Batch(torch.randint(0, VOCAB, (2, 8))))
+    assert "clipped_loss" in metrics and "nll_bound" not in metrics
+
+
+def test_blocks_without_an_admissible_count_keep_their_first_draw():
+    """One scored token per block of 4 against [0.45, 0.95]: no masked fraction fits, so
+    resampling must not redraw (it would spend its rounds for nothing)."""
+    tokens = torch.randint(0, VOCAB, (8, 16))
+    scored = (torch.arange(16) % 4 == 3).expand(8, 16)
+    objective = build_objective("block_diffusion", VOCAB, block_size=4)
+    process = objective._bound()
+    t = torch.full(tokens.shape, 0.5, dtype=torch.float64)
+    torch.manual_seed(0)
+    first = process.corrupt(tokens, t, scored)
+    torch.manual_seed(0)
+    assert torch.equal(objective.noised(process, tokens, t, scored), first)

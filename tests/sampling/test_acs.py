@@ -55,6 +55,9 @@ def test_with_correction_off_acs_is_ancestral(name, options):
     plain = generate(model, prompt, sampler="ancestral", **common)
     off = generate(model, prompt, sampler="acs", threshold=1.0, **common)
     assert torch.equal(plain.tokens, off.tokens) and plain.nfe == off.nfe
+    greedy = generate(model, prompt, sampler="ancestral", temperature=0.0, **common)
+    greedy_off = generate(model, prompt, sampler="acs", threshold=1.0, temperature=0.0, **common)
+    assert torch.equal(greedy.tokens, greedy_off.tokens)
     # a low threshold corrects: other tokens (seen for this model and seed)
     on = generate(model, prompt, sampler="acs", threshold=0.0, **common)
     assert not torch.equal(plain.tokens, on.tokens)

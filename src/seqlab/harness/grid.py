@@ -216,10 +216,15 @@ def check_names(experiment: ExperimentConfig) -> None:
 
 
 def metric_for(config: CompareConfig, task_name: str, scores_answers: bool) -> str:
-    """The ranking metric of a task: configured, else accuracy or bits per byte."""
+    """The ranking metric of a task: configured, else the task's `metric_of_record`, else
+    accuracy or bits per byte."""
     if task_name in config.metric:
         return config.metric[task_name]
-    return "accuracy" if scores_answers else "bits_per_byte"
+    try:
+        of_record = getattr(TASKS.get(task_name).target, "metric_of_record", None)
+    except SeqlabError:  # a task no longer importable: its rows are ranked by the fallback
+        of_record = None
+    return of_record or ("accuracy" if scores_answers else "bits_per_byte")
 
 
 def is_failed(row: dict[str, Any]) -> bool:

@@ -38,7 +38,7 @@ def mean_interval(
     if len(values) < 2 or not all(math.isfinite(v) for v in values):
         return None
     mean = statistics.fmean(values)
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * _stderr(values)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * standard_error(values)
     return mean - half, mean + half
 
 
@@ -115,7 +115,8 @@ def separation_lines(
     return lines
 
 
-def _stderr(values: Sequence[float]) -> float:
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of `values` (sample std / √n, n ≥ 2)."""
     return statistics.stdev(values) / math.sqrt(len(values))
 
 

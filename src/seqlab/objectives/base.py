@@ -73,6 +73,7 @@ class Objective(ABC):
     extra_tokens: int = 0
     vocab_size: int | None = None
     step: int | None = None
+    stops_early: bool = False  # `generate` may stop before filling every scored position
 
     def set_step(self, step: int) -> None:
         """The trainer calls this before each training step (0-based) with the step it is
@@ -117,6 +118,11 @@ class Objective(ABC):
         the argmax of the next-token logits given the true prefix (teacher forcing); for
         diffusion the argmax at the scored positions with all of them noised at once.
         """
+
+    @property
+    def generates(self) -> bool:
+        """Whether this objective defines `generate` (generation-based evaluation)."""
+        return type(self).generate is not Objective.generate
 
     def generate(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
         """The objective's own greedy decoding of every scored token from the unscored ones.

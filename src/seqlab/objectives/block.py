@@ -7,7 +7,8 @@ One t per block. The denoiser reads the vectorised sequence [x_t ; x_0] of lengt
 before it; clean blocks are block-causal. Both halves carry the same positions 0..L−1, so
 the model learns the task it samples (a noised block on top of a cached clean prefix).
 Block size 1 is the AR chain rule (plus p(x_0) from an empty context); block size ≥ L is
-full-sequence diffusion with the same draws.
+full-sequence diffusion with the same draws (for training, with `clip: null`: the default
+trains block diffusion on BD3-LM's clipped windows, see `BlockDiffusion`).
 
 Recurrent backbones (every mixer whose registry entry lists the `block_diffusion` layout)
 serve the same layout through `mixers.base.scan_in_layout`: the fixed-size state carries the
@@ -55,6 +56,8 @@ def paper_clip(block_size: int) -> tuple[float, float]:
     library's assumption, not measurements of the paper."""
     if block_size == 1:
         return (1.0, 1.0)
+    if block_size in PAPER_WINDOWS:
+        return PAPER_WINDOWS[block_size]
     (small, (a_low, a_high)), (large, (b_low, b_high)) = sorted(PAPER_WINDOWS.items())
     share = (math.log2(block_size) - math.log2(small)) / (math.log2(large) - math.log2(small))
     share = min(max(share, 0.0), 1.0)
@@ -100,15 +103,23 @@ class BlockDiffusion(Diffusion):
         sizes = [block_size] if block_sizes is None else list(block_sizes)
         if not sizes or min(sizes + [block_size]) < 1:
             raise ConfigError(f"block sizes must be positive, got {block_size}, {block_sizes}")
-        if isinstance(clip, str):
-            if clip != "auto":
-                raise ConfigError(f"clip must be 'auto', [low, high] or null, got {clip!r}")
-        elif clip is not None:
-            if len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 1:
-                raise ConfigError(f"clip must be [low, high] with 0 <= low < high <= 1, got {clip}")
-            clip = (float(clip[0]), float(clip[1]))
+        if clip is not None and clip != "auto":
+            window = list(clip) if isinstance(clip, list | tuple) else None
+            if (
+                window is None
+                or len(window) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in window)
+                or not 0 <= window[0] < window[1] <= 1
+            ):
+                raise ConfigError(
+                    f"clip must be 'auto', null or [low, high] with 0 <= low < high <= 1, "
+                    f"got {clip!r}"
+                )
+            clip = (float(window[0]), float(window[1]))
+        if not isinstance(resample, bool):
+            raise ConfigError(f"resample must be true or false, got {resample!r}")
         self.block_size, self.block_sizes, self.clip = block_size, sizes, clip
-        self.resample = bool(resample)
+        self.resample = resample
         self.shift = bool(shift)
 
     def groups(self, length: int, device: torch.device) -> Tensor:
@@ -133,9 +144,10 @@ class BlockDiffusion(Diffusion):
 
     def window(self) -> tuple[float, float] | None:
         """The training window [low, high] of times (and masked fractions) at this block size,
-        or None for the whole of [0, 1]."""
+        or None for the whole of [0, 1]. `auto` clips absorbing noise only: BD3-LM measured
+        its windows for masking, and the uniform and hybrid posteriors need t < 1."""
         if self.clip == "auto":
-            return paper_clip(self.block_size)
+            return paper_clip(self.block_size) if self.noise == "absorbing" else None
         return self.clip
 
     def train_times(self, n: int, device: torch.device) -> Tensor:
@@ -145,8 +157,9 @@ class BlockDiffusion(Diffusion):
     def noised(self, process: Process, tokens: Tensor, t: Tensor, scored: Tensor) -> Tensor:
         """x_t for training: `Diffusion.noised`, then (absorbing noise, `resample`, a window)
         every block whose masked fraction of scored tokens leaves the window redrawn at its
-        own t, up to `RESAMPLE_ROUNDS` times (a block whose size admits no count in the
-        window keeps its last draw)."""
+        own t, up to `RESAMPLE_ROUNDS` times. A block whose number of scored tokens n admits
+        no count in the window (⌈low·n⌉ > ⌊high·n⌋, e.g. one token against [0.45, 0.95])
+        keeps its first draw."""
         x_t = super().noised(process, tokens, t, scored)
         window = self.window()
         if window is None or not self.resample or not isinstance(process, Absorbing):
@@ -156,10 +169,11 @@ class BlockDiffusion(Diffusion):
         counts = torch.zeros(tokens.shape[0], int(groups.max()) + 1, dtype=torch.float64)
         counts = counts.to(tokens.device)
         n = counts.index_add(1, groups, scored.double())
+        admissible = (n > 0) & (torch.ceil(low * n - 1e-9) <= torch.floor(high * n + 1e-9))
         for _ in range(RESAMPLE_ROUNDS):
             masked = counts.index_add(1, groups, (x_t == process.mask_id).double())
             fraction = masked / n.clamp(min=1)
-            outside = (n > 0) & ((fraction < low - 1e-9) | (fraction > high + 1e-9))
+            outside = admissible & ((fraction < low - 1e-9) | (fraction > high + 1e-9))
             if not outside.any():
                 break
             redraw = outside[:, groups]
@@ -173,8 +187,16 @@ class BlockDiffusion(Diffusion):
         return other
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        if len(self.block_sizes) == 1 and self.block_sizes[0] == self.block_size:
-            return super().loss(model, batch)
-        size = self.block_sizes[int(torch.randint(len(self.block_sizes), ()))]
-        loss, metrics = Diffusion.loss(self.with_block_size(size), model, batch)
-        return loss, {**metrics, "block_size": float(size)}
+        """The training loss at this step's block size; a clipped window's loss is no
+        bound, so its metric is `clipped_loss` instead of `nll_bound`."""
+        mixture = self.block_sizes != [self.block_size]
+        size = self.block_size
+        if mixture:
+            size = self.block_sizes[int(torch.randint(len(self.block_sizes), ()))]
+        objective = self if size == self.block_size else self.with_block_size(size)
+        loss, metrics = Diffusion.loss(objective, model, batch)
+        if objective.window() is not None:
+            metrics["clipped_loss"] = metrics.pop("nll_bound")
+        if mixture:
+            metrics["block_size"] = float(size)
+        return loss, metrics

@@ -510,6 +510,10 @@ class Diffusion(Objective):
         return torch.where(scored, guess, tokens), scored
 
     @property
+    def generates(self) -> bool:
+        return self.decodes_from_masks
+
+    @property
     def decodes_from_masks(self) -> bool:
         """Whether the process reaches the all-mask state (absorbing noise, or a hybrid that
         masks at t = 1), from which `generate` decodes."""

@@ -218,6 +218,7 @@ class Insertion(Objective):
     bound = True
     layout = Layout.BIDIRECTIONAL
     paradigm = "insertion"
+    stops_early = True
     extra_tokens = 1
 
     def __init__(self, *, eval_samples: int = 16) -> None:

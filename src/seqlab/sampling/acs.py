@@ -41,7 +41,9 @@ def corrections(
 def acs_rule(inputs: RuleInputs, threshold: float) -> Rule:
     """The ancestral step, then decoded tokens replaced where x̂_0 confidently disagrees."""
     objective = inputs.objective
-    step_rule = ancestral_rule(objective, inputs.generator, inputs.guidance)
+    step_rule = ancestral_rule(
+        objective, inputs.generator, inputs.guidance, temperature=inputs.temperature
+    )
     mask_id = objective.mask_id
 
     def rule(

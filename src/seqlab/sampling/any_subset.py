@@ -26,8 +26,8 @@ from seqlab.objectives.any_subset import AnySubset, ceil_div
 from seqlab.objectives.base import Objective
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation, pad_rows, prompt_rows
-from seqlab.sampling.base import SamplingOptions, in_eval_mode, shares
-from seqlab.sampling.diffusion import draw, seed_generator
+from seqlab.sampling.base import SamplingOptions, in_eval_mode, seed_generator, shares
+from seqlab.sampling.diffusion import draw
 
 ORDERS = ("left_to_right", "random")
 

@@ -63,7 +63,9 @@ class ARPC:
         objective = inputs.objective
         self.model, self.temperature = inputs.model, inputs.temperature
         self.mask_id, self.vocab_size = objective.mask_id, objective.vocab_size
-        self.predictor = ancestral_rule(objective, inputs.generator, inputs.guidance)
+        self.predictor = ancestral_rule(
+            objective, inputs.generator, inputs.guidance, temperature=inputs.temperature
+        )
         self.ar = objective.with_block_size(1)  # type: ignore[attr-defined]
         self.corrector_steps, self.remask = corrector_steps, remask
         self.seen: Tensor | None = None  # the diffusion x̂_0 of each decoded position

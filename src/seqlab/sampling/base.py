@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from seqlab.config import require, resolve_annotation
@@ -26,6 +27,7 @@ from seqlab.errors import ConfigError
 from seqlab.sampling.processors import LogitsProcessor, sampling_processors
 
 if TYPE_CHECKING:
+    from seqlab.model import Model
     from seqlab.objectives.base import Objective
 
 Stream = Callable[[list[list[int]]], None]
@@ -297,3 +299,11 @@ def in_eval_mode(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+def seed_generator(model: Model, seed: object, sampler: str) -> torch.Generator | None:
+    """One generator on the model's device for samplers that take one integer seed (None:
+    torch's global generator)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"the {sampler} sampler takes one integer seed (or none), got {seed!r}")
+    return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)

@@ -67,7 +67,14 @@ from seqlab.objectives.diffusion import Diffusion, Hybrid
 from seqlab.objectives.noise import absorbing_posterior, uniform_posterior
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.ar import Generation
-from seqlab.sampling.base import DENOISING, GUIDANCE, SamplingOptions, in_eval_mode, shares
+from seqlab.sampling.base import (
+    DENOISING,
+    GUIDANCE,
+    SamplingOptions,
+    in_eval_mode,
+    seed_generator,
+    shares,
+)
 from seqlab.state import can_drop_last, drop_last
 
 
@@ -460,7 +467,11 @@ def _times(step: int, steps: int) -> tuple[float, float]:
 
 
 def ancestral_rule(
-    objective: Diffusion, generator: torch.Generator | None, guidance: Guidance | None = None
+    objective: Diffusion,
+    generator: torch.Generator | None,
+    guidance: Guidance | None = None,
+    *,
+    temperature: float = 1.0,
 ) -> Rule:
     """The reverse process q(x_s | x_t, x_0 = x̂_0) on the objective's schedule (MDLM/UDLM).
 
@@ -474,7 +485,10 @@ def ancestral_rule(
     position's own levels `levels = (τ_t, τ_s)` `[n]` (from `denoise`): position i steps
     from α(τ_i(t)) to α(τ_i(s)) with the same posterior, and a position whose level does not
     move (τ = 1: still noise; τ = 0: committed) is left as it is. Reaching τ_s = 0 unmasks
-    with probability 1 (absorbing) and leaves no mask (hybrid)."""
+    with probability 1 (absorbing) and leaves no mask (hybrid).
+
+    At `temperature` 0 the tokens are greedy: x̂_0 is replaced by its one-hot mode (which
+    positions move is still drawn from the posterior)."""
     schedule = objective.schedule
     hybrid = objective.process if isinstance(objective.process, Hybrid) else None
     whole = guidance is not None and guidance.rule == "unnormalized"
@@ -489,6 +503,8 @@ def ancestral_rule(
     ) -> Tensor:
         t, s = (torch.tensor(v, dtype=torch.float64) for v in _times(step, steps))
         gamma_t = float(t)
+        if temperature == 0:
+            probs = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
         if levels is not None:  # each position at its own levels; still ones kept as they are
             free = free & (levels[1] < levels[0])
             # still positions get an interior pair, finite for every process (draws discarded)
@@ -710,14 +726,6 @@ class LatentRefinement:
         return soft.to(self.embeddings.dtype)
 
 
-def seed_generator(model: Model, seed: object, sampler: str) -> torch.Generator | None:
-    """One generator on the model's device for samplers that take one integer seed (None:
-    torch's global generator)."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"the {sampler} sampler takes one integer seed (or none), got {seed!r}")
-    return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
-
-
 def _absorbing(objective: Diffusion, sampler: str) -> None:
     if objective.noise != "absorbing":
         raise ConfigError(f"the {sampler!r} sampler needs absorbing noise, got {objective.noise}")
@@ -846,18 +854,11 @@ def ancestral(inputs: RuleInputs) -> Rule:
                        objective=objective)
         assert out.nfe <= 7  # position i moves during steps i, i + 1; clean after
 
-    At temperature 0 the tokens are greedy (x̂_0 replaced by its one-hot mode); which
-    positions move at a step is still drawn from the posterior.
+    At temperature 0 the tokens are greedy (`ancestral_rule`).
     """
-    rule = ancestral_rule(inputs.objective, inputs.generator, inputs.guidance)
-    if inputs.temperature > 0:
-        return rule
-
-    def greedy(tokens: Tensor, probs: Tensor, *args, **kwargs) -> Tensor:
-        mode = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-        return rule(tokens, mode, *args, **kwargs)
-
-    return greedy
+    return ancestral_rule(
+        inputs.objective, inputs.generator, inputs.guidance, temperature=inputs.temperature
+    )
 
 
 @SAMPLERS.register("confidence")

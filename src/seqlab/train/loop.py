@@ -111,6 +111,7 @@ def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunPart
     if main_first and info.is_main:
         barrier(info)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
+    task.check_objective(objective)
     vocab_size = objective.model_vocab_size(task.vocab_size)
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, vocab_size=vocab_size)

@@ -173,3 +173,25 @@ def test_infill_span_must_fit_a_text_row(text_corpus):
         text_task(text_corpus, infill_span=SEQ_LEN + 1)
     with pytest.raises(ConfigError, match="infill_span"):
         text_task(text_corpus, infill_span=0)
+
+
+def test_star_graph_generates_when_the_objective_can_and_refuses_only_when_asked():
+    from seqlab.harness.grid import CompareConfig, metric_for
+
+    task = star_graph()
+    uniform = build_objective("uniform_diffusion", task.vocab_size)
+    assert not uniform.generates and build_objective("ar", task.vocab_size).generates
+    metrics = task.evaluate(tiny(uniform, task.vocab_size), uniform, batch_size=4)
+    assert "generated_accuracy" not in metrics and "accuracy" in metrics
+    task.check_objective(uniform)  # the default: score generation where there is one
+    with pytest.raises(ConfigError, match="generate"):
+        star_graph(generate_eval=True).check_objective(uniform)
+    assert metric_for(CompareConfig(), "star_graph", True) == "generated_exact_match"
+    assert metric_for(CompareConfig(), "sort", True) == "accuracy"
+
+
+def test_generate_eval_on_text_windows_is_refused(text_corpus):
+    with pytest.raises(ConfigError, match="generate_eval"):
+        text_task(text_corpus, generate_eval=True)
+    with pytest.raises(ConfigError, match="infill_span"):
+        text_task(text_corpus, infill_span=True)

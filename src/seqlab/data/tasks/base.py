@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.errors import DataError
+from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import NLL, Batch
 from seqlab.registry import TASKS
 
@@ -82,8 +82,24 @@ class Task(ABC):
     vocab_size: int
     seq_len: int
     scores_answers: bool = True
-    generate_eval: bool = False  # also score `Objective.generate` (generated_* metrics)
+    # also score `Objective.generate` (generated_* metrics); None: when the objective generates
+    generate_eval: bool | None = False
     infill_span: int | None = None  # also score random spans of this length given the rest
+    metric_of_record: str | None = None  # what `seqlab compare` ranks by when not told
+
+    def generates(self, objective: Objective) -> bool:
+        """Whether evaluation scores `objective.generate` (the `generated_*` metrics)."""
+        return bool(self.generate_eval) or (self.generate_eval is None and objective.generates)
+
+    def check_objective(self, objective: Objective) -> None:
+        """A ConfigError, before any training, when evaluation would need a `generate` that
+        the objective does not have."""
+        if (self.generate_eval or self.infill_span is not None) and not objective.generates:
+            needs = "generate_eval" if self.generate_eval else "infill_span"
+            raise ConfigError(
+                f"task {self.name!r} with {needs} scores each objective's own generation, "
+                f"which objective {objective.name!r} cannot do (Objective.generate)"
+            )
 
     @abstractmethod
     def batch(
@@ -120,7 +136,7 @@ class Task(ABC):
     ) -> dict[str, float]:
         """NLL in nats per scored token (bits per byte for text); for tasks with answers the
         token accuracy and exact-match rate of the objective's `predict`, and with
-        `generate_eval` those of its `generate` (`generated_accuracy`,
+        `generate_eval` (None: when the objective generates) those of its `generate` (`generated_accuracy`,
         `generated_exact_match`: every paradigm decodes the answer from the prompt alone, so
         these compare across paradigms where `predict` may be teacher-forced).
 
@@ -134,6 +150,7 @@ class Task(ABC):
         total = NLL(0.0, 0, objective.bound)
         infill = NLL(0.0, 0, objective.bound)
         answers, generated, infilled = Tally(), Tally(), Tally()
+        generating = self.generates(objective)
         device = model.device
         row = 0
         for batch in self.eval_batches(split, batch_size, max_tokens):
@@ -141,7 +158,7 @@ class Task(ABC):
             total = total + objective.nll(model, batch)
             if self.scores_answers:
                 answers.add(*objective.predict(model, batch), batch.tokens)
-                if self.generate_eval:
+                if generating:
                     generated.add(*objective.generate(model, batch), batch.tokens)
             if self.infill_span is not None:
                 rows, length = batch.tokens.shape
@@ -162,7 +179,7 @@ class Task(ABC):
         if self.scores_answers:
             metrics["accuracy"] = answers.accuracy
             metrics["exact_match"] = answers.exact_match
-            if self.generate_eval:
+            if generating:
                 metrics["generated_accuracy"] = generated.accuracy
                 metrics["generated_exact_match"] = generated.exact_match
         if self.infill_span is not None:

@@ -55,8 +55,9 @@ def parse(tokens: list[int]) -> StarGraph:
 @TASKS.register("star_graph")
 class StarGraphTask(SyntheticTask):
     """Path-star graphs: find the path from the centre to a goal leaf; the exact match of
-    the generated path (`generated_exact_match`, `generate_eval`, on by default) is the
-    metric of record: AR's `predict` is teacher-forced, so its `exact_match` is not.
+    the generated path (`generated_exact_match`) is the metric of record: AR's `predict` is
+    teacher-forced, so its `exact_match` is not. `generate_eval` defaults to None: scored
+    whenever the objective generates (`Objective.generates`); true requires it.
 
     A graph has `degree` arms, each a path of `path_length` nodes counting the shared centre
     (the start), with distinct node labels drawn from ``0 .. num_nodes - 1``. A row lists its
@@ -77,13 +78,15 @@ class StarGraphTask(SyntheticTask):
         0 5  7 2  0 7  5 4  QUERY 0 2  ANSWER [0] [7] [2]
     """
 
+    metric_of_record = "generated_exact_match"
+
     def __init__(
         self,
         degree: int = 3,
         path_length: int = 5,
         num_nodes: int = 20,
         eval_examples: int = 512,
-        generate_eval: bool = True,
+        generate_eval: bool | None = None,
     ) -> None:
         check(
             all(isinstance(v, int) and not isinstance(v, bool) for v in (degree, path_length))
@@ -99,8 +102,8 @@ class StarGraphTask(SyntheticTask):
             f"{needed} (distinct labels), got {num_nodes!r}",
         )
         check(
-            isinstance(generate_eval, bool),
-            f"star_graph: generate_eval must be true or false, got {generate_eval!r}",
+            generate_eval is None or isinstance(generate_eval, bool),
+            f"star_graph: generate_eval must be true, false or null, got {generate_eval!r}",
         )
         self.degree, self.path_length, self.num_nodes = degree, path_length, num_nodes
         self.generate_eval = generate_eval

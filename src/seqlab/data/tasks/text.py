@@ -42,11 +42,20 @@ class TextTask(Task):
         self, data: DataConfig, infill_span: int | None = None, generate_eval: bool = False
     ) -> None:
         if infill_span is not None and (
-            data.format == "pairs" or not 1 <= infill_span <= data.seq_len
+            data.format == "pairs"
+            or not isinstance(infill_span, int)
+            or isinstance(infill_span, bool)
+            or not 1 <= infill_span <= data.seq_len
         ):
             raise ConfigError(
                 f"text: infill_span must lie in 1 .. data.seq_len ({data.seq_len}) with "
                 f"data.format text, got {infill_span!r} with format {data.format!r}"
+            )
+        if not isinstance(generate_eval, bool) or (generate_eval and data.format != "pairs"):
+            raise ConfigError(
+                f"text: generate_eval (true or false) scores generated targets of "
+                f"data.format pairs, got {generate_eval!r} with format {data.format!r}; "
+                f"use infill_span for text windows"
             )
         self.infill_span, self.generate_eval = infill_span, generate_eval
         self.corpus: TokenCorpus | None = None
