@@ -11,8 +11,8 @@ per model and setting, reused when its `summary.json` exists):
   all sample it block by block (KV cache of finished blocks);
 - `hybrid`: `epsilon_hybrid_diffusion` (full sequence, flat hyperschedule), as `acs` needs:
   its correction replaces decoded tokens where x̂_0 confidently disagrees, which only means
-  something for a denoiser trained on corrupted clean tokens (hybrid noise), and `acs`
-  builds on `ancestral`, which refuses non-flat hyperschedules. `block_diffusion` takes no
+  something for a denoiser trained on corrupted clean tokens (hybrid noise); it is trained
+  and sampled on a flat hyperschedule here. `block_diffusion` takes no
   hybrid noise, so this is a separate, full-sequence model: `ancestral` and `acs` sample the
   whole continuation at once (the whole canvas every step);
 - `judge`: an `ar` model that scores every sample.
