@@ -11,11 +11,13 @@ import pytest
 
 from seqlab.errors import ConfigError, DataError, ShapeError
 from seqlab.scaling import (
+    RunRecord,
     compute_frontier,
     crossover,
     fit_chinchilla,
     fit_frontier_law,
     fit_power_law,
+    fit_records,
     held_out_check,
 )
 from seqlab.scaling.bootstrap import RefitFailed, group_indices, run_bootstrap
@@ -312,3 +314,31 @@ def test_crossover_of_bootstrapped_fits_has_an_interval():
     ci = crossing.compute.ci
     assert ci.low <= crossing.compute.value <= ci.high
     assert as_json(found)["crossings"][0]["compute"]["ci"] == [ci.low, ci.high]
+
+
+# --- run records ------------------------------------------------------------------------------
+
+
+def test_fit_records_fits_each_backbone_and_their_crossover():
+    rng = np.random.default_rng(6)
+    records = []
+    for backbone, shift in (("attention", 1.0), ("mamba", 1.03)):
+        n, d, loss = chinchilla_runs(rng, 0.003)
+        for i in range(0, len(n), 3):  # 22 runs, two seeds of the first configuration
+            for seed in (0, 1) if i == 0 else (0,):
+                record = {"backbone": backbone, "params": n[i], "tokens": d[i], "seed": seed}
+                records.append(RunRecord.from_dict({**record, "loss": loss[i] * shift}))
+    report = fit_records(records, n_boot=5, seed=0)
+    assert list(report.backbones) == ["attention", "mamba"]
+    attention = report.backbones["attention"]
+    assert attention.runs == 23 and attention.notes == ()
+    assert abs(attention.chinchilla.alpha.value - CHINCHILLA["alpha"]) < 0.05
+    assert attention.chinchilla.bootstrap.n_boot == 5 and attention.compute_held_out is not None
+    (pair,) = report.crossovers
+    assert pair.names == ("attention", "mamba")
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["backbones"]["mamba"]["chinchilla"]["alpha"]["ci"] is not None
+    with pytest.raises(DataError):
+        RunRecord.from_dict({"backbone": "x", "params": 1, "tokens": 1, "loss": 1, "flops": 2})
+    few = fit_records([RunRecord("tiny", 1e7, 1e8, 3.0), RunRecord("tiny", 1e8, 1e9, 2.5)])
+    assert few.backbones["tiny"].chinchilla is None and len(few.backbones["tiny"].notes) == 2

@@ -5,7 +5,8 @@ intervals, held-out extrapolation checks and crossovers between fitted curves.
     L(N, D) = E + A/N^α + B/D^β                fit_chinchilla (Hoffmann et al. 2022, approach 3)
     N_opt(C) = G·(C/6)^a, D_opt(C) = (C/6)^b / G,  a = β/(α+β), b = α/(α+β)
 
-Every result has `to_dict()` (JSON-ready: the numbers named as in the formulas, each
+`fit_records(records)` runs all of them per backbone from `RunRecord`s (what `seqlab scale`
+needs). Every result has `to_dict()` (JSON-ready: the numbers named as in the formulas, each
 `{"value", "ci": [low, high]}`).
 """
 
@@ -18,10 +19,12 @@ from seqlab.scaling.estimate import Estimate, Interval
 from seqlab.scaling.frontier import Frontier, compute_frontier
 from seqlab.scaling.held_out import HeldOutCheck, held_out_check
 from seqlab.scaling.power_law import PowerLawFit, fit_frontier_law, fit_power_law
+from seqlab.scaling.records import BackboneScaling, RunRecord, ScalingReport, fit_records
 
 __all__ = [
     "N_BOOT",
     "Allocation",
+    "BackboneScaling",
     "Bootstrap",
     "ChinchillaFit",
     "Crossing",
@@ -31,10 +34,13 @@ __all__ = [
     "HeldOutCheck",
     "Interval",
     "PowerLawFit",
+    "RunRecord",
+    "ScalingReport",
     "compute_frontier",
     "crossover",
     "fit_chinchilla",
     "fit_frontier_law",
     "fit_power_law",
+    "fit_records",
     "held_out_check",
 ]
