@@ -12,14 +12,39 @@ from pathlib import Path
 import pytest
 
 from seqlab.config import ExperimentConfig, list_presets, load_config, read_config_mapping
-from seqlab.harness.grid import expand, list_experiments, load_compare_config
+from seqlab.harness.grid import (
+    expand,
+    list_experiments,
+    load_compare_config,
+    resolve_experiment,
+)
+from seqlab.harness.ladder import expand_ladder, load_scale_config
 from seqlab.train.loop import build_run
 
 REPO_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 def _is_comparison(source: str | Path) -> bool:
-    return "grid" in read_config_mapping(source)
+    data = read_config_mapping(source)
+    return "grid" in data and "scale" not in data
+
+
+def _is_ladder(source: str | Path) -> bool:
+    return "scale" in read_config_mapping(source)
+
+
+def _check_ladder(source: str | Path) -> None:
+    """A scaling ladder (`seqlab scale`) expands, and the smallest and largest size of every
+    grid point build (every rung between differs only in width, depth and steps)."""
+    rungs = expand_ladder(load_scale_config(source))
+    assert rungs, f"{source}: the ladder expands to no runs"
+    by_point: dict[str, list] = {}
+    for rung in rungs:
+        by_point.setdefault(rung.backbone, []).append(rung)
+    for point_rungs in by_point.values():
+        by_size = sorted(point_rungs, key=lambda r: r.params)
+        for rung in (by_size[0], by_size[-1]):
+            _check_experiment(rung.run.config)
 
 
 def _check_experiment(experiment: ExperimentConfig) -> None:
@@ -38,7 +63,9 @@ def test_the_repository_ships_its_documented_configs():
 
 @pytest.mark.parametrize("path", REPO_CONFIGS, ids=[p.stem for p in REPO_CONFIGS])
 def test_repository_config_loads_and_builds(path: Path):
-    if _is_comparison(path):
+    if _is_ladder(path):
+        _check_ladder(path)
+    elif _is_comparison(path):
         runs = expand(load_compare_config(path))
         assert runs, f"{path.name}: the grid expands to no runs"
         for run in runs:
@@ -49,6 +76,9 @@ def test_repository_config_loads_and_builds(path: Path):
 
 @pytest.mark.parametrize("name", list_experiments())
 def test_builtin_experiment_expands(name: str):
+    if _is_ladder(resolve_experiment(name)):
+        _check_ladder(name)
+        return
     runs = expand(load_compare_config(name))
     assert runs
     for run in runs:

@@ -123,21 +123,32 @@ def list_experiments() -> list[str]:
 
 def load_compare_config(source: str | os.PathLike[str]) -> CompareConfig:
     """A comparison from a YAML path or a built-in experiment name (e.g. `quickstart`)."""
-    path = Path(source)
-    if not path.exists():
-        builtin = experiments_dir() / f"{source}.yaml"
-        if not builtin.exists():
-            raise ConfigError(
-                f"comparison {str(source)!r} is neither a file nor a built-in "
-                f"experiment; built-in: {', '.join(list_experiments())}"
-            )
-        path = builtin
+    path = resolve_experiment(source)
     data = read_config_mapping(path)
+    if "scale" in data:
+        raise ConfigError(
+            f"{path.name} is a scaling ladder (it has a scale section): run it with seqlab scale"
+        )
     config = from_dict(CompareConfig, data)
     for axis, values in config.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{axis} must be a non-empty list, got {values!r}")
     return config
+
+
+def resolve_experiment(source: str | os.PathLike[str]) -> Path:
+    """A comparison's or ladder's YAML: the path itself, else the built-in experiment of that
+    name."""
+    path = Path(source)
+    if path.exists():
+        return path
+    builtin = experiments_dir() / f"{source}.yaml"
+    if not builtin.exists():
+        raise ConfigError(
+            f"comparison {str(source)!r} is neither a file nor a built-in "
+            f"experiment; built-in: {', '.join(list_experiments())}"
+        )
+    return builtin
 
 
 def _label(value: Any) -> str:
