@@ -7,6 +7,7 @@ ship inside the package. A typo in any of them would only show when a user runs 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,27 @@ def _check_ladder(source: str | Path) -> None:
             _check_experiment(rung.run.config)
 
 
-def _check_experiment(experiment: ExperimentConfig) -> None:
+def _with_local_data(experiment: ExperimentConfig, scratch: Path) -> ExperimentConfig:
+    """A config that reads a file a script writes into the git-ignored data/ folder (the
+    Wikipedia sample of `scripts/wikipedia_sample.sh`) is built on a small dump written here
+    when that file is absent, as on a fresh clone."""
+    data = experiment.data
+    if data.corpus != "wikipedia" or Path(data.path).is_file():
+        return experiment
+    from tests.data.test_wikipedia_corpus import FILLER, page, write_dump
+
+    dump = scratch / "dump.xml"
+    if not dump.is_file():
+        write_dump(dump, [page(f"Article {i}", f"Article {i}. {FILLER}") for i in range(60)])
+    local = dataclasses.replace(data, path=str(dump), cache_dir=str(scratch / "cache"))
+    return dataclasses.replace(experiment, data=local)
+
+
+def _check_experiment(experiment: ExperimentConfig, scratch: Path | None = None) -> None:
     """What `seqlab train` builds before its first step: a bad task parameter, objective
     option or mixer option fails here (the text task reads the built-in corpus)."""
+    if scratch is not None:
+        experiment = _with_local_data(experiment, scratch)
     parts = build_run(experiment)
     assert parts.task.vocab_size > 0 and parts.task.seq_len > 0
     assert parts.model.config.vocab_size >= parts.task.vocab_size
@@ -62,16 +81,16 @@ def test_the_repository_ships_its_documented_configs():
 
 
 @pytest.mark.parametrize("path", REPO_CONFIGS, ids=[p.stem for p in REPO_CONFIGS])
-def test_repository_config_loads_and_builds(path: Path):
+def test_repository_config_loads_and_builds(path: Path, tmp_path: Path):
     if _is_ladder(path):
         _check_ladder(path)
     elif _is_comparison(path):
         runs = expand(load_compare_config(path))
         assert runs, f"{path.name}: the grid expands to no runs"
         for run in runs:
-            _check_experiment(run.config)
+            _check_experiment(run.config, tmp_path)
     else:
-        _check_experiment(load_config(path))
+        _check_experiment(load_config(path), tmp_path)
 
 
 @pytest.mark.parametrize("name", list_experiments())
