@@ -13,7 +13,11 @@ One seed orders nothing: `--seeds N` trains every cell at seeds 0..N-1 and print
 mean ± std over seeds with the 95% Student-t interval of the mean, then tests each paradigm
 against the next-ranked one (Welch's t-test, `seqlab.harness.stats`). Read the ordering with
 its intervals: two paradigms whose difference is "not separated at 95%" are not ordered by
-this run. The 5-seed results are in docs/results.md, "The paradigm ordering across seeds".
+this run. Measured with five seeds (docs/results.md, "The paradigm ordering across seeds":
+attention d_model 128, 600 steps, sequence 128, stdlib corpus; nats per token, 95% CI):
+AR 1.500 [1.486, 1.514] < block-4 ≤ 2.153 [2.124, 2.183] < block-16 ≤ 2.268 [2.212, 2.324]
+< masked ≤ 2.459 [2.373, 2.544], each adjacent pair separated (Welch p ≤ 0.002); unclipped,
+block-16 (≤ 2.397) and masked are not (p = 0.12).
 
 Then it samples continuations of test prompts: AR ancestral sampling (KV cache) against
 block-diffusion sampling of the `--sample-cells` models (default block-16): `ancestral`,
