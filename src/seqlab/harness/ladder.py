@@ -15,7 +15,8 @@ task_overrides, workers) plus
       evals: 8                    # validation points along each run (its curve)
       d_multiple: 16              # a {params: N} size's d_model is a multiple of this
       n_boot: 200                 # bootstrap refits of every fit
-      holdout: 0.2                # share (or count) of the largest-compute runs held out
+      holdout: 0.2                # share (or count) of the largest-compute runs held out:
+                                  # a fraction in (0, 1) or a count below sizes x budgets
 
 Every grid point (a backbone, or any point of the comparison's grid) is trained at every size
 and budget. A `{params: N}` size is resolved to the d_model (a multiple of `d_multiple` and of
@@ -50,11 +51,11 @@ from seqlab.data.tasks import build_task
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.harness.compare import describe_backbone
 from seqlab.harness.grid import CompareConfig, Run, expand, point_labels, resolve_experiment
-from seqlab.model import build_model, count_parameters
+from seqlab.model import Model, build_model, count_parameters
 from seqlab.objectives import build_objective
 from seqlab.scaling.bootstrap import N_BOOT
 from seqlab.scaling.chinchilla import FLOPS_PER_PARAM_TOKEN
-from seqlab.scaling.held_out import HOLDOUT
+from seqlab.scaling.held_out import HOLDOUT, validate_holdout
 
 MODES = ("grid", "isoflop")
 FLOP_COUNTS = ("analytic", "6nd")
@@ -100,6 +101,22 @@ class ScaleSection:
         for name, low in (("evals", 1), ("d_multiple", 1), ("n_boot", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"scale.{name} must be >= {low}, got {getattr(self, name)}")
+        try:
+            validate_holdout(self.holdout_value)
+        except ConfigError as err:
+            raise ConfigError(f"scale.holdout: {err}") from None
+        configs = len(self.sizes) * len(self.budgets)
+        if isinstance(self.holdout_value, int) and self.holdout_value >= configs:
+            raise ConfigError(
+                f"scale.holdout: a count must leave runs to fit, below sizes x budgets "
+                f"({configs}), got {self.holdout_value}"
+            )
+
+    @property
+    def holdout_value(self) -> float | int:
+        """`holdout` as the fits take it: a whole number >= 1 is a count, else a fraction."""
+        value = self.holdout
+        return int(value) if float(value).is_integer() and value >= 1 else float(value)
 
     @property
     def unit(self) -> str:
@@ -168,7 +185,8 @@ class _Measured:
 
 class _Probe:
     """Builds a grid point's task once, then counts a model shape's parameters and per-step
-    work on the meta device (nothing allocated)."""
+    work on the meta device (nothing allocated), or on the CPU for a model that cannot be
+    built or counted there (one that reads a tensor's value, e.g. s4, s7 or a DEQ)."""
 
     def __init__(self, experiment: ExperimentConfig) -> None:
         self.experiment = experiment
@@ -186,8 +204,17 @@ class _Probe:
     def measure(self, shape: dict[str, Any], flops: str) -> _Measured:
         experiment = _with_shape(self.experiment, shape)
         model_config = dataclasses.replace(experiment.model, vocab_size=self.vocab_size)
-        with torch.device("meta"):
-            model = build_model(model_config)
+        try:
+            with torch.device("meta"):
+                return self._count(build_model(model_config), flops)
+        except (RuntimeError, NotImplementedError):
+            pass
+        try:
+            return self._count(build_model(model_config), flops)
+        except (RuntimeError, NotImplementedError, ValueError) as err:
+            raise ConfigError(f"cannot build model {shape}: {err}") from None
+
+    def _count(self, model: Model, flops: str) -> _Measured:
         params = model.num_params(embeddings=False)
         if flops == "analytic":
             per_step = 3.0 * model.flops_per_token(self.seq_len) * self.tokens_per_step

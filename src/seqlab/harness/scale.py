@@ -4,14 +4,14 @@ harness, fit every law of `seqlab.scaling` per task and backbone, and report.
 Output directory:
     runs/<run_id>/      each run's training directory (as `seqlab compare` writes it)
     runs.csv            one row per run: the compare columns plus backbone, size, budget,
-                        params_non_embedding, compute (C as `scale.flops` counts it)
+                        params_non_embedding, compute (C as `scale.flops` counts it: the
+                        run's train_flops for analytic, 6·N·train_tokens for 6nd)
     scaling.json        {"mode", "flops", "tasks": {task: {"metric", "skipped", "report",
                         "isoflop", "records"}}}: "report" is `ScalingReport.to_dict()` (null
                         with the reason in "skipped" when no fit could run), "records" the
                         `RunRecord`s fitted, "isoflop" the parabola of each budget (isoflop
-                        mode)
-    scaling.md          one table per task (E, A, α with CI, held-out error and verdict,
-                        compute-optimal exponents a, b), the crossovers, the IsoFLOP minima
+                        mode, `seqlab.scaling.isoflop`)
+    scaling.md          `seqlab.harness.scale_report`
     plots/*.png         `seqlab.harness.scale_plots`
 Runs are trained, resumed, skipped when finished and recorded as failed exactly as in
 `seqlab compare` (`run_all`). Each rung (grid point, size, budget) keeps the learning rate
@@ -31,36 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from seqlab.errors import SeqlabError
 from seqlab.files import atomic_write_json, atomic_write_text
 from seqlab.harness.compare import aggregate, run_all, write_csv
 from seqlab.harness.grid import HIGHER_IS_BETTER, is_failed
 from seqlab.harness.ladder import Rung, ScaleConfig, dump_scale, expand_ladder, size_label
-from seqlab.harness.report import human, pyplot
+from seqlab.harness.report import pyplot
+from seqlab.harness.scale_report import scaling_markdown
 from seqlab.scaling import RunRecord, ScalingReport, fit_records
+from seqlab.scaling.chinchilla import FLOPS_PER_PARAM_TOKEN
+from seqlab.scaling.isoflop import IsoFlopCurve, fit_isoflop
 from seqlab.train.logging import read_metrics
-
-MISSING = "—"
-
-
-@dataclass
-class IsoFlopCurve:
-    """Loss against log N at one budget: the parabola L = p0·u² + p1·u + p2 (u = ln N) and
-    its minimum, or why there is none."""
-
-    backbone: str
-    budget: float
-    params: list[float]
-    loss: list[float]
-    coefficients: list[float] | None
-    params_opt: float | None
-    loss_opt: float | None
-    skipped: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -119,14 +100,20 @@ def scale(
     if plots:
         from seqlab.harness.scale_plots import write_scale_plots
 
-        write_scale_plots(out / "plots", config.scale.mode, tasks)
+        write_scale_plots(out / "plots", config.scale.mode, tasks, config.scale.flops)
     return tasks
 
 
+def run_compute(rung: Rung, row: dict[str, Any], flops: str) -> float:
+    """A finished run's training compute C as `scale.flops` counts it: the harness's
+    train_flops (analytic) or 6·N·train_tokens (6nd)."""
+    if flops == "analytic":
+        return float(row["train_flops"])
+    return FLOPS_PER_PARAM_TOKEN * rung.params * float(row["train_tokens"])
+
+
 def _ladder_row(rung: Rung, row: dict[str, Any], config: ScaleConfig) -> dict[str, Any]:
-    compute = math.nan
-    if not is_failed(row):
-        compute = rung.flops_per_step * row["steps"]
+    compute = math.nan if is_failed(row) else run_compute(rung, row, config.scale.flops)
     return {
         **row,
         "backbone": rung.backbone,
@@ -159,7 +146,8 @@ def fit_ladder(
     tasks = []
     for task, chosen in by_task.items():
         metric = metrics[task]
-        kept = [(rung, _record(rung, row, metric, out)) for rung, row in chosen]
+        flops = config.scale.flops
+        kept = [(rung, _record(rung, row, metric, flops, out)) for rung, row in chosen]
         kept = [(rung, record) for rung, record in kept if record is not None]
         records = [record for _, record in kept]
         report, skipped = None, None
@@ -168,7 +156,7 @@ def fit_ladder(
         else:
             try:
                 report = fit_records(
-                    records, n_boot=config.scale.n_boot, holdout=_holdout(config.scale.holdout)
+                    records, n_boot=config.scale.n_boot, holdout=config.scale.holdout_value
                 )
             except SeqlabError as err:
                 skipped = str(err)
@@ -177,138 +165,47 @@ def fit_ladder(
     return tasks
 
 
-def _holdout(value: float) -> float | int:
-    return int(value) if float(value).is_integer() and value >= 1 else float(value)
-
-
 def loss_value(value: float, metric: str) -> float:
     """What the fits call loss: the metric, or 1 − it (an error) when higher is better."""
     return 1.0 - value if HIGHER_IS_BETTER.get(metric, False) else value
 
 
-def _record(rung: Rung, row: dict[str, Any], metric: str, out: Path) -> RunRecord | None:
+def _record(
+    rung: Rung, row: dict[str, Any], metric: str, flops: str, out: Path
+) -> RunRecord | None:
     final = row.get(f"val_{metric}")
     if not isinstance(final, int | float) or not math.isfinite(final):
         return None
+    compute = run_compute(rung, row, flops)
+    per_step = compute / row["steps"]
     curve = []
     for entry in read_metrics(rung.run.directory(out) / "metrics.jsonl"):
         value = entry.get(f"val_{metric}")
         if isinstance(value, int | float) and math.isfinite(value) and entry.get("step"):
-            curve.append((rung.flops_per_step * entry["step"], loss_value(value, metric)))
+            curve.append((per_step * entry["step"], loss_value(value, metric)))
     return RunRecord(
         backbone=rung.backbone,
         params=float(rung.params),
         tokens=float(row["train_tokens"]),
         loss=loss_value(final, metric),
-        compute=rung.flops_per_step * row["steps"],
+        compute=compute,
         seed=row["seed"],
         curve=tuple(curve),
     )
 
 
 def _isoflop_curves(kept: list[tuple[Rung, RunRecord]]) -> list[IsoFlopCurve]:
-    """For each backbone and FLOP budget, the mean loss over seeds per size and the parabola
-    in ln N through it."""
-    groups: dict[tuple[str, float], dict[float, list[float]]] = defaultdict(
+    """For each backbone and FLOP budget, the mean loss (and tokens) over seeds per size and
+    the parabola in ln N through it."""
+    groups: dict[tuple[str, float], dict[float, list[RunRecord]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for rung, record in kept:
-        groups[(rung.backbone, rung.budget)][record.params].append(record.loss)
+        groups[(rung.backbone, rung.budget)][record.params].append(record)
     curves = []
     for (backbone, budget), by_size in groups.items():
         params = sorted(by_size)
-        loss = [statistics.fmean(by_size[n]) for n in params]
-        curves.append(_parabola(backbone, budget, params, loss))
+        loss = [statistics.fmean(r.loss for r in by_size[n]) for n in params]
+        tokens = [statistics.fmean(r.tokens for r in by_size[n]) for n in params]
+        curves.append(fit_isoflop(backbone, budget, params, loss, tokens))
     return curves
-
-
-def _parabola(backbone: str, budget: float, params: list[float], loss: list[float]) -> IsoFlopCurve:
-    base = IsoFlopCurve(backbone, budget, params, loss, None, None, None, None)
-    if len(params) < 3:
-        base.skipped = f"a parabola needs 3 sizes or more, this budget has {len(params)}"
-        return base
-    u = np.log(np.asarray(params))
-    p = np.polyfit(u, np.asarray(loss), 2)
-    base.coefficients = [float(c) for c in p]
-    if p[0] <= 0:
-        base.skipped = "the parabola opens downward: no minimum"
-        return base
-    u_opt = -p[1] / (2 * p[0])
-    base.params_opt = float(np.exp(u_opt))
-    base.loss_opt = float(np.polyval(p, u_opt))
-    if not u.min() <= u_opt <= u.max():
-        base.skipped = "the minimum lies outside the sizes trained (extrapolated)"
-    return base
-
-
-def _ci(estimate: Any, spec: str = ".3g") -> str:
-    if estimate is None:
-        return MISSING
-    text = f"{estimate.value:{spec}}"
-    if estimate.ci is not None:
-        text += f" [{estimate.ci.low:{spec}}, {estimate.ci.high:{spec}}]"
-    return text
-
-
-def _held_out(check: Any) -> tuple[str, str]:
-    if check is None:
-        return MISSING, MISSING
-    verdict = "predicts" if check.predicts else "does not predict"
-    return f"{100 * check.mean_relative_error:.2f}%", verdict
-
-
-def scaling_markdown(config: ScaleConfig, tasks: list[TaskScaling]) -> str:
-    scale = config.scale
-    unit = "training tokens" if scale.mode == "grid" else "training FLOPs"
-    lines = [
-        f"# {config.name}: scaling",
-        "",
-        f"{len(scale.sizes)} sizes × {len(scale.budgets)} budgets ({unit}) per backbone, "
-        f"mode {scale.mode}, compute counted as {scale.flops}. L(C) = E + A·C^(−α) is fitted "
-        "through the compute-efficient frontier of every run's validation curve; intervals are "
-        f"95% bootstrap intervals ({scale.n_boot} refits over runs). The held-out error is the "
-        "mean relative error of predicting the largest-compute runs from a refit without them. "
-        "a and b are the compute-optimal exponents N* ∝ C^a, D* ∝ C^b of the L(N, D) fit.",
-    ]
-    for task in tasks:
-        lines += ["", f"## {task.task} ({task.metric})", ""]
-        if task.report is None:
-            lines.append(f"No fit: {task.skipped}.")
-            continue
-        header = ["backbone", "runs", "E", "A", "α", "held-out error", "verdict", "a", "b"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        notes = []
-        for name, fit in task.report.backbones.items():
-            law = fit.compute_law
-            error, verdict = _held_out(fit.compute_held_out)
-            allocation = None if fit.chinchilla is None else fit.chinchilla.allocation
-            cells = [
-                name,
-                str(fit.runs),
-                _ci(law and law.E),
-                _ci(law and law.A),
-                _ci(law and law.alpha),
-                error,
-                verdict if law else "skipped",
-                _ci(allocation and allocation.a, ".2f"),
-                _ci(allocation and allocation.b, ".2f"),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-            notes += [f"- {name}: skipped {note}" for note in fit.notes]
-        if notes:
-            lines += ["", "Fits the data could not support:", "", *notes]
-        if task.report.crossovers:
-            lines += ["", "Crossovers of L(C):", ""]
-            lines += [
-                f"- {c.names[0]} vs {c.names[1]}: {c.summary()}" for c in task.report.crossovers
-            ]
-        if task.isoflop:
-            lines += ["", "IsoFLOP minima (parabola in ln N per budget):", ""]
-            lines += ["| backbone | C | N* | L* | note |", "|---|---|---|---|---|"]
-            for c in task.isoflop:
-                n_opt = MISSING if c.params_opt is None else human(c.params_opt)
-                l_opt = MISSING if c.loss_opt is None else f"{c.loss_opt:.4f}"
-                lines.append(
-                    f"| {c.backbone} | {human(c.budget)} | {n_opt} | {l_opt} | {c.skipped or ''} |"
-                )
-    return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ loss_vs_compute_<task>.png   every run's validation curve (thin), each backbone'
 isoflop_<task>.png           (isoflop mode) loss against N per budget with the parabola in
                              ln N and its minimum marked, one panel per backbone
 optimal_params_<task>.png    compute-optimal N*(C) of each L(N, D) fit with its band, and
-                             the IsoFLOP minima
+                             the IsoFLOP minima placed at 6·N*·D*: both against C = 6·N·D
+                             (the other plots count C as `scale.flops` says)
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from typing import Any
 import numpy as np
 
 from seqlab.harness.report import pyplot
-from seqlab.scaling.chinchilla import FLOPS_PER_PARAM_TOKEN, allocation_exponents
+from seqlab.scaling.chinchilla import FLOPS_PER_PARAM_TOKEN, compute_optimal
 from seqlab.scaling.estimate import LEVEL
 
 EXTRAPOLATE = 10.0
 
 
-def write_scale_plots(directory: Path, mode: str, tasks: list[Any]) -> list[Path]:
-    """Every plot of every task (`seqlab.harness.scale.TaskScaling`); returns the files."""
+def write_scale_plots(
+    directory: Path, mode: str, tasks: list[Any], flops: str = "analytic"
+) -> list[Path]:
+    """Every plot of every task (`seqlab.harness.scale.TaskScaling`), compute counted as
+    `flops` (analytic or 6nd); returns the files."""
     plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -34,12 +38,18 @@ def write_scale_plots(directory: Path, mode: str, tasks: list[Any]) -> list[Path
         if not task.records:
             continue
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task.task)
-        written.append(_loss_vs_compute(plt, task, directory / f"loss_vs_compute_{slug}.png"))
+        path = directory / f"loss_vs_compute_{slug}.png"
+        written.append(_loss_vs_compute(plt, task, path, _compute_label(flops)))
         if mode == "isoflop" and task.isoflop:
-            written.append(_isoflop(plt, task, directory / f"isoflop_{slug}.png"))
+            path = directory / f"isoflop_{slug}.png"
+            written.append(_isoflop(plt, task, path, _compute_label(flops)))
         if task.report is not None:
             written.append(_optimal_params(plt, task, directory / f"optimal_params_{slug}.png"))
     return written
+
+
+def _compute_label(flops: str) -> str:
+    return "training FLOPs C (analytic)" if flops == "analytic" else "training FLOPs C = 6·N·D"
 
 
 def _colors(plt: Any, names: list[str]) -> dict[str, Any]:
@@ -54,7 +64,7 @@ def _band(predict: Any, samples: np.ndarray, x: np.ndarray) -> tuple[np.ndarray,
     return np.nanquantile(curves, q, axis=0), np.nanquantile(curves, 1 - q, axis=0)
 
 
-def _loss_vs_compute(plt: Any, task: Any, path: Path) -> Path:
+def _loss_vs_compute(plt: Any, task: Any, path: Path, xlabel: str) -> Path:
     backbones = list(dict.fromkeys(r.backbone for r in task.records))
     color = _colors(plt, backbones)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -85,14 +95,14 @@ def _loss_vs_compute(plt: Any, task: Any, path: Path) -> Path:
             both = np.concatenate([seen, ahead])
             lower, upper = _band(law.predict, law.bootstrap.samples, both)
             ax.fill_between(both, lower, upper, color=color[name], alpha=0.15, lw=0)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"validation {task.metric}")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"validation {task.metric}")
     ax.set_title(f"{task.task}: loss against compute")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
-def _isoflop(plt: Any, task: Any, path: Path) -> Path:
+def _isoflop(plt: Any, task: Any, path: Path, budget_label: str) -> Path:
     backbones = list(dict.fromkeys(c.backbone for c in task.isoflop))
     budgets = sorted({c.budget for c in task.isoflop})
     color = _colors(plt, [str(b) for b in budgets])
@@ -108,7 +118,7 @@ def _isoflop(plt: Any, task: Any, path: Path) -> Path:
                 ax.plot([curve.params_opt], [curve.loss_opt], "*", color=c, ms=12, mec="black")
         ax.set(xscale="log", xlabel="parameters N (non-embedding)", ylabel=task.metric, title=name)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{task.task}: IsoFLOP curves")
+    fig.suptitle(f"{task.task}: IsoFLOP curves (budgets C: {budget_label})")
     return _save(plt, fig, path)
 
 
@@ -116,12 +126,12 @@ def _optimal_params(plt: Any, task: Any, path: Path) -> Path:
     backbones = list(task.report.backbones)
     color = _colors(plt, backbones)
     fig, ax = plt.subplots(figsize=(7, 5))
-    computes = [r.total_compute for r in task.records]
+    computes = [FLOPS_PER_PARAM_TOKEN * r.params * r.tokens for r in task.records]
     c = np.geomspace(min(computes), EXTRAPOLATE * max(computes), 100)
     drawn = False
     for name, fit in task.report.backbones.items():
         chin = fit.chinchilla
-        if chin is not None:
+        if chin is not None and chin.allocation is not None:
             allocation = chin.allocation
             ax.plot(
                 c,
@@ -138,7 +148,7 @@ def _optimal_params(plt: Any, task: Any, path: Path) -> Path:
         minima = [m for m in task.isoflop if m.backbone == name and m.skipped is None]
         if minima:
             ax.plot(
-                [m.budget for m in minima],
+                [m.compute_6nd_opt for m in minima],
                 [m.params_opt for m in minima],
                 "*",
                 ms=10,
@@ -148,7 +158,12 @@ def _optimal_params(plt: Any, task: Any, path: Path) -> Path:
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no L(N, D) fit or IsoFLOP minimum", ha="center", transform=ax.transAxes)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal N*")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training FLOPs C = 6·N·D",
+        ylabel="compute-optimal N* (non-embedding)",
+    )
     ax.set_title(f"{task.task}: compute-optimal parameters")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -156,10 +171,7 @@ def _optimal_params(plt: Any, task: Any, path: Path) -> Path:
 
 
 def _optimal_n(c: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """N_opt(C) at Chinchilla parameters (E, A, B, α, β)."""
-    _, a, b, alpha, beta = params
-    exp_a, _, g = allocation_exponents(a, b, alpha, beta)
-    return g * (c / FLOPS_PER_PARAM_TOKEN) ** exp_a
+    return compute_optimal(c, params)[0]
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:

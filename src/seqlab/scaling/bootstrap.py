@@ -3,9 +3,10 @@
 The unit of resampling is a *group*: by default every point (run) is its own group; points
 that share a group label (e.g. the seeds of one configuration) are drawn together. One
 resample draws as many groups as there are, uniformly with replacement, from a seeded
-`numpy.random.Generator`, and refits on the union of their points. A refit that raises or
-returns a non-finite parameter is a *failure*: it is counted, its reason kept, and it adds
-no sample (the intervals come from the refits that succeeded).
+`numpy.random.Generator`, and refits on the union of their points. A refit that raises (a
+SeqlabError such as `objective.RefitFailed`, or an arithmetic error) or returns a non-finite
+parameter is a *failure*: it is counted, its reason kept, and it adds no sample (the
+intervals come from the refits that succeeded).
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from seqlab.errors import SeqlabError, ShapeError
 from seqlab.scaling.estimate import LEVEL
 
 N_BOOT = 200
-
-
-class RefitFailed(Exception):
-    """A refit found no finite optimum; its message is the reason the bootstrap records."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ def run_bootstrap(
         indices = np.concatenate([groups[g] for g in drawn])
         try:
             theta = np.asarray(refit(indices), dtype=float)
-        except (RefitFailed, SeqlabError, ArithmeticError, ValueError) as error:
+        except (SeqlabError, ArithmeticError, ValueError) as error:
             failures.append(f"{type(error).__name__}: {error}")
             continue
         if not np.all(np.isfinite(theta)):

@@ -16,8 +16,11 @@ Under C = 6·N·D, minimising L(N, D) at fixed C gives
     N_opt(C) = G·(C/6)^a,   D_opt(C) = G^(−1)·(C/6)^b,
     a = β/(α+β),  b = α/(α+β),  G = (α·A / (β·B))^(1/(α+β))
 
-so N* ∝ C^a and D* ∝ C^b. Every number comes with a bootstrap interval over the runs
-(`seqlab.scaling.bootstrap`).
+so N* ∝ C^a and D* ∝ C^b; C here is always 6·N·D (whatever a ladder's `scale.flops`). The
+allocation needs α > 0 and β > 0 (otherwise the loss keeps falling as all compute goes to N
+or to D): a fit without it has `allocation` None and the reason in `allocation_note`, and a
+bootstrap refit without it adds no sample to the allocation's intervals. Every number comes
+with a bootstrap interval over the runs (`seqlab.scaling.bootstrap`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import numpy as np
 
 from seqlab.errors import DataError, ShapeError
 from seqlab.scaling import objective
-from seqlab.scaling.bootstrap import N_BOOT, Bootstrap, RefitFailed, group_indices, run_bootstrap
+from seqlab.scaling.bootstrap import N_BOOT, Bootstrap, group_indices, run_bootstrap
 from seqlab.scaling.estimate import LEVEL, Estimate, estimate
+from seqlab.scaling.objective import RefitFailed, power_term
 
 NAMES = ("E", "A", "B", "alpha", "beta")
 N_STARTS = 16
@@ -59,10 +63,10 @@ class Allocation:
     G: Estimate
 
     def params(self, c: np.ndarray | float) -> np.ndarray:
-        return self.G.value * (np.asarray(c, dtype=float) / FLOPS_PER_PARAM_TOKEN) ** self.a.value
+        return _allocate(c, self.a.value, self.b.value, self.G.value)[0]
 
     def tokens(self, c: np.ndarray | float) -> np.ndarray:
-        return (np.asarray(c, dtype=float) / FLOPS_PER_PARAM_TOKEN) ** self.b.value / self.G.value
+        return _allocate(c, self.a.value, self.b.value, self.G.value)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,7 +88,7 @@ class ChinchillaFit:
     B: Estimate
     alpha: Estimate
     beta: Estimate
-    allocation: Allocation
+    allocation: Allocation | None
     objective: float
     rms_log_residual: float
     N: np.ndarray
@@ -94,6 +98,7 @@ class ChinchillaFit:
     delta: float
     n_starts: int | None
     bootstrap: Bootstrap | None
+    allocation_note: str | None = None
 
     @property
     def params(self) -> np.ndarray:
@@ -105,24 +110,28 @@ class ChinchillaFit:
     ) -> np.ndarray:
         """L(N, D) at the fitted parameters, or at `params` (E, A, B, α, β)."""
         e, a, b, alpha, beta = self.params if params is None else params
-        log_n, log_d = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(d, dtype=float))
-        return e + np.exp(np.log(a) - alpha * log_n) + np.exp(np.log(b) - beta * log_d)
+        return e + power_term(n, a, alpha) + power_term(d, b, beta)
 
     def loss_at_compute(
         self, c: np.ndarray | float, params: np.ndarray | None = None
     ) -> np.ndarray:
-        """The compute-optimal loss L(N_opt(C), D_opt(C)) (what `crossover` compares)."""
-        e, a, b, alpha, beta = self.params if params is None else params
-        exp_a, exp_b, g = allocation_exponents(a, b, alpha, beta)
-        scaled = np.asarray(c, dtype=float) / FLOPS_PER_PARAM_TOKEN
-        return self.predict(g * scaled**exp_a, scaled**exp_b / g, (e, a, b, alpha, beta))
+        """The compute-optimal loss L(N_opt(C), D_opt(C)) (what `crossover` compares; NaN
+        where α or β is 0)."""
+        params = self.params if params is None else np.asarray(params, dtype=float)
+        return self.predict(*compute_optimal(c, params), params)
 
     def scale(self) -> np.ndarray:
         """What `held_out_check` orders the runs by: their compute 6·N·D."""
         return FLOPS_PER_PARAM_TOKEN * self.N * self.D
 
+    def point_scale(self) -> np.ndarray:
+        return self.scale()
+
     def observed(self) -> np.ndarray:
         return self.L
+
+    def held_points(self, held: np.ndarray) -> np.ndarray:
+        return held
 
     def predict_points(self, mask: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
         return self.predict(self.N[mask], self.D[mask], params)
@@ -143,7 +152,8 @@ class ChinchillaFit:
         return {
             "law": "L = E + A / N^alpha + B / D^beta",
             **{name: getattr(self, name).to_dict() for name in NAMES},
-            "allocation": self.allocation.to_dict(),
+            "allocation": None if self.allocation is None else self.allocation.to_dict(),
+            "allocation_note": self.allocation_note,
             "objective": self.objective,
             "rms_log_residual": self.rms_log_residual,
             "criterion": self.criterion,
@@ -155,12 +165,36 @@ class ChinchillaFit:
         }
 
 
-def allocation_exponents(
-    a: float, b: float, alpha: float, beta: float
-) -> tuple[float, float, float]:
-    """(a, b, G) of the compute-optimal allocation for L's A = `a`, B = `b`, α, β."""
-    total = alpha + beta
-    return beta / total, alpha / total, (alpha * a / (beta * b)) ** (1 / total)
+def allocation_exponents(a: Any, b: Any, alpha: Any, beta: Any) -> tuple[Any, Any, Any]:
+    """(a, b, G) of the compute-optimal allocation for L's A = `a`, B = `b`, α, β (scalars or
+    arrays); NaN where α or β is not positive (no allocation: see the module docstring)."""
+    alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
+    ok = (alpha > 0) & (beta > 0)
+    safe_alpha, safe_beta = np.where(ok, alpha, 1.0), np.where(ok, beta, 1.0)
+    total = safe_alpha + safe_beta
+    g = (safe_alpha * np.asarray(a) / (safe_beta * np.asarray(b))) ** (1 / total)
+    return tuple(np.where(ok, v, np.nan)[()] for v in (safe_beta / total, safe_alpha / total, g))
+
+
+def compute_optimal(c: np.ndarray | float, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N_opt(C), D_opt(C)) at compute `c` (C = 6·N·D) for Chinchilla parameters
+    (E, A, B, α, β)."""
+    _, a, b, alpha, beta = params
+    return _allocate(c, *allocation_exponents(a, b, alpha, beta))
+
+
+def _allocate(c: Any, exp_a: Any, exp_b: Any, g: Any) -> tuple[np.ndarray, np.ndarray]:
+    """N_opt = G·(C/6)^a, D_opt = (C/6)^b / G."""
+    scaled = np.asarray(c, dtype=float) / FLOPS_PER_PARAM_TOKEN
+    return g * scaled**exp_a, scaled**exp_b / g
+
+
+def allocation_problem(alpha: float, beta: float) -> str | None:
+    """Why (α, β) give no compute-optimal allocation, or None when they do."""
+    if alpha > 0 and beta > 0:
+        return None
+    zero = "α" if alpha <= 0 else "β"
+    return f"{zero} = 0: the loss falls fastest with all compute in one of N, D"
 
 
 def fit_chinchilla(
@@ -208,13 +242,18 @@ def fit_chinchilla(
         return estimate(values, samples, level)
 
     columns = [None if boot is None else boot.samples[:, i] for i in range(len(NAMES))]
-    derived = allocation_exponents(*theta[1:])
-    derived_samples = (
-        [None] * 3 if boot is None else list(allocation_exponents(*boot.samples[:, 1:].T))
-    )
-    allocation = Allocation(*(est(v, s) for v, s in zip(derived, derived_samples, strict=True)))
+    note = allocation_problem(theta[3], theta[4])
+    allocation = None
+    if note is None:
+        derived = allocation_exponents(*theta[1:])
+        derived_samples = (
+            [None] * 3 if boot is None else list(allocation_exponents(*boot.samples[:, 1:].T))
+        )
+        allocation = Allocation(*(est(v, s) for v, s in zip(derived, derived_samples, strict=True)))
     fields = (est(v, s) for v, s in zip(theta, columns, strict=True))
-    return ChinchillaFit(*fields, allocation, value, rms, n, d, y, criterion, delta, n_starts, boot)
+    return ChinchillaFit(
+        *fields, allocation, value, rms, n, d, y, criterion, delta, n_starts, boot, note
+    )
 
 
 def _fit(
@@ -229,11 +268,9 @@ def _fit(
     if len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
         raise RefitFailed("fewer than 2 distinct params or tokens")
     z, log_y = np.stack([np.log(n), np.log(d)], axis=1), np.log(y)
-    theta, value = objective.fit(z, log_y, starts, criterion, delta)
-    residual = objective.log_predict(theta, z) - log_y
+    theta, value, rms = objective.fit_log(z, log_y, starts, criterion, delta)
     e, a, b, alpha, beta = theta
-    params = np.array([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
-    return params, value, float(np.sqrt(np.mean(residual**2)))
+    return np.array([np.exp(e), np.exp(a), np.exp(b), alpha, beta]), value, rms
 
 
 def _internal(params: np.ndarray) -> np.ndarray:

@@ -12,12 +12,18 @@ sign change, or two crossings closer than one grid step, is not found.
 
 When both fits carry bootstrap samples, refit i of a is paired with refit i of b and the
 crossings of each pair are found the same way. A single crossing of the point estimates gets
-the percentile interval of the pairs that cross exactly once; `bootstrap_pairs` and
-`pairs_crossing_once` say how many those are (with several crossings no interval is given).
+the percentile interval over *every* pair: a pair that crosses gives its crossing (the one
+nearest the point estimate's, in log C, when it crosses several times); a pair that does not
+cross gives "beyond the searched range", above it when the fit lower at c_min is the same as
+for the point estimates (the crossing has not come yet), below it otherwise. A bound that
+falls beyond the range is open: its `ci` end is +inf (or 0 below), summarised as "> c_high"
+("< c_min"). `bootstrap_pairs` and `pairs_crossing` say how many pairs there were and how
+many crossed within the range (with several crossings no interval is given).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +33,7 @@ from scipy.optimize import brentq
 
 from seqlab.errors import ConfigError
 from seqlab.scaling.bootstrap import Bootstrap
-from seqlab.scaling.estimate import LEVEL, Estimate, estimate
+from seqlab.scaling.estimate import LEVEL, Estimate, Interval
 
 EXTRAPOLATE = 100.0
 GRID = 512
@@ -62,20 +68,34 @@ class Crossover:
     crossings: tuple[Crossing, ...]
     lower_at_start: str
     bootstrap_pairs: int = 0
-    pairs_crossing_once: int = 0
+    pairs_crossing: int = 0
 
     def summary(self) -> str:
         span = f"[{self.c_low:.3g}, {self.c_high:.3g}]"
+        crossed = (
+            f" ({self.pairs_crossing} of {self.bootstrap_pairs} bootstrap pairs cross)"
+            if self.bootstrap_pairs
+            else ""
+        )
         if not self.crossings:
-            return f"no crossover within {span}: {self.lower_at_start} is lower throughout"
+            return f"no crossover within {span}: {self.lower_at_start} is lower throughout{crossed}"
         parts = []
         for crossing in self.crossings:
             ci = crossing.compute.ci
-            interval = "" if ci is None else f" (95% CI [{ci.low:.3g}, {ci.high:.3g}])"
+            interval = (
+                "" if ci is None else f" (95% CI [{self._bound(ci.low)}, {self._bound(ci.high)}])"
+            )
             parts.append(
                 f"C = {crossing.compute.value:.3g}{interval}, {crossing.lower_above} lower above"
             )
-        return f"crossover within {span}: " + "; ".join(parts)
+        return f"crossover within {span}: " + "; ".join(parts) + crossed
+
+    def _bound(self, value: float) -> str:
+        if value > self.c_high:
+            return f"> {self.c_high:.3g}"
+        if value < self.c_low:
+            return f"< {self.c_low:.3g}"
+        return f"{value:.3g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +105,7 @@ class Crossover:
             "crossings": [c.to_dict() for c in self.crossings],
             "lower_at_start": self.lower_at_start,
             "bootstrap_pairs": self.bootstrap_pairs,
-            "pairs_crossing_once": self.pairs_crossing_once,
+            "pairs_crossing": self.pairs_crossing,
             "summary": self.summary(),
         }
 
@@ -121,23 +141,24 @@ def crossover(
 
     g = gap(None, None)
     roots = _roots(g, u)
-    pairs, once, samples = 0, 0, []
+    start = float(g(lo))
+    pairs, crossed, samples = 0, 0, []
     boot_a, boot_b = fit_a.bootstrap, fit_b.bootstrap
     if boot_a is not None and boot_b is not None:
         pairs = min(boot_a.n_ok, boot_b.n_ok)
         for i in range(pairs):
-            found = _roots(gap(boot_a.samples[i], boot_b.samples[i]), u)
-            if len(found) == 1:
-                once += 1
-                samples.append(found[0])
+            g_i = gap(boot_a.samples[i], boot_b.samples[i])
+            found = _roots(g_i, u)
+            crossed += bool(found)
+            if len(roots) == 1:
+                samples.append(_pair_sample(found, roots[0], float(g_i(lo)), start, lo, hi))
     level = boot_a.level if boot_a is not None else LEVEL
-    boot_samples = np.exp(np.array(samples)) if len(roots) == 1 and pairs else None
     crossings = []
     for root in roots:
         above = g(min(root + (u[1] - u[0]) / 2, hi))
         lower_above = names[0] if above < 0 else names[1]
-        crossings.append(Crossing(estimate(np.exp(root), boot_samples, level), lower_above))
-    start = g(lo)
+        ci = _open_interval(np.array(samples), lo, hi, level) if samples else None
+        crossings.append(Crossing(Estimate(float(np.exp(root)), ci), lower_above))
     lower_at_start = names[0] if start < 0 else names[1] if start > 0 else "neither"
     return Crossover(
         names,
@@ -146,8 +167,31 @@ def crossover(
         tuple(crossings),
         lower_at_start,
         pairs,
-        once,
+        crossed,
     )
+
+
+def _pair_sample(
+    found: list[float], root: float, start: float, start_point: float, lo: float, hi: float
+) -> float:
+    """One pair's crossing in u: the nearest to `root`, or for a pair that does not cross a
+    value beyond the range (above when its ordering at c_min is that of the point
+    estimates)."""
+    if found:
+        return min(found, key=lambda v: abs(v - root))
+    return hi + 1.0 if np.sign(start) == np.sign(start_point) else lo - 1.0
+
+
+def _open_interval(samples: np.ndarray, lo: float, hi: float, level: float) -> Interval:
+    """The percentile interval of pair crossings u (values beyond [lo, hi] stand for "beyond
+    the range"), as compute; an end beyond the range is open: +inf above, 0 below."""
+    q = (1 - level) / 2
+    low, high = np.quantile(samples, [q, 1 - q])
+
+    def bound(v: float) -> float:
+        return math.inf if v > hi else 0.0 if v < lo else math.exp(v)
+
+    return Interval(bound(low), bound(high))
 
 
 def _roots(g: Callable, u: np.ndarray) -> list[float]:

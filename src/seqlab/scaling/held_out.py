@@ -1,10 +1,13 @@
 """Does a fit extrapolate? Refit without the largest-scale runs and predict them.
 
-The points are ordered by their scale (`fit.scale()`: compute C for L(C) and for
-L(N, D) the runs' 6·N·D; x for other power laws). With k held out (`holdout`: a count, or a
-fraction of the points rounded to the nearest count, at least 1; default 20%), every point
-whose scale is at least the k-th largest is held out (ties at the threshold go together), the
-fit is redone without them (same options, no bootstrap), and for each held-out point
+The units held out are ordered by their scale (`fit.scale()`): for L(C) through the frontier
+the runs, by total compute; for L(N, D) the runs, by 6·N·D; for other power laws the points,
+by x. With k held out (`holdout`: a count, or a fraction of the units rounded to the nearest
+count, at least 1; default 20%), every unit whose scale is at least the k-th largest is held
+out (ties at the threshold go together), the fit is redone without them (same options, no
+bootstrap; for L(C) the frontier is rebuilt from the other runs), and for each point the
+held-out units give (`fit.held_points`: for L(C) the corners of the full frontier that the
+held-out runs reach, else the held-out points themselves)
 
     relative error = |L̂ − L| / L.
 
@@ -27,7 +30,11 @@ TOLERANCE = 0.05
 class Refittable(Protocol):
     def scale(self) -> np.ndarray: ...
 
+    def point_scale(self) -> np.ndarray: ...
+
     def observed(self) -> np.ndarray: ...
+
+    def held_points(self, held: np.ndarray) -> np.ndarray: ...
 
     @property
     def params(self) -> np.ndarray: ...
@@ -39,8 +46,8 @@ class Refittable(Protocol):
 
 @dataclass(frozen=True)
 class HeldOutCheck:
-    """The held-out points (their scale, observed and predicted loss, relative errors), the
-    summary errors and the verdict."""
+    """The units fitted (`n_fit`), the points predicted (their scale, observed and predicted
+    loss, relative errors), the summary errors and the verdict."""
 
     n_fit: int
     scale: np.ndarray
@@ -70,22 +77,23 @@ class HeldOutCheck:
 def held_out_check(
     fit: Refittable, holdout: float | int = HOLDOUT, tolerance: float = TOLERANCE
 ) -> HeldOutCheck:
-    """Refit `fit` (a PowerLawFit or ChinchillaFit) without its largest-scale points and
+    """Refit `fit` (a PowerLawFit or ChinchillaFit) without its largest-scale units and
     report how well it predicts them (see the module docstring)."""
     scale = fit.scale()
     count = _count(holdout, len(scale))
     threshold = np.sort(scale)[-count]
     held = scale >= threshold
     if held.all():
-        raise DataError(f"holdout {holdout!r} leaves no point to fit")
+        raise DataError(f"holdout {holdout!r} leaves nothing to fit")
+    points = fit.held_points(held)
     refitted = fit.refit(~held)
-    observed = fit.observed()[held]
-    predicted = np.asarray(fit.predict_points(held, refitted.params), dtype=float)
+    observed = fit.observed()[points]
+    predicted = np.asarray(fit.predict_points(points, refitted.params), dtype=float)
     errors = np.abs(predicted - observed) / observed
     mean = float(np.mean(errors))
     return HeldOutCheck(
         int((~held).sum()),
-        scale[held],
+        fit.point_scale()[points],
         observed,
         predicted,
         errors,
@@ -96,13 +104,20 @@ def held_out_check(
     )
 
 
-def _count(holdout: float | int, n: int) -> int:
+def validate_holdout(holdout: float | int) -> None:
+    """Raise ConfigError unless `holdout` is a count >= 1 or a fraction in (0, 1)."""
+    _count(holdout, None)
+
+
+def _count(holdout: float | int, n: int | None) -> int:
+    """The number of units held out of `n` (None: only check `holdout`)."""
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)):
         raise ConfigError(f"expected holdout as a count or a fraction, got {holdout!r}")
     if isinstance(holdout, int):
-        if not 1 <= holdout < n:
-            raise ConfigError(f"expected a holdout count in [1, {n - 1}], got {holdout}")
+        if holdout < 1 or (n is not None and holdout >= n):
+            want = ">= 1" if n is None else f"in [1, {n - 1}]"
+            raise ConfigError(f"expected a holdout count {want}, got {holdout}")
         return holdout
     if not 0 < holdout < 1:
         raise ConfigError(f"expected a holdout fraction in (0, 1), got {holdout}")
-    return max(1, round(holdout * n))
+    return 0 if n is None else max(1, round(holdout * n))

@@ -22,12 +22,22 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import minimize
 
-from seqlab.errors import ConfigError
-from seqlab.scaling.bootstrap import RefitFailed
+from seqlab.errors import ConfigError, DataError
 
 Criterion = Literal["huber", "squares"]
 DELTA = 1e-3
 MAX_ITER = 1000
+
+
+class RefitFailed(DataError):
+    """A fit found no finite optimum (or had too few distinct points); its message is the
+    reason a bootstrap records, and a caller that catches SeqlabError reports it."""
+
+
+def power_term(x: np.ndarray | float, coefficient: float, exponent: float) -> np.ndarray:
+    """A·x^(−α) formed in log space, exp(log A − α·log x) (no overflow of x^(−α))."""
+    with np.errstate(divide="ignore"):
+        return np.exp(np.log(coefficient) - exponent * np.log(np.asarray(x, dtype=float)))
 
 
 def log_predict(theta: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -89,6 +99,19 @@ def fit(
     if best_theta is None:
         raise RefitFailed("no start reached a finite optimum")
     return best_theta, best_value
+
+
+def fit_log(
+    z: np.ndarray,
+    log_y: np.ndarray,
+    starts: np.ndarray,
+    criterion: Criterion = "huber",
+    delta: float = DELTA,
+) -> tuple[np.ndarray, float, float]:
+    """`fit`, and the RMS log residual sqrt(mean r_i²) at its optimum: (θ, objective, RMS)."""
+    theta, value = fit(z, log_y, starts, criterion, delta)
+    residual = log_predict(theta, z) - log_y
+    return theta, value, float(np.sqrt(np.mean(residual**2)))
 
 
 def _terms(theta: np.ndarray, z: np.ndarray) -> np.ndarray:

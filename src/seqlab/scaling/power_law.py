@@ -7,11 +7,16 @@ r_i = log ŷ_i − log y_i, Huber with δ = 1e-3 by default (Hoffmann et al. 202
 over E = exp(e) > 0, A = exp(a) > 0, α ≥ 0, with x divided by its geometric mean x_ref
 while fitting (A = exp(a)·x_ref^α). L-BFGS-B runs from the `n_starts` best points of a grid
 over (e, a, α); bootstrap refits start from the full-data optimum and the best grid start.
+
+The held-out check (`seqlab.scaling.held_out`) of a plain fit holds out the points of largest
+x. That of an L(C) frontier fit holds out whole *runs*, those of largest total compute: the
+frontier is rebuilt from the other runs' curves and refitted, and the points predicted are
+the corners of the full frontier that the held-out runs reach (none: the check is refused).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,15 +24,10 @@ import numpy as np
 
 from seqlab.errors import ConfigError, DataError, ShapeError
 from seqlab.scaling import objective
-from seqlab.scaling.bootstrap import (
-    N_BOOT,
-    Bootstrap,
-    RefitFailed,
-    group_indices,
-    run_bootstrap,
-)
+from seqlab.scaling.bootstrap import N_BOOT, Bootstrap, group_indices, run_bootstrap
 from seqlab.scaling.estimate import LEVEL, Estimate, estimate
 from seqlab.scaling.frontier import Curves, Frontier, _frontier, curve_arrays
+from seqlab.scaling.objective import RefitFailed
 
 NAMES = ("E", "A", "alpha")
 N_STARTS = 8
@@ -35,6 +35,16 @@ BOOT_STARTS = 2  # the full-data optimum and the best start of the grid
 _E_FRACTIONS = (1e-3, 0.25, 0.5, 0.75, 0.95)  # of min y
 _A_FRACTIONS = (0.03, 0.1, 0.3, 1.0, 3.0)  # of the geometric mean of y, at x = x_ref
 _ALPHAS = (0.03, 0.1, 0.3, 0.6, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class FrontierRuns:
+    """The runs an L(C) fit's frontier was built from: their keys, curves (k, 2) of (C, L),
+    and total compute (what the held-out check orders them by)."""
+
+    keys: tuple[Any, ...]
+    curves: tuple[np.ndarray, ...]
+    compute: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class PowerLawFit:
     delta: float
     bootstrap: Bootstrap | None
     frontier: Frontier | None = None
+    runs: FrontierRuns | None = None
 
     @property
     def params(self) -> np.ndarray:
@@ -65,24 +76,52 @@ class PowerLawFit:
         e, a, alpha = self.params if params is None else params
         return power_law(np.asarray(x, dtype=float), e, a, alpha)
 
-    def loss_at_compute(self, c: np.ndarray | float, params: np.ndarray | None = None):
+    def loss_at_compute(
+        self, c: np.ndarray | float, params: np.ndarray | None = None
+    ) -> np.ndarray:
         """L(C), for a fit whose x is compute (what `crossover` compares)."""
         return self.predict(c, params)
 
     def scale(self) -> np.ndarray:
-        """What `held_out_check` orders the points by: x."""
+        """What `held_out_check` orders and holds out by: each run's total compute for an
+        L(C) frontier fit, else each point's x."""
+        return self.x if self.runs is None else self.runs.compute
+
+    def point_scale(self) -> np.ndarray:
         return self.x
 
     def observed(self) -> np.ndarray:
         return self.y
 
+    def held_points(self, held: np.ndarray) -> np.ndarray:
+        """The points (a mask over x) to predict when the units `held` (a mask over `scale()`)
+        are held out: the same points, or for a frontier fit the corners the held runs
+        reach."""
+        if self.runs is None or self.frontier is None:
+            return held
+        held_keys = {key for key, h in zip(self.runs.keys, held, strict=True) if h}
+        points = np.array([run in held_keys for run in self.frontier.run], dtype=bool)
+        if not points.any():
+            raise DataError("the held-out runs reach no corner of the frontier: nothing to predict")
+        return points
+
     def predict_points(self, mask: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
         return self.predict(self.x[mask], params)
 
     def refit(self, keep: np.ndarray) -> PowerLawFit:
-        """The same fit, without bootstrap, on the points `keep` (a boolean mask)."""
-        return fit_power_law(
-            self.x[keep], self.y[keep], criterion=self.criterion, delta=self.delta, n_boot=0
+        """The same fit, without bootstrap, on the units `keep` (a boolean mask over
+        `scale()`): the points, or for a frontier fit the runs (their frontier rebuilt)."""
+        if self.runs is None:
+            return fit_power_law(
+                self.x[keep], self.y[keep], criterion=self.criterion, delta=self.delta, n_boot=0
+            )
+        kept = np.flatnonzero(keep)
+        return fit_frontier_law(
+            {self.runs.keys[i]: self.runs.curves[i] for i in kept},
+            compute=self.runs.compute[kept],
+            criterion=self.criterion,
+            delta=self.delta,
+            n_boot=0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +141,7 @@ class PowerLawFit:
 
 def power_law(x: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
     """E + A·x^(−α), its power term formed in log space."""
-    with np.errstate(divide="ignore"):
-        return e + np.exp(np.log(a) - alpha * np.log(x))
+    return e + objective.power_term(x, a, alpha)
 
 
 def fit_power_law(
@@ -133,6 +171,7 @@ def fit_power_law(
 def fit_frontier_law(
     curves: Curves,
     *,
+    compute: Sequence[float] | np.ndarray | None = None,
     groups: Sequence[Hashable] | None = None,
     resample: Literal["runs", "points"] = "runs",
     criterion: objective.Criterion = "huber",
@@ -143,7 +182,8 @@ def fit_frontier_law(
     level: float = LEVEL,
 ) -> PowerLawFit:
     """Fit L(C) = E + A·C^(−α) to the corners of the compute-efficient frontier of `curves`
-    (see `compute_frontier`).
+    (see `compute_frontier`); `compute` is each run's total compute (the held-out check's
+    order; default: the largest compute of its curve).
 
     resample="runs" (default) bootstraps the runs (runs sharing a `groups` label, one per
     run, drawn together) and refits the frontier of each resample. A run drawn twice adds
@@ -153,6 +193,7 @@ def fit_frontier_law(
     if resample not in ("runs", "points"):
         raise ConfigError(f"expected resample 'runs' or 'points', got {resample!r}")
     keys, arrays = curve_arrays(curves)
+    totals = _run_totals(arrays, compute)
     frontier = _frontier(keys, arrays)
     x, y = _points(frontier.compute, frontier.loss)
     params, value, rms, starts, log_ref = _fit_with_starts(x, y, criterion, delta, n_starts)
@@ -168,7 +209,17 @@ def fit_frontier_law(
         boot = _bootstrap(refit_runs, group_indices(groups, len(keys)), n_boot, seed, level)
     else:
         boot = _bootstrap(refit_points, group_indices(None, len(x)), n_boot, seed, level)
-    return _result(params, value, rms, x, y, criterion, delta, boot, frontier)
+    runs = FrontierRuns(tuple(keys), tuple(arrays), totals)
+    return _result(params, value, rms, x, y, criterion, delta, boot, frontier, runs)
+
+
+def _run_totals(arrays: list[np.ndarray], compute: Any) -> np.ndarray:
+    if compute is None:
+        return np.array([a[:, 0].max() if len(a) else 0.0 for a in arrays], dtype=float)
+    totals = np.asarray(compute, dtype=float)
+    if totals.shape != (len(arrays),):
+        raise ShapeError(f"expected one total compute per run ({len(arrays)}), got {totals.shape}")
+    return totals
 
 
 def _points(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -195,11 +246,9 @@ def _fit(
     if len(np.unique(x)) < 3:
         raise RefitFailed("fewer than 3 distinct x")
     z, log_y = (np.log(x) - log_ref)[:, None], np.log(y)
-    theta, value = objective.fit(z, log_y, starts, criterion, delta)
-    residual = objective.log_predict(theta, z) - log_y
+    theta, value, rms = objective.fit_log(z, log_y, starts, criterion, delta)
     e, a, alpha = theta
-    params = np.array([np.exp(e), np.exp(a + alpha * log_ref), alpha])
-    return params, value, float(np.sqrt(np.mean(residual**2)))
+    return np.array([np.exp(e), np.exp(a + alpha * log_ref), alpha]), value, rms
 
 
 def _fit_with_starts(
@@ -233,7 +282,13 @@ def _fit_with_starts(
     return params, value, rms, np.vstack([optimum, starts[: BOOT_STARTS - 1]]), log_ref
 
 
-def _bootstrap(refit: Any, groups: list[np.ndarray], n_boot: int, seed: Any, level: float):
+def _bootstrap(
+    refit: Callable[[np.ndarray], np.ndarray],
+    groups: list[np.ndarray],
+    n_boot: int,
+    seed: int | None,
+    level: float,
+) -> Bootstrap | None:
     return run_bootstrap(refit, groups, NAMES, n_boot, seed, level) if n_boot > 0 else None
 
 
@@ -247,9 +302,12 @@ def _result(
     delta: float,
     boot: Bootstrap | None,
     frontier: Frontier | None = None,
+    runs: FrontierRuns | None = None,
 ) -> PowerLawFit:
     def est(i: int) -> Estimate:
         samples = None if boot is None else boot.samples[:, i]
         return estimate(params[i], samples, LEVEL if boot is None else boot.level)
 
-    return PowerLawFit(est(0), est(1), est(2), value, rms, x, y, criterion, delta, boot, frontier)
+    return PowerLawFit(
+        est(0), est(1), est(2), value, rms, x, y, criterion, delta, boot, frontier, runs
+    )

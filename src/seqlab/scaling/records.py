@@ -6,21 +6,29 @@ compute C (6·N·D unless given), seed, and optionally its validation curve of (
 points along training (without one, its final point is its curve). Per backbone:
 
 - L(C) = E + A·C^(−α) through the compute-efficient frontier of the curves, and its held-out
-  check;
+  check (runs held out by total compute). The seeds of one configuration (N, D) are first
+  averaged into one curve (the mean loss and compute at each point, over the points all seeds
+  have), so that the frontier, a minimum, is not biased low by seed noise; the bootstrap then
+  resamples configurations;
 - L(N, D) (`fit_chinchilla`) and its held-out check, when there are at least 6 runs over 2 or
-  more distinct N and D;
+  more distinct N and D, with the seeds of one configuration drawn together by the bootstrap;
 
-with the seeds of one configuration (backbone, N, D) drawn together by the bootstrap; then the
-crossover of every pair of backbones' L(C) within [smallest, 100 × largest] compute run.
-A fit the data cannot support is skipped and its reason kept in `notes`.
+then the crossover of every pair of backbones' L(C) within [the least compute on either
+curve, 100 × the largest run's compute]. Each backbone's bootstrap has its own seed, derived
+from `seed` and its name (stable across runs and processes), so that the refits of two
+backbones are independent. A fit the data cannot support is skipped and its reason kept in
+the backbone's `notes`; a pair whose crossover cannot be searched in the report's `notes`.
 """
 
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from seqlab.errors import DataError, SeqlabError
 from seqlab.scaling.bootstrap import N_BOOT
@@ -96,15 +104,18 @@ class BackboneScaling:
 
 @dataclass(frozen=True)
 class ScalingReport:
-    """Per backbone fits and the crossovers of their L(C); `to_dict()` is scaling.json."""
+    """Per backbone fits, the crossovers of their L(C) and why a pair has none (`notes`);
+    `to_dict()` is scaling.json."""
 
     backbones: dict[str, BackboneScaling]
     crossovers: tuple[Crossover, ...]
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "backbones": {name: b.to_dict() for name, b in self.backbones.items()},
             "crossovers": [c.to_dict() for c in self.crossovers],
+            "notes": list(self.notes),
         }
 
 
@@ -124,17 +135,47 @@ def fit_records(
     if not by_backbone:
         raise DataError("expected at least one run record")
     fits = {
-        name: _fit_backbone(name, runs, n_boot, seed, holdout, tolerance)
+        name: _fit_backbone(name, runs, n_boot, backbone_seed(seed, name), holdout, tolerance)
         for name, runs in by_backbone.items()
     }
-    crossings = []
+    crossings, notes = [], []
     for a, b in itertools.combinations(fits, 2):
         law_a, law_b = fits[a].compute_law, fits[b].compute_law
         if law_a is None or law_b is None:
             continue
-        computes = [r.total_compute for r in by_backbone[a] + by_backbone[b]]
-        crossings.append(crossover(law_a, law_b, min(computes), max(computes), names=(a, b)))
-    return ScalingReport(fits, tuple(crossings))
+        runs = by_backbone[a] + by_backbone[b]
+        c_min = min(c for r in runs for c, _ in r.points())
+        c_max = max(r.total_compute for r in runs)
+        if not c_min < c_max:
+            notes.append(f"{a} vs {b}: no crossover searched, every run has compute {c_max:.3g}")
+            continue
+        crossings.append(crossover(law_a, law_b, c_min, c_max, names=(a, b)))
+    return ScalingReport(fits, tuple(crossings), tuple(notes))
+
+
+def backbone_seed(seed: int | None, name: str) -> int | None:
+    """The bootstrap seed of backbone `name`: from `seed` and a checksum of the name (None
+    stays None: unseeded)."""
+    if seed is None:
+        return None
+    entropy = [seed, zlib.crc32(name.encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_means(runs: list[RunRecord]) -> tuple[list[np.ndarray], list[float]]:
+    """One curve per configuration (N, D), in order of first appearance: the mean over its
+    seeds of each point's (compute, loss), over the first k points, k the shortest curve;
+    and each configuration's mean total compute."""
+    by_config: dict[tuple[float, float], list[RunRecord]] = {}
+    for run in runs:
+        by_config.setdefault((run.params, run.tokens), []).append(run)
+    curves, totals = [], []
+    for seeds in by_config.values():
+        points = [np.asarray(r.points(), dtype=float) for r in seeds]
+        k = min(len(p) for p in points)
+        curves.append(np.mean([p[:k] for p in points], axis=0).reshape(k, 2))
+        totals.append(float(np.mean([r.total_compute for r in seeds])))
+    return curves, totals
 
 
 def _fit_backbone(
@@ -149,7 +190,8 @@ def _fit_backbone(
     configs = [(r.params, r.tokens) for r in runs]
     law = law_check = chin = chin_check = None
     try:
-        law = fit_frontier_law([r.points() for r in runs], groups=configs, n_boot=n_boot, seed=seed)
+        curves, totals = seed_means(runs)
+        law = fit_frontier_law(curves, compute=totals, n_boot=n_boot, seed=seed)
         law_check = held_out_check(law, holdout, tolerance)
     except SeqlabError as error:
         notes.append(f"L(C): {error}")
@@ -165,4 +207,6 @@ def _fit_backbone(
         chin_check = held_out_check(chin, holdout, tolerance)
     except SeqlabError as error:
         notes.append(f"L(N, D): {error}")
+    if chin is not None and chin.allocation_note is not None:
+        notes.append(f"N*(C), D*(C): {chin.allocation_note}")
     return BackboneScaling(name, len(runs), law, law_check, chin, chin_check, tuple(notes))
