@@ -50,7 +50,12 @@ from seqlab.harness.grid import (
     metric_for,
     point_labels,
 )
-from seqlab.harness.report import leaderboard_markdown, pyplot, write_plots
+from seqlab.harness.report import (
+    leaderboard_markdown,
+    pyplot,
+    state_laws_by_task,
+    write_plots,
+)
 from seqlab.harness.stats import mean_interval
 from seqlab.io import load
 from seqlab.objectives import build_objective
@@ -411,7 +416,13 @@ def compare(
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "details"} for r in rows])
     results = aggregate(config, rows)
     write_csv(out / "results.csv", results)
-    atomic_write_text(out / "results.md", leaderboard_markdown(config, results, rows))
+    laws = state_laws_by_task(results)
+    if laws:
+        atomic_write_json(
+            out / "state_laws.json",
+            {label: [law.to_dict() for law in task_laws] for label, task_laws in laws.items()},
+        )
+    atomic_write_text(out / "results.md", leaderboard_markdown(config, results, rows, laws))
     if plots:
-        write_plots(out, results, rows)
+        write_plots(out, results, rows, laws)
     return results

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -241,6 +242,19 @@ def metric_for(config: CompareConfig, task_name: str, scores_answers: bool) -> s
 def is_failed(row: dict[str, Any]) -> bool:
     """Whether a run's row (or a grid point's result) records a failure instead of metrics."""
     return row.get("status") == "failed"
+
+
+def seed_values(row: dict[str, Any], metric: str) -> tuple[list[float], list[int] | None]:
+    """A result row's per-seed test values of `metric` and their seeds (`aggregate`'s
+    `test_<metric>_seeds` and `seed_list`); a row without them has its mean as one value."""
+    joined = row.get(f"test_{metric}_seeds")
+    if not joined:
+        value = row.get(f"test_{metric}")
+        missing = value is None or not math.isfinite(float(value))
+        return ([] if missing else [float(value)]), None
+    values = [float(v) for v in str(joined).split(";")]
+    seeds = row.get("seed_list")
+    return values, [int(s) for s in str(seeds).split(";")] if seeds else None
 
 
 def dump(config: CompareConfig) -> str:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from seqlab.errors import SeqlabError
-from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig, is_failed
+from seqlab.harness.grid import HIGHER_IS_BETTER, CompareConfig, is_failed, seed_values
+from seqlab.harness.state_laws import (
+    StateLaw,
+    applies,
+    backbone_label,
+    state_law_markdown,
+    state_size_laws,
+)
 from seqlab.harness.stats import separation_lines
 from seqlab.train.logging import read_metrics
 
@@ -89,11 +96,28 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
+def state_laws_by_task(results: list[dict[str, Any]]) -> dict[str, list[StateLaw]]:
+    """Error-against-state-size laws (`seqlab.harness.state_laws`) of every task that calls
+    for them, by task label."""
+    return {
+        label: state_size_laws(rows)
+        for label, rows in group_by_task(results).items()
+        if applies(rows)
+    }
+
+
 def leaderboard_markdown(
-    config: CompareConfig, results: list[dict[str, Any]], runs: list[dict[str, Any]]
+    config: CompareConfig,
+    results: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    laws: dict[str, list[StateLaw]] | None = None,
 ) -> str:
     """The ranked leaderboard, one table per task; failed grid points rank last, and each
-    table is followed by the runs that failed and why."""
+    table is followed by the runs that failed and why, and, for an accuracy-type metric
+    measured at several state sizes, the error-against-state-size laws (`laws`, computed
+    when not given)."""
+    if laws is None:
+        laws = state_laws_by_task(results)
     lines = [f"# {config.name}: leaderboard", ""]
     lines.append(
         "Every run has the same budget (steps x batch x sequence length); each row uses the "
@@ -187,20 +211,10 @@ def leaderboard_markdown(
             separation = separation_lines(tested, HIGHER_IS_BETTER.get(metric, False))
             lines += ["", f"Is each row ahead of the next ({metric})?", ""]
             lines += [f"- {line}" for line in separation]
+        if label in laws:
+            lines += state_law_markdown(laws[label], metric)
         lines += _failed_runs(runs, {r["point_id"] for r in rows})
     return "\n".join(lines) + "\n"
-
-
-def seed_values(row: dict[str, Any], metric: str) -> tuple[list[float], list[int] | None]:
-    """A result row's per-seed test values of `metric` and their seeds (`aggregate`'s
-    `test_<metric>_seeds` and `seed_list`); a row without them has its mean as one value."""
-    joined = row.get(f"test_{metric}_seeds")
-    if not joined:
-        value = row.get(f"test_{metric}")
-        return ([] if _missing(value) else [float(value)]), None
-    values = [float(v) for v in str(joined).split(";")]
-    seeds = row.get("seed_list")
-    return values, [int(s) for s in str(seeds).split(";")] if seeds else None
 
 
 def _interval_cell(row: dict[str, Any], metric: str) -> str:
@@ -224,9 +238,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[Path]:
-    """PNG plots per task: metric vs d_model, vs state size, vs training FLOPs; loss curves.
-    Failed grid points and runs are left out."""
+def write_plots(
+    out: Path,
+    results: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    laws: dict[str, list[StateLaw]] | None = None,
+) -> list[Path]:
+    """PNG plots per task: metric vs d_model, vs state size (with each fitted error law of
+    `laws` as a dashed curve), vs training FLOPs; loss curves. Failed grid points and runs
+    are left out."""
+    if laws is None:
+        laws = state_laws_by_task(results)
     plt = pyplot()
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -239,19 +261,23 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
         slug = "".join(c if c.isalnum() else "-" for c in label)[:60]
         by_backbone: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_backbone[f"{row['backbone']}/{row['paradigm']}"].append(row)
+            by_backbone[backbone_label(row)].append(row)
         for x_key, x_label, log in (
             ("d_model", "d_model", False),
             ("state_size", "state size (numbers per sequence)", True),
             ("train_flops", "training FLOPs", True),
         ):
             fig, ax = plt.subplots(figsize=(6, 4))
+            colors = {}
             for name, points in sorted(by_backbone.items()):
                 points = sorted(points, key=lambda r: r[x_key])
                 xs = [p[x_key] for p in points]
                 ys = [p["score"] for p in points]
                 errs = [p.get(f"test_{metric}_std", 0.0) for p in points]
-                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
+                drawn = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
+                colors[name] = drawn[0].get_color()
+            if x_key == "state_size":
+                _draw_state_laws(ax, laws.get(label, []), colors)
             if log:
                 ax.set_xscale("log")
             ax.set_xlabel(x_label)
@@ -290,3 +316,20 @@ def write_plots(out: Path, results: list[dict[str, Any]], runs: list[dict[str, A
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _draw_state_laws(ax: Any, laws: list[StateLaw], colors: dict[str, str]) -> None:
+    """Each fitted law as the metric it implies, 1 − (E + A·S^(−α)), dashed, over its range."""
+    import numpy as np
+
+    for law in laws:
+        if law.fit is None:
+            continue
+        sizes = np.geomspace(law.fit.x.min(), law.fit.x.max(), 100)
+        ax.plot(
+            sizes,
+            1.0 - law.fit.predict(sizes),
+            linestyle="--",
+            color=colors.get(law.backbone),
+            label=f"{law.backbone}: α = {law.fit.alpha.value:.2f}",
+        )
