@@ -189,6 +189,9 @@ class Attention(Mixer):
     permuted block-sparse top-k (`seqlab.ops.sparse_attention`); causal layout only; the
     decode cache then also keeps the queries for block_topk. `attention_density(T)` is the
     fraction of causal (query, key) pairs read and `attention_mask(x)` the mask itself.
+    `head_dim` sets the width D of each head (null: d_model / n_heads; q has H · D rows);
+    `qkv_bias` and `out_bias` add biases to the q/k/v and the output projections (the
+    options of Qwen2 and of Llama's `attention_bias`, for imported checkpoints).
     """
 
     layouts = ALL_LAYOUTS
@@ -205,6 +208,9 @@ class Attention(Mixer):
         window: int | None = None,
         qk_norm: bool = False,
         sparsity: dict[str, Any] | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
         layer: int = 0,
     ) -> None:
         super().__init__()
@@ -219,13 +225,16 @@ class Attention(Mixer):
         self.layer = layer
         self.d_model, self.n_heads = d_model, n_heads
         self.n_kv_heads = n_kv_heads or n_heads
-        self.head_dim = d_model // n_heads
-        if self.head_dim % 2:
-            raise ConfigError(f"attention head_dim must be even for rotary, got {self.head_dim}")
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
+        if self.head_dim < 2 or self.head_dim % 2:
+            raise ConfigError(
+                f"attention head_dim must be even and >= 2 for rotary, got {self.head_dim}"
+            )
         self.rope_theta, self.window = rope_theta, window
+        self.q_dim = n_heads * self.head_dim
         kv_dim = self.n_kv_heads * self.head_dim
-        self.qkv = nn.Linear(d_model, d_model + 2 * kv_dim, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.qkv = nn.Linear(d_model, self.q_dim + 2 * kv_dim, bias=qkv_bias)
+        self.out = nn.Linear(self.q_dim, d_model, bias=out_bias)
         self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
 
@@ -252,7 +261,7 @@ class Attention(Mixer):
         if self.window is not None and k_all.shape[1] > self.window:
             k_all, v_all, k_pos = (s[:, -self.window :] for s in (k_all, v_all, k_pos))
         new_state = KVCache(k_all, v_all, k_pos, positions[:, -1] + 1, q_all)
-        return self.out(o.reshape(b, t, self.d_model)), new_state
+        return self.out(o.reshape(b, t, self.q_dim)), new_state
 
     def _heads(
         self, x: Tensor, state: KVCache | None, positions: Tensor | None
@@ -260,7 +269,7 @@ class Attention(Mixer):
         """q `[B, T, H, D]`, k and v `[B, T, H_kv, D]` (q and k rotated) and the positions."""
         b, t, _ = x.shape
         h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        qk, v = self.qkv(x).split([self.d_model + h_kv * d, h_kv * d], dim=-1)
+        qk, v = self.qkv(x).split([self.q_dim + h_kv * d, h_kv * d], dim=-1)
         v = v.view(b, t, h_kv, d)
         if positions is None and state is None:  # positions 0..t-1 of every row
             positions = torch.arange(t, device=x.device)[None]
@@ -273,7 +282,7 @@ class Attention(Mixer):
             qk = apply_rotary(qk.view(b, t, h + h_kv, d), cos, sin)
             q, k = qk.split([h, h_kv], dim=2)
         else:
-            q, k = qk.split([self.d_model, h_kv * d], dim=-1)
+            q, k = qk.split([self.q_dim, h_kv * d], dim=-1)
             q = apply_rotary(self.q_norm(q.view(b, t, h, d)), cos, sin)
             k = apply_rotary(self.k_norm(k.view(b, t, h_kv, d)), cos, sin)
         return q, k, v, positions
@@ -482,10 +491,10 @@ class Attention(Mixer):
         block_topk adds its selection: the permutation scores (the last `block` queries of
         each segment against its keys) and the block-mean scores of each query block."""
         if self.sparsity is None and self.window is not None:
-            return 4.0 * self.d_model * min(self.window, (seq_len + 1) / 2)
-        flops = 4.0 * self.d_model * self.attention_density(seq_len) * (seq_len + 1) / 2
+            return 4.0 * self.q_dim * min(self.window, (seq_len + 1) / 2)
+        flops = 4.0 * self.q_dim * self.attention_density(seq_len) * (seq_len + 1) / 2
         if self._keeps_queries:
             assert self.sparsity is not None
             block = self.sparsity.block
-            flops += 2.0 * self.d_model * (block + seq_len / (2 * block * block))
+            flops += 2.0 * self.q_dim * (block + seq_len / (2 * block * block))
         return flops
