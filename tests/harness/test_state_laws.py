@@ -108,9 +108,7 @@ def test_the_state_size_plot_draws_the_fitted_law(tmp_path, monkeypatch):
     results = _law_rows()
     (law,) = state_laws_by_task(results)["t"]
     write_plots(tmp_path, results, [], {"t": [law]})
-    state_axes = next(
-        fig.axes[0] for fig in drawn if "state size" in fig.axes[0].get_xlabel()
-    )
+    state_axes = next(fig.axes[0] for fig in drawn if "state size" in fig.axes[0].get_xlabel())
     dashed = [line for line in state_axes.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1
     x, y = dashed[0].get_data()
