@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqlab.errors import ConfigError
 from seqlab.mixers.common import (
     check_bool,
     check_positive,
@@ -97,7 +98,8 @@ class Mamba2(LinearRecurrence):
     """Mamba-2 (Dao & Gu, 2024): the SSD block, a selective SSM with a scalar decay per head,
     run on the gated linear attention kernel.
 
-    One B/C group shared by all heads:
+    B and C shared by all heads (or, with `groups` = G, by each of G consecutive groups of
+    heads):
 
         z, xBC, δ = W_in u;  x, B, C = SiLU(conv(xBC));  Δ = softplus(δ + b_Δ)     per head
         h_t = exp(Δ_t A) h_{t−1} + B_t (Δ_t x_t)ᵀ,  y_t = h_tᵀ C_t + D x_t
@@ -105,9 +107,11 @@ class Mamba2(LinearRecurrence):
 
     The recurrence is `gated_linear_attention` with q = C, k = B, v = Δ·x, scalar log decay
     g = Δ·A per head and scale 1. Shapes: x, z, y `[B, T, H, P]` (H·P = d_inner =
-    expand · d_model); B, C `[B, T, d_state]`; Δ `[B, T, H]`; h `[B, H, d_state, P]`.
+    expand · d_model); B, C `[B, T, G · d_state]`; Δ `[B, T, H]`; h `[B, H, d_state, P]`.
     The gate follows Mamba-2's code (`RMSNormGated` with norm_before_gate=False): the norm is
-    applied to y ⊙ SiLU(z), over all d_inner channels.
+    applied to y ⊙ SiLU(z), over each group's d_inner / G channels (all of them for G = 1),
+    with epsilon `gate_norm_eps` (Mamba-2's `ngroups` and the gate norm's epsilon, as set by
+    checkpoints of Hugging Face's `Mamba2ForCausalLM`: `seqlab.interop.mamba`).
     Init (the paper's): A = −exp(A_log) with A ~ U[1, 16] per head; b_Δ = softplus⁻¹(Δ₀) with
     Δ₀ log-uniform in [dt_min, dt_max] (floored at 1e-4); D = 1; conv as ShortConv.
 
@@ -136,27 +140,37 @@ class Mamba2(LinearRecurrence):
         A_min: float = 1.0,
         A_max: float = 16.0,
         chunk_size: int = 64,
+        groups: int = 1,
+        gate_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__(d_model, heads, chunk_size)
-        check_positive(self.name, expand=expand, d_state=d_state, conv_size=conv_size)
+        check_positive(
+            self.name, expand=expand, d_state=d_state, conv_size=conv_size, groups=groups
+        )
+        if heads % groups:
+            raise ConfigError(
+                f"{self.name}: heads ({heads}) must be a multiple of groups ({groups})"
+            )
+        if not (0 < gate_norm_eps < 1):
+            raise ConfigError(f"{self.name} gate_norm_eps must lie in (0, 1), got {gate_norm_eps}")
         check_bool(self.name, negative_eigenvalues=negative_eigenvalues)
         check_range(self.name, "dt_min", dt_min, "dt_max", dt_max)
         check_range(self.name, "A_min", A_min, "A_max", A_max)
         self.d_inner, self.d_state = expand * d_model, d_state
         self.state_k, self.state_v = d_state, head_dim(self.name, "inner", self.d_inner, heads)
-        self.negative_eigenvalues = negative_eigenvalues
-        conv_width = self.d_inner + 2 * d_state
+        self.negative_eigenvalues, self.groups = negative_eigenvalues, groups
+        conv_width = self.d_inner + 2 * groups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + conv_width + heads, bias=False)
         self.conv = ShortConv(conv_width, conv_size, activation="silu")
         self.A_log = nn.Parameter(uniform_A_log(heads, A_min, A_max))
         self.dt_bias = nn.Parameter(dt_bias_init(heads, dt_min, dt_max))
         self.D = nn.Parameter(torch.ones(heads))
-        self.norm = nn.RMSNorm(self.d_inner, eps=1e-5)
+        self.norm = nn.RMSNorm(self.d_inner, eps=gate_norm_eps)
         self.out = nn.Linear(self.d_inner, d_model, bias=False)
 
     def _project(self, u: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        """W_in u -> ((xBC `[B, T, d_inner + 2 d_state]`, δ `[B, T, H]`), z `[B, T, d_inner]`)."""
-        conv_width = self.d_inner + 2 * self.d_state
+        """W_in u -> ((xBC `[B, T, d_inner + 2 G d_state]`, δ `[B, T, H]`), z `[B, T, d_inner]`)."""
+        conv_width = self.d_inner + 2 * self.groups * self.d_state
         z, xbc, dt = self.in_proj(u).split([self.d_inner, conv_width, self.heads], dim=-1)
         return (xbc, dt), z
 
@@ -168,15 +182,22 @@ class Mamba2(LinearRecurrence):
     def _features(
         self, inputs: tuple[Tensor, ...], state: LinearState | None
     ) -> tuple[tuple[Tensor, ...], Tensor | None]:
-        """q = C and k = B `[B, T, H, d_state]` (shared by the heads), x `[B, T, H, P]`, Δ and
-        g `[B, T, H]`. The values are x: Δ and the D skip belong to the mixing."""
+        """q = C and k = B `[B, T, H, d_state]` (shared by each group's heads), x
+        `[B, T, H, P]`, Δ and g `[B, T, H]`. The values are x: Δ and the D skip belong to the
+        mixing."""
         xbc_in, dt = inputs
         xbc, conv_state = self._convolve(xbc_in, state)
-        x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        width = self.groups * self.d_state
+        x, B, C = xbc.split([self.d_inner, width, width], dim=-1)
         delta, g = self.step_and_log_decay(dt)
-        shape = (*B.shape[:2], self.heads, self.d_state)
-        q, k = C[:, :, None].expand(shape), B[:, :, None].expand(shape)
+        q, k = self._per_head(C), self._per_head(B)
         return (q, k, heads_view(x, self.heads), delta, g), conv_state
+
+    def _per_head(self, bc: Tensor) -> Tensor:
+        """B or C `[B, T, G · d_state]` -> `[B, T, H, d_state]`, head h reading group
+        h // (H / G)."""
+        grouped = bc.unflatten(-1, (self.groups, 1, self.d_state))
+        return grouped.expand(-1, -1, -1, self.heads // self.groups, -1).flatten(2, 3)
 
     def _kernel(
         self, q: Tensor, k: Tensor, x: Tensor, delta: Tensor, g: Tensor, **options: object
@@ -186,7 +207,12 @@ class Mamba2(LinearRecurrence):
         return y + self.D[:, None] * x, *states
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
-        return self.out(self.norm(y.flatten(2) * F.silu(z)))
+        gated = y.flatten(2) * F.silu(z)
+        if self.groups == 1:
+            return self.out(self.norm(gated))
+        width = self.d_inner // self.groups
+        grouped = F.rms_norm(gated.unflatten(-1, (self.groups, width)), (width,), eps=self.norm.eps)
+        return self.out(grouped.flatten(-2) * self.norm.weight)
 
     def mixing_flops(self, seq_len: int) -> float:
         """The chunked kernel (K = d_state, V = headdim) and conv, Δ, the D skip, the gate and
