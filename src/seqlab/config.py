@@ -446,6 +446,9 @@ class DataConfig:
         )
 
 
+STRATEGIES = ("ddp", "fsdp")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, evaluation and checkpointing schedule.
@@ -472,6 +475,11 @@ class TrainConfig:
         device: auto, cpu, cuda or cuda:N
         threads: torch CPU threads (null: torch's default)
         init_from: a run or model directory whose weights start this run
+        strategy: ddp (each process holds the whole model) or fsdp (parameters, gradients
+            and optimizer state sharded over the processes, FSDP2; sharded checkpoints);
+            one process trains the whole model under either
+        activation_checkpointing: recompute each block's activations in the backward
+            instead of keeping them (less memory, about one more forward of compute)
     """
 
     steps: int = 200
@@ -494,6 +502,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     init_from: str | None = None
+    strategy: str = "ddp"
+    activation_checkpointing: bool = False
 
     section: ClassVar[str] = "train"
 
@@ -530,6 +540,10 @@ class TrainConfig:
                     or (math.isfinite(self.spike_guard) and self.spike_guard > 1),
                     f"train.spike_guard must be 0 (off) or a finite factor > 1, got "
                     f"{self.spike_guard}",
+                ),
+                (
+                    self.strategy in STRATEGIES,
+                    f"train.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}",
                 ),
             ]
         )

@@ -8,6 +8,11 @@ A checkpoint is built in `step-XXXXXXXX.tmp/` and renamed into place, then `late
 replaced atomically, so a run killed at any moment leaves the previous checkpoint intact.
 A checkpoint whose weights hold a NaN or an infinity is never written, and pruning never
 removes the checkpoint `latest` names.
+
+A sharded checkpoint (train.strategy fsdp, `train/strategy.py`) has the same layout and
+guarantees, with the files of `torch.distributed.checkpoint` (`.metadata` and one
+`__R_0.distcp` per rank) in place of the two tensor files and `"format": "dcp"` in
+`state.json`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from seqlab.files import (
 
 STEP_NAME = re.compile(r"step-(\d{8})")
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+SHARDED = "dcp"  # state.json "format" of a sharded (train.strategy fsdp) checkpoint
+SHARDED_FILES = (".metadata",)  # torch.distributed.checkpoint's index of the shard files
 
 LATEST = "latest"  # the file naming the newest checkpoint directory
 
@@ -94,19 +101,34 @@ def save_checkpoint(
         raise CheckpointError(
             f"checkpoint step {step} not written: {bad[0]} holds non-finite values"
         )
-    root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = root / f"step-{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = begin_checkpoint(run_dir, step)
     opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
     save_tensors(model_tensors, tmp / "model.safetensors")
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    files = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
-    write_checked_json(
-        tmp / "state.json", {"step": step, "optimizer": opt_meta, "extra": extra, "sha256": files}
-    )
+    return finish_checkpoint(run_dir, step, {"optimizer": opt_meta, "extra": extra}, keep)
+
+
+def begin_checkpoint(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """An empty `step-XXXXXXXX.tmp/` directory to build checkpoint `step` in."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def finish_checkpoint(
+    run_dir: str | os.PathLike[str], step: int, state: dict[str, Any], keep: int
+) -> Path:
+    """Seal the built `step-XXXXXXXX.tmp/`: write `state.json` (`state`, the step and the
+    sha256 of every file in it), rename it into place, point `latest` at it and keep only the
+    newest `keep` checkpoints."""
+    root = checkpoint_root(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"{final.name}.tmp"
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    write_checked_json(tmp / "state.json", {**state, "step": step, "sha256": files})
     fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -152,8 +174,9 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
-    """Read and verify a checkpoint directory; damage raises CheckpointError."""
+def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `state.json` of checkpoint directory `path`, once it and every file its checksum
+    table lists are verified; damage raises CheckpointError."""
     path = Path(path)
     state = read_checked_json(path / "state.json")
     table = state.get("sha256")
@@ -161,7 +184,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         raise CheckpointError(
             f"{path / 'state.json'}: no checksum table (sha256), the checkpoint cannot be verified"
         )
-    for name in TENSOR_FILES:
+    required = SHARDED_FILES if state.get("format") == SHARDED else TENSOR_FILES
+    for name in sorted(set(table) | set(required)):
         file = path / name
         if not table.get(name):
             raise CheckpointError(f"{path / 'state.json'}: no checksum of {name}")
@@ -172,6 +196,18 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     named = STEP_NAME.fullmatch(path.name)
     if named and int(named.group(1)) != int(state["step"]):
         raise CheckpointError(f"{path / 'state.json'}: holds step {state['step']}, not {path.name}")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+    """Read and verify a checkpoint directory; damage raises CheckpointError."""
+    path = Path(path)
+    state = verify_checkpoint(path)
+    if state.get("format") == SHARDED:
+        raise CheckpointError(
+            f"{path} is a sharded checkpoint of a train.strategy fsdp run; resume it with "
+            "train.strategy: fsdp under torchrun"
+        )
     model = load_tensors(path / "model.safetensors", device)
     optimizer = unflatten_optimizer(
         load_tensors(path / "optimizer.safetensors", device), state["optimizer"]

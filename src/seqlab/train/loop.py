@@ -40,22 +40,15 @@ from seqlab.config import (
 )
 from seqlab.data.tasks import Task, build_task
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError
-from seqlab.files import atomic_write_json, non_finite_tensors, read_json
-from seqlab.io import (
-    initialize_from,
-    load_model_state,
-    model_state,
-    param_fingerprint,
-    save,
-)
+from seqlab.files import atomic_write_json, read_json
+from seqlab.io import initialize_from, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
-from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from seqlab.train.checkpoint import latest_checkpoint
 from seqlab.train.dist import (
     DistInfo,
     barrier,
     broadcast_object,
-    gather_objects,
     init_distributed,
     mean_across,
     shutdown,
@@ -63,6 +56,7 @@ from seqlab.train.dist import (
 from seqlab.train.guard import DivergenceGuard, gradient_norm
 from seqlab.train.logging import MetricsLogger, progress_line
 from seqlab.train.rundir import RunLock, open_run_directory
+from seqlab.train.strategy import build_strategy
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -260,15 +254,15 @@ def _train(
     if existing is None and tc.init_from:
         initialize_from(model, tc.init_from)
     model.to(info.device)
+    strategy = build_strategy(tc, info)
+    net = strategy.wrap(model)  # fsdp shards the parameters here, before the optimizer
     optimizer = build_optimizer(model, tc)
     start, elapsed_before, tokens_seen = 0, 0.0, 0
     last_loss: float | None = None
     evaluation: dict[str, Any] = {}
     guard = DivergenceGuard(tc.spike_guard)
     if existing is not None:
-        checkpoint = load_checkpoint(existing, info.device)
-        load_model_state(model, checkpoint.model, existing)
-        optimizer.load_state_dict(checkpoint.optimizer)
+        checkpoint = strategy.restore(existing, model, optimizer)
         start, elapsed_before = checkpoint.step, float(checkpoint.extra.get("seconds", 0.0))
         tokens_seen = int(checkpoint.extra.get("tokens", 0))
         last_loss = checkpoint.extra.get("loss")
@@ -282,11 +276,6 @@ def _train(
             tokenizer.save(out)
     logger = MetricsLogger(out, resume_step=start if resume else None, enabled=info.is_main)
 
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
     mode = progress_mode(progress, info)
     bar = tqdm(
         total=tc.steps,
@@ -314,7 +303,7 @@ def _train(
                 world_size=info.world_size * tc.grad_accum,
             ).to(info.device)
             sync = m == tc.grad_accum - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else net.no_sync():
+            with contextlib.nullcontext() if sync else strategy.no_sync(net):
                 loss, metrics = objective.training_loss(net, batch)
                 (loss / tc.grad_accum).backward()
             loss_value += loss.item() / tc.grad_accum
@@ -351,40 +340,38 @@ def _train(
             # read after the backward, so the adjoint solves' reports are in (last micro-batch)
             record.update(recorded_metrics(net))
             if done % tc.eval_every == 0 or is_last:
-                if info.is_main:
-                    evaluation = task.evaluate(
-                        model, objective, split="validation", max_tokens=tc.eval_tokens
-                    )
-                    record.update({f"val_{k}": v for k, v in evaluation.items()})
+                with strategy.evaluating() as evaluates:
+                    if evaluates:
+                        evaluation = task.evaluate(
+                            model, objective, split="validation", max_tokens=tc.eval_tokens
+                        )
+                        record.update({f"val_{k}": v for k, v in evaluation.items()})
                 barrier(info)
             logger.log(record)
             bar.set_postfix(loss=f"{last_loss:.4f}")
             if mode == "lines":
                 print(progress_line(record, tc.steps), flush=True)
         if saving_step:
-            weights = model_state(model)
-            bad = non_finite_tensors(weights)
-            if bad:
-                problem = f"the weights {bad[0]} hold non-finite values after it"
+            bad = strategy.non_finite(model)
+            if bad is not None:
+                problem = f"the weights {bad} hold non-finite values after it"
                 raise SeqlabError(divergence_message(out, done, problem, last_good))
-            if info.is_main:
-                extra = {
-                    "seconds": seconds,
-                    "tokens": tokens_seen,
-                    "loss": last_loss,
-                    "validation": evaluation,
-                    "running_loss": guard.running_loss,
-                }
-                save_checkpoint(
-                    out, done, weights, optimizer.state_dict(), extra, keep=tc.keep_checkpoints
-                )
+            extra = {
+                "seconds": seconds,
+                "tokens": tokens_seen,
+                "loss": last_loss,
+                "validation": evaluation,
+                "running_loss": guard.running_loss,
+            }
+            strategy.save(out, done, model, optimizer, extra, tc.keep_checkpoints)
             last_good = f"step-{done:08d}"
             barrier(info)
         bar.update(1)
     bar.close()
     logger.close()
 
-    fingerprints = gather_objects(info, param_fingerprint(model))
+    final = strategy.full_model(model, config)  # rank 0 only; fsdp gathers the shards
+    fingerprints = strategy.fingerprints(model, final)
     seq_len = task.seq_len
     summary = {
         "steps": tc.steps,
@@ -402,6 +389,6 @@ def _train(
         "param_fingerprints": fingerprints,
     }
     if info.is_main:
-        save(model, out, config, overwrite=True)  # this run holds the directory's lock
+        save(final, out, config, overwrite=True)  # this run holds the directory's lock
         atomic_write_json(out / "summary.json", summary)
     return summary
