@@ -549,6 +549,30 @@ class TrainConfig:
         )
 
 
+OPS_BACKENDS = ("torch", "fla")
+
+
+@dataclass
+class OpsConfig:
+    """Which kernels run the chunked linear-attention and delta-rule ops in training.
+
+    Keys:
+        backend: torch (seqlab's own kernels) or fla (flash-linear-attention's Triton
+            kernels: needs the package and a CUDA device; `seqlab.ops.backend`)
+    """
+
+    backend: str = "torch"
+
+    section: ClassVar[str] = "ops"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if self.backend not in OPS_BACKENDS:
+            raise ConfigError(
+                f"ops.backend must be one of {', '.join(OPS_BACKENDS)}, got {self.backend!r}"
+            )
+
+
 @dataclass
 class ExperimentConfig:
     """One training run: model x objective x task/data x training schedule.
@@ -559,6 +583,7 @@ class ExperimentConfig:
         task: what is learned and how it is scored
         data: the corpus of the text task
         train: the optimisation schedule
+        ops: the kernels of the chunked ops
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -566,6 +591,7 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

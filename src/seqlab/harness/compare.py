@@ -14,6 +14,12 @@ A run that fails (diverges, raises, or its worker process dies) gets a result.js
 `status: failed` and the reason in `error`; the comparison goes on without it, ranks a grid
 point none of whose runs finished last, and a rerun retries failed runs only when asked
 (`retry_failed`, `seqlab compare --retry-failed`).
+
+Across machines: `compare_shard` trains one shard of the runs (`shard_of`: every N-th run id
+in sorted order) into the shared `runs/`, and `collect` writes the report from the runs'
+result.json once all have finished (`MissingRuns` names those that have not); `plan` lists
+the runs with their tokens and FLOPs without training (`seqlab compare --shard/--collect/
+--dry-run`, and `seqlab.harness.slurm` for a Slurm array of shards).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from tqdm import tqdm
 
 from seqlab.config import to_dict
 from seqlab.data.tasks import build_task
-from seqlab.errors import ConfigError
+from seqlab.errors import ConfigError, SeqlabError
 from seqlab.files import atomic_write_json, atomic_write_text, read_json
 from seqlab.harness.grid import (
     HIGHER_IS_BETTER,
@@ -413,6 +419,14 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", dump(config))
     rows = run_all(runs, out, workers or config.workers, progress, retry_failed)
+    return write_report(config, out, rows, plots)
+
+
+def write_report(
+    config: CompareConfig, out: Path, rows: list[dict[str, Any]], plots: bool
+) -> list[dict[str, Any]]:
+    """runs.csv, results.csv, results.md and the plots from the runs' rows; returns the
+    aggregated results."""
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "details"} for r in rows])
     results = aggregate(config, rows)
     write_csv(out / "results.csv", results)
@@ -426,3 +440,166 @@ def compare(
     if plots:
         write_plots(out, results, rows, laws)
     return results
+
+
+# Sweeps across machines: shards of a grid, collecting their results, dry runs.
+
+
+class MissingRuns(SeqlabError):
+    """`collect` found runs without a result.json (`run_ids`, sorted)."""
+
+    def __init__(self, message: str, run_ids: list[str]) -> None:
+        super().__init__(message)
+        self.run_ids = run_ids
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` -> (I, N): shard I of N, counted from 0 (as Slurm array task ids are)."""
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = (-1, 0)
+    if not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"--shard must be I/N with N >= 1 and I in 0..N-1, got {text!r}")
+    return shard
+
+
+def shard_of(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
+    """The runs of shard (I, N), in their grid order: the I-th of every N run ids in sorted
+    order, so that each run is in exactly one shard whatever machine expands the grid."""
+    index, count = shard
+    ids = sorted(run.run_id for run in runs)
+    mine = set(ids[index::count])
+    return [run for run in runs if run.run_id in mine]
+
+
+def compare_shard(
+    config: CompareConfig,
+    out: str | os.PathLike[str],
+    shard: tuple[int, int],
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    retry_failed: bool = False,
+) -> list[dict[str, Any]]:
+    """Train shard (I, N) of the comparison into `out` (its runs in `runs/<run_id>/`, beside
+    the other shards'); returns its runs' rows. Writes no leaderboard: `collect` does, once
+    every shard has finished."""
+    out = Path(out)
+    runs = shard_of(expand(config), shard)
+    check_earlier_stage(runs, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.yaml", dump(config))
+    return train_shard(runs, out, shard, workers or config.workers, progress, retry_failed)
+
+
+def train_shard(
+    runs: list[Run],
+    out: Path,
+    shard: tuple[int, int],
+    workers: int,
+    progress: bool | None,
+    retry_failed: bool,
+) -> list[dict[str, Any]]:
+    """`run_all` over a shard's runs, after recording the shard count in `out/shards.json`
+    (the same for every shard) so that `collect_rows` can name the shards still missing."""
+    atomic_write_json(out / "shards.json", {"count": shard[1]})
+    return run_all(runs, out, workers, progress, retry_failed)
+
+
+def collect_rows(
+    runs: list[Run], out: str | os.PathLike[str], partial: bool = False
+) -> list[dict[str, Any]]:
+    """The rows of the finished (or failed) runs, read from their result.json; trains
+    nothing. Raises `MissingRuns`, naming the runs without a result (and their shards when
+    `out` was written by shards), unless `partial`."""
+    rows = [read_json(run.directory(out) / "result.json") for run in runs if has_result(run, out)]
+    missing = sorted(run.run_id for run in runs if not has_result(run, out))
+    if missing and not partial:
+        record = Path(out) / "shards.json"
+        shards = read_json(record) if record.is_file() else {}
+        where = ""
+        if shards.get("count"):
+            count = shards["count"]
+            ids = sorted(run.run_id for run in runs)
+            names = sorted({f"{ids.index(r) % count}/{count}" for r in missing})
+            where = f" (shard{'s' if len(names) > 1 else ''} {', '.join(names)})"
+        raise MissingRuns(
+            f"{len(missing)} of {len(runs)} runs have no result in {out}{where}: "
+            f"{', '.join(missing)}; run them, or pass --partial to report without them",
+            missing,
+        )
+    return rows
+
+
+def has_result(run: Run, out: str | os.PathLike[str]) -> bool:
+    return (run.directory(out) / "result.json").is_file()
+
+
+def collect(
+    config: CompareConfig,
+    out: str | os.PathLike[str],
+    *,
+    partial: bool = False,
+    plots: bool = True,
+) -> list[dict[str, Any]]:
+    """The leaderboard, results and plots of a comparison whose runs were trained elsewhere
+    (shards) into `out`, as `compare` writes them; trains nothing. Every run must have its
+    result.json (else `MissingRuns`) unless `partial`."""
+    out = Path(out)
+    rows = collect_rows(expand(config), out, partial)
+    if plots:
+        pyplot()
+    atomic_write_text(out / "compare.yaml", dump(config))
+    return write_report(config, out, rows, plots)
+
+
+def plan_row(run: Run, tokens_per_step: int, flops_per_step: float) -> dict[str, Any]:
+    """A run as `--dry-run` lists it: its training tokens and analytic training FLOPs."""
+    steps = run.config.train.steps
+    return {
+        "run_id": run.run_id,
+        "backbone": describe_backbone(to_dict(run.config)),
+        "lr": run.lr,
+        "seed": run.seed,
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "train_flops": steps * flops_per_step,
+    }
+
+
+def plan(config: CompareConfig, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every run of the comparison (or of one shard) with its tokens and training FLOPs
+    (3 x `Model.flops_per_token` x tokens, as training counts them), measured on the meta
+    device; trains nothing and writes nothing in the output directory."""
+    from seqlab.harness.ladder import _Probe  # ladder imports this module
+
+    runs = expand(config)
+    probes: dict[str, Any] = {}
+    rows = []
+    for run in shard_of(runs, shard) if shard else runs:
+        if run.point_id not in probes:
+            probes[run.point_id] = _Probe(run.config).measure({}, "analytic")
+        measured = probes[run.point_id]
+        rows.append(plan_row(run, measured.tokens_per_step, measured.flops_per_step))
+    return rows
+
+
+def plan_table(rows: list[dict[str, Any]]) -> str:
+    """The `--dry-run` listing: one line per run, then the totals."""
+    width = max([len(r["run_id"]) for r in rows] + [6])
+    name = max([len(r["backbone"]) for r in rows] + [8])
+    lines = [
+        f"{'run_id':<{width}} {'backbone':<{name}} {'lr':>8} {'seed':>4} {'steps':>7} "
+        f"{'tokens':>12} {'FLOPs':>10}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['run_id']:<{width}} {r['backbone']:<{name}} {r['lr']:>8.2g} {r['seed']:>4} "
+            f"{r['steps']:>7} {r['tokens']:>12} {r['train_flops']:>10.3g}"
+        )
+    tokens = sum(r["tokens"] for r in rows)
+    flops = sum(r["train_flops"] for r in rows)
+    lines.append(f"total: {len(rows)} runs, {tokens} tokens, {flops:.3g} training FLOPs")
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ A comparison YAML looks like
     metric: {mqar: accuracy, text: bits_per_byte}       # ranking metric per task (optional)
     task_overrides: {text: {data.seq_len: 128}}         # extra dotted keys per task (optional)
     init_from: runs/stage-1                             # optional, see below
+    slurm: {partition: gpu, shards: 8}                  # optional, `seqlab.harness.slurm`
 
 A comparison can be the next stage of an earlier one (a curriculum: short sequences first,
 then long ones): with ``init_from: DIR`` every run starts from the weights of the run of the
@@ -45,6 +46,7 @@ from seqlab.config import (
     to_dict,
 )
 from seqlab.errors import ConfigError, SeqlabError
+from seqlab.harness.slurm import slurm_config
 from seqlab.registry import MIXERS, OBJECTIVES, TASKS
 
 HIGHER_IS_BETTER = {
@@ -71,9 +73,12 @@ class CompareConfig:
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: int = 1
     init_from: str | None = None
+    slurm: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_output_name(self.name)
+        if self.slurm is not None:
+            slurm_config(self.slurm)
 
 
 def check_output_name(name: Any) -> None:

@@ -33,7 +33,16 @@ from typing import Any
 
 from seqlab.errors import SeqlabError
 from seqlab.files import atomic_write_json, atomic_write_text
-from seqlab.harness.compare import aggregate, run_all, write_csv
+from seqlab.harness.compare import (
+    aggregate,
+    collect_rows,
+    has_result,
+    plan_row,
+    run_all,
+    shard_of,
+    train_shard,
+    write_csv,
+)
 from seqlab.harness.grid import HIGHER_IS_BETTER, is_failed
 from seqlab.harness.ladder import Rung, ScaleConfig, dump_scale, expand_ladder, size_label
 from seqlab.harness.report import pyplot
@@ -73,17 +82,25 @@ def scale(
     progress: bool | None = None,
     plots: bool = True,
     retry_failed: bool = False,
+    collect: bool = False,
+    partial: bool = False,
 ) -> list[TaskScaling]:
-    """Train the ladder into `out` and write its fits, report and plots."""
+    """Train the ladder into `out` and write its fits, report and plots. With `collect`,
+    train nothing: read the runs' results (trained by `scale_shard`s) and fit them; every run
+    must have one (else `MissingRuns`) unless `partial`."""
     out = Path(out)
     rungs = expand_ladder(config)
     if plots:
         pyplot()
+    if collect:
+        rows = collect_rows([r.run for r in rungs], out, partial)
+        rungs = [r for r in rungs if has_result(r.run, out)]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scale.yaml", dump_scale(config))
-    rows = run_all(
-        [r.run for r in rungs], out, workers or config.compare.workers, progress, retry_failed
-    )
+    if not collect:
+        rows = run_all(
+            [r.run for r in rungs], out, workers or config.compare.workers, progress, retry_failed
+        )
     rows = [_ladder_row(rung, row, config) for rung, row in zip(rungs, rows, strict=True)]
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "details"} for r in rows])
     tasks = fit_ladder(config, rungs, rows, out)
@@ -102,6 +119,36 @@ def scale(
 
         write_scale_plots(out / "plots", config.scale.mode, tasks, config.scale.flops)
     return tasks
+
+
+def scale_shard(
+    config: ScaleConfig,
+    out: str | os.PathLike[str],
+    shard: tuple[int, int],
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    retry_failed: bool = False,
+) -> list[dict[str, Any]]:
+    """Train shard (I, N) of the ladder into `out` (`seqlab.harness.compare.shard_of`);
+    fits nothing: `scale(..., collect=True)` does, once every shard has finished."""
+    out = Path(out)
+    runs = shard_of([r.run for r in expand_ladder(config)], shard)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "scale.yaml", dump_scale(config))
+    return train_shard(runs, out, shard, workers or config.compare.workers, progress, retry_failed)
+
+
+def ladder_plan(config: ScaleConfig, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every run of the ladder (or of one shard) as `--dry-run` lists it; FLOPs as
+    `scale.flops` counts them."""
+    rungs = expand_ladder(config)
+    mine = {r.run_id for r in shard_of([r.run for r in rungs], shard)} if shard else None
+    return [
+        plan_row(r.run, r.tokens_per_step, r.flops_per_step)
+        for r in rungs
+        if mine is None or r.run.run_id in mine
+    ]
 
 
 def run_compute(rung: Rung, row: dict[str, Any], flops: str) -> float:

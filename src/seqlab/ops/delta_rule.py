@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.ops.backend import fla_delta_rule, use_fla
+
 __all__ = ["delta_rule", "gated_delta_rule"]
 
 _MODES = ("chunk", "recurrent")
@@ -56,6 +58,9 @@ def delta_rule(
         (float32, or float64 for float64 inputs) or None unless ``output_final_state``; with
         ``output_chunk_states`` a third element, the chunk states ``[B, N, H, K, V]``,
         ``N = ceil(T / chunk_size)``.
+
+    With `ops.backend: fla` (`seqlab.ops.backend`) chunk mode runs flash-linear-attention's
+    kernel with these conventions.
     """
     options = (scale, initial_state, output_final_state, mode, chunk_size, output_chunk_states)
     return _run(q, k, v, None, beta, *options)
@@ -99,6 +104,8 @@ def _run(
 ) -> tuple[Tensor, ...]:
     """Validate, promote to the state dtype, and dispatch to the chosen mode (g None: no decay)."""
     _check_inputs(q, k, v, g, beta, initial_state, mode, chunk_size)
+    if use_fla(mode, output_chunk_states, q.shape[1]):
+        return fla_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
     B, T, H, K = q.shape
     V = v.shape[-1]
     inputs = [x for x in (q, k, v, g, beta) if x is not None]

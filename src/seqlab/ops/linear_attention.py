@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from seqlab.ops.backend import fla_linear_attention, use_fla
+
 __all__ = ["gated_linear_attention"]
 
 _MODES = ("chunk", "recurrent")
@@ -72,11 +74,16 @@ def gated_linear_attention(
         ``output_chunk_states`` a third element, the chunk states ``[B, N, H, K, V]`` in the
         state dtype, ``N = ceil(T / chunk_size)``.
 
+    With `ops.backend: fla` (`seqlab.ops.backend`) chunk mode runs flash-linear-attention's
+    kernel with these conventions.
+
     Raises:
         ValueError: on an unknown mode, a chunk_size that is not a power of two, or inputs
             whose shapes do not match (the message names the expected shape).
     """
     _check_inputs(q, k, v, g, initial_state, mode, chunk_size)
+    if use_fla(mode, output_chunk_states, q.shape[1]):
+        return fla_linear_attention(q, k, v, g, scale, initial_state, output_final_state)
     B, T, H, K = q.shape
     V = v.shape[-1]
     inputs = (q, k, v) if g is None else (q, k, v, g)

@@ -44,6 +44,7 @@ from seqlab.files import atomic_write_json, read_json
 from seqlab.io import initialize_from, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
+from seqlab.ops.backend import ops_backend
 from seqlab.train.checkpoint import latest_checkpoint
 from seqlab.train.dist import (
     DistInfo,
@@ -151,7 +152,8 @@ def train(
         failure = broadcast_object(info, failure)
         if failure is not None:
             raise failure
-        summary = _train(config, out, info, resume, progress)
+        with ops_backend(config.ops.backend, info.device):
+            summary = _train(config, out, info, resume, progress)
         if info.distributed:
             # Tear the group down only once every rank is done and the DDP wrapper (kept
             # alive by reference cycles) is freed: a rank that left first aborted in CI.
