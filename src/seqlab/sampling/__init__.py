@@ -18,6 +18,7 @@ from seqlab.objectives.base import Objective
 from seqlab.registry import OBJECTIVES, SAMPLERS, Entry
 from seqlab.sampling.ar import Generation, as_prompt
 from seqlab.sampling.base import SamplingOptions, eval_mode
+from seqlab.sampling.hf_args import streaming, translate
 
 __all__ = ["Generation", "SamplingOptions", "generate"]
 
@@ -50,7 +51,7 @@ def generate(
     prompt: Tensor | Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
-    sampler: str = "greedy",
+    sampler: str | None = None,
     **options: Any,
 ) -> Generation:
     """Continue `prompt` by up to `max_new_tokens` tokens with the named sampler.
@@ -60,7 +61,10 @@ def generate(
     Samplers receive a `[B, T]` tensor, or (AR samplers only) a list of 1-D tensors when the
     lengths differ. `options` go to the sampler (for
     example `temperature`, `top_k`, `num_beams`, `draft_model`); `seqlab.list_samplers()`
-    names them and an unknown option is an error listing the valid ones.
+    names them and an unknown option is an error listing the valid ones. Hugging Face's
+    names (`do_sample`, `num_beam_groups`, `assistant_model`, `logits_processor`,
+    `stopping_criteria`, `eos_token_id`, `pad_token_id`, `streamer`, ...) are aliases
+    (`seqlab.sampling.hf_args`); with no `sampler` named, they choose it (default greedy).
 
     The model (and any model among the options, e.g. a draft) samples in eval mode; each
     gets its own training mode back when sampling returns or raises.
@@ -74,6 +78,7 @@ def generate(
             f"max_new_tokens must be an integer in [0, {MAX_NEW_TOKENS}], got {max_new_tokens!r}"
         )
     prompt = as_prompt(prompt, model.device)
+    sampler, options, streamer = translate(sampler, options)
     entry = SAMPLERS.get(sampler)
     entry.check_options(options)
     check_paradigm(entry, options.get("objective"))
@@ -81,5 +86,5 @@ def generate(
         lengths = sorted({p.numel() for p in prompt})
         raise ShapeError(f"sampler {sampler!r} needs prompts of one length, got {lengths}")
     modules = [v for v in options.values() if isinstance(v, nn.Module)]
-    with eval_mode(model, *modules):
+    with eval_mode(model, *modules), streaming(streamer, prompt):
         return entry.build(model, prompt, max_new_tokens, **options)

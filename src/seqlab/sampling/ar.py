@@ -209,7 +209,10 @@ class Continuations:
                 self.ids[i, len(self.prompts[i]) + len(self.new[i])] = token
                 self.new[i].append(token)
                 added.append(token)
-                self.done[i] = len(self.new[i]) >= self.max_new or self.stop(self.new[i])
+                length = len(self.prompts[i]) + len(self.new[i])
+                self.done[i] = len(self.new[i]) >= self.max_new or self.stop(
+                    self.new[i], self.ids[i, :length]
+                )
             streamed.append(added)
         self.lengths = torch.tensor(
             [len(p) + len(n) for p, n in zip(self.prompts, self.new, strict=True)],

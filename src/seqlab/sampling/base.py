@@ -36,9 +36,13 @@ GUIDANCE_RULES = ("normalized", "unnormalized")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+StopPredicate = Callable[[Tensor], bool]
+
+
 class StopCriteria:
-    """A row stops after a token in `stop_tokens`, or once the decoded text of its new tokens
-    contains one of `stop_strings` (needs `decode`, ids -> text). The stopping token is kept.
+    """A row stops after a token in `stop_tokens`, once the decoded text of its new tokens
+    contains one of `stop_strings` (needs `decode`, ids -> text), or once one of `stop_when`
+    (the row's ids so far `[T]`, prompt included -> bool) says so. The stopping token is kept.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class StopCriteria:
         stop_tokens: Sequence[int] = (),
         stop_strings: Sequence[str] = (),
         decode: Callable[[list[int]], str] | None = None,
+        stop_when: Sequence[StopPredicate] = (),
     ) -> None:
         if isinstance(stop_strings, str):
             stop_strings = [stop_strings]
@@ -54,11 +59,16 @@ class StopCriteria:
         self.tokens = set(int(t) for t in stop_tokens)
         self.strings = list(stop_strings)
         self.decode = decode
+        self.predicates = list(stop_when)
 
-    def __call__(self, new: list[int]) -> bool:
+    def __call__(self, new: list[int], ids: Tensor | None = None) -> bool:
+        """Whether a row whose new tokens are `new` (and whose ids so far, prompt included,
+        are `ids [T]`, which `stop_when` reads) stops now."""
         if new and new[-1] in self.tokens:
             return True
-        return bool(self.strings) and any(s in self.decode(new) for s in self.strings)
+        if self.strings and any(s in self.decode(new) for s in self.strings):
+            return True
+        return ids is not None and any(bool(stop(ids)) for stop in self.predicates)
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,8 @@ class SamplingOptions:
     `typical_p` (sampling filters), `repetition_penalty`, and the user's own `processors`
     (Hugging Face protocol, applied after them). `seed`: an int (one generator for the batch)
     or, for AR samplers, one int per prompt (a generator per row). Output: `stop_tokens`,
-    `stop_strings` (need `decode_fn`, ids -> text), `stream` (called with each step's new
+    `stop_strings` (need `decode_fn`, ids -> text), `stop_when` (predicates on a row's ids
+    so far `[T]`, prompt included), `stream` (called with each step's new
     tokens per row), `pad_id` (fills rows past their length). Diffusion: the `objective`
     the model was trained with (None: masked diffusion), `steps` per block, `block_size`,
     `cache` (finished blocks in the decode state), class `condition` and classifier-free
@@ -89,6 +100,7 @@ class SamplingOptions:
     stop_tokens: Sequence[int] = ()
     stop_strings: Sequence[str] = ()
     decode_fn: Callable[[list[int]], str] | None = None
+    stop_when: Sequence[StopPredicate] = ()
     stream: Stream | None = None
     pad_id: int = 0
     objective: Objective | str | None = None
@@ -193,7 +205,7 @@ class SamplingOptions:
         ) + list(self.processors)
 
     def stop_criteria(self) -> StopCriteria:
-        return StopCriteria(self.stop_tokens, self.stop_strings, self.decode_fn)
+        return StopCriteria(self.stop_tokens, self.stop_strings, self.decode_fn, self.stop_when)
 
 
 def _number(value: Any) -> bool:
@@ -216,7 +228,7 @@ def _stop_strings(values: Any) -> bool:
 # The usual shares: AR decoding that samples, and AR decoding that may end rows early.
 FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 PROCESSING = ("repetition_penalty", "processors")
-OUTPUT = ("stop_tokens", "stop_strings", "decode_fn", "stream", "pad_id")
+OUTPUT = ("stop_tokens", "stop_strings", "decode_fn", "stop_when", "stream", "pad_id")
 DENOISING = ("objective", "steps", "block_size", "cache", "temperature", "seed")
 GUIDANCE = ("condition", "guidance", "guidance_schedule", "guidance_rule")
 
