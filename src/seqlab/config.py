@@ -408,7 +408,8 @@ class DataConfig:
         format: text (windows of one token stream) or pairs (one source<TAB>target pair
             per line of the path corpus; only the target is scored)
         seq_len: tokens per training row (pairs: a row holds at most seq_len + 1)
-        tokenizer: byte or bpe
+        tokenizer: byte, bpe, or hf:PATH (a local tokenizer.json or tokenizer folder;
+            its end-of-sequence token ends each document, its vocabulary sets the size)
         vocab_size: vocabulary of a trained bpe tokenizer
         cache_dir: where tokenized corpora are cached (null: $SEQLAB_CACHE or ~/.cache/seqlab)
         text_field: the text column of an hf dataset

@@ -1,6 +1,6 @@
-"""`seqlab train | eval | sample | compare | bench | scale | check | list | plot-mixing`: plain
-functions behind argparse, one module per command group (`train`, `sample`, `compare`, `scale`,
-`components`, `analysis`), assembled here.
+"""`seqlab train | eval | sample | compare | bench | scale | check | list | plot-mixing |
+export | import-hf`: plain functions behind argparse, one module per command group (`train`,
+`sample`, `compare`, `scale`, `components`, `analysis`, `interop`), assembled here.
 
 User errors (unknown names, bad configs, missing or corrupt checkpoints, bad arguments) print
 one line `seqlab: error: ...` and exit with code 2.
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from seqlab import __version__
-from seqlab.cli import analysis, compare, components, sample, scale, train
+from seqlab.cli import analysis, compare, components, interop, sample, scale, train
 from seqlab.cli.args import ArgumentParser, parse_overrides
 from seqlab.errors import ConfigError, SeqlabError
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"seqlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (train, sample, compare, scale, components, analysis):
+    for commands in (train, sample, compare, scale, components, analysis, interop):
         commands.add_parsers(sub)
     return parser
 

@@ -28,9 +28,12 @@ Splits
 
 Documents
     Each document (file, dataset row, article) is tokenised on its own as its text followed by
-    "\\n", for both tokenizers, so documents are separated by a newline and ``num_bytes``
-    counts the UTF-8 bytes of exactly the text tokenised, separators included. A position
-    split has no added separators (a folder's or dump's concatenation already has them).
+    "\\n", for the byte and BPE tokenizers, so documents are separated by a newline and
+    ``num_bytes`` counts the UTF-8 bytes of exactly the text tokenised, separators included.
+    A pretrained tokenizer (``hf:PATH``) ends each document with its end-of-sequence token
+    instead of the newline (``num_bytes`` still counts the newline: the token stands for
+    it). A position split has no added separators (a folder's or dump's concatenation
+    already has them).
 
 BPE
     Trained on the first ~2 MB (characters) of the train split, in corpus order, then used for
@@ -39,7 +42,8 @@ BPE
 Cache
     ``<cache_dir>/corpora/<corpus>-<tokenizer>-<hash>/`` holds ``train.bin``,
     ``validation.bin``, ``test.bin`` (raw little-endian uint16, or uint32 for vocabularies over
-    65536), ``tokenizer.json`` for BPE and ``meta.json``. The hash covers the corpus kind, the
+    65536), ``tokenizer.json`` for BPE and ``hf:PATH`` (the latter's directory named ``hf``,
+    keyed by a hash of the tokenizer's content) and ``meta.json``. The hash covers the corpus kind, the
     resolved path, the (relative file, size, mtime_ns) listing or the dataset fingerprints (for
     a dump also the cleaner's version and minimum article length), the tokenizer and its
     vocabulary size, and the recipe above. Every file is written to a temporary name and moved
@@ -67,11 +71,14 @@ import numpy as np
 
 from seqlab.data import wikitext
 from seqlab.data.tokenizers import (
+    HF_PREFIX,
     MIN_BPE_VOCAB,
-    TOKENIZER_NAMES,
     BPETokenizer,
     ByteTokenizer,
+    HFTokenizer,
     Tokenizer,
+    check_tokenizer_name,
+    load_tokenizer,
 )
 from seqlab.errors import DataError, SeqlabError, UnknownNameError
 from seqlab.files import atomic_write_json
@@ -148,6 +155,7 @@ class _Splits:
 
     texts: dict[str, TextStream]
     description: str
+    documents: bool = True  # each piece is one document and its "\n" (not a position split)
 
 
 @dataclass
@@ -176,8 +184,8 @@ def load_corpus(
     the dataset and cut it by row position; hub names accept slices like "train[:10%]") only
     for "hf". `cache_dir` defaults to ``$SEQLAB_CACHE`` or ``~/.cache/seqlab``.
     """
-    if tokenizer not in TOKENIZER_NAMES:
-        raise UnknownNameError("tokenizer", tokenizer, TOKENIZER_NAMES)
+    check_tokenizer_name(tokenizer)
+    pretrained = HFTokenizer.load(tokenizer) if tokenizer.startswith(HF_PREFIX) else None
     if tokenizer == "bpe" and vocab_size < MIN_BPE_VOCAB:
         raise SeqlabError(
             f"BPE vocab_size must be at least {MIN_BPE_VOCAB} (the byte alphabet), got {vocab_size}"
@@ -200,18 +208,21 @@ def load_corpus(
     identity = {
         "corpus": corpus,
         "source": source.identity,
-        "tokenizer": tokenizer,
+        "tokenizer": tokenizer if pretrained is None else pretrained.fingerprint(),
         "vocab_size": vocab_size if tokenizer == "bpe" else ByteTokenizer.vocab_size,
         "recipe": RECIPE,
     }
+    if pretrained is not None:
+        identity["vocab_size"] = pretrained.vocab_size
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    entry = _cache_root(cache_dir) / "corpora" / f"{corpus}-{tokenizer}-{digest}"
+    kind = "hf" if pretrained is not None else tokenizer
+    entry = _cache_root(cache_dir) / "corpora" / f"{corpus}-{kind}-{digest}"
     meta = _read_meta(entry, tokenizer)
     if meta is None:
         with _build_lock(entry):
             meta = _read_meta(entry, tokenizer)
             if meta is None:
-                meta = _build(entry, source.prepare(), tokenizer, vocab_size)
+                meta = _build(entry, source.prepare(), tokenizer, vocab_size, pretrained)
     return _open(entry, meta, tokenizer)
 
 
@@ -269,6 +280,7 @@ def _path_source(path: str) -> _Source:
             f"folder {resolved}: too few files for a per-file split, so the concatenation of "
             f"its text files (each followed by a newline) is split by position: "
             f"{_describe_position()}",
+            documents=False,
         )
 
     return _Source(_file_identity(resolved, files), prepare)
@@ -283,6 +295,7 @@ def _single_file_splits(path: Path) -> _Splits:
     return _Splits(
         _position_split(data),
         f"text file {path} ({len(data)} bytes), split by position: {_describe_position()}",
+        documents=False,
     )
 
 
@@ -450,6 +463,7 @@ def _wikipedia_splits(path: Path) -> _Splits:
         _position_split(data),
         f"{what}: too few articles for a per-article split, so their concatenation (each "
         f"followed by a newline) is split by position: {_describe_position()}",
+        documents=False,
     )
 
 
@@ -628,7 +642,7 @@ def _read_meta(entry: Path, tokenizer: str) -> dict[str, Any] | None:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if tokenizer == "bpe" and not (entry / "tokenizer.json").is_file():
+    if tokenizer != "byte" and not (entry / "tokenizer.json").is_file():
         return None
     return meta
 
@@ -670,15 +684,23 @@ def _batched(texts: Iterable[str], max_chars: int) -> Iterator[list[str]]:
 
 
 def _write_tokens(
-    path: Path, texts: Iterable[str], tokenizer: ByteTokenizer | BPETokenizer, dtype: np.dtype
+    path: Path,
+    texts: Iterable[str],
+    tokenizer: ByteTokenizer | BPETokenizer | HFTokenizer,
+    dtype: np.dtype,
+    documents: bool,
 ) -> tuple[int, int]:
-    """Tokenise `texts` into `path` atomically; returns (num_tokens, num_bytes)."""
+    """Tokenise `texts` into `path` atomically; returns (num_tokens, num_bytes). With
+    `documents`, a pretrained tokenizer ends each piece with its end-of-sequence token."""
+    encode = tokenizer.encode_batch
+    if documents and isinstance(tokenizer, HFTokenizer):
+        encode = tokenizer.encode_documents
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     num_tokens = num_bytes = 0
     try:
         with os.fdopen(fd, "wb") as out:
             for batch in _batched(texts, ENCODE_BATCH_CHARS):
-                for ids in tokenizer.encode_batch(batch):
+                for ids in encode(batch):
                     out.write(ids.astype(dtype.newbyteorder("<"), copy=False).tobytes())
                     num_tokens += len(ids)
                 num_bytes += sum(len(text.encode("utf-8")) for text in batch)
@@ -691,12 +713,21 @@ def _write_tokens(
     return num_tokens, num_bytes
 
 
-def _build(entry: Path, splits: _Splits, tokenizer_name: str, vocab_size: int) -> dict[str, Any]:
+def _build(
+    entry: Path,
+    splits: _Splits,
+    tokenizer_name: str,
+    vocab_size: int,
+    pretrained: HFTokenizer | None = None,
+) -> dict[str, Any]:
     entry.mkdir(parents=True, exist_ok=True)
     (entry / META_FILE).unlink(missing_ok=True)
     log.info("tokenising %s with %s into %s", splits.description, tokenizer_name, entry)
-    tokenizer: ByteTokenizer | BPETokenizer
-    if tokenizer_name == "bpe":
+    tokenizer: ByteTokenizer | BPETokenizer | HFTokenizer
+    if pretrained is not None:
+        tokenizer = pretrained
+        tokenizer.save(entry)
+    elif tokenizer_name == "bpe":
         sample = _take_chars(splits.texts["train"](), BPE_SAMPLE_CHARS)
         tokenizer = BPETokenizer.train(sample, vocab_size)
         tokenizer.save(entry)
@@ -706,7 +737,7 @@ def _build(entry: Path, splits: _Splits, tokenizer_name: str, vocab_size: int) -
     num_tokens, num_bytes = {}, {}
     for split in SPLITS:
         num_tokens[split], num_bytes[split] = _write_tokens(
-            entry / f"{split}.bin", splits.texts[split](), tokenizer, dtype
+            entry / f"{split}.bin", splits.texts[split](), tokenizer, dtype, splits.documents
         )
     meta = {
         "format": FORMAT_VERSION,
@@ -723,7 +754,7 @@ def _build(entry: Path, splits: _Splits, tokenizer_name: str, vocab_size: int) -
 
 
 def _open(entry: Path, meta: dict[str, Any], tokenizer_name: str) -> TokenCorpus:
-    tokenizer = BPETokenizer.load(entry) if tokenizer_name == "bpe" else ByteTokenizer()
+    tokenizer = load_tokenizer(tokenizer_name, entry)
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     splits: dict[str, np.ndarray] = {}
     for split in SPLITS:

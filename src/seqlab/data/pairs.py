@@ -38,7 +38,14 @@ import torch
 
 from seqlab.data.corpora import SPLITS, hash_fraction, list_files, read_text
 from seqlab.data.tasks.base import capped_rows, check_batch_request
-from seqlab.data.tokenizers import TOKENIZER_NAMES, BPETokenizer, ByteTokenizer, Tokenizer
+from seqlab.data.tokenizers import (
+    HF_PREFIX,
+    TOKENIZER_NAMES,
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    load_tokenizer,
+)
 from seqlab.errors import DataError, UnknownNameError
 from seqlab.objectives.base import Batch
 
@@ -104,7 +111,9 @@ def read_pairs(path: str) -> list[Pair]:
 
 
 def pair_tokenizer(name: str, vocab_size: int, train: list[Pair]) -> Tokenizer:
-    """The byte tokenizer, or BPE trained on the training pairs' lines."""
+    """The byte tokenizer, BPE trained on the training pairs' lines, or a pretrained one."""
+    if name.startswith(HF_PREFIX):
+        return load_tokenizer(name)
     if name == "byte":
         return ByteTokenizer()
     if name == "bpe":

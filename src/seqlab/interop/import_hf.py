@@ -1,0 +1,107 @@
+"""A local Hugging Face model directory in as a seqlab model (`seqlab import-hf`).
+
+`import_hf(hf_dir, out)` reads `hf_dir/config.json`'s `model_type`: "seqlab" (a folder
+`export_hf` wrote) comes back as the seqlab model and experiment config it carries; any
+other type goes to the family of `seqlab.interop.families.families()` whose `model_types`
+holds it (`Family.from_hf` of the model `AutoModelForCausalLM` loads in float32); a type no
+family takes is a ConfigError naming the supported ones. `out` (which must not exist, or be
+an empty folder) becomes a seqlab model directory (`seqlab.io.save`: config.yaml +
+model.safetensors) with the tokenizer files copied in, and the config's `data.tokenizer` set
+to `hf:<hf_dir>` (the run's own copy is read first), so `seqlab sample`, `seqlab eval` and
+every decoder run on it. A seqlab export keeps the tokenizer setting it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from seqlab.config import ExperimentConfig, ModelConfig
+from seqlab.data.tokenizers import HF_PREFIX, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from seqlab.errors import CheckpointError, ConfigError
+from seqlab.files import read_json
+from seqlab.interop.export import SEQLAB_FORMAT, refuse_existing, write_new_directory
+from seqlab.interop.families import families
+from seqlab.interop.hf_model import SeqlabForCausalLM
+from seqlab.io import load_model_state, save
+from seqlab.model import Model, build_model
+
+PathLike = str | os.PathLike[str]
+# the files of a Hugging Face tokenizer, copied into the imported model's directory
+TOKENIZER_FILES = (
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+
+
+def model_type(hf_dir: Path) -> str:
+    """`config.json`'s model_type."""
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    config = read_json(path)
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{path}: no model_type")
+    return kind
+
+
+def supported_types() -> list[str]:
+    """Every model_type `import_hf` reads."""
+    return [SEQLAB_FORMAT, *(t for f in families().values() for t in f.model_types)]
+
+
+def import_hf(hf_dir: PathLike, out: PathLike) -> str:
+    """Import the Hugging Face model of `hf_dir` into the new seqlab model directory `out`;
+    returns the model_type read."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    refuse_existing(out)
+    kind = model_type(hf_dir)
+    if kind == SEQLAB_FORMAT:
+        wrapper = SeqlabForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, local_files_only=True
+        )
+        model, experiment = wrapper.model, wrapper.config.experiment()
+    else:
+        family = next((f for f in families().values() if kind in f.model_types), None)
+        if family is None:
+            raise ConfigError(
+                f"{hf_dir}: model_type {kind!r} cannot be imported; supported model types: "
+                + ", ".join(supported_types())
+            )
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, local_files_only=True
+        )
+        config, weights = family.from_hf(hf_model)
+        model = model_from(config, weights, hf_dir)
+        experiment = ExperimentConfig(model=config)
+        if any((hf_dir / name).is_file() for name in TOKENIZER_FILES):
+            data = dataclasses.replace(experiment.data, tokenizer=f"{HF_PREFIX}{hf_dir.resolve()}")
+            experiment = dataclasses.replace(experiment, data=data)
+
+    def write(tmp: Path) -> None:
+        save(model, tmp, experiment)
+        if experiment.data.tokenizer != "byte":
+            for name in TOKENIZER_FILES:
+                if (hf_dir / name).is_file():
+                    shutil.copyfile(hf_dir / name, tmp / name)
+
+    write_new_directory(out, write)
+    return kind
+
+
+def model_from(config: ModelConfig, weights: dict[str, torch.Tensor], source: Path) -> Model:
+    """A seqlab model of `config` holding `weights` (every tensor named and shaped)."""
+    model = build_model(config)
+    load_model_state(model, weights, source)
+    return model.eval()
