@@ -43,7 +43,8 @@ def test_reads_a_tokenizer_json_file_and_finds_its_eos(tmp_path):
     tok = load_tokenizer(f"hf:{folder / 'tokenizer.json'}")
     assert isinstance(tok, HFTokenizer)
     assert tok.eos_token == "</s>" and tok.eos_id == 1
-    assert tok.vocab_size == len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    assert tok.vocab_size == len(vocab)
     ids = tok.encode("the cat sat")
     assert len(ids) == 3 and 0 not in ids
     assert tok.decode(ids) == "the cat sat"

@@ -195,3 +195,24 @@ def test_without_transformers_the_commands_say_what_to_install(monkeypatch, tmp_
     monkeypatch.setitem(sys.modules, "transformers", None)
     assert main(["import-hf", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "pip install 'seqlab[interop]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_real_llama_checkpoint_imports_through_the_cli(tmp_path, capsys, tied):
+    """The llama family end to end: save_pretrained → `seqlab import-hf` → seqlab.io.load, the
+    logits equal (a tied model's repeated head is accepted once, checked equal)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+    )  # fmt: skip
+    hf = LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    model = load(tmp_path / "run").eval()
+    assert model.config.tie_embeddings is tied
+    tokens = torch.randint(0, 61, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], hf(tokens).logits, atol=1e-5, rtol=1e-5)

@@ -43,11 +43,11 @@ Cache
     ``<cache_dir>/corpora/<corpus>-<tokenizer>-<hash>/`` holds ``train.bin``,
     ``validation.bin``, ``test.bin`` (raw little-endian uint16, or uint32 for vocabularies over
     65536), ``tokenizer.json`` for BPE and ``hf:PATH`` (the latter's directory named ``hf``,
-    keyed by a hash of the tokenizer's content) and ``meta.json``. The hash covers the corpus kind, the
-    resolved path, the (relative file, size, mtime_ns) listing or the dataset fingerprints (for
-    a dump also the cleaner's version and minimum article length), the tokenizer and its
-    vocabulary size, and the recipe above. Every file is written to a temporary name and moved
-    into place; ``meta.json`` comes last and marks the entry complete.
+    keyed by a hash of the tokenizer's content) and ``meta.json``. The hash covers the corpus
+    kind, the resolved path, the (relative file, size, mtime_ns) listing or the dataset
+    fingerprints (for a dump also the cleaner's version and minimum article length), the
+    tokenizer and its vocabulary size, and the recipe above. Every file is written to a
+    temporary name and moved into place; ``meta.json`` comes last and marks the entry complete.
     Concurrent builders of the same entry (e.g. several ranks) wait on a lock file.
 """
 

@@ -101,7 +101,13 @@ def import_hf(hf_dir: PathLike, out: PathLike) -> str:
 
 
 def model_from(config: ModelConfig, weights: dict[str, torch.Tensor], source: Path) -> Model:
-    """A seqlab model of `config` holding `weights` (every tensor named and shaped)."""
+    """A seqlab model of `config` holding `weights` (every tensor named and shaped; a tied
+    model's head, which a `Model.state_dict()` repeats, must equal its embedding)."""
     model = build_model(config)
+    if getattr(model, "tied", False) and "head.weight" in weights:
+        weights = dict(weights)
+        head = weights.pop("head.weight")
+        if not torch.equal(head, weights.get("embed.weight", head)):
+            raise CheckpointError(f"{source}: tied embeddings, but the head differs from them")
     load_model_state(model, weights, source)
     return model.eval()

@@ -136,9 +136,10 @@ class Task(ABC):
     ) -> dict[str, float]:
         """NLL in nats per scored token (bits per byte for text); for tasks with answers the
         token accuracy and exact-match rate of the objective's `predict`, and with
-        `generate_eval` (None: when the objective generates) those of its `generate` (`generated_accuracy`,
-        `generated_exact_match`: every paradigm decodes the answer from the prompt alone, so
-        these compare across paradigms where `predict` may be teacher-forced).
+        `generate_eval` (None: when the objective generates) those of its `generate`
+        (`generated_accuracy`, `generated_exact_match`: every paradigm decodes the answer from
+        the prompt alone, so these compare across paradigms where `predict` may be
+        teacher-forced).
 
         With `infill_span` k: for every row a span of k tokens at a seeded position
         (`infill_spans`) is the target and the rest of the row its context; `infill_nll` is
