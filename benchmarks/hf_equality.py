@@ -122,12 +122,12 @@ def main() -> None:
     x = torch.randint(0, VOCAB, (2, args.seq_len))
     with tempfile.TemporaryDirectory() as tmp:
         print(f"import (Hugging Face -> seqlab), float32, B 2, T {args.seq_len}\n")
-        print("| model | max |Δ| full forward | max |Δ| token by token | max |logit| |")
+        print("| model | max abs Δ, full forward | max abs Δ, token by token | max abs logit |")
         print("|---|---|---|---|")
         for name, full, step, scale in import_rows(x, Path(tmp)):
             print(f"| {name} | {full:.1e} | {step:.1e} | {scale:.2f} |")
         print(f"\nexport (seqlab -> Hugging Face), float32, B 2, T {args.seq_len}\n")
-        print("| model | max |Δ| | max |logit| |")
+        print("| model | max abs Δ | max abs logit |")
         print("|---|---|---|")
         for name, diff, scale in export_rows(x, Path(tmp)):
             print(f"| {name} | {diff:.1e} | {scale:.2f} |")
