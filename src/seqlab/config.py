@@ -394,6 +394,7 @@ class TaskConfig:
 
 
 DATA_FORMATS = ("text", "pairs")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 
 
 @dataclass
@@ -472,6 +473,11 @@ class TrainConfig:
         device: auto, cpu, cuda or cuda:N
         threads: torch CPU threads (null: torch's default)
         init_from: a run or model directory whose weights start this run
+        precision: fp32, bf16-mixed or fp16-mixed (the forward under autocast; weights,
+            optimizer, recurrence kernels and the loss in float32; fp16 with a gradient scaler)
+        compile: torch.compile the model's forward (a failure stops the run, never silently)
+        peak_flops: one device's peak FLOP/s for model-FLOPs utilisation (null: a known GPU's
+            from a table; on CPU MFU is then not reported)
     """
 
     steps: int = 200
@@ -494,6 +500,9 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     init_from: str | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    peak_flops: float | None = None
 
     section: ClassVar[str] = "train"
 
@@ -530,6 +539,16 @@ class TrainConfig:
                     or (math.isfinite(self.spike_guard) and self.spike_guard > 1),
                     f"train.spike_guard must be 0 (off) or a finite factor > 1, got "
                     f"{self.spike_guard}",
+                ),
+                (
+                    self.precision in PRECISIONS,
+                    f"train.precision must be one of {', '.join(PRECISIONS)}, got "
+                    f"{self.precision!r}",
+                ),
+                (
+                    self.peak_flops is None or _positive(self.peak_flops),
+                    f"train.peak_flops must be positive and finite (or null), got "
+                    f"{self.peak_flops}",
                 ),
             ]
         )

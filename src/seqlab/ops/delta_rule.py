@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
+
 __all__ = ["delta_rule", "gated_delta_rule"]
 
 _MODES = ("chunk", "recurrent")
 
 
+@float32_kernel
 def delta_rule(
     q: Tensor,
     k: Tensor,
@@ -61,6 +64,7 @@ def delta_rule(
     return _run(q, k, v, None, beta, *options)
 
 
+@float32_kernel
 def gated_delta_rule(
     q: Tensor,
     k: Tensor,

@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from seqlab.ops.float32 import float32_kernel
+
 __all__ = ["gated_linear_attention"]
 
 _MODES = ("chunk", "recurrent")
 
 
+@float32_kernel
 def gated_linear_attention(
     q: Tensor,
     k: Tensor,

@@ -62,6 +62,13 @@ from seqlab.train.dist import (
 )
 from seqlab.train.guard import DivergenceGuard, gradient_norm
 from seqlab.train.logging import MetricsLogger, progress_line
+from seqlab.train.precision import (
+    MixedPrecision,
+    Throughput,
+    compile_failures,
+    compile_model,
+    peak_flops,
+)
 from seqlab.train.rundir import RunLock, open_run_directory
 
 
@@ -261,6 +268,7 @@ def _train(
         initialize_from(model, tc.init_from)
     model.to(info.device)
     optimizer = build_optimizer(model, tc)
+    precision = MixedPrecision(tc.precision, info.device)
     start, elapsed_before, tokens_seen = 0, 0.0, 0
     last_loss: float | None = None
     evaluation: dict[str, Any] = {}
@@ -274,6 +282,7 @@ def _train(
         last_loss = checkpoint.extra.get("loss")
         evaluation = checkpoint.extra.get("validation", {})
         guard.running_loss = checkpoint.extra.get("running_loss")
+        precision.load_state_dict(checkpoint.extra)
     last_good = existing.name if existing is not None else None
     if info.is_main:
         save_config(config, out / "config.yaml")
@@ -287,6 +296,13 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
+    forward = precision.wrap(compile_model(net) if tc.compile else net)
+    peak = peak_flops(info.device, tc.precision, tc.peak_flops)
+    throughput = Throughput(
+        model.flops_per_token(task.seq_len),
+        None if peak is None else peak * info.world_size,  # tokens are counted on all ranks
+        tokens_seen,
+    )
     mode = progress_mode(progress, info)
     bar = tqdm(
         total=tc.steps,
@@ -314,9 +330,10 @@ def _train(
                 world_size=info.world_size * tc.grad_accum,
             ).to(info.device)
             sync = m == tc.grad_accum - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else net.no_sync():
-                loss, metrics = objective.training_loss(net, batch)
-                (loss / tc.grad_accum).backward()
+            no_sync = contextlib.nullcontext() if sync else net.no_sync()
+            with no_sync, compile_failures(tc.compile):
+                loss, metrics = objective.training_loss(forward, batch)
+                precision.backward(loss / tc.grad_accum)
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
         done = step + 1
@@ -330,11 +347,12 @@ def _train(
             last_loss = mean_across(info, loss_value)
         else:
             last_loss = loss_value
+        precision.unscale(optimizer)
         grad_norm = gradient_norm(model.parameters(), tc.grad_clip)
-        problem = guard.problem(last_loss, grad_norm)
+        problem = guard.problem(last_loss, precision.judged_norm(grad_norm))
         if problem is not None:
             raise SeqlabError(divergence_message(out, done, problem, last_good))
-        optimizer.step()
+        precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         guard.update(last_loss)
         seconds = elapsed_before + time.perf_counter() - t0
@@ -346,6 +364,7 @@ def _train(
                 "grad_norm": grad_norm,
                 "tokens": tokens_seen,
                 "seconds": round(seconds, 3),
+                **throughput.report(tokens_seen),
             }
             record.update({k: v for k, v in metrics.items() if k.startswith("aux_")})
             # read after the backward, so the adjoint solves' reports are in (last micro-batch)
@@ -374,12 +393,15 @@ def _train(
                     "loss": last_loss,
                     "validation": evaluation,
                     "running_loss": guard.running_loss,
+                    **precision.state_dict(),
                 }
                 save_checkpoint(
                     out, done, weights, optimizer.state_dict(), extra, keep=tc.keep_checkpoints
                 )
             last_good = f"step-{done:08d}"
             barrier(info)
+        if logging_step:
+            throughput.restart(tokens_seen)  # evaluation and checkpoints are not training
         bar.update(1)
     bar.close()
     logger.close()
