@@ -394,6 +394,7 @@ class TaskConfig:
 
 
 DATA_FORMATS = ("text", "pairs")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 
 
 @dataclass
@@ -481,6 +482,11 @@ class TrainConfig:
             one process trains the whole model under either
         activation_checkpointing: recompute each block's activations in the backward
             instead of keeping them (less memory, about one more forward of compute)
+        precision: fp32, bf16-mixed or fp16-mixed (the forward under autocast; weights,
+            optimizer, recurrence kernels and the loss in float32; fp16 with a gradient scaler)
+        compile: torch.compile the model's forward (a failure stops the run, never silently)
+        peak_flops: one device's peak FLOP/s for model-FLOPs utilisation (null: a known GPU's
+            from a table; on CPU MFU is then not reported)
     """
 
     steps: int = 200
@@ -505,6 +511,9 @@ class TrainConfig:
     init_from: str | None = None
     strategy: str = "ddp"
     activation_checkpointing: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    peak_flops: float | None = None
 
     section: ClassVar[str] = "train"
 
@@ -545,6 +554,16 @@ class TrainConfig:
                 (
                     self.strategy in STRATEGIES,
                     f"train.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}",
+                ),
+                (
+                    self.precision in PRECISIONS,
+                    f"train.precision must be one of {', '.join(PRECISIONS)}, got "
+                    f"{self.precision!r}",
+                ),
+                (
+                    self.peak_flops is None or _positive(self.peak_flops),
+                    f"train.peak_flops must be positive and finite (or null), got "
+                    f"{self.peak_flops}",
                 ),
             ]
         )

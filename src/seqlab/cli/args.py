@@ -8,8 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from seqlab.config import ExperimentConfig, load_config, parse_value
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError
+from seqlab.train.dist import resolve_device
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -36,6 +39,20 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def device_option(name: str) -> torch.device:
+    """The device of `--device` (eval, sample, compare): auto, cpu, cuda or cuda:N."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        raise ConfigError(
+            f"--device {name!r}: expected auto, cpu, cuda or cuda:N naming an available device"
+        ) from None
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    parser.add_argument("--device", default=default, help=f"auto, cpu, cuda or cuda:N; {what}")
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seqlab.cli.args import int_at_least
+from seqlab.cli.args import add_device_option, device_option, int_at_least
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.harness.bench import BenchCell, bench_table, growth_summary, plot_bench, run_bench
@@ -32,6 +32,8 @@ from seqlab.registry import MIXERS
 def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     config = load_compare_config(args.experiment)
+    if args.device is not None:
+        device_option(args.device)
     out = Path(args.out or Path("runs") / config.name)
     shard = sweep_mode(args)
     if args.dry_run:
@@ -50,7 +52,12 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         report_missing([r for r in expand(config) if not has_result(r, out)])
     else:
         results = compare(
-            config, out, workers=args.workers, plots=plots, retry_failed=args.retry_failed
+            config,
+            out,
+            workers=args.workers,
+            plots=plots,
+            retry_failed=args.retry_failed,
+            device=args.device,
         )
     print((out / "results.md").read_text())
     failed = sum(r["failed_runs"] for r in results)
@@ -214,6 +221,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output directory (default: runs/<name>)")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes")
+    add_device_option(
+        p,
+        None,
+        "every run's train.device (default: the experiment's); with auto or cuda and several "
+        "GPUs, parallel workers take one GPU each, round-robin",
+    )
     p.add_argument(
         "--retry-failed",
         action="store_true",

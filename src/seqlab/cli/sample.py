@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seqlab.cli.args import ArgumentParser, int_at_least, parse_overrides, run_config
+from seqlab.cli.args import (
+    ArgumentParser,
+    add_device_option,
+    device_option,
+    int_at_least,
+    parse_overrides,
+    run_config,
+)
 from seqlab.config import ExperimentConfig
 from seqlab.data.tokenizers import load_tokenizer
 from seqlab.errors import SeqlabError
@@ -159,7 +166,8 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     config = run_config(run_dir)
     check_paradigm(entry, config.objective.name)
-    model = load(run_dir)
+    device = device_option(args.device)
+    model = load(run_dir, device)
     tokenizer = load_tokenizer(config.data.tokenizer, run_dir)
     prompts = [tokenizer.encode(text) for text in args.prompt]
     if not all(prompts):
@@ -173,7 +181,7 @@ def cmd_sample(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     options.update(explicit)
     for name, value in options.items():
         if isinstance(value, str | Path) and _takes_model(accepted[name]):
-            options[name] = load(Path(value))
+            options[name] = load(Path(value), device)
     missing = [name for name, p in accepted.items() if p.default is p.empty and name not in options]
     if missing:
         shorthands = {option: dest for dest, option in SAMPLE_FLAGS.items()}
@@ -263,6 +271,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-draft-tokens", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--seed", type=int, default=0, help="default 0")
+    add_device_option(p, "auto", "where the model (and a draft) runs (auto: a GPU if any)")
     p.add_argument("--steps", type=int, default=None, help="diffusion: denoising steps")
     p.add_argument(
         "--block-size",

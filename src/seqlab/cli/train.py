@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import yaml
 
-from seqlab.cli.args import int_at_least, run_config
+from seqlab.cli.args import add_device_option, device_option, int_at_least, run_config
 from seqlab.config import config_keys, load_config, to_dict
 from seqlab.data.tasks import SPLITS, build_task
 from seqlab.errors import ConfigError, SeqlabError
@@ -52,14 +52,20 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         )
     run_dir = Path(args.run)
     config = run_config(run_dir, overrides)
+    device = device_option(args.device)
     if args.dynamic is not None:
         options = parse_dynamic_options(args.dynamic)
         metrics = dynamic_eval_run(
-            run_dir, options, split=args.split, max_tokens=args.max_tokens, overrides=overrides
+            run_dir,
+            options,
+            split=args.split,
+            max_tokens=args.max_tokens,
+            overrides=overrides,
+            device=device,
         )
         print(json.dumps({"objective": config.objective.name, **metrics}))
         return 0
-    model = load(run_dir)
+    model = load(run_dir, device)
     task = build_task(config)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     if objective.model_vocab_size(task.vocab_size) != model.config.vocab_size:
@@ -125,6 +131,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--max-tokens", type=int_at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic objectives")
+    add_device_option(p, "auto", "where the model is scored (auto: a GPU when there is one)")
     p.add_argument(
         "--dynamic",
         metavar="KEY=VALUE,...",

@@ -25,6 +25,7 @@ the runs with their tokens and FLOPs without training (`seqlab compare --shard/-
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -68,6 +69,7 @@ from seqlab.objectives import build_objective
 from seqlab.registry import TASKS
 from seqlab.train import train
 from seqlab.train.checkpoint import latest_checkpoint
+from seqlab.train.dist import resolve_device
 
 
 def describe_backbone(config: dict[str, Any]) -> str:
@@ -144,7 +146,7 @@ def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, A
     summary = train(config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False)
     # a run resumed from its last checkpoint gets both from that checkpoint (train.loop)
     validation, final_loss = summary["validation"] or {}, summary["final_loss"]
-    model = load(run_dir)
+    model = load(run_dir, resolve_device(config.train.device))  # tested where it trained
     task = build_task(config)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     torch.manual_seed(run.seed)
@@ -164,6 +166,20 @@ def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, A
     }
     atomic_write_json(run_dir / "result.json", row)
     return row
+
+
+def worker_device(device: str, slot: int, gpus: int) -> str:
+    """The `train.device` of a run trained in parallel worker `slot`: with `auto` or `cuda` and
+    several GPUs, each worker its own GPU, round-robin; otherwise `device` as it is."""
+    return f"cuda:{slot % gpus}" if device in ("auto", "cuda") and gpus > 1 else device
+
+
+def on_device(run: Run, device: str) -> Run:
+    """`run` trained on `device` (its directory, name and results are the same)."""
+    if device == run.config.train.device:
+        return run
+    train_config = dataclasses.replace(run.config.train, device=device)
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, train=train_config))
 
 
 def check_earlier_stage(runs: list[Run], out: Path) -> None:
@@ -242,20 +258,23 @@ def _run_in_processes(
     orphaned training goes on writing into `out`."""
     context = multiprocessing.get_context("spawn")
     waiting = list(enumerate(runs))
-    running: dict[int, tuple[int, Any]] = {}
+    running: dict[int, tuple[int, Any, int]] = {}
+    gpus = torch.cuda.device_count()
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
     try:
         while waiting or running:
             while waiting and len(running) < workers:
                 i, run = waiting.pop(0)
+                slot = min(set(range(workers)) - {s for _, _, s in running.values()})
+                run = on_device(run, worker_device(run.config.train.device, slot, gpus))
                 process = context.Process(
                     target=_worker, args=(run, str(out), threads), name=run.run_id[:60]
                 )
                 process.start()
-                running[process.sentinel] = (i, process)
+                running[process.sentinel] = (i, process, slot)
             for sentinel in multiprocessing.connection.wait(list(running)):
-                i, process = running.pop(sentinel)
+                i, process, _ = running.pop(sentinel)
                 process.join()
                 if process.exitcode == INTERRUPTED:
                     raise KeyboardInterrupt
@@ -266,7 +285,7 @@ def _run_in_processes(
                     reason = f"its worker process died ({_exit_reason(process.exitcode)})"
                     yield i, record_failure(runs[i], out, reason)
     finally:
-        for _, process in running.values():
+        for _, process, _ in running.values():
             process.terminate()
             process.join()
         if on_main_thread:
@@ -404,15 +423,19 @@ def compare(
     progress: bool | None = None,
     plots: bool = True,
     retry_failed: bool = False,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the comparison into `out`; returns the aggregated results (one per grid point).
 
     A run that fails (diverges, raises, or its worker process dies) is recorded as failed
     and the others go on; a rerun keeps it failed unless `retry_failed`. `plots` needs
-    matplotlib, checked before anything trains (`plots_available()`)."""
+    matplotlib, checked before anything trains (`plots_available()`). `device` replaces every
+    run's `train.device`; parallel workers spread over several GPUs (`worker_device`)."""
 
     out = Path(out)
     runs = expand(config)
+    if device is not None:
+        runs = [on_device(run, device) for run in runs]
     check_earlier_stage(runs, out)
     if plots:
         pyplot()

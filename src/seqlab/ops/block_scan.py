@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
 from seqlab.ops.scan import ScanMode, _check_mode, _chunked_scan, _loop
 
 
+@float32_kernel
 def block2_scan(
     a: Tensor,
     b: Tensor,
@@ -136,6 +138,7 @@ class _Block2Scan(torch.autograd.Function):
         return grad_a, g, grad_h0, None
 
 
+@float32_kernel
 def block2_adjoint(a: Tensor, grad: Tensor, chunk_size: int = 64) -> Tensor:
     """The reverse recurrence ``g_t = grad_t + A_{t+1}^T g_{t+1}`` (``g_T = 0``), by the
     parallel scan run backward in time: ``a [B, T, N, 2, 2]``, ``grad [B, T, N, 2]``."""

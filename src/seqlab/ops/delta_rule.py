@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlab.ops.backend import fla_delta_rule, use_fla
+from seqlab.ops.float32 import float32_kernel
 
 __all__ = ["delta_rule", "gated_delta_rule"]
 
@@ -102,10 +103,32 @@ def _run(
     chunk_size: int,
     output_chunk_states: bool,
 ) -> tuple[Tensor, ...]:
-    """Validate, promote to the state dtype, and dispatch to the chosen mode (g None: no decay)."""
+    """Validate, then run flash-linear-attention's kernel (`ops.backend: fla`, which takes
+    half-precision inputs itself) or seqlab's, in float32 under autocast (g None: no decay)."""
     _check_inputs(q, k, v, g, beta, initial_state, mode, chunk_size)
     if use_fla(mode, output_chunk_states, q.shape[1]):
         return fla_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
+    return _torch_run(
+        q, k, v, g, beta, scale, initial_state, output_final_state, mode, chunk_size,
+        output_chunk_states,
+    )  # fmt: skip
+
+
+@float32_kernel
+def _torch_run(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    beta: Tensor,
+    scale: float | None,
+    initial_state: Tensor | None,
+    output_final_state: bool,
+    mode: str,
+    chunk_size: int,
+    output_chunk_states: bool,
+) -> tuple[Tensor, ...]:
+    """Promote to the state dtype and run the chosen mode."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     inputs = [x for x in (q, k, v, g, beta) if x is not None]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlab.ops.fftconv import fft_conv
+from seqlab.ops.float32 import float32_kernel
 from seqlab.ops.scan import diagonal_scan
 
 EMAMode = Literal["chunked", "fft", "recurrent"]
@@ -37,11 +38,13 @@ def ema_powers(decay: Tensor, length: int, start: int = 0) -> Tensor:
     return torch.exp(decay.log()[..., None] * lags)
 
 
+@float32_kernel
 def ema_kernel(decay: Tensor, gain: Tensor, readout: Tensor, length: int) -> Tensor:
     """The convolution kernel ``k [length, D]``, ``k_l = Σ_n c_n g_n q_n^l``."""
     return torch.einsum("dn,dnl->ld", readout * gain, ema_powers(decay, length))
 
 
+@float32_kernel
 def damped_ema(
     u: Tensor,
     decay: Tensor,

@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
+
 ConvMode = Literal["fft", "direct"]
 
 
+@float32_kernel
 def fft_conv(
     u: Tensor,
     kernel: Tensor,
@@ -72,6 +75,7 @@ def fft_conv(
     return y.to(dtype), None
 
 
+@float32_kernel
 def causal_fft_conv(u: Tensor, kernel: Tensor, *, block: int = 64) -> Tensor:
     """Causal long convolution ``y_t = Σ_{s≤t} kernel[t-s] ⊙ u_s`` that is causal exactly.
 

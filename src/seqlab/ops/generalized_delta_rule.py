@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlab.ops.delta_rule import _MODES, _check_shape
+from seqlab.ops.float32 import float32_kernel
 
 __all__ = ["generalized_delta_rule", "generalized_delta_rule_reference"]
 
@@ -33,6 +34,7 @@ _SUB_CHUNK = 16
 _FACTOR_SPAN = 60.0
 
 
+@float32_kernel
 def generalized_delta_rule(
     q: Tensor,
     k: Tensor,

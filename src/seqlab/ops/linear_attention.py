@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqlab.ops.backend import fla_linear_attention, use_fla
+from seqlab.ops.float32 import float32_kernel
 
 __all__ = ["gated_linear_attention"]
 
@@ -82,8 +83,28 @@ def gated_linear_attention(
             whose shapes do not match (the message names the expected shape).
     """
     _check_inputs(q, k, v, g, initial_state, mode, chunk_size)
-    if use_fla(mode, output_chunk_states, q.shape[1]):
+    if use_fla(mode, output_chunk_states, q.shape[1]):  # half-precision inputs taken as they are
         return fla_linear_attention(q, k, v, g, scale, initial_state, output_final_state)
+    return _torch_linear_attention(
+        q, k, v, g, scale, initial_state, output_final_state, mode, chunk_size,
+        output_chunk_states,
+    )  # fmt: skip
+
+
+@float32_kernel
+def _torch_linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    scale: float | None,
+    initial_state: Tensor | None,
+    output_final_state: bool,
+    mode: str,
+    chunk_size: int,
+    output_chunk_states: bool,
+) -> tuple[Tensor, ...]:
+    """seqlab's kernel (`gated_linear_attention` without the checks), float32 under autocast."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     inputs = (q, k, v) if g is None else (q, k, v, g)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from seqlab.ops.block_scan import block2_adjoint, block2_scan
+from seqlab.ops.float32 import float32_kernel
 from seqlab.ops.scan import diagonal_scan
 
 Structure = Literal["diagonal", "block2"]
@@ -60,6 +61,7 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-12 if dtype == torch.float64 else 1e-5
 
 
+@float32_kernel
 def newton_recurrence(
     cell: Cell,
     inputs: tuple[Tensor, ...],

@@ -20,11 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
 from seqlab.ops.linear_attention import gated_linear_attention
 
 __all__ = ["prefix_linear_attention", "prefix_linear_attention_reference"]
 
 
+@float32_kernel
 def prefix_linear_attention(
     q: Tensor,
     k: Tensor,

@@ -21,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
+
 ScanMode = Literal["parallel", "recurrent"]
 _BlockFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 _ApplyFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+@float32_kernel
 def diagonal_scan(
     a: Tensor,
     b: Tensor,
@@ -66,6 +69,7 @@ def diagonal_scan(
     return h, (h[:, -1].clone() if output_final_state else None)
 
 
+@float32_kernel
 def log_space_scan(
     log_a: Tensor,
     log_b: Tensor,

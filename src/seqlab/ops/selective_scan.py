@@ -39,6 +39,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from seqlab.ops.float32 import float32_kernel
 from seqlab.ops.scan import diagonal_scan
 
 __all__ = ["choose_mode", "default_chunk_size", "fused_selective_scan", "selective_scan"]
@@ -49,6 +50,7 @@ _MODES = ("auto", "fused", "chunked", "loop")
 _LOG2_E = 1.4426950408889634
 
 
+@float32_kernel
 def selective_scan(
     u: Tensor,
     dt: Tensor,
@@ -132,6 +134,7 @@ def default_chunk_size(batch: int, channels: int, d_state: int, element_size: in
     return max(2, min(256, (1 << 20) // max(per_step, 1)))
 
 
+@float32_kernel
 def fused_selective_scan(
     v: Tensor,
     B: Tensor,

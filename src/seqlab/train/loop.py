@@ -56,6 +56,13 @@ from seqlab.train.dist import (
 )
 from seqlab.train.guard import DivergenceGuard, gradient_norm
 from seqlab.train.logging import MetricsLogger, progress_line
+from seqlab.train.precision import (
+    MixedPrecision,
+    Throughput,
+    compile_failures,
+    compile_model,
+    peak_flops,
+)
 from seqlab.train.rundir import RunLock, open_run_directory
 from seqlab.train.strategy import build_strategy
 
@@ -259,6 +266,7 @@ def _train(
     strategy = build_strategy(tc, info)
     net = strategy.wrap(model)  # fsdp shards the parameters here, before the optimizer
     optimizer = build_optimizer(model, tc)
+    precision = MixedPrecision(tc.precision, info.device)
     start, elapsed_before, tokens_seen = 0, 0.0, 0
     last_loss: float | None = None
     evaluation: dict[str, Any] = {}
@@ -270,6 +278,7 @@ def _train(
         last_loss = checkpoint.extra.get("loss")
         evaluation = checkpoint.extra.get("validation", {})
         guard.running_loss = checkpoint.extra.get("running_loss")
+        precision.load_state_dict(checkpoint.extra)
     last_good = existing.name if existing is not None else None
     if info.is_main:
         save_config(config, out / "config.yaml")
@@ -278,6 +287,13 @@ def _train(
             tokenizer.save(out)
     logger = MetricsLogger(out, resume_step=start if resume else None, enabled=info.is_main)
 
+    forward = precision.wrap(compile_model(net) if tc.compile else net)
+    peak = peak_flops(info.device, tc.precision, tc.peak_flops)
+    throughput = Throughput(
+        model.flops_per_token(task.seq_len),
+        None if peak is None else peak * info.world_size,  # tokens are counted on all ranks
+        tokens_seen,
+    )
     mode = progress_mode(progress, info)
     bar = tqdm(
         total=tc.steps,
@@ -305,9 +321,10 @@ def _train(
                 world_size=info.world_size * tc.grad_accum,
             ).to(info.device)
             sync = m == tc.grad_accum - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else strategy.no_sync(net):
-                loss, metrics = objective.training_loss(net, batch)
-                (loss / tc.grad_accum).backward()
+            no_sync = contextlib.nullcontext() if sync else strategy.no_sync(net)
+            with no_sync, compile_failures(tc.compile):
+                loss, metrics = objective.training_loss(forward, batch)
+                precision.backward(loss / tc.grad_accum)
             loss_value += loss.item() / tc.grad_accum
             tokens_seen += batch.tokens.numel() * info.world_size
         done = step + 1
@@ -321,11 +338,12 @@ def _train(
             last_loss = mean_across(info, loss_value)
         else:
             last_loss = loss_value
+        precision.unscale(optimizer)
         grad_norm = gradient_norm(model.parameters(), tc.grad_clip)
-        problem = guard.problem(last_loss, grad_norm)
+        problem = guard.problem(last_loss, precision.judged_norm(grad_norm))
         if problem is not None:
             raise SeqlabError(divergence_message(out, done, problem, last_good))
-        optimizer.step()
+        precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         guard.update(last_loss)
         seconds = elapsed_before + time.perf_counter() - t0
@@ -337,6 +355,7 @@ def _train(
                 "grad_norm": grad_norm,
                 "tokens": tokens_seen,
                 "seconds": round(seconds, 3),
+                **throughput.report(tokens_seen),
             }
             record.update({k: v for k, v in metrics.items() if k.startswith("aux_")})
             # read after the backward, so the adjoint solves' reports are in (last micro-batch)
@@ -364,10 +383,13 @@ def _train(
                 "loss": last_loss,
                 "validation": evaluation,
                 "running_loss": guard.running_loss,
+                **precision.state_dict(),
             }
             strategy.save(out, done, model, optimizer, extra, tc.keep_checkpoints)
             last_good = f"step-{done:08d}"
             barrier(info)
+        if logging_step:
+            throughput.restart(tokens_seen)  # evaluation and checkpoints are not training
         bar.update(1)
     bar.close()
     logger.close()
