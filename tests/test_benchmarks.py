@@ -201,3 +201,38 @@ def test_gradient_variance_measures_each_window_on_one_model(tmp_path, capsys):
     assert [row[2] for row in table] == ["auto", "none"]
     for row in table:
         assert float(row[3]) > 0 and float(row[4]) > 0
+
+
+def test_hf_equality_imports_and_exports_every_family_within_1e_5():
+    """Every Hugging Face family in and out through the saved-directory path, as the docs'
+    table was made; each printed difference is under the tests' tolerance."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "hf_equality.py"), "--seq-len", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"\| \w", line)]
+    rows = [row for row in rows if not row[0].startswith("| model")]
+    names = [row[0][2:] for row in rows]
+    assert len(rows) == 11 and "mamba2, 2 groups" in names, done.stdout
+    assert any(name.startswith("attention -> Llama (llama)") for name in names)
+    for row in rows:
+        differences = [float(cell) for cell in row[1:-1]]
+        assert all(d < 1e-5 for d in differences), row
+
+
+def test_compile_speed_quick_trains_compiled_and_eager_to_the_same_loss():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compile_speed.py"), "--quick"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| attention |"))
+    eager, compiled = (float(x) for x in row.rstrip(" |").split(" | ")[-1].split(" / "))
+    assert abs(eager - compiled) < 1e-3, row
