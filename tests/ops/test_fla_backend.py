@@ -321,3 +321,18 @@ def test_fla_kernels_equal_seqlabs_forward_and_backward(op, gate, dtype):
     for ours, theirs in zip(results["torch"][2], results["fla"][2], strict=True):
         if ours is not None:
             assert _relative_error(theirs, ours) < 3 * margin
+
+
+def test_under_autocast_fla_gets_half_inputs_and_seqlabs_kernel_runs_in_float32(fake_fla):
+    """The float32 guard wraps seqlab's kernel only: under bf16 autocast the fla dispatch sees
+    the bfloat16 inputs its delta-rule kernels take (not upcast and then refused), while the
+    torch backend computes and returns float32."""
+    (q, k, v), _, beta, _ = _inputs(dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert delta_rule(q, k, v, beta)[0].dtype == torch.float32
+        assert gated_linear_attention(q, k, v)[0].dtype == torch.float32
+        assert fake_fla.calls == []
+        with ops_backend("fla"):
+            o, _ = delta_rule(q, k, v, beta)
+    ((name, _),) = fake_fla.calls
+    assert name == "chunk_delta_rule" and o.dtype == torch.bfloat16
