@@ -17,10 +17,12 @@ from seqlab.errors import ConfigError
 from seqlab.harness.compare import (
     MissingRuns,
     collect,
+    collect_rows,
     compare,
     compare_shard,
     parse_shard,
     plan,
+    shard_numbers,
     shard_of,
 )
 from seqlab.harness.grid import CompareConfig, expand, load_compare_config
@@ -125,6 +127,57 @@ def test_collect_names_the_missing_shard_and_exits_2_unless_partial(grid, tmp_pa
     assert (out / "results.md").is_file()
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_collect_with_no_finished_run_exits_2_and_writes_nothing(grid, tmp_path, capsys, sharded):
+    out = tmp_path / "out"
+    if sharded:
+        out.mkdir()
+        (out / "shards.json").write_text('{"count": 2}')
+    with pytest.raises(MissingRuns, match="none of the 2 runs has a result") as err:
+        collect(grid, out, partial=True, plots=False)
+    assert err.value.run_ids == sorted(r.run_id for r in expand(grid))
+    source = str(tmp_path / "tiny.yaml")
+    assert main(["compare", source, "--out", str(out), "--collect", "--partial"]) == 2
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and "nothing to report" in line
+    assert ("(shards 0/2, 1/2)" in line) == sharded
+    if sharded:
+        assert sorted(p.name for p in out.iterdir()) == ["shards.json"]
+    else:
+        assert not out.exists()
+
+
+def test_missing_runs_are_named_by_the_shard_that_trains_them(tmp_path):
+    config = load_compare_config(_write(tmp_path, _config(tmp_path, (8, 16, 24), (1e-3, 1e-2))))
+    runs = expand(config)
+    assert shard_numbers(runs, 4) == {r.run_id: i for i in range(4) for r in shard_of(runs, (i, 4))}
+    for index in range(4):
+        out = tmp_path / f"out{index}"
+        (out / "runs").mkdir(parents=True)
+        (out / "shards.json").write_text('{"count": 4}')
+        mine = sorted(r.run_id for r in shard_of(runs, (index, 4)))
+        for run in runs:
+            if run.run_id not in mine:
+                run.directory(out).mkdir(parents=True)
+                (run.directory(out) / "result.json").write_text("{}")
+        with pytest.raises(MissingRuns, match=rf"\(shard {index}/4\)") as err:
+            collect_rows(runs, out)
+        assert err.value.run_ids == mine
+
+
+def test_a_ladder_shard_checks_its_earlier_stage_before_training(tmp_path, capsys):
+    config = _config(tmp_path, points=(8,))
+    config["init_from"] = str(tmp_path / "stage-1")
+    config["scale"] = {"sizes": [{"d_model": 8, "n_layers": 1}], "budgets": [34], "evals": 1}
+    source = str(_write(tmp_path, config))
+    out = tmp_path / "ladder"
+    for extra in (["--shard", "0/1"], []):
+        assert main(["scale", source, "--out", str(out), *extra]) == 2
+        line = capsys.readouterr().err
+        assert line.count("\n") == 1 and "init_from: no finished run" in line
+        assert not out.exists()
+
+
 def test_dry_run_lists_runs_and_totals_and_writes_nothing(grid, tmp_path, capsys):
     out = tmp_path / "out"
     source = str(tmp_path / "tiny.yaml")
@@ -173,6 +226,8 @@ def test_scale_takes_the_same_shard_collect_and_dry_run_options(tmp_path, capsys
     out = tmp_path / "ladder"
     assert main(["scale", source, "--out", str(out), "--dry-run"]) == 0
     assert "total: 2 runs, 102 tokens" in capsys.readouterr().out and not out.exists()
+    assert main(["scale", source, "--out", str(out), "--collect", "--partial"]) == 2
+    assert "nothing to report" in capsys.readouterr().err and not out.exists()
     assert main(["scale", source, "--out", str(out), "--shard", "0/2"]) == 0
     assert main(["scale", source, "--out", str(out), "--collect"]) == 2
     assert "(shard 1/2)" in capsys.readouterr().err

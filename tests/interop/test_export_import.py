@@ -9,9 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+import seqlab
 from seqlab.cli import main
-from seqlab.config import ModelConfig, load_config
+from seqlab.config import ExperimentConfig, ModelConfig, ObjectiveConfig, load_config
 from seqlab.data.tokenizers import load_tokenizer
+from seqlab.files import load_tensors, save_tensors, write_checksum
 from seqlab.interop import families as families_module
 from seqlab.interop.export import export_hf
 from seqlab.interop.families import Family
@@ -172,6 +174,7 @@ def test_export_and_import_dispatch_to_families(runs, tmp_path, monkeypatch, cap
     monkeypatch.setattr(families_module, "_FAMILIES", {"gpt2": gpt2_family()})
     # the run is a hybrid: auto falls back to seqlab, the named family refuses with its reason
     assert export_hf(run, tmp_path / "auto") == "seqlab"
+    capsys.readouterr()
     assert main(["export", str(run), str(tmp_path / "g"), "--as", "gpt2"]) == 2
     assert "not attention" in capsys.readouterr().err
     hf_dir = tmp_path / "gpt2"
@@ -216,3 +219,34 @@ def test_a_real_llama_checkpoint_imports_through_the_cli(tmp_path, capsys, tied)
     tokens = torch.randint(0, 61, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens)[0], hf(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+def save_tiny(directory, objective="ar"):
+    config = ModelConfig(d_model=16, n_layers=1, n_heads=2, vocab_size=260)
+    experiment = ExperimentConfig(model=config, objective=ObjectiveConfig(name=objective))
+    seqlab.save(build_model(config), directory, experiment)
+    return directory
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path, capsys):
+    run = save_tiny(tmp_path / "run")
+    weights = load_tensors(run / "model.safetensors")
+    weights["blocks.0.mixer.qkv.weight"][0, 0] = float("nan")
+    save_tensors(weights, run / "model.safetensors", {"format": "seqlab"})
+    write_checksum(run / "model.safetensors")
+    assert main(["export", str(run), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "blocks.0.mixer.qkv.weight" in err and "non-finite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("objective", ["masked_diffusion", "block_diffusion"])
+def test_only_causal_runs_go_out_as_a_family(tmp_path, capsys, objective):
+    assert export_hf(save_tiny(tmp_path / "ar"), tmp_path / "ar-hf") == "llama"
+    run = save_tiny(tmp_path / objective, objective)
+    assert export_hf(run, tmp_path / "auto") == "seqlab"
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "named"), "--as", "llama"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"objective {objective}" in err and "causal" in err
+    assert not (tmp_path / "named").exists()

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from seqlab.config import ExperimentConfig, ModelConfig, ObjectiveConfig
+from seqlab.errors import ShapeError
 from seqlab.interop.hf_model import AUTO_MAP, SeqlabConfig, SeqlabForCausalLM, write_shim
 from seqlab.layout import Layout, LayoutKind
 from seqlab.model import build_model
@@ -135,13 +136,16 @@ def test_beam_search_reorders_seqlab_state():
     assert torch.equal(cached, recomputed)
 
 
-def test_padding_is_refused():
+def test_padding_and_missing_input_ids_are_shape_errors():
     hf = SeqlabForCausalLM.from_seqlab(tiny("attention"))
-    with pytest.raises(ValueError, match="no padding mask"):
+    assert issubclass(ShapeError, ValueError)  # what transformers' callers catch
+    with pytest.raises(ShapeError, match="no padding mask"):
         hf(
             input_ids=torch.ones(2, 3, dtype=torch.long),
             attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
         )
+    with pytest.raises(ShapeError, match="needs input_ids"):
+        hf(inputs_embeds=torch.zeros(1, 3, 32))
 
 
 FRESH = """

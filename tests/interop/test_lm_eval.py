@@ -18,9 +18,11 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 import seqlab  # noqa: E402
 from seqlab.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig  # noqa: E402
-from seqlab.errors import ConfigError  # noqa: E402
+from seqlab.data.tokenizers import ByteTokenizer, HFTokenizer  # noqa: E402
+from seqlab.errors import ConfigError, DataError  # noqa: E402
 from seqlab.interop.lm_eval import SeqlabLM, main  # noqa: E402
 from seqlab.objectives import Batch, build_objective  # noqa: E402
+from tests.data.test_hf_tokenizer import make_tokenizer  # noqa: E402
 
 SEQ_LEN = 16
 MC = [
@@ -189,12 +191,13 @@ def test_tokenizer_file_and_bad_arguments(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     save_model(tmp_path / "model")
-    vocab = {chr(97 + i): i for i in range(26)} | {"\n": 26}
+    vocab = {chr(97 + i): i for i in range(26)} | {"\n": 26, "</s>": 27}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="a"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tokenizer.save(str(tmp_path / "model" / "tokenizer.json"))
+    # the directory's tokenizer.json is read as hf: (its documents end with its eos token)
     lm = SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu")
-    assert lm.tokenizer.encode("abz") == [0, 1, 25] and lm.prefix == 26
+    assert lm.tokenizer.encode("abz") == [0, 1, 25] and lm.prefix == 27
     byte = SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu", tokenizer="byte")
     assert byte.tokenizer.encode("abz") == [97, 98, 122]
     with pytest.raises(ConfigError, match="batch_size"):
@@ -231,3 +234,20 @@ def test_command_line(evaluated, tmp_path, capsys, monkeypatch):
     (written,) = (tmp_path / "out").rglob("results_*.json")
     got = json.loads(written.read_text())["results"]["tiny_mc"]["acc,none"]
     assert got == evaluated[1]["results"]["tiny_mc"]["acc,none"]
+
+
+def test_hf_tokenizers_by_name_or_path_and_the_prefix_token(tmp_path, monkeypatch):
+    save_model(tmp_path / "model")
+    folder = make_tokenizer(tmp_path / "tok", config_eos="<|eod|>")  # drops whitespace
+    for name in (f"hf:{folder}", str(folder), str(folder / "tokenizer.json")):
+        lm = SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu", tokenizer=name)
+        assert isinstance(lm.tokenizer, HFTokenizer) and lm.tokenizer.encode("\n") == []
+        assert lm.prefix == lm.tokenizer.eos_id == lm.tokenizer.vocab_size - 1
+        assert lm.encode_pair("", "the cat") == ([lm.prefix], lm.tokenizer.encode("the cat"))
+    with pytest.raises(DataError, match="tokenizer.json file or a tokenizer folder"):
+        SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu", tokenizer=str(tmp_path / "no"))
+    monkeypatch.setattr(ByteTokenizer, "encode", lambda self, text: [])
+    with pytest.raises(ConfigError, match="newline as no token; pass prefix_token_id="):
+        SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu", tokenizer="byte")
+    lm = SeqlabLM(pretrained=str(tmp_path / "model"), device="cpu", prefix_token_id=5)
+    assert lm.prefix == 5

@@ -70,6 +70,12 @@ def gen(model, prompt=PROMPTS, max_new_tokens=6, **options):
             {"num_beams": 3, "eos_token_id": 3},
             {"sampler": "beam", "num_beams": 3, "stop_tokens": [3], "pad_id": 3},
         ),
+        # the same value given both ways, in different spellings, agrees
+        ({"eos_token_id": 3, "stop_tokens": 3}, {"stop_tokens": [3], "pad_id": 3}),
+        (
+            {"eos_token_id": torch.tensor([3]), "stop_tokens": (3,)},
+            {"stop_tokens": [3], "pad_id": 3},
+        ),
     ],
 )
 def test_alias_equals_seqlab_names(model, hf, own):
@@ -196,6 +202,8 @@ def test_streamer_gets_the_prompt_then_each_token(model):
         ({"streamer": Recorder()}, "one prompt"),
         ({"streamer": object()}, "put(tokens) and end()"),
         ({"eos_token_id": "x"}, "eos_token_id"),
+        ({"eos_token_id": []}, "eos_token_id must name at least one token id"),
+        ({"eos_token_id": torch.tensor([])}, "eos_token_id must name at least one token id"),
     ],
 )
 def test_clashes_and_unsupported_combinations(model, options, message):

@@ -488,13 +488,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     return shard
 
 
+def shard_numbers(runs: list[Run], count: int) -> dict[str, int]:
+    """Each run id's shard among `count`: its place among the sorted run ids, modulo `count`,
+    so that each run is in exactly one shard whatever machine expands the grid."""
+    return {run_id: i % count for i, run_id in enumerate(sorted(run.run_id for run in runs))}
+
+
 def shard_of(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
-    """The runs of shard (I, N), in their grid order: the I-th of every N run ids in sorted
-    order, so that each run is in exactly one shard whatever machine expands the grid."""
+    """The runs of shard (I, N) (`shard_numbers`), in their grid order."""
     index, count = shard
-    ids = sorted(run.run_id for run in runs)
-    mine = set(ids[index::count])
-    return [run for run in runs if run.run_id in mine]
+    numbers = shard_numbers(runs, count)
+    return [run for run in runs if numbers[run.run_id] == index]
 
 
 def compare_shard(
@@ -536,24 +540,34 @@ def collect_rows(
 ) -> list[dict[str, Any]]:
     """The rows of the finished (or failed) runs, read from their result.json; trains
     nothing. Raises `MissingRuns`, naming the runs without a result (and their shards when
-    `out` was written by shards), unless `partial`."""
+    `out` was written by shards), unless `partial`; always when no run has a result."""
     rows = [read_json(run.directory(out) / "result.json") for run in runs if has_result(run, out)]
     missing = sorted(run.run_id for run in runs if not has_result(run, out))
-    if missing and not partial:
-        record = Path(out) / "shards.json"
-        shards = read_json(record) if record.is_file() else {}
-        where = ""
-        if shards.get("count"):
-            count = shards["count"]
-            ids = sorted(run.run_id for run in runs)
-            names = sorted({f"{ids.index(r) % count}/{count}" for r in missing})
-            where = f" (shard{'s' if len(names) > 1 else ''} {', '.join(names)})"
+    if missing and not rows:
         raise MissingRuns(
-            f"{len(missing)} of {len(runs)} runs have no result in {out}{where}: "
-            f"{', '.join(missing)}; run them, or pass --partial to report without them",
+            f"none of the {len(runs)} runs has a result in {out}{_shards_named(runs, missing, out)}"
+            "; nothing to report (train them first)",
+            missing,
+        )
+    if missing and not partial:
+        raise MissingRuns(
+            f"{len(missing)} of {len(runs)} runs have no result in {out}"
+            f"{_shards_named(runs, missing, out)}: {', '.join(missing)}; run them, or pass "
+            "--partial to report without them",
             missing,
         )
     return rows
+
+
+def _shards_named(runs: list[Run], missing: list[str], out: str | os.PathLike[str]) -> str:
+    """Where the `missing` run ids are, " (shards I/N, ...)", when shards wrote `out`."""
+    record = Path(out) / "shards.json"
+    count = (read_json(record) if record.is_file() else {}).get("count")
+    if not count:
+        return ""
+    numbers = shard_numbers(runs, count)
+    names = sorted({f"{numbers[r]}/{count}" for r in missing})
+    return f" (shard{'s' if len(names) > 1 else ''} {', '.join(names)})"
 
 
 def has_result(run: Run, out: str | os.PathLike[str]) -> bool:

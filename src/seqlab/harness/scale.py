@@ -35,6 +35,7 @@ from seqlab.errors import SeqlabError
 from seqlab.files import atomic_write_json, atomic_write_text
 from seqlab.harness.compare import (
     aggregate,
+    check_earlier_stage,
     collect_rows,
     has_result,
     plan_row,
@@ -95,6 +96,8 @@ def scale(
     if collect:
         rows = collect_rows([r.run for r in rungs], out, partial)
         rungs = [r for r in rungs if has_result(r.run, out)]
+    else:
+        check_earlier_stage([r.run for r in rungs], out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scale.yaml", dump_scale(config))
     if not collect:
@@ -134,6 +137,7 @@ def scale_shard(
     fits nothing: `scale(..., collect=True)` does, once every shard has finished."""
     out = Path(out)
     runs = shard_of([r.run for r in expand_ladder(config)], shard)
+    check_earlier_stage(runs, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scale.yaml", dump_scale(config))
     return train_shard(runs, out, shard, workers or config.compare.workers, progress, retry_failed)

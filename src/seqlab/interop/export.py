@@ -2,11 +2,14 @@
 
 `export_hf(model_dir, out, format=...)` writes `config.json`, `model.safetensors` (through
 `save_pretrained`) and the tokenizer into `out`, a directory that must not exist yet (an
-empty one is taken): nothing already written is ever overwritten. The model goes out as the
-first family of `seqlab.interop.families.families()` that takes it exactly (`format="auto"`),
-a family named by `format`, or `SeqlabForCausalLM` (`format="seqlab"`; also the fallback of
-"auto"), which carries the run's whole config and a `modeling_seqlab.py` shim named by
-`auto_map` (see `seqlab.interop.hf_model`).
+empty one is taken): nothing already written is ever overwritten, and a model with a NaN or
+infinite weight is refused (CheckpointError) before anything is written. The model goes out as
+the first family of `seqlab.interop.families.families()` that takes it exactly
+(`format="auto"`), a family named by `format`, or `SeqlabForCausalLM` (`format="seqlab"`; also
+the fallback of "auto"), which carries the run's whole config and a `modeling_seqlab.py` shim
+named by `auto_map` (see `seqlab.interop.hf_model`). The families are causal LMs: only a run
+whose objective reads sequences causally (`objective_layout`: ar, mtp, any_order, ...) goes
+out as one; diffusion and insertion models go out as `SeqlabForCausalLM`.
 
 The tokenizer of a text run goes out as `tokenizer.json` + `tokenizer_config.json`
 (`PreTrainedTokenizerFast`, so `AutoTokenizer.from_pretrained(out)` reads it): a BPE or
@@ -32,10 +35,12 @@ from seqlab.data.tokenizers import (
     load_tokenizer,
 )
 from seqlab.errors import CheckpointError, ConfigError, UnknownNameError
-from seqlab.files import atomic_write_json
+from seqlab.files import atomic_write_json, non_finite_tensors
 from seqlab.interop.families import Family, families
-from seqlab.interop.hf_model import AUTO_MAP, SeqlabForCausalLM, write_shim
-from seqlab.io import load
+from seqlab.interop.hf_model import AUTO_MAP, SeqlabForCausalLM, objective_layout, write_shim
+from seqlab.io import load, model_state
+from seqlab.layout import LayoutKind
+from seqlab.model import Model
 
 PathLike = str | os.PathLike[str]
 SEQLAB_FORMAT = "seqlab"
@@ -48,7 +53,10 @@ def export_hf(model_dir: PathLike, out: PathLike, *, format: str = "auto") -> st
     refuse_existing(out)
     experiment = read_experiment(model_dir)
     model = load(model_dir)
-    family = choose_family(experiment, format)
+    bad = non_finite_tensors(model_state(model))
+    if bad:
+        raise CheckpointError(f"{model_dir}: not exported, {bad[0]} holds non-finite values")
+    family = choose_family(experiment, model, format)
     if family is None:
         hf_model = SeqlabForCausalLM.from_seqlab(model, experiment)
         hf_model.config.auto_map = dict(AUTO_MAP)
@@ -77,17 +85,26 @@ def read_experiment(model_dir: Path) -> ExperimentConfig:
         raise CheckpointError(f"{path}: {err}") from None
 
 
-def choose_family(experiment: ExperimentConfig, format: str) -> Family | None:
+def choose_family(experiment: ExperimentConfig, model: Model, format: str) -> Family | None:
     """The family `format` asks for (None: SeqlabForCausalLM). "auto" takes the first family
-    that exports the model exactly; a named family that cannot is a ConfigError saying why."""
+    that exports the model exactly; a named family that cannot is a ConfigError saying why.
+    The families are causal LMs: a run whose objective reads its sequences in another layout
+    (a diffusion or insertion model) goes out as SeqlabForCausalLM only."""
     every = families()
     if format == SEQLAB_FORMAT:
         return None
-    if format == "auto":
-        return next((f for f in every.values() if f.export_reason(experiment.model) is None), None)
-    if format not in every:
+    if format not in every and format != "auto":
         raise UnknownNameError("export format", format, ("auto", SEQLAB_FORMAT, *every))
+    causal = objective_layout(experiment, model).kind == LayoutKind.CAUSAL
+    if format == "auto":
+        exact = (f for f in every.values() if f.export_reason(experiment.model) is None)
+        return next(exact, None) if causal else None
     reason = every[format].export_reason(experiment.model)
+    if not causal:
+        reason = (
+            f"objective {experiment.objective.name} does not read sequences causally "
+            f"(the {format} family is a causal LM)"
+        )
     if reason is not None:
         raise ConfigError(
             f"this model cannot be exported as {format}: {reason}; use --as seqlab (or auto)"

@@ -44,7 +44,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from seqlab.config import ExperimentConfig, from_dict, to_dict
-from seqlab.errors import ConfigError
+from seqlab.errors import ConfigError, ShapeError
 from seqlab.layout import Layout, LayoutKind
 from seqlab.model import Model, ModelState, build_model
 from seqlab.registry import OBJECTIVES
@@ -184,9 +184,9 @@ class SeqlabForCausalLM(PreTrainedModel, GenerationMixin):
         `input_ids` (continued from `cache`, which then must be followed by new tokens only)
         as `cache`; with `labels`, the mean next-token cross-entropy (-100 ignored)."""
         if input_ids is None:
-            raise ValueError("SeqlabForCausalLM needs input_ids (it takes no inputs_embeds)")
+            raise ShapeError("SeqlabForCausalLM needs input_ids (it takes no inputs_embeds)")
         if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
+            raise ShapeError(
                 "seqlab models read no padding mask: generate from prompts of one length "
                 "(one call per length), without padding"
             )

@@ -23,10 +23,12 @@ Requests go through the paradigm the model was trained with (its run's `objectiv
   tokens, cut at the first `until` string; the task's other generation keywords pass as
   Hugging Face aliases (`do_sample`, `temperature`, ...; `seqlab.sampling.hf_args`).
 
-The tokenizer is `tokenizer=` (`byte`, `bpe`, or a `tokenizer.json` file or a folder holding
-one), else the run's `data.tokenizer` when it is not `byte`, else the directory's
-`tokenizer.json` if any, else bytes. The first token is predicted after `prefix_token_id`
-(default: the tokenizer's encoding of a newline, the separator of seqlab's text corpora).
+The tokenizer is `tokenizer=` (`byte`, `bpe`, `hf:PATH`, or a bare PATH of a `tokenizer.json`
+file or a folder holding one, read as `hf:PATH`; see `seqlab.data.tokenizers`), else the run's
+`data.tokenizer` when it is not `byte`, else the directory's `tokenizer.json` (as `hf:`) if
+any, else bytes. The first token is predicted after `prefix_token_id` (default: the document
+separator of seqlab's text corpora: an `hf:` tokenizer's end-of-sequence token, else the
+tokenizer's encoding of a newline).
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from seqlab.cli.args import run_config
 from seqlab.cli.sample import diffusion_options
-from seqlab.data.tokenizers import TOKENIZER_FILE, TOKENIZER_NAMES, Tokenizer, load_tokenizer
+from seqlab.data.tokenizers import (
+    HF_PREFIX,
+    TOKENIZER_FILE,
+    HFTokenizer,
+    Tokenizer,
+    check_tokenizer_name,
+    load_tokenizer,
+)
 from seqlab.errors import ConfigError
 from seqlab.io import load
 from seqlab.objectives import Batch, Objective, build_objective
@@ -54,45 +63,32 @@ from seqlab.sampling import check_paradigm, generate
 DEFAULT_SAMPLERS = {"ar": "greedy", "diffusion": "ancestral", "insertion": "insertion"}
 
 
-class FileTokenizer:
-    """A `tokenizers` JSON file (a Hugging Face `tokenizer.json`), special tokens not added."""
-
-    name = "file"
-
-    def __init__(self, path: Path) -> None:
-        import tokenizers
-
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def save(self, directory: str | Path) -> None:
-        self._tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
-
-
 def find_tokenizer(directory: Path, data_tokenizer: str, tokenizer: str | None) -> Tokenizer:
     """The tokenizer of a saved model (see the module docstring for the order)."""
     if tokenizer is not None:
-        if tokenizer in TOKENIZER_NAMES:
-            return load_tokenizer(tokenizer, directory)
-        path = Path(tokenizer)
-        path = path / TOKENIZER_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"tokenizer={tokenizer}: no {TOKENIZER_FILE} there")
-        return FileTokenizer(path)
+        if tokenizer not in ("byte", "bpe") and not tokenizer.startswith(HF_PREFIX):
+            tokenizer = HF_PREFIX + tokenizer  # a bare tokenizer.json file or folder
+        check_tokenizer_name(tokenizer)
+        # a named hf: tokenizer is read from its PATH, not from the run's own copy
+        return load_tokenizer(tokenizer, directory if tokenizer == "bpe" else None)
     if data_tokenizer != "byte":
         return load_tokenizer(data_tokenizer, directory)
     if (directory / TOKENIZER_FILE).is_file():
-        return FileTokenizer(directory / TOKENIZER_FILE)
+        return load_tokenizer(HF_PREFIX + str(directory / TOKENIZER_FILE))
     return load_tokenizer("byte")
+
+
+def prefix_token(tokenizer: Tokenizer) -> int:
+    """The token the first token is predicted after: an `hf:` tokenizer's end-of-sequence
+    token, else the last token of a newline (the document separators of seqlab's corpora)."""
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.eos_id
+    newline = tokenizer.encode("\n")
+    if not newline:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name} encodes a newline as no token; pass prefix_token_id="
+        )
+    return newline[-1]
 
 
 @contextlib.contextmanager
@@ -149,7 +145,7 @@ class SeqlabLM(LM):
         check_paradigm(self.sampler, self.objective)
         self.sampler_options = diffusion_options(self.sampler, config, self.data_vocab)
         self.prefix = (
-            self.tokenizer.encode("\n")[-1] if prefix_token_id is None else int(prefix_token_id)
+            prefix_token(self.tokenizer) if prefix_token_id is None else int(prefix_token_id)
         )
         self.seed = int(seed)
 

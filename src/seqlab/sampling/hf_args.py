@@ -45,12 +45,16 @@ class Streamer(Protocol):
 
 def _token_list(value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, Tensor):
-        return [int(t) for t in value.flatten().tolist()]
-    if isinstance(value, list | tuple) and all(isinstance(t, int) for t in value):
-        return list(value)
-    raise ConfigError(f"eos_token_id must be an int or a list of ints, got {value!r}")
+        tokens = [value]
+    elif isinstance(value, Tensor):
+        tokens = [int(t) for t in value.flatten().tolist()]
+    elif isinstance(value, list | tuple) and all(isinstance(t, int) for t in value):
+        tokens = list(value)
+    else:
+        raise ConfigError(f"eos_token_id must be an int or a list of ints, got {value!r}")
+    if not tokens:
+        raise ConfigError(f"eos_token_id must name at least one token id, got {value!r}")
+    return tokens
 
 
 class HFStop:
@@ -99,6 +103,17 @@ CHOOSING = ("do_sample", "num_beams", "num_groups", "draft_model")
 FILTER_NEUTRAL = {"temperature": (0.0, 1.0), "top_k": (None,), "top_p": (None, 1.0)}
 
 
+def _agrees(convert: Callable[[Any], Any], own: Any, value: Any) -> bool:
+    """Whether seqlab's own option `own` says what an alias converted to `value` says (`own`
+    put through the alias's conversion too: `stop_tokens=3` agrees with `eos_token_id=[3]`)."""
+    if own is value:
+        return True
+    try:
+        return bool(convert(own) == value)
+    except (ConfigError, TypeError):  # not a value the alias takes: they cannot agree
+        return False
+
+
 def implied_sampler(options: dict[str, Any]) -> str:
     """The seqlab sampler Hugging Face's choice of decoding names."""
     do_sample = bool(options.get("do_sample", False))
@@ -130,7 +145,7 @@ def translate(sampler: str | None, options: dict[str, Any]) -> tuple[str, dict[s
         if value is None:  # Hugging Face's "use the default"
             continue
         value = convert(value)
-        if name in options and options[name] is not value and options[name] != value:
+        if name in options and not _agrees(convert, options[name], value):
             raise ConfigError(f"{alias}= and seqlab's {name}= disagree; give one of them")
         options[name], renamed[name] = value, alias
     if "stop_tokens" in renamed and "pad_id" not in options:
