@@ -28,9 +28,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
         config.stash[_GPU_DESELECTED] = len(gpu)
+        if hasattr(config, "workeroutput"):  # a pytest-xdist worker: tell the controller
+            config.workeroutput["gpu_deselected"] = len(gpu)
 
 
 _GPU_DESELECTED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - pytest-xdist's hook
+    """Every xdist worker collects the whole suite; the controller keeps their count."""
+    count = getattr(node, "workeroutput", {}).get("gpu_deselected", 0)
+    config = node.config
+    config.stash[_GPU_DESELECTED] = max(config.stash.get(_GPU_DESELECTED, 0), count)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
