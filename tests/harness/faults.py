@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -14,7 +15,7 @@ from seqlab.errors import ConfigError
 from seqlab.mixers import Layout, Mixer
 
 FAULTY = "tests.harness.faults:Faulty"
-FAULTS = ("none", "nan", "raise", "kill", "hang")
+FAULTS = ("none", "nan", "raise", "kill", "exit", "hang")
 
 
 class Faulty(Mixer):
@@ -51,6 +52,10 @@ class Faulty(Mixer):
                     raise RuntimeError("injected fault")
                 elif self.fault == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                elif self.fault == "exit":  # a crash that prints why, then leaves at once
+                    sys.stderr.write("Fatal: injected native crash\n")
+                    sys.stderr.flush()
+                    os._exit(3)
                 elif self.fault == "hang":
                     with open(os.path.join(self.armed, str(os.getpid())), "w"):
                         pass

@@ -127,12 +127,16 @@ def test_diverged_and_killed_worker_processes_are_failed_cells(grid, tmp_path):
     """Runs in worker processes: one diverges (NaN loss), one's process is killed outright;
     the comparison finishes the third and records why the two failed."""
     grid.base["model"]["mixer"] = FAULTY
-    grid.grid = {"model.mixer_options": [{FAULTY: {"fault": f}} for f in ("none", "nan", "kill")]}
+    faults = ("none", "nan", "kill", "exit")
+    grid.grid = {"model.mixer_options": [{FAULTY: {"fault": f}} for f in faults]}
     grid.lrs = [1e-3]
     out = tmp_path / "out"
     results = compare(grid, out, workers=2, progress=False, plots=False)
     by_fault = {re.search(r"fault=(\w+)", r["grid:model.mixer_options"])[1]: r for r in results}
-    assert set(by_fault) == {"none", "nan", "kill"}
+    assert set(by_fault) == set(faults)
+    # a worker that dies after printing why: the last line of its stderr is the reason
+    died = "its worker process died (exit code 3): Fatal: injected native crash"
+    assert died in by_fault["exit"]["error"], by_fault["exit"]["error"]
     assert by_fault["none"]["status"] == "ok" and math.isfinite(by_fault["none"]["score"])
     assert by_fault["nan"]["status"] == "failed" and math.isnan(by_fault["nan"]["score"])
     assert re.search(r"step 1\b", by_fault["nan"]["error"]), by_fault["nan"]["error"]
@@ -142,6 +146,11 @@ def test_diverged_and_killed_worker_processes_are_failed_cells(grid, tmp_path):
     ranked = [line for line in lines if line.startswith("| ")][1:]
     assert ranked[0].startswith("| 1 |") and "failed" not in ranked[0]
     assert all("| failed: all 1 runs failed: " in line for line in ranked[1:])
+    run = next(r for r in expand(grid) if "exit" in r.run_id)
+    assert (
+        "injected native crash"
+        in json.loads((run.directory(out) / "result.json").read_text())["details"]
+    )
 
 
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_validation_metrics(grid, tmp_path):

@@ -9,10 +9,12 @@ Output directory:
                         `seed_list`) and the 95% t interval of its mean (`test_<metric>_ci95_*`)
     results.md          the ranked leaderboard, one table per task
     plots/*.png         metric vs d_model / state size / training FLOPs, loss curves
+    logs/<run_id>.stderr  the stderr of each run's worker process (with workers > 1)
 A rerun skips finished runs (result.json) and resumes interrupted ones from their checkpoint.
 A run that fails (diverges, raises, or its worker process dies) gets a result.json with
-`status: failed` and the reason in `error`; the comparison goes on without it, ranks a grid
-point none of whose runs finished last, and a rerun retries failed runs only when asked
+`status: failed` and the reason in `error` (for a dead worker, the last line of its stderr);
+the comparison goes on without it, ranks a grid point none of whose runs finished last, and
+a rerun retries failed runs only when asked
 (`retry_failed`, `seqlab compare --retry-failed`).
 
 Across machines: `compare_shard` trains one shard of the runs (`shard_of`: every N-th run id
@@ -271,7 +273,7 @@ def _run_in_processes(
                 process = context.Process(
                     target=_worker, args=(run, str(out), threads), name=run.run_id[:60]
                 )
-                process.start()
+                _start_with_stderr(process, worker_log(out, run))
                 running[process.sentinel] = (i, process, slot)
             for sentinel in multiprocessing.connection.wait(list(running)):
                 i, process, _ = running.pop(sentinel)
@@ -283,13 +285,48 @@ def _run_in_processes(
                     yield i, read_json(done)
                 else:
                     reason = f"its worker process died ({_exit_reason(process.exitcode)})"
-                    yield i, record_failure(runs[i], out, reason)
+                    last, tail = _log_tail(worker_log(out, runs[i]))
+                    if last:
+                        reason += f": {last}"
+                    yield i, record_failure(runs[i], out, reason, tail)
     finally:
         for _, process, _ in running.values():
             process.terminate()
             process.join()
         if on_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def worker_log(out: str | os.PathLike[str], run: Run) -> Path:
+    """Where a worker process's stderr goes: `logs/<run_id>.stderr` beside `runs/`."""
+    return Path(out) / "logs" / f"{run.run_id}.stderr"
+
+
+def _start_with_stderr(process: Any, log: Path) -> None:
+    """Start `process` with its stderr (file descriptor 2, inherited by the spawned
+    interpreter) appended to `log`, so that a worker that dies before it can record why (an
+    import error, a crash in native code) leaves its traceback there."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "ab") as handle:
+            os.dup2(handle.fileno(), 2)
+            process.start()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _log_tail(log: Path, chars: int = 4000) -> tuple[str, str]:
+    """The last non-empty line of a worker's stderr log and its last `chars` characters."""
+    if not log.is_file():
+        return "", ""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - chars))
+        tail = handle.read().decode("utf-8", errors="replace")
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return (lines[-1][:300] if lines else ""), tail
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
