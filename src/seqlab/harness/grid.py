@@ -53,6 +53,8 @@ HIGHER_IS_BETTER = {
     "accuracy": True,
     "exact_match": True,
     "dfa_valid": True,
+    "allowed_rate": True,
+    "brier": False,
     "generated_accuracy": True,
     "generated_exact_match": True,
     "infill_accuracy": True,

@@ -153,6 +153,8 @@ def leaderboard_markdown(
                 "infill_accuracy",
                 "bits_per_byte",
                 "dfa_valid",
+                "brier",
+                "allowed_rate",
             )
             if m != metric and f"test_{m}" in rows[0]
         ]
