@@ -216,10 +216,10 @@ def load_corpus(
         identity["vocab_size"] = pretrained.vocab_size
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     kind = "hf" if pretrained is not None else tokenizer
-    entry = _cache_root(cache_dir) / "corpora" / f"{corpus}-{kind}-{digest}"
+    entry = cache_root(cache_dir) / "corpora" / f"{corpus}-{kind}-{digest}"
     meta = _read_meta(entry, tokenizer)
     if meta is None:
-        with _build_lock(entry):
+        with build_lock(entry):
             meta = _read_meta(entry, tokenizer)
             if meta is None:
                 meta = _build(entry, source.prepare(), tokenizer, vocab_size, pretrained)
@@ -232,7 +232,8 @@ def _require_path(corpus: str, path: str | None) -> str:
     return path
 
 
-def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The data cache folder: `cache_dir`, else ``$SEQLAB_CACHE``, else ``~/.cache/seqlab``."""
     if cache_dir is None:
         cache_dir = os.environ.get("SEQLAB_CACHE") or Path.home() / ".cache" / "seqlab"
     return Path(cache_dir).expanduser()
@@ -648,7 +649,8 @@ def _read_meta(entry: Path, tokenizer: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _build_lock(entry: Path) -> Iterator[None]:
+def build_lock(entry: Path) -> Iterator[None]:
+    """Hold an exclusive lock on cache entry `entry` (a file beside it) while building it."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield

@@ -60,6 +60,7 @@ HIGHER_IS_BETTER = {
     "infill_accuracy": True,
     "infill_nll": False,
     "nll": False,
+    "note_nll": False,
     "bits_per_byte": False,
 }
 
