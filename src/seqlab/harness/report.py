@@ -153,6 +153,10 @@ def leaderboard_markdown(
                 "infill_accuracy",
                 "bits_per_byte",
                 "dfa_valid",
+                "full_hr10",
+                "full_ndcg10",
+                "sampled_hr10",
+                "sampled_ndcg10",
             )
             if m != metric and f"test_{m}" in rows[0]
         ]
