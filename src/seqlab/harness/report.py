@@ -155,6 +155,10 @@ def leaderboard_markdown(
                 "dfa_valid",
                 "brier",
                 "allowed_rate",
+                "full_hr10",
+                "full_ndcg10",
+                "sampled_hr10",
+                "sampled_ndcg10",
             )
             if m != metric and f"test_{m}" in rows[0]
         ]

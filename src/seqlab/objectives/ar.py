@@ -59,6 +59,13 @@ class Autoregressive(Objective):
         filled, _ = fill(model, batch.tokens, ~scored, self.vocab_size)
         return filled, scored
 
+    def next_log_probs(self, model: Model, context: Tensor) -> Tensor:
+        """log p(x_{L+1} | context) `[B, V]`: the next-token logits at the last position (an
+        `mtp` model's head 0)."""
+        logits, _ = model(context, layout=self.layout)
+        last = logits[:, -1, : self.vocab_size]
+        return (last if last.dtype == torch.float64 else last.float()).log_softmax(-1)
+
     def nll(self, model: Model, batch: Batch) -> NLL:
         nll, mask = self.token_nll(model, batch)
         nats = (nll.detach().double() * mask.double()).sum()

@@ -137,6 +137,20 @@ class Objective(ABC):
             f"evaluation: task generate_eval or infill_span)"
         )
 
+    @property
+    def ranks_next(self) -> bool:
+        """Whether this objective defines `next_log_probs` (ranking the next token)."""
+        return type(self).next_log_probs is not Objective.next_log_probs
+
+    def next_log_probs(self, model: Model, context: Tensor) -> Tensor:
+        """Log-probabilities `[B, V]` over the data vocabulary of the token that follows each
+        row of `context [B, L]`; every row ends at its last column (pad rows on the left).
+        Ranking tasks (`seqrec`) score their candidates with it."""
+        raise ConfigError(
+            f"objective {self.name!r} defines no next_log_probs (needed to rank the next "
+            f"token: task seqrec)"
+        )
+
 
 def scored_mask(batch: Batch) -> Tensor:
     """The positions `[B, L]` whose prediction is scored (all when the batch has no mask)."""

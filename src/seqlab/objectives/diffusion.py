@@ -514,6 +514,24 @@ class Diffusion(Objective):
         return self.decodes_from_masks
 
     @property
+    def ranks_next(self) -> bool:
+        return self.decodes_from_masks
+
+    @torch.no_grad()
+    def next_log_probs(self, model: Model, context: Tensor) -> Tensor:
+        """log x̂_0 `[B, V]` at one mask token appended to `context [B, L]` (BERT4Rec's
+        reading of the next item); needs a process with a mask state, else a ConfigError."""
+        if not self.decodes_from_masks:
+            raise ConfigError(
+                f"{self.noise} noise has no mask token to append: next_log_probs needs "
+                f"absorbing or hybrid noise that masks"
+            )
+        masks = torch.full_like(context[:, :1], self.mask_id)
+        x = torch.cat([context, masks], dim=1)
+        prefix = self.class_prefix(None, context.shape[0], context.device)
+        return self._bound().log_x0(self.denoise(model, x, x, prefix))[:, -1]
+
+    @property
     def decodes_from_masks(self) -> bool:
         """Whether the process reaches the all-mask state (absorbing noise, or a hybrid that
         masks at t = 1), from which `generate` decodes."""
