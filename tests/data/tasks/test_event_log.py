@@ -14,9 +14,11 @@ import torch
 import seqlab
 from seqlab.config import ExperimentConfig, ModelConfig, TaskConfig
 from seqlab.data.tasks import build_task
+from seqlab.data.tasks.base import SPLITS
 from seqlab.data.tasks.event_log import (
     END,
     FIRST_ACTIVITY,
+    LOG_STREAM,
     START,
     allowed_next,
     leaf,
@@ -97,7 +99,16 @@ def test_generated_logs_are_seeded_and_splits_come_from_disjoint_streams():
     other = make(num_traces=40, eval_traces=30, log_seed=1)
     assert other.traces != first.traces
     assert len(first.traces["train"]) == 40 and len(first.traces["test"]) == 30
-    assert first.traces["validation"] != first.traces["test"][:30]
+    streams = {s: np.random.default_rng([LOG_STREAM, 0, 1 + i]) for i, s in enumerate(SPLITS)}
+    for split, traces in first.traces.items():  # each split played out from its own stream
+        assert traces == [first.draw(streams[split], 0.3) for _ in traces]
+    # and no split's traces repeat another's at any offset (a shared or shifted stream would):
+    # this process has few variants, so single traces do coincide, but not most of a window
+    for one, other in [("validation", "test"), ("validation", "train"), ("test", "train")]:
+        a, b = first.traces[one], first.traces[other]
+        for offset in range(len(b) - len(a) + 1):
+            same = sum(x == y for x, y in zip(a, b[offset : offset + len(a)], strict=True))
+            assert same < len(a) / 2, (one, other, offset)
     batch = first.batch("train", 3, 4, seed=7)
     assert torch.equal(batch.tokens, again.batch("train", 3, 4, seed=7).tokens)
     assert not torch.equal(batch.tokens, first.batch("train", 4, 4, seed=7).tokens)
@@ -220,8 +231,44 @@ def test_user_logs_split_by_case_chronologically_or_at_random(tmp_path):
         split_cases(cases, "chronological", (0.1, 0.2), 0)
     with pytest.raises(DataError, match="leaves a split empty"):
         split_cases(cases[:3], "random", (0.1, 0.2), 0)
-    with pytest.raises(ConfigError, match="split must be"):
+    with pytest.raises(ConfigError, match="split must be one of chronological, strict, random"):
         make(path=path, split="by_time")
+
+
+def test_a_strict_split_drops_training_events_after_the_first_test_case_starts(tmp_path):
+    # ten cases, case i starting on day 1 + i; c0 runs on past the test cases' starts
+    rows = ["case,activity,timestamp", "c0,a,2020-01-01T00:00", "c0,b,2020-01-09T00:00"]
+    rows += ["c0,c,2020-01-20T00:00", "c1,x,2020-01-02T00:00", "c1,y,2020-01-09T00:01"]
+    rows += [f"c{i},a,2020-01-{1 + i:02d}T00:00" for i in range(2, 10)]
+    rows += ["c7,b,2020-01-25T00:00", "c9,d,2020-01-30T00:00"]  # validation and test run on
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cases = read_csv(path, "case", "activity", "timestamp")
+    loose = split_cases(cases, "chronological", (0.1, 0.2), 0)
+    strict = split_cases(cases, "strict", (0.1, 0.2), 0)
+    assert [c.name for c in loose["test"]] == ["c8", "c9"]  # the first starts on day 9
+    assert [c.activities for c in loose["train"][:2]] == [["a", "b", "c"], ["x", "y"]]
+    # an event at the cutoff stays, those after it go; the case start stays
+    assert [c.activities for c in strict["train"][:2]] == [["a", "b"], ["x"]]
+    assert strict["train"][0].start == loose["train"][0].start
+    assert [c.name for c in strict["train"]] == [c.name for c in loose["train"]]
+    cutoff = datetime(2020, 1, 9, tzinfo=timezone.utc)
+    assert max(t for c in strict["train"] for t in c.times) == cutoff
+    assert strict["validation"] == loose["validation"] and strict["test"] == loose["test"]
+    task = make(path=str(path), split="strict")
+    assert task.traces["train"][0] == [task.activities.index(a) for a in ("a", "b")]
+    assert make(path=str(path)).traces["train"][0] == [
+        task.activities.index(a) for a in ("a", "b", "c")
+    ]
+
+
+def test_a_non_utf8_csv_is_a_data_error_and_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbfcase,activity\n1,a\n")
+    assert read_csv(path, "case", "activity", None)[0].activities == ["a"]
+    path.write_bytes("case,activity\n1,Prüfung\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"log.csv: not UTF-8 text \(invalid start byte\)"):
+        read_csv(path, "case", "activity", None)
 
 
 class Fixed(torch.nn.Module):
@@ -242,8 +289,9 @@ def test_brier_score_by_hand(tmp_path):
     task = make(path=write_log(tmp_path / "log.csv", [["a"]] * 10))
     model = Fixed([0.1, 0.2, 0.4, 0.3])  # PAD, START, END, a
     metrics = task.evaluate(model, build_objective("ar"), split="test")
-    squares = 0.1**2 + 0.2**2 + 0.4**2 + 0.3**2
-    by_hand = ((squares - 2 * 0.3 + 1) + (squares - 2 * 0.4 + 1)) / 2  # targets a, END
+    # over the outcomes END and a only (PAD and START are never targets), renormalised
+    end, a = 0.4 / 0.7, 0.3 / 0.7
+    by_hand = (((a - 1) ** 2 + end**2) + (a**2 + (end - 1) ** 2)) / 2  # targets a, END
     assert metrics["brier"] == pytest.approx(by_hand, rel=1e-9)
     assert metrics["nll"] == pytest.approx(-(math.log(0.3) + math.log(0.4)) / 2, rel=1e-6)
     assert metrics["accuracy"] == 0.5  # END is the argmax: right at the end only
@@ -257,7 +305,8 @@ def test_an_untrained_model_is_near_chance():
     model = seqlab.build_model(config)
     metrics = task.evaluate(model, build_objective("ar"), split="test")
     assert abs(metrics["nll"] - math.log(task.vocab_size)) < 0.5
-    assert abs(metrics["brier"] - (1 - 1 / task.vocab_size)) < 0.1
+    outcomes = len(task.activities) + 1  # the activities and END
+    assert abs(metrics["brier"] - (1 - 1 / outcomes)) < 0.03
     assert metrics["accuracy"] < 0.5 and 0 <= metrics["allowed_rate"] <= 1
 
 

@@ -229,3 +229,23 @@ def test_a_tiny_ar_run_trains_end_to_end(cache, tmp_path):
     assert summary["steps"] == 4 and summary["validation"]["tokens"] == 128
     assert math.isfinite(summary["validation"]["nll"])
     assert math.isfinite(summary["validation"]["note_nll"])
+
+
+def test_note_nll_is_reported_for_left_to_right_objectives_only(cache):
+    task = make(cache)
+    torch.manual_seed(0)
+    for name, reported in (("ar", True), ("masked_diffusion", False)):
+        objective = build_objective(name).bind(task.vocab_size)
+        vocab_size = objective.model_vocab_size(task.vocab_size)
+        model = seqlab.build_model(
+            ModelConfig(d_model=16, n_layers=1, n_heads=2, vocab_size=vocab_size)
+        )
+        metrics = task.evaluate(model, objective, batch_size=4, max_tokens=128)
+        assert ("note_nll" in metrics) == reported, name
+        assert math.isfinite(metrics["nll"])
+
+
+@pytest.mark.parametrize("option", ["validation_fraction", "test_fraction"])
+def test_a_fraction_of_the_wrong_type_is_a_config_error(cache, option):
+    with pytest.raises(ConfigError, match=f"^music: {option} must be a number, got str '0.1'$"):
+        make(cache, **{option: "0.1"})

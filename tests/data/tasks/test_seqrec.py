@@ -77,7 +77,7 @@ def test_bad_files_fail_with_one_clear_line(tmp_path):
     with pytest.raises(DataError, match="no column 'timestamp'"):
         read_interactions(file, "csv")
     file.write_text("user_id,item_id,timestamp\n1,2,3\n1,2,soon\n")
-    with pytest.raises(DataError, match="line 3: timestamp 'soon' is not a number"):
+    with pytest.raises(DataError, match="line 3: timestamp 'soon' is not a finite number"):
         read_interactions(file, "csv")
     with pytest.raises(DataError, match="scripts/movielens.sh"):
         read_interactions(tmp_path / "absent.inter")
@@ -85,6 +85,23 @@ def test_bad_files_fail_with_one_clear_line(tmp_path):
         read_interactions(file, "parquet")
     with pytest.raises(ConfigError, match="max_len"):
         task_on(write_pattern(tmp_path / "p.inter"), max_len=0)
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_timestamps_are_a_data_error_naming_the_line(tmp_path, stamp):
+    file = tmp_path / "a.csv"
+    file.write_text(f"user_id,item_id,timestamp\n1,2,3\n1,3,{stamp}\n")
+    with pytest.raises(DataError, match=f"a.csv line 3: timestamp '{stamp}' is not a finite"):
+        read_interactions(file, "csv")
+
+
+def test_a_byte_order_mark_is_read_and_non_utf8_bytes_are_a_data_error(tmp_path):
+    file = tmp_path / "a.csv"
+    file.write_bytes(b"\xef\xbb\xbfuser_id,item_id,timestamp\n1,2,3\n")
+    assert read_interactions(file, "csv") == [("1", "2", 3.0)]
+    file.write_bytes("user_id,item_id,timestamp\nJosé,2,3\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"a.csv: not UTF-8 text \(invalid continuation byte\)"):
+        read_interactions(file, "csv")
 
 
 def test_k_core_drops_users_and_items_until_stable():

@@ -57,6 +57,7 @@ OPERATOR_WEIGHTS = (0.4, 0.25, 0.2, 0.15)
 SYMBOLS = {"sequence": "→", "choice": "×", "parallel": "∧", "loop": "⟲"}
 MAX_DRAWS = 1000
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+SPLIT_KINDS = ("chronological", "strict", "random")
 
 
 @dataclass(eq=False)
@@ -218,11 +219,13 @@ def allowed_next(node: Node, trace: list[int]) -> list[frozenset[int]]:
 
 @dataclass
 class Case:
-    """One case of a user log: its id, activity names in order, and its first timestamp."""
+    """One case of a user log: its id, activity names in order, their times (an untimed
+    event takes the time of the event before it, EARLIEST if none), and its first timestamp."""
 
     name: str
     activities: list[str]
     start: datetime | None
+    times: list[datetime]
 
 
 def parse_time(text: str, where: str) -> datetime:
@@ -246,7 +249,12 @@ def make_case(name: str, events: list[tuple[str, datetime | None]]) -> Case:
         keys.append(last)
     order = sorted(range(len(events)), key=keys.__getitem__)
     times = [t for _, t in events if t is not None]
-    return Case(name, [events[i][0] for i in order], min(times) if times else None)
+    return Case(
+        name,
+        [events[i][0] for i in order],
+        min(times) if times else None,
+        [keys[i] for i in order],
+    )
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -312,6 +320,26 @@ def read_csv(
     first appear, events ordered by `timestamp_column` where present (`make_case`)."""
     path = Path(path)
     grouped: dict[str, list[tuple[str, datetime | None]]] = {}
+    try:
+        _read_rows(path, case_column, activity_column, timestamp_column, grouped)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text ({err.reason}); expected a UTF-8 CSV log (a byte-order "
+            "mark is accepted)"
+        ) from None
+    if not grouped:
+        raise DataError(f"{path}: no events; expected one row per event under the header")
+    return [make_case(name, events) for name, events in grouped.items()]
+
+
+def _read_rows(
+    path: Path,
+    case_column: str,
+    activity_column: str,
+    timestamp_column: str | None,
+    grouped: dict[str, list[tuple[str, datetime | None]]],
+) -> None:
+    """`read_csv`'s rows: each event appended to its case's list in `grouped`."""
     with _open(path) as raw:
         reader = csv.DictReader(line.decode("utf-8-sig") for line in raw)
         header = reader.fieldnames or []
@@ -332,18 +360,28 @@ def read_csv(
             stamp = row[timestamp_column] if timestamp_column else None
             time = parse_time(stamp, f"{path}: line {line}") if stamp else None
             grouped.setdefault(case, []).append((activity, time))
-    if not grouped:
-        raise DataError(f"{path}: no events; expected one row per event under the header")
-    return [make_case(name, events) for name, events in grouped.items()]
+
+
+def _until(case: Case, cutoff: datetime) -> Case:
+    """`case` without its events after `cutoff`."""
+    keep = [i for i, time in enumerate(case.times) if time <= cutoff]
+    return Case(
+        case.name, [case.activities[i] for i in keep], case.start, [case.times[i] for i in keep]
+    )
 
 
 def split_cases(
     cases: list[Case], split: str, fractions: tuple[float, float], seed: int
 ) -> dict[str, list[Case]]:
-    """Cases to train/validation/test by case: ``chronological`` orders them by their first
-    timestamp (the latest become test), ``random`` shuffles them with `seed`; `fractions` are
-    (validation, test)."""
-    if split == "chronological":
+    """Cases to train/validation/test by case; `fractions` are (validation, test).
+
+    ``chronological`` orders the cases by their first timestamp, the latest starting become
+    test (Tax et al.'s cut by case start): a long training case may still hold events after
+    a test case has started. ``strict`` cuts as ``chronological``, then drops every training
+    event after the earliest test case start (Weytjens and De Weerdt); no training case is
+    left empty, as each starts no later than that. ``random`` shuffles the cases with
+    `seed`."""
+    if split in ("chronological", "strict"):
         undated = [c.name for c in cases if c.start is None]
         if undated:
             raise DataError(
@@ -364,8 +402,13 @@ def split_cases(
             f"and test_fraction={fractions[1]}; every split needs at least one case"
         )
     train_end = n - test - validation
+    train = ordered[:train_end]
+    if split == "strict":
+        cutoff = ordered[n - test].start
+        assert cutoff is not None
+        train = [_until(case, cutoff) for case in train]
     return {
-        "train": ordered[:train_end],
+        "train": train,
         "validation": ordered[train_end : n - test],
         "test": ordered[n - test :],
     }
@@ -390,16 +433,20 @@ class EventLog(Task):
 
     User log (`path`, ``.xes``/``.csv``, optionally ``.gz``): `read_xes` or `read_csv`
     (`case_column`, `activity_column`, `timestamp_column`), split by case (`split_cases`):
-    `split: chronological` (the default, and the interdisciplinary comparison's: the latest
-    cases by first timestamp are tested, so no model trains on the future, which a random
-    split would allow under drift) or `random` (seeded by `log_seed`; needed for logs without
-    timestamps). A trace longer than `max_len` is a DataError.
+    `split: chronological` (the default, and the interdisciplinary comparison's: the cases
+    that start latest are tested; a training case that runs on past a test case's start still
+    trains on those later events), `strict` (as chronological, then training events after
+    the earliest test case start are dropped, so no training event postdates a test case's
+    start) or `random` (seeded by `log_seed`; needed for logs without timestamps). A trace
+    longer than `max_len` is a DataError.
 
     Metrics: nll (nats per prediction), accuracy (the metric of record), `brier`, the
-    multi-class Brier score mean over predictions of Σ_k (p_k − y_k)² over the vocabulary
-    (lower is better), and for generated logs `allowed_rate`, the fraction of argmax
-    predictions the process model allows after the true prefix (`allowed_next`). Needs a
-    left-to-right objective (ar, mtp): next-activity prediction reads only the prefix.
+    multi-class Brier score mean over predictions of Σ_k (p_k − y_k)² over the K possible
+    outcomes only (the activities and END; PAD and START are never targets), p the model's
+    distribution renormalised over them (lower is better; 1 − 1/K for a uniform guess), and
+    for generated logs `allowed_rate`, the fraction of argmax predictions the process model
+    allows after the true prefix (`allowed_next`). Needs a left-to-right objective (ar, mtp):
+    next-activity prediction reads only the prefix.
     """
 
     metric_of_record = "accuracy"
@@ -509,8 +556,8 @@ class EventLog(Task):
     ) -> dict[str, list[list[int]]]:
         """A user log's traces per split, activities numbered in sorted name order."""
         check(
-            split in ("chronological", "random"),
-            f"event_log: split must be 'chronological' or 'random', got {split!r}",
+            split in SPLIT_KINDS,
+            f"event_log: split must be one of {', '.join(SPLIT_KINDS)}, got {split!r}",
         )
         check(
             all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions)
@@ -634,8 +681,11 @@ class EventLog(Task):
                 probs = logits[..., : self.vocab_size].double().softmax(-1)
                 targets = batch.tokens[:, 1:]
                 where = batch.mask[:, 1:]  # type: ignore[index]
-                truth = torch.nn.functional.one_hot(targets, self.vocab_size).double()
-                brier += float(((probs - truth) ** 2).sum(-1)[where].sum())
+                outcomes = logits[..., END : self.vocab_size].double().softmax(-1)
+                truth = torch.nn.functional.one_hot(
+                    targets.clamp(min=END) - END, self.vocab_size - END
+                ).double()
+                brier += float(((outcomes - truth) ** 2).sum(-1)[where].sum())
                 scored += int(where.sum())
                 if self.tree is not None:
                     rows = slice(row, row + len(targets))

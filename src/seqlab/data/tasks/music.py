@@ -54,6 +54,7 @@ from seqlab.data.tasks.synthetic import check
 from seqlab.data.text import TextData
 from seqlab.errors import ConfigError, DataError
 from seqlab.files import atomic_replace, atomic_write_json
+from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import NLL, Batch
 from seqlab.registry import TASKS
 
@@ -467,9 +468,10 @@ class MusicTask(Task):
     is read (the window length is this task's ``seq_len``).
 
     Metrics: nll (nats per token, the metric of record, lower is better), accuracy (next
-    token) and, for ``grid``, ``note_nll``: the nats per pitch or REST target, holds left out
-    (the objective's `nll` with only those targets scored: for AR, each new note given the
-    past).
+    token) and, for ``grid`` under a left-to-right objective (ar, mtp), ``note_nll``: the nats
+    per pitch or REST target, holds left out (AR's `nll` with only those targets scored: each
+    new note given the past). Other objectives do not report it: their context holds the
+    future's HOLDs, which tell where notes end.
     """
 
     metric_of_record = "nll"
@@ -499,6 +501,14 @@ class MusicTask(Task):
             f"music: max_chorales must be null or an integer >= 3 (one per split), "
             f"got {max_chorales!r}",
         )
+        for name, value in (
+            ("validation_fraction", validation_fraction),
+            ("test_fraction", test_fraction),
+        ):
+            check(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"music: {name} must be a number, got {type(value).__name__} {value!r}",
+            )
         check(
             0 < validation_fraction < 1
             and 0 < test_fraction < 1
@@ -585,7 +595,7 @@ class MusicTask(Task):
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
         metrics.pop("exact_match", None)  # of a whole window: not a musical quantity
-        if self.encoding == "grid":
+        if self.encoding == "grid" and isinstance(objective, Autoregressive):
             was_training = model.training
             model.eval()
             notes = NLL(0.0, 0, objective.bound)

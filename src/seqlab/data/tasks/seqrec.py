@@ -67,38 +67,46 @@ def read_interactions(
         raise DataError(
             f"seqrec: no interaction file at {file} (scripts/movielens.sh writes {DEFAULT_PATH})"
         )
-    with file.open(newline="", encoding="utf-8") as handle:
-        first = handle.readline()
-        delimiter = "\t" if format == "recbole" or "\t" in first else ","
-        quoting = csv.QUOTE_NONE if format == "recbole" else csv.QUOTE_MINIMAL
-        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])
-        names = [field.strip() for field in header]
-        if format == "recbole":
-            names = [name.split(":", 1)[0] for name in names]
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise DataError(
-                f"seqrec: {file} has no column {missing[0]!r} in its header (expected "
-                f"{', '.join(columns)}; found {', '.join(names) or 'none'})"
-            )
-        where = [names.index(c) for c in columns]
-        interactions: list[Interaction] = []
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not field.strip() for field in row):
-                continue
-            if len(row) <= max(where):
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            first = handle.readline()
+            delimiter = "\t" if format == "recbole" or "\t" in first else ","
+            quoting = csv.QUOTE_NONE if format == "recbole" else csv.QUOTE_MINIMAL
+            header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])
+            names = [field.strip() for field in header]
+            if format == "recbole":
+                names = [name.split(":", 1)[0] for name in names]
+            missing = [c for c in columns if c not in names]
+            if missing:
                 raise DataError(
-                    f"seqrec: {file} line {line}: expected {len(names)} fields, got {len(row)}"
+                    f"seqrec: {file} has no column {missing[0]!r} in its header (expected "
+                    f"{', '.join(columns)}; found {', '.join(names) or 'none'})"
                 )
-            user, item, time = (row[i].strip() for i in where)
-            try:
-                stamp = float(time)
-            except ValueError:
-                raise DataError(
-                    f"seqrec: {file} line {line}: timestamp {time!r} is not a number"
-                ) from None
-            interactions.append((user, item, stamp))
+            where = [names.index(c) for c in columns]
+            interactions: list[Interaction] = []
+            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+            for line, row in enumerate(reader, start=2):
+                if not row or all(not field.strip() for field in row):
+                    continue
+                if len(row) <= max(where):
+                    raise DataError(
+                        f"seqrec: {file} line {line}: expected {len(names)} fields, got {len(row)}"
+                    )
+                user, item, time = (row[i].strip() for i in where)
+                try:
+                    stamp = float(time)
+                except ValueError:
+                    stamp = math.nan
+                if not math.isfinite(stamp):
+                    raise DataError(
+                        f"seqrec: {file} line {line}: timestamp {time!r} is not a finite number"
+                    )
+                interactions.append((user, item, stamp))
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"seqrec: {file}: not UTF-8 text ({err.reason}); expected a UTF-8 file (a "
+            "byte-order mark is accepted)"
+        ) from None
     if not interactions:
         raise DataError(f"seqrec: {file} holds no interactions after its header")
     return interactions
