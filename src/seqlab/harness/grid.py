@@ -66,6 +66,12 @@ HIGHER_IS_BETTER = {
     "nll": False,
     "note_nll": False,
     "bits_per_byte": False,
+    "mase": False,
+    "smape": False,
+    "crps": False,
+    "naive_mase": False,
+    "naive_smape": False,
+    "naive_crps": False,
 }
 
 
