@@ -102,3 +102,19 @@ def test_compare_ranks_baselines_beside_a_neural_backbone(tmp_path):
     assert all(row["status"] == "ok" for row in rows), rows
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "| ngram |" in markdown and "| hmm |" in markdown
+
+
+def test_a_finished_baseline_run_resumes_to_its_summary(tmp_path):
+    from seqlab.train.loop import train
+
+    config = from_dict(
+        ExperimentConfig,
+        {
+            "model": {"baseline": "ngram"},
+            "task": EVENT_LOG,
+            "train": {"steps": 2, "batch_size": 4, "threads": 1},
+        },
+    )
+    summary = train(config, tmp_path / "run", progress=False)
+    assert train(config, tmp_path / "run", resume=True, progress=False) == summary
+    assert load(tmp_path / "run").num_params() == summary["params"]

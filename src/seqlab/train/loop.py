@@ -254,8 +254,8 @@ def _train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
     existing = latest_checkpoint(out) if resume else None
-    if resume and existing is None:
-        raise SeqlabError(f"{out}: no checkpoint to resume from")
+    if resume and existing is None and finished_summary(out, tc.steps) is None:
+        raise SeqlabError(f"{out}: no checkpoint to resume from")  # a baseline keeps none
     parts = build_run(config, info)
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
     if resume:
