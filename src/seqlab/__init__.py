@@ -1,7 +1,7 @@
 """seqlab: any sequence backbone x any generation paradigm x any decoder, compared fairly.
 
 Public API: build_model, save, load, generate, list_mixers, list_objectives, list_tasks,
-list_samplers, list_presets, and the config dataclasses.
+list_samplers, list_baselines, list_presets, and the config dataclasses.
 
 The config and registry names are imported eagerly (they are light); the model, files and
 sampling names on first use (PEP 562), so that `import seqlab.config` stays free of torch
@@ -24,7 +24,7 @@ from seqlab.config import (
     list_presets,
     load_config,
 )
-from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, SAMPLERS, TASKS
 
 try:
     __version__ = importlib.metadata.version("seqlab")
@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "generate",
+    "list_baselines",
     "list_mixers",
     "list_objectives",
     "list_presets",
@@ -80,3 +81,7 @@ def list_tasks() -> list[str]:
 
 def list_samplers() -> list[str]:
     return SAMPLERS.names()
+
+
+def list_baselines() -> list[str]:
+    return BASELINES.names()

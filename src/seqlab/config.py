@@ -217,6 +217,10 @@ class ModelConfig:
         deq: null, or a deep equilibrium model: the blocks become one weight-tied layer f
             and the hidden state its fixed point z* = f(z*, x), with the model.deq.* keys
             below (`seqlab.implicit`)
+        baseline: null, or a classical baseline (`seqlab list baselines`: ngram, hmm,
+            popularity, cooccurrence) fitted in closed form or by EM instead of the neural
+            model; the other model keys are then ignored (objective: ar only)
+        baseline_options: the baseline's options (`seqlab list baselines -v`)
     """
 
     mixer: str = "attention"
@@ -235,6 +239,8 @@ class ModelConfig:
     init_std: float = 0.02
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     deq: dict[str, Any] | None = None
+    baseline: str | None = None
+    baseline_options: dict[str, Any] = field(default_factory=dict)
 
     section: ClassVar[str] = "model"
     # mapping keys whose own keys are the fields of a dataclass (listed by `config_keys`)
@@ -310,6 +316,10 @@ class ModelConfig:
         names = [self.mixer, *(self.layers or [])]
         if not all(name.strip() for name in names):
             raise ConfigError(f"model.mixer and model.layers must name mixers, got {names}")
+        if self.baseline_options and self.baseline is None:
+            raise ConfigError("model.baseline_options is set but model.baseline names no baseline")
+        if self.baseline is not None and not self.baseline.strip():
+            raise ConfigError("model.baseline must name a baseline (seqlab list baselines)")
         unused = sorted(set(self.mixer_options) - set(self.layer_names()))
         if unused:
             raise ConfigError(

@@ -136,7 +136,11 @@ def _check_names(expected: dict[str, Any], weights: dict[str, Any], problem: str
 
 
 def load_model_state(model: Model, weights: dict[str, torch.Tensor], source: PathLike) -> None:
-    """Copy `weights` into `model`, naming any missing, unexpected or misshapen tensor."""
+    """Copy `weights` into `model`, naming any missing, unexpected or misshapen tensor. A
+    model whose buffers are sized by its data (a baseline's count tables) takes the saved
+    shapes first (`resize_to`)."""
+    if hasattr(model, "resize_to"):
+        model.resize_to(weights)
     expected = model_state(model)
     _check_names(expected, weights, f"{source}: weights do not match the config")
     for name, tensor in expected.items():

@@ -297,7 +297,14 @@ def count_parameters(config: ModelConfig) -> int | None:
 
 
 def build_model(config: ModelConfig) -> Model:
-    """The public constructor: `build_model(ModelConfig(mixer="attention", d_model=128, ...))`."""
+    """The public constructor: `build_model(ModelConfig(mixer="attention", d_model=128, ...))`.
+
+    With `config.baseline` set, the classical baseline it names (`seqlab.baselines`), which
+    has the interface of a Model that tasks, objectives and samplers use."""
     if not isinstance(config, ModelConfig):
         raise ConfigError(f"build_model takes a ModelConfig, got {type(config).__name__}")
+    if config.baseline is not None:
+        from seqlab.baselines.base import build_baseline  # the baselines import this module
+
+        return build_baseline(config)
     return Model(config)

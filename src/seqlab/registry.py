@@ -1,4 +1,4 @@
-"""Registries that read the code: MIXERS, OBJECTIVES, SAMPLERS, TASKS.
+"""Registries that read the code: MIXERS, OBJECTIVES, SAMPLERS, TASKS, BASELINES.
 
 A component registers itself where it is defined (`@MIXERS.register("gla")` on the class, or
 on the function for samplers); its options are the keyword parameters of its constructor or
@@ -8,7 +8,8 @@ nothing is stated twice.
 
 Discovery: the first lookup imports every module of the registry's package (a new module in
 `seqlab/mixers/` needs no edit anywhere else) and every installed entry point of its group
-(`seqlab.mixers`, `seqlab.objectives`, `seqlab.samplers`, `seqlab.tasks`). Any place that
+(`seqlab.mixers`, `seqlab.objectives`, `seqlab.samplers`, `seqlab.tasks`,
+`seqlab.baselines`). Any place that
 takes a name also takes an import path `package.module:Name`, so a user's component outside
 this repository needs no registration at all.
 
@@ -338,5 +339,13 @@ TASKS = Registry(
     "seqlab.tasks",
     base="seqlab.data.tasks.base:Task",
     supplied=frozenset({"data"}),
+    stamps_name=True,
+)
+BASELINES = Registry(
+    "baseline",
+    "seqlab.baselines",
+    "seqlab.baselines",
+    base="seqlab.baselines.base:Baseline",
+    supplied=frozenset({"vocab_size"}),
     stamps_name=True,
 )

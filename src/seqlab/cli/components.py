@@ -9,7 +9,7 @@ from typing import Any
 from seqlab.config import list_presets, parse_value
 from seqlab.errors import ConfigError
 from seqlab.harness.grid import list_experiments
-from seqlab.registry import MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, SAMPLERS, TASKS
 from seqlab.testing import check_mixer, check_objective, check_sampler
 
 
@@ -18,9 +18,13 @@ def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         for name in list_presets() if args.what == "presets" else list_experiments():
             print(name)
         return 0
-    registry = {"mixers": MIXERS, "objectives": OBJECTIVES, "tasks": TASKS, "samplers": SAMPLERS}[
-        args.what
-    ]
+    registry = {
+        "mixers": MIXERS,
+        "objectives": OBJECTIVES,
+        "tasks": TASKS,
+        "samplers": SAMPLERS,
+        "baselines": BASELINES,
+    }[args.what]
     width = max((len(n) for n in registry.names()), default=0)
     for entry in registry.entries():
         print(f"{entry.name:<{width}}  {entry.description}")
@@ -53,7 +57,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The `list` and `check` sub-commands."""
     p = sub.add_parser("list", help="list registered components")
     p.add_argument(
-        "what", choices=["mixers", "objectives", "tasks", "samplers", "presets", "experiments"]
+        "what",
+        choices=[
+            "mixers",
+            "objectives",
+            "tasks",
+            "samplers",
+            "baselines",
+            "presets",
+            "experiments",
+        ],
     )
     p.add_argument(
         "-v", "--verbose", action="store_true", help="also list each component's options"

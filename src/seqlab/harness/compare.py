@@ -76,6 +76,8 @@ from seqlab.train.dist import resolve_device
 
 def describe_backbone(config: dict[str, Any]) -> str:
     model = config["model"]
+    if model.get("baseline"):
+        return model["baseline"]
     layers = model.get("layers")
     if not layers:
         return model["mixer"]

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from seqlab.baselines.base import check_objective
 from seqlab.config import (
     ExperimentConfig,
     apply_overrides,
@@ -47,7 +48,7 @@ from seqlab.config import (
 )
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.harness.slurm import slurm_config
-from seqlab.registry import MIXERS, OBJECTIVES, TASKS
+from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, TASKS
 
 HIGHER_IS_BETTER = {
     "accuracy": True,
@@ -239,8 +240,12 @@ def _from_earlier_stage(run: Run, stage_dir: Path) -> Run:
 
 def check_names(experiment: ExperimentConfig) -> None:
     """Fail early on unknown mixer, objective or task names (before anything trains)."""
-    for name in experiment.model.layer_names():
-        MIXERS.get(name)
+    if experiment.model.baseline is not None:
+        BASELINES.get(experiment.model.baseline)
+        check_objective(experiment.objective.name)
+    else:
+        for name in experiment.model.layer_names():
+            MIXERS.get(name)
     OBJECTIVES.get(experiment.objective.name)
     TASKS.get(experiment.task.name)
 

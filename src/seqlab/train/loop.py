@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seqlab.auxiliary import recorded_metrics
+from seqlab.baselines.base import Baseline, check_objective
 from seqlab.config import (
     ExperimentConfig,
     ModelConfig,
@@ -40,8 +41,8 @@ from seqlab.config import (
 )
 from seqlab.data.tasks import Task, build_task
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError
-from seqlab.files import atomic_write_json, read_json
-from seqlab.io import initialize_from, save
+from seqlab.files import atomic_write_json, non_finite_tensors, read_json
+from seqlab.io import initialize_from, model_state, param_fingerprint, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.ops.backend import ops_backend
@@ -109,6 +110,8 @@ def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunPart
     main_first = info is not None and info.distributed
     if main_first and not info.is_main:
         barrier(info)
+    if config.model.baseline is not None:
+        check_objective(config.objective.name)
     task = build_task(config)
     if main_first and info.is_main:
         barrier(info)
@@ -251,8 +254,8 @@ def _train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
     existing = latest_checkpoint(out) if resume else None
-    if resume and existing is None:
-        raise SeqlabError(f"{out}: no checkpoint to resume from")
+    if resume and existing is None and finished_summary(out, tc.steps) is None:
+        raise SeqlabError(f"{out}: no checkpoint to resume from")  # a baseline keeps none
     parts = build_run(config, info)
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
     if resume:
@@ -260,6 +263,8 @@ def _train(
         finished = finished_summary(out, tc.steps)
         if finished is not None:
             return finished
+    if isinstance(model, Baseline):
+        return _fit_baseline(parts, out, info)
     if existing is None and tc.init_from:
         initialize_from(model, tc.init_from)
     model.to(info.device)
@@ -415,4 +420,61 @@ def _train(
     if info.is_main:
         save(final, out, config, overwrite=True)  # this run holds the directory's lock
         atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
+    """A classical baseline's run: `fit` on the task's training batches of steps 0 ..
+    train.steps - 1 (each `train.batch_size` rows, seeded as a neural run's), one
+    validation, then `model.safetensors` and `summary.json` as a neural run writes them;
+    no optimizer and no checkpoints (a run stopped before its end fits again)."""
+    config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
+    tc = config.train
+    if info.distributed:
+        raise ConfigError(f"baseline {config.model.baseline!r} fits in one process; run it alone")
+    if tc.init_from:
+        raise ConfigError(
+            "train.init_from does not apply to a baseline (it is fitted, not trained)"
+        )
+    model.to(info.device)
+    t0 = time.perf_counter()
+    batches = [
+        task.batch("train", step, tc.batch_size, seed=tc.seed).to(info.device)
+        for step in range(tc.steps)
+    ]
+    tokens_seen = sum(batch.tokens.numel() for batch in batches)
+    torch.manual_seed(step_seed(tc.seed, 0, info.rank))
+    model.eval()
+    with torch.no_grad():
+        model.fit(batches)
+        bad = non_finite_tensors(model_state(model))
+        if bad:
+            raise SeqlabError(
+                f"baseline {config.model.baseline!r}: fitting left {bad[0]} non-finite"
+            )
+        final_loss = objective.loss(model, batches[-1])[0].item()
+        evaluation = task.evaluate(model, objective, split="validation", max_tokens=tc.eval_tokens)
+    seq_len = task.seq_len
+    seconds = round(time.perf_counter() - t0, 3)
+    record = {"step": tc.steps, "loss": final_loss, "tokens": tokens_seen, "seconds": seconds}
+    logger = MetricsLogger(out, resume_step=None, enabled=info.is_main)
+    logger.log({**record, **{f"val_{k}": v for k, v in evaluation.items()}})
+    logger.close()
+    summary = {
+        "steps": tc.steps,
+        "world_size": info.world_size,
+        "final_loss": final_loss,
+        "validation": evaluation,
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(embeddings=False),
+        "active_params": model.num_active_params(),
+        "state_size": model.state_size(seq_len),
+        "flops_per_token": model.flops_per_token(seq_len),
+        "train_tokens": tokens_seen,
+        "train_flops": model.fit_flops,
+        "seconds": seconds,
+        "param_fingerprints": [param_fingerprint(model)],
+    }
+    save(model, out, config, overwrite=True)  # this run holds the directory's lock
+    atomic_write_json(out / "summary.json", summary)
     return summary
