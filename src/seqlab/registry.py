@@ -104,7 +104,7 @@ class Entry:
         not an int), so that a bad value is a one-line ConfigError, not a traceback."""
         self.check_options(options)
         module = sys.modules.get(getattr(inspect.unwrap(self.target), "__module__", ""), None)
-        check_option_types(  # the values pass as given: a component may be stricter still
+        options = check_option_types(  # lossless conversions pass on (`states: 2.0` -> 2)
             self.parameters(),
             options,
             vars(module) if module is not None else {},

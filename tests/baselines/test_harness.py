@@ -6,14 +6,16 @@ import csv
 import pytest
 import torch
 
-from seqlab.config import ExperimentConfig, ModelConfig, from_dict
+from seqlab.config import ExperimentConfig, ModelConfig, from_dict, read_config_mapping
 from seqlab.errors import ConfigError
-from seqlab.harness.compare import compare
+from seqlab.files import read_json
+from seqlab.harness.compare import compare, plan
 from seqlab.harness.grid import CompareConfig
 from seqlab.io import load, save
 from seqlab.model import build_model
 from seqlab.objectives.base import Batch
 from seqlab.registry import BASELINES
+from seqlab.train.logging import read_metrics
 from seqlab.train.loop import build_run
 
 OPTIONS = {"ngram": {"order": 3}, "hmm": {"states": 3, "iterations": 3}}
@@ -118,3 +120,58 @@ def test_a_finished_baseline_run_resumes_to_its_summary(tmp_path):
     summary = train(config, tmp_path / "run", progress=False)
     assert train(config, tmp_path / "run", resume=True, progress=False) == summary
     assert load(tmp_path / "run").num_params() == summary["params"]
+
+
+def baseline_grid(*models):
+    return CompareConfig(
+        name="baselines",
+        base={
+            "objective": {"name": "ar"},
+            "task": EVENT_LOG,
+            "train": {"steps": 2, "batch_size": 4, "threads": 1, "eval_tokens": 1024},
+        },
+        grid={"model": list(models)},
+        seeds=[0],
+        metric={"event_log": "accuracy"},
+        workers=1,
+    )
+
+
+NUMBERS = ("final_loss", "val_accuracy", "test_accuracy", "train_flops", "params")
+
+
+def test_an_interrupted_baseline_run_fits_again_under_compare_and_resume(tmp_path):
+    from seqlab.train.loop import train
+
+    grid = baseline_grid({"baseline": "hmm", "baseline_options": {"states": 2, "iterations": 3}})
+    compare(grid, tmp_path / "out", progress=False, plots=False)
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    first = read_json(run_dir / "result.json")
+    assert first["status"] == "ok" and first["d_model"] is None and first["n_layers"] is None
+    (run_dir / "summary.json").unlink()  # stopped after saving its model, before its summary
+    (run_dir / "result.json").unlink()
+    compare(grid, tmp_path / "out", progress=False, plots=False)
+    again = read_json(run_dir / "result.json")
+    assert again["status"] == "ok", again
+    assert {k: again[k] for k in NUMBERS} == {k: first[k] for k in NUMBERS}
+    summary = read_json(run_dir / "summary.json")
+    (run_dir / "summary.json").unlink()
+    config = from_dict(ExperimentConfig, read_config_mapping(run_dir / "config.yaml"))
+    resumed = train(config, run_dir, resume=True, progress=False)
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == {
+        k: v for k, v in summary.items() if k != "seconds"
+    }
+    records = read_metrics(run_dir / "metrics.jsonl")  # replaced, not appended to
+    assert [r["iteration"] for r in records[:-1]] == [1, 2, 3]
+    assert [r["loss"] for r in records[:-1]] == summary["fit_curve"]
+
+
+def test_the_dry_run_plans_a_baseline_with_its_fit_flops(tmp_path):
+    grid = baseline_grid({"baseline": "ngram", "baseline_options": {"order": 2}})
+    (row,) = plan(grid)
+    compare(grid, tmp_path / "out", progress=False, plots=False)
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    result = read_json(run_dir / "result.json")
+    # every token counted as scored: the same formula, never below the fit's own count
+    assert result["train_flops"] <= row["train_flops"] <= 2 * result["train_flops"]
+    assert row["train_flops"] == 2 * row["tokens"]  # order x tokens, not 3 x flops_per_token

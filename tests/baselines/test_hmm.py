@@ -1,5 +1,7 @@
 """HMM: decoding equals the full forward, EM is monotone, a toy HMM is recovered."""
 
+import math
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ def test_full_forward_equals_token_by_token_decoding_and_sums_to_one():
 
 def test_em_never_decreases_the_training_log_likelihood():
     torch.manual_seed(1)
-    model = hmm(3, states=3, iterations=15, smoothing=0.0)
+    model = hmm(3, states=3, iterations=15, tolerance=0.0, smoothing=0.0)
     tokens = sample(40, 20)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     mask[:10, 12:] = False  # shorter rows: their ends are marginalised out
@@ -71,9 +73,49 @@ def test_smoothing_keeps_every_token_possible():
     assert bool(torch.isfinite(log_probs).all())
 
 
-@pytest.mark.parametrize("bad", [{"states": 0}, {"iterations": 0}, {"smoothing": -1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"states": 0},
+        {"iterations": 0},
+        {"smoothing": -1.0},
+        {"smoothing": float("inf")},
+        {"smoothing": float("nan")},
+        {"tolerance": -1.0},
+        {"tolerance": float("nan")},
+    ],
+)
 def test_bad_options(bad):
     from seqlab.errors import ConfigError
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="^hmm ") as err:
         hmm(4, **bad)
+    assert "\n" not in str(err.value)
+
+
+def test_em_starts_from_the_unigram_frequencies():
+    """On a corpus where token 0 is 90% of the tokens, the starting point already predicts
+    far better than uniform (the old near-uniform start scored about -log V)."""
+    torch.manual_seed(0)
+    tokens = torch.where(torch.rand(40, 20) < 0.9, 0, torch.randint(1, 6, (40, 20)))
+    model = hmm(6, states=3, iterations=1)
+    model.fit([Batch(tokens)])
+    assert model.log_likelihoods[0] > -math.log(6) + 0.5
+
+
+def test_em_stops_at_the_tolerance_and_keeps_its_curve():
+    torch.manual_seed(0)
+    model = hmm(3, states=2, smoothing=0.0)
+    assert model.iterations == 100 and model.tolerance == 1e-4
+    model.fit([Batch(sample(100, 20))])
+    history = model.log_likelihoods
+    assert 2 <= len(history) < 100
+    gains = [b - a for a, b in zip(history, history[1:], strict=False)]
+    assert gains[-1] < 1e-4 <= min(gains[:-1], default=1.0)
+    assert model.fit_curve == [-value for value in history]
+
+
+def test_option_values_are_converted_before_the_build():
+    model = hmm(4, states=2.0, iterations=3.0)
+    assert model.states == 2 and isinstance(model.states, int)
+    model.fit([Batch(torch.randint(0, 4, (4, 6)))])

@@ -72,3 +72,39 @@ def test_bad_options_are_config_errors():
         ngram(5, discount=1.5)
     with pytest.raises(ConfigError, match="unknown option"):
         ngram(5, smoothing=1.0)
+
+
+def test_grams_opening_with_the_start_symbol_keep_raw_counts():
+    """Order 4, V = 3, D = 0.75; rows 0 1 2, 0 1 1, 2 0 1 (s = start). After the prefix `0`
+    the history is (s, s, 0). Order 4, context (s, s, 0): {1: 2}. Order 3, context (s, 0):
+    it opens with s, so raw counts {1: 2} (its continuation count would be {1: 1}). Order 2,
+    context (0): continuation {1: 2} (s 0 1, 2 0 1). Unigrams: distinct bigrams 0 1, 1 2,
+    1 1, 2 0 -> {0: 1, 1: 2, 2: 1}."""
+    model = ngram(3, order=4, discount=0.75)
+    model.fit([Batch(torch.tensor([[0, 1, 2], [0, 1, 1], [2, 0, 1]]))])
+    d = 0.75
+    p1 = [c / 4 for c in (1, 2, 1)]  # (c - d + d * 3 / 3) / 4
+
+    def level(counts, lower):
+        total, types = sum(counts), sum(c > 0 for c in counts)
+        return [(max(c - d, 0) + d * types * q) / total for c, q in zip(counts, lower, strict=True)]
+
+    p2 = level([0, 2, 0], p1)
+    p3 = level([0, 2, 0], p2)
+    p4 = level([0, 2, 0], p3)
+    probs = model(torch.tensor([[0]]))[0].double().exp()[0, 0]
+    assert probs.tolist() == pytest.approx(p4, rel=1e-5)
+    continuation = level([0, 1, 0], p2)  # the count this fix replaces: a visibly other answer
+    assert abs(level([0, 2, 0], continuation)[0] - p4[0]) > 1e-3
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_discount_is_a_one_line_config_error(value):
+    with pytest.raises(ConfigError, match="ngram discount") as err:
+        ngram(5, discount=value)
+    assert "\n" not in str(err.value)
+
+
+def test_option_values_are_converted_before_the_build():
+    model = ngram(5, order=2.0, discount="0.5")
+    assert model.order == 2 and isinstance(model.order, int) and model.discount == 0.5

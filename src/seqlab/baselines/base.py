@@ -14,6 +14,7 @@ unchanged. Buffers whose shape depends on the data (sparse count tables) are nam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,6 +52,17 @@ class Baseline(nn.Module):
     def fit(self, batches: Iterable[Batch]) -> None:
         """Estimate every buffer from the training batches."""
         raise NotImplementedError
+
+    def fit_flops_for(self, tokens: int, iterations: int = 1) -> float:
+        """The arithmetic of fitting on `tokens` scored tokens (an iterative fit: `iterations`
+        passes); `fit` sets `fit_flops` with it and `seqlab compare --dry-run` plans with it."""
+        return float(tokens * iterations)
+
+    @property
+    def fit_curve(self) -> list[float]:
+        """The training loss (negative log-likelihood per token) after each iteration of an
+        iterative fit, in order; empty for a closed-form one."""
+        return []
 
     def next_log_probs(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
         """Log-probabilities `[B, T, V]` (float64) of the token after each position of
@@ -135,6 +147,12 @@ def build_baseline(config: ModelConfig) -> Baseline:
     baseline = entry.build(supplied={"vocab_size": config.vocab_size}, **config.baseline_options)
     baseline.config = config
     return baseline
+
+
+def check_finite(what: str, value: float) -> None:
+    """Raise a one-line ConfigError when the option `what` is nan or infinite."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value}")
 
 
 def check_objective(objective: str) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqlab.baselines.base import count_table, dense_rows, register_table, table, table_names
+from seqlab.baselines.base import (
+    check_finite,
+    count_table,
+    dense_rows,
+    register_table,
+    table,
+    table_names,
+)
 from seqlab.baselines.popularity import Popularity
 from seqlab.errors import ConfigError
 from seqlab.registry import BASELINES
@@ -30,6 +37,7 @@ class Cooccurrence(Popularity):
 
     def __init__(self, vocab_size: int, *, smoothing: float = 1.0, weight: float = 1.0) -> None:
         super().__init__(vocab_size, smoothing=smoothing)
+        check_finite("cooccurrence weight", weight)
         if not weight > 0:
             raise ConfigError(f"cooccurrence weight must be > 0, got {weight}")
         self.weight = weight

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from seqlab.baselines.base import Baseline, training_targets
+from seqlab.baselines.base import Baseline, check_finite, training_targets
 from seqlab.errors import ConfigError, DataError
 from seqlab.registry import BASELINES
 
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from seqlab.objectives.base import Batch
 
 ROWS_PER_CHUNK = 4096
+EMISSION_NOISE = 0.5  # λ: the share of Dirichlet noise in the starting emissions
+TRANSITION_CONCENTRATION = 0.5  # of the starting transitions' Dirichlet draw
 
 
 @BASELINES.register("hmm")
@@ -29,38 +31,74 @@ class HMM(Baseline):
     predictive f_t A [B, S] (π before any token), so token-by-token decoding equals the full
     forward.
 
-    `fit` runs `iterations` EM steps over the training rows (each row's tokens up to its
-    last scored position; position 0 is emitted too, never predicted). The E-step is the
-    scaled forward-backward (Rabiner, 1989: each α_t normalised by c_t = p(x_t | x_{<t}),
-    log-likelihood Σ log c_t), as stable as a log-space one; the M-step adds `smoothing` to
-    every expected count (a Dirichlet(1 + smoothing) MAP estimate, which keeps every token
-    possible; with 0 it is plain EM and the training log-likelihood never decreases).
-    `log_likelihoods` keeps the training log-likelihood per token before each M-step.
+    `fit` starts from the training unigram frequencies u mixed with Dirichlet noise per
+    state, B[i] = (1 - λ) u + λ d_i with d_i ~ Dir(1) and λ = `EMISSION_NOISE`, transitions
+    and π ~ Dir(`TRANSITION_CONCENTRATION`) (drawn from torch's seeded generator, so a fit is
+    a function of the seed), then runs up to `iterations` EM steps over the training rows
+    (each row's tokens up to its last scored position; position 0 is emitted too, never
+    predicted), stopping once the per-token log-likelihood gains less than `tolerance`. The
+    E-step is the scaled forward-backward (Rabiner, 1989: each α_t normalised by
+    c_t = p(x_t | x_{<t}), log-likelihood Σ log c_t), as stable as a log-space one; the M-step
+    adds `smoothing` to every expected count (a Dirichlet(1 + smoothing) MAP estimate, which
+    keeps every token possible; with 0 it is plain EM and the training log-likelihood never
+    decreases). `log_likelihoods` keeps the training log-likelihood per token before each
+    M-step; `fit_curve` the same as losses (its negation), one per EM iteration.
     Forward arithmetic: 2 (S² + S V) per token.
     """
 
     def __init__(
-        self, vocab_size: int, *, states: int = 8, iterations: int = 20, smoothing: float = 0.01
+        self,
+        vocab_size: int,
+        *,
+        states: int = 8,
+        iterations: int = 100,
+        tolerance: float = 1e-4,
+        smoothing: float = 0.01,
     ) -> None:
         super().__init__(vocab_size)
         if states < 1:
             raise ConfigError(f"hmm states must be >= 1, got {states}")
         if iterations < 1:
             raise ConfigError(f"hmm iterations must be >= 1, got {iterations}")
-        if not smoothing >= 0:
+        check_finite("hmm tolerance", tolerance)
+        check_finite("hmm smoothing", smoothing)
+        if tolerance < 0:
+            raise ConfigError(f"hmm tolerance must be >= 0, got {tolerance}")
+        if smoothing < 0:
             raise ConfigError(f"hmm smoothing must be >= 0, got {smoothing}")
         self.states, self.iterations, self.smoothing = states, iterations, smoothing
-        noise = lambda *shape: torch.rand(*shape, dtype=torch.float64) + 0.5  # noqa: E731
-        self.register_buffer("initial", normalised(noise(states)))
-        self.register_buffer("transition", normalised(noise(states, states)))
-        self.register_buffer("emission", normalised(noise(states, vocab_size)))
+        self.tolerance = tolerance
+        uniform = lambda *shape: torch.full(shape, 1.0 / shape[-1], dtype=torch.float64)  # noqa: E731
+        self.register_buffer("initial", uniform(states))
+        self.register_buffer("transition", uniform(states, states))
+        self.register_buffer("emission", uniform(states, vocab_size))
         self.log_likelihoods: list[float] = []
+
+    @property
+    def fit_curve(self) -> list[float]:
+        return [-value for value in self.log_likelihoods]
+
+    def _start(self, rows: Tensor, observed: Tensor) -> None:
+        """The EM starting point (see the class docstring)."""
+        unigram = torch.zeros(self.vocab_size, dtype=torch.float64, device=rows.device)
+        unigram.index_add_(0, rows[observed], torch.ones_like(rows[observed], dtype=torch.float64))
+        unigram = normalised(unigram)
+
+        def draw(*shape: int, c: float) -> Tensor:
+            concentration = torch.full(shape, c, dtype=torch.float64)
+            return torch.distributions.Dirichlet(concentration).sample().to(rows.device)
+
+        noise = draw(self.states, self.vocab_size, c=1.0)
+        self.emission = (1 - EMISSION_NOISE) * unigram + EMISSION_NOISE * noise
+        self.transition = draw(self.states, self.states, c=TRANSITION_CONCENTRATION)
+        self.initial = draw(self.states, c=TRANSITION_CONCENTRATION)
 
     def fit(self, batches: Iterable[Batch]) -> None:
         rows, observed = training_rows(batches, self.device)
         if rows.shape[0] == 0:
             raise DataError("hmm: the training batches hold no scored token")
         tokens = int(observed.sum())
+        self._start(rows, observed)
         self.log_likelihoods = []
         for _ in range(self.iterations):
             initial = torch.zeros_like(self.initial)
@@ -76,7 +114,10 @@ class HMM(Baseline):
             self.initial = normalised(initial + self.smoothing)
             self.transition = normalised(transition + self.smoothing)
             self.emission = normalised(emission + self.smoothing)
-        self.fit_flops = float(self.iterations * tokens * (6 * self.states**2 + 2 * self.states))
+            history = self.log_likelihoods
+            if len(history) > 1 and history[-1] - history[-2] < self.tolerance:
+                break
+        self.fit_flops = self.fit_flops_for(tokens, len(self.log_likelihoods))
 
     def _expected_counts(
         self, rows: Tensor, observed: Tensor, initial: Tensor, transition: Tensor, emission: Tensor
@@ -123,6 +164,11 @@ class HMM(Baseline):
             predicted = filtered @ self.transition
             out.append(predicted @ self.emission)
         return torch.stack(out, 1).log(), predicted
+
+    def fit_flops_for(self, tokens: int, iterations: int | None = None) -> float:
+        """Per EM iteration 6 S² + 2 S per token; `iterations` defaults to the most allowed."""
+        passes = self.iterations if iterations is None else iterations
+        return float(passes * tokens * (6 * self.states**2 + 2 * self.states))
 
     def state_size(self, seq_len: int) -> int:
         return self.states

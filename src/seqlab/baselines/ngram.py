@@ -10,6 +10,7 @@ from torch import Tensor
 
 from seqlab.baselines.base import (
     Baseline,
+    check_finite,
     context_keys,
     count_table,
     dense_rows,
@@ -31,7 +32,8 @@ class NGram(Baseline):
 
     With h the last k - 1 tokens (a row's start padded with a start symbol that is never
     predicted), c_k(h, w) the count of h w at the highest order k = N and, below it, the
-    continuation count N1+(· h w) (distinct tokens seen before h w), and D = `discount`:
+    continuation count N1+(· h w) (distinct tokens seen before h w) — except where h opens
+    with the start symbol, which nothing precedes: there the count itself — and D = `discount`:
 
         p_k(w | h) = (max(c_k(h, w) - D, 0) + D · N1+(h ·) · p_{k-1}(w | h')) / Σ_w c_k(h, w)
 
@@ -50,6 +52,7 @@ class NGram(Baseline):
         super().__init__(vocab_size)
         if order < 1:
             raise ConfigError(f"ngram order must be >= 1, got {order}")
+        check_finite("ngram discount", discount)
         if not 0 < discount <= 1:
             raise ConfigError(f"ngram discount must lie in (0, 1], got {discount}")
         if (vocab_size + 1) ** (order - 1) >= 2**62:
@@ -85,14 +88,27 @@ class NGram(Baseline):
         if not histories or sum(len(w) for w in words) == 0:
             raise DataError("ngram: the training batches hold no scored token to count")
         grams = torch.cat([torch.cat(histories), torch.cat(words)[:, None]], 1)
-        counts = torch.ones(len(grams), dtype=torch.float64, device=grams.device)
         for k in range(self.order, 0, -1):
-            # order N counts every n-gram; lower orders count distinct left extensions
-            keys = context_keys(grams[:, :-1], self.start + 1)
-            register_table(self, f"k{k}", count_table(keys, grams[:, -1], counts))
-            grams = torch.unique(grams, dim=0)[:, 1:]
-            counts = torch.ones(len(grams), dtype=torch.float64, device=grams.device)
-        self.fit_flops = float(sum(len(w) for w in words) * self.order)
+            counted = self._counted_grams(grams, k)
+            keys = context_keys(counted[:, :-1], self.start + 1)
+            ones = torch.ones(len(counted), dtype=torch.float64, device=grams.device)
+            register_table(self, f"k{k}", count_table(keys, counted[:, -1], ones))
+        self.fit_flops = self.fit_flops_for(sum(len(w) for w in words))
+
+    def _counted_grams(self, grams: Tensor, k: int) -> Tensor:
+        """The k-grams `[M, k]` whose multiplicities are order k's counts, from every training
+        n-gram occurrence `grams` `[E, order]`: each occurrence at the highest order; below it
+        each distinct left extension (continuation counts), except for a k-gram that opens with
+        the start symbol, which can have none and keeps its occurrences (Chen & Goodman, 1998)."""
+        suffixes = grams[:, self.order - k :]
+        if k == self.order:
+            return suffixes
+        extended = torch.unique(grams[:, self.order - k - 1 :], dim=0)[:, 1:]
+        if k == 1:  # a unigram's first column is the predicted token, never the start symbol
+            return extended
+        return torch.cat(
+            [extended[extended[:, 0] != self.start], suffixes[suffixes[:, 0] == self.start]]
+        )
 
     def init_state(
         self,
@@ -127,6 +143,9 @@ class NGram(Baseline):
             probs = torch.where(found[:, None], smoothed, probs)
         new_state = padded[:, padded.shape[1] - (self.order - 1) :]
         return probs.log().view(batch, length, -1), new_state
+
+    def fit_flops_for(self, tokens: int, iterations: int = 1) -> float:
+        return float(tokens * self.order)
 
     def state_size(self, seq_len: int) -> int:
         return self.order - 1

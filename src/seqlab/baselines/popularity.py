@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from seqlab.baselines.base import Baseline, training_targets
+from seqlab.baselines.base import Baseline, check_finite, training_targets
 from seqlab.errors import ConfigError, DataError
 from seqlab.registry import BASELINES
 
@@ -27,6 +27,7 @@ class Popularity(Baseline):
 
     def __init__(self, vocab_size: int, *, smoothing: float = 1.0) -> None:
         super().__init__(vocab_size)
+        check_finite(f"{type(self).name} smoothing", smoothing)
         if not smoothing >= 0:
             raise ConfigError(f"{type(self).name} smoothing must be >= 0, got {smoothing}")
         self.smoothing = smoothing
@@ -48,7 +49,7 @@ class Popularity(Baseline):
         )
         self.frequency = frequency
         self.fit_pairs(previous_tokens, target_tokens)
-        self.fit_flops = float(len(target_tokens))
+        self.fit_flops = self.fit_flops_for(len(target_tokens))
 
     def fit_pairs(self, previous: Tensor, targets: Tensor) -> None:
         """What a subclass also learns from each (previous token, target) pair."""

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from seqlab.config import to_dict
+from seqlab.config import ExperimentConfig, to_dict
 from seqlab.data.tasks import build_task
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.files import atomic_write_json, atomic_write_text, read_json
@@ -67,11 +67,13 @@ from seqlab.harness.report import (
 )
 from seqlab.harness.stats import mean_interval
 from seqlab.io import load
+from seqlab.model import build_model
 from seqlab.objectives import build_objective
 from seqlab.registry import TASKS
 from seqlab.train import train
 from seqlab.train.checkpoint import latest_checkpoint
 from seqlab.train.dist import resolve_device
+from seqlab.train.rundir import held_work
 
 
 def describe_backbone(config: dict[str, Any]) -> str:
@@ -97,8 +99,9 @@ def run_header(run: Run) -> dict[str, Any]:
         "paradigm": config.objective.name,
         "task": config.task.name,
         "scores_answers": TASKS.get(config.task.name).target.scores_answers,
-        "d_model": config.model.d_model,
-        "n_layers": config.model.n_layers,
+        # a baseline has no width or depth: its row leaves them empty, not the defaults
+        "d_model": None if config.model.baseline else config.model.d_model,
+        "n_layers": None if config.model.baseline else config.model.n_layers,
         "lr": run.lr,
         "seed": run.seed,
         "steps": config.train.steps,
@@ -143,11 +146,20 @@ def run_one(run: Run, out: str | os.PathLike[str], threads: int | None = None) -
         return record_failure(run, out, f"{type(err).__name__}: {err}", traceback.format_exc())
 
 
+def resumable(config: ExperimentConfig, run_dir: Path) -> bool:
+    """Whether the run in `run_dir` continues rather than starts: from its last checkpoint, or,
+    for a baseline (which keeps none), whenever it wrote anything (it fits again, replacing
+    only its own files, or returns its finished summary)."""
+    if config.model.baseline is not None:
+        return held_work(run_dir) is not None or (run_dir / "metrics.jsonl").is_file()
+    return latest_checkpoint(run_dir) is not None
+
+
 def _train_and_test(run: Run, run_dir: Path, threads: int | None) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     config = run.config
-    summary = train(config, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=False)
+    summary = train(config, run_dir, resume=resumable(config, run_dir), progress=False)
     # a run resumed from its last checkpoint gets both from that checkpoint (train.loop)
     validation, final_loss = summary["validation"] or {}, summary["final_loss"]
     model = load(run_dir, resolve_device(config.train.device))  # tested where it trained
@@ -647,18 +659,24 @@ def plan_row(run: Run, tokens_per_step: int, flops_per_step: float) -> dict[str,
 
 def plan(config: CompareConfig, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Every run of the comparison (or of one shard) with its tokens and training FLOPs
-    (3 x `Model.flops_per_token` x tokens, as training counts them), measured on the meta
-    device; trains nothing and writes nothing in the output directory."""
+    (3 x `Model.flops_per_token` x tokens, as training counts them; for a baseline its fit's
+    arithmetic, `Baseline.fit_flops_for`, never below what its summary reports), measured on the
+    meta device; trains nothing and writes nothing in the output directory."""
     from seqlab.harness.ladder import _Probe  # ladder imports this module
 
     runs = expand(config)
-    probes: dict[str, Any] = {}
+    steps: dict[str, tuple[int, float]] = {}  # point id -> tokens and FLOPs per step
     rows = []
     for run in shard_of(runs, shard) if shard else runs:
-        if run.point_id not in probes:
-            probes[run.point_id] = _Probe(run.config).measure({}, "analytic")
-        measured = probes[run.point_id]
-        rows.append(plan_row(run, measured.tokens_per_step, measured.flops_per_step))
+        if run.point_id not in steps:
+            probe = _Probe(run.config)
+            if run.config.model.baseline:  # fitted, not trained: its fit's count, as summaries
+                model_config = dataclasses.replace(run.config.model, vocab_size=probe.vocab_size)
+                flops = build_model(model_config).fit_flops_for(probe.tokens_per_step)
+            else:
+                flops = probe.measure({}, "analytic").flops_per_step
+            steps[run.point_id] = (probe.tokens_per_step, flops)
+        rows.append(plan_row(run, *steps[run.point_id]))
     return rows
 
 

@@ -276,7 +276,9 @@ def write_plots(
             fig, ax = plt.subplots(figsize=(6, 4))
             colors = {}
             for name, points in sorted(by_backbone.items()):
-                points = sorted(points, key=lambda r: r[x_key])
+                points = sorted((p for p in points if p[x_key] is not None), key=lambda r: r[x_key])
+                if not points:  # a baseline has no d_model
+                    continue
                 xs = [p[x_key] for p in points]
                 ys = [p["score"] for p in points]
                 errs = [p.get(f"test_{metric}_std", 0.0) for p in points]

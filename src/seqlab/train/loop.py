@@ -254,8 +254,9 @@ def _train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
     existing = latest_checkpoint(out) if resume else None
-    if resume and existing is None and finished_summary(out, tc.steps) is None:
-        raise SeqlabError(f"{out}: no checkpoint to resume from")  # a baseline keeps none
+    refit = config.model.baseline is not None  # a baseline keeps no checkpoint: it fits again
+    if resume and existing is None and not refit and finished_summary(out, tc.steps) is None:
+        raise SeqlabError(f"{out}: no checkpoint to resume from")
     parts = build_run(config, info)
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
     if resume:
@@ -426,8 +427,10 @@ def _train(
 def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
     """A classical baseline's run: `fit` on the task's training batches of steps 0 ..
     train.steps - 1 (each `train.batch_size` rows, seeded as a neural run's), one
-    validation, then `model.safetensors` and `summary.json` as a neural run writes them;
-    no optimizer and no checkpoints (a run stopped before its end fits again)."""
+    validation, then `model.safetensors` and `summary.json` as a neural run writes them
+    (metrics.jsonl: one line per fit iteration at step 0, `loss` its training loss, then the
+    final line); no optimizer and no checkpoints: a run stopped before its summary fits again
+    under `resume`, replacing only these files."""
     config, task, model, objective = parts.config, parts.task, parts.model, parts.objective
     tc = config.train
     if info.distributed:
@@ -457,7 +460,9 @@ def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
     seq_len = task.seq_len
     seconds = round(time.perf_counter() - t0, 3)
     record = {"step": tc.steps, "loss": final_loss, "tokens": tokens_seen, "seconds": seconds}
-    logger = MetricsLogger(out, resume_step=None, enabled=info.is_main)
+    logger = MetricsLogger(out, resume_step=None, enabled=info.is_main)  # replaces any earlier
+    for iteration, loss in enumerate(model.fit_curve, 1):  # the fit happens before step 1
+        logger.log({"step": 0, "iteration": iteration, "loss": loss})
     logger.log({**record, **{f"val_{k}": v for k, v in evaluation.items()}})
     logger.close()
     summary = {
@@ -472,6 +477,7 @@ def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
         "flops_per_token": model.flops_per_token(seq_len),
         "train_tokens": tokens_seen,
         "train_flops": model.fit_flops,
+        "fit_curve": model.fit_curve,
         "seconds": seconds,
         "param_fingerprints": [param_fingerprint(model)],
     }
