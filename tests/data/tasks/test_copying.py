@@ -106,7 +106,7 @@ def test_selective_copy_without_a_curriculum_is_unchanged():
         {"curriculum_steps": 10},
         {"curriculum_steps": 10, "curriculum_start": 0},
         {"curriculum_steps": 10, "curriculum_start": 9},
-        {"curriculum_steps": 10, "curriculum_start": 2.0},
+        {"curriculum_steps": 10, "curriculum_start": 2.5},
         {"curriculum_steps": -1, "curriculum_start": 2},
         {"curriculum_steps": True, "curriculum_start": 2},
         {"curriculum_start": 2},
@@ -147,7 +147,7 @@ def test_selective_copy_longer_test_rows_leave_the_other_splits_unchanged():
         assert longer.eval_count("test", 129 * longer.eval_examples) == longer.eval_examples
 
 
-@pytest.mark.parametrize("test_seq_len", [32, 16, 64.0, True])
+@pytest.mark.parametrize("test_seq_len", [32, 16, 64.5, True])
 def test_selective_copy_test_seq_len_is_validated(test_seq_len):
     with pytest.raises(ConfigError, match="test_seq_len"):
         make("selective_copy", seq_len=32, num_tokens=4, test_seq_len=test_seq_len)

@@ -74,7 +74,7 @@ def test_batches_are_seeded_and_evaluation_graphs_are_held_out():
         ({"path_length": 1}, "path_length >= 2"),
         ({"degree": True}, "degree"),
         ({"degree": 3, "path_length": 5, "num_nodes": 12}, "num_nodes must be"),
-        ({"num_nodes": 20.0}, "num_nodes"),
+        ({"num_nodes": 20.5}, "num_nodes"),
         ({"eval_examples": 0}, "eval_examples"),
     ],
 )
