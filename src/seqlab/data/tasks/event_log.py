@@ -44,6 +44,7 @@ from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
+from seqlab.sampling.base import eval_mode
 
 if TYPE_CHECKING:
     from seqlab.model import Model
@@ -671,10 +672,8 @@ class EventLog(Task):
         metrics = super().evaluate(
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
-        was_training = model.training
-        model.eval()
         brier, allowed_hits, scored, row = 0.0, 0, 0, 0
-        try:
+        with eval_mode(model):
             for batch in self.eval_batches(split, batch_size, max_tokens):
                 batch = batch.to(model.device)
                 logits, _ = model(batch.tokens[:, :-1], layout=objective.layout)
@@ -694,8 +693,6 @@ class EventLog(Task):
                     hits = allowed.gather(-1, guess).squeeze(-1) & where
                     allowed_hits += int(hits.sum())
                 row += len(targets)
-        finally:
-            model.train(was_training)
         metrics["brier"] = brier / max(scored, 1)
         if self.tree is not None:
             metrics["allowed_rate"] = allowed_hits / max(scored, 1)

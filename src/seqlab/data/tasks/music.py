@@ -57,6 +57,7 @@ from seqlab.files import atomic_replace, atomic_write_json
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import NLL, Batch
 from seqlab.registry import TASKS
+from seqlab.sampling.base import eval_mode
 
 if TYPE_CHECKING:
     from music21 import stream
@@ -596,14 +597,12 @@ class MusicTask(Task):
         )
         metrics.pop("exact_match", None)  # of a whole window: not a musical quantity
         if self.encoding == "grid" and isinstance(objective, Autoregressive):
-            was_training = model.training
-            model.eval()
             notes = NLL(0.0, 0, objective.bound)
-            for batch in self.eval_batches(split, batch_size, max_tokens):
-                tokens = batch.tokens.to(model.device)
-                scored = self.vocabulary.is_pitch(tokens) | (tokens == REST)
-                notes = notes + objective.nll(model, Batch(tokens, scored))
-            model.train(was_training)
+            with eval_mode(model):
+                for batch in self.eval_batches(split, batch_size, max_tokens):
+                    tokens = batch.tokens.to(model.device)
+                    scored = self.vocabulary.is_pitch(tokens) | (tokens == REST)
+                    notes = notes + objective.nll(model, Batch(tokens, scored))
             metrics["note_nll"] = notes.per_token
         return metrics
 

@@ -33,6 +33,7 @@ from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_reques
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
+from seqlab.sampling.base import eval_mode
 
 if TYPE_CHECKING:
     from seqlab.model import Model
@@ -335,12 +336,10 @@ class SequentialRecommendation(Task):
         metrics = super().evaluate(
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
-        was_training = model.training
-        model.eval()
         negatives = self.sampled_negatives(split)
         sums = dict.fromkeys(("full_hr10", "full_ndcg10", "sampled_hr10", "sampled_ndcg10"), 0.0)
         start = 0
-        try:
+        with eval_mode(model):
             for batch in self.eval_batches(split, batch_size, max_tokens):
                 rows = batch.tokens.shape[0]
                 context, target = batch.tokens[:, :-1], batch.tokens[:, -1]
@@ -365,7 +364,5 @@ class SequentialRecommendation(Task):
                 sums["sampled_hr10"] += float(hr.sum())
                 sums["sampled_ndcg10"] += float(ndcg.sum())
                 start += rows
-        finally:
-            model.train(was_training)
         metrics.update({key: value / max(start, 1) for key, value in sums.items()})
         return metrics
