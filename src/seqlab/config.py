@@ -566,6 +566,12 @@ class TrainConfig:
                     f"train.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}",
                 ),
                 (
+                    not (self.strategy == "fsdp" and self.precision == "fp16-mixed"),
+                    "train.precision fp16-mixed is not supported with train.strategy fsdp (its "
+                    "gradient scaler decides overflow per rank, on that rank's shard): use "
+                    "bf16-mixed",
+                ),
+                (
                     self.precision in PRECISIONS,
                     f"train.precision must be one of {', '.join(PRECISIONS)}, got "
                     f"{self.precision!r}",

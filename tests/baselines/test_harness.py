@@ -175,3 +175,29 @@ def test_the_dry_run_plans_a_baseline_with_its_fit_flops(tmp_path):
     # every token counted as scored: the same formula, never below the fit's own count
     assert result["train_flops"] <= row["train_flops"] <= 2 * result["train_flops"]
     assert row["train_flops"] == 2 * row["tokens"]  # order x tokens, not 3 x flops_per_token
+
+
+def test_a_baseline_run_keeps_its_tokenizer_and_refuses_training_only_settings(tmp_path):
+    """A baseline on text with an `hf:` tokenizer saves the tokenizer beside its config (so
+    `seqlab sample` reads the run's text as it was fitted); precision, compile and strategy
+    do not apply to a fitted model and are refused rather than ignored."""
+    from seqlab.train.loop import train
+    from tests.data.test_hf_tokenizer import TEXTS, make_tokenizer
+
+    tokenizer = make_tokenizer(tmp_path / "tok") / "tokenizer.json"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"f{i}.txt").write_text(" ".join(TEXTS * 8) + "\n")
+    base = {
+        "model": {"baseline": "ngram"},
+        "data": {"corpus": "path", "path": str(corpus), "seq_len": 8,
+                 "tokenizer": f"hf:{tokenizer}", "cache_dir": str(tmp_path / "cache")},
+        "train": {"steps": 2, "batch_size": 4, "threads": 1, "eval_tokens": 64},
+    }  # fmt: skip
+    train(from_dict(ExperimentConfig, base), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
+    for key, value in (("precision", "bf16-mixed"), ("compile", True), ("strategy", "fsdp")):
+        config = from_dict(ExperimentConfig, {**base, "train": {**base["train"], key: value}})
+        with pytest.raises(ConfigError, match=f"train.{key} does not apply to a baseline"):
+            train(config, tmp_path / f"refused-{key}", progress=False)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from seqlab.harness.compare import aggregate
+from seqlab.harness.compare import aggregate, write_report
 from seqlab.harness.grid import CompareConfig
 from seqlab.harness.report import leaderboard_markdown, state_laws_by_task, write_plots
 from seqlab.harness.state_laws import MIN_SIZES, applies, state_size_laws
@@ -57,8 +57,10 @@ def test_the_fit_recovers_a_known_law_from_aggregated_seeds():
     fit = law.fit
     assert len(fit.x) == 3 * len(SIZES)  # every seed is a point; the bootstrap draws grid points
     assert fit.alpha.value == pytest.approx(ALPHA, abs=0.1)
-    assert fit.alpha.ci.low < ALPHA < fit.alpha.ci.high
-    assert fit.E.ci.low < E < fit.E.ci.high
+    # the interval brackets the truth up to a margin wider than refit rounding can move it
+    assert fit.alpha.ci.low < ALPHA + 0.05 and fit.alpha.ci.high > ALPHA - 0.05
+    assert fit.alpha.ci.high - fit.alpha.ci.low < 0.3
+    assert fit.E.value == pytest.approx(E, abs=0.03)
     check = law.held_out
     assert check.scale.tolist() == [8192.0] * 3  # the largest state size, all its seeds
     assert check.predicts and check.mean_relative_error < 0.05
@@ -86,15 +88,26 @@ def test_only_accuracy_type_metrics_at_several_state_sizes_call_for_laws():
     assert not applies(aggregate(nll, rows))
 
 
-def test_the_report_lists_each_backbone_law_or_why_not(tmp_path):
+def test_the_report_lists_each_backbone_law_or_why_not():
     results = _law_rows() + aggregate(CONFIG, _runs("attn", 100, [0.4]) + _runs("attn", 200, [0.5]))
-    lines = leaderboard_markdown(CONFIG, results, []).splitlines()
+    laws = state_laws_by_task(results)
+    lines = leaderboard_markdown(CONFIG, results, [], laws).splitlines()
     start = lines.index("### Error against state size: 1 − accuracy = E + A·S^(−α)")
     table = lines[start + 2 : start + 6]
     assert table[2].startswith("| attn/ar | not fitted: 2 state size(s)")
     assert table[3].startswith(f"| gdn/ar | {3 * len(SIZES)} |")
-    laws = state_laws_by_task(results)
-    json.dumps({k: [law.to_dict() for law in v] for k, v in laws.items()})
+    saved = json.loads(json.dumps({k: [law.to_dict() for law in v] for k, v in laws.items()}))
+    attn, gdn = saved["t"]
+    assert attn["fit"] is None and gdn["fit"]["alpha"]["value"] == laws["t"][1].fit.alpha.value
+    assert len(gdn["held_out"]["observed"]) == 3
+
+
+def test_a_report_without_laws_removes_an_earlier_reports_file(tmp_path):
+    rows = sum((_runs("gdn", s, [0.5, 0.6]) for s in SIZES[:MIN_SIZES]), [])
+    write_report(CONFIG, tmp_path, rows, plots=False)
+    assert "gdn/ar" in (tmp_path / "state_laws.json").read_text()
+    write_report(CONFIG, tmp_path, _runs("gdn", 256, [0.5]), plots=False)
+    assert not (tmp_path / "state_laws.json").exists()
 
 
 def test_the_state_size_plot_draws_the_fitted_law(tmp_path, monkeypatch):

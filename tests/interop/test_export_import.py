@@ -299,3 +299,13 @@ def test_seqlab_decoders_and_paradigms_run_on_an_imported_checkpoint(tmp_path):
     )
     summary = train(from_dict(ExperimentConfig, config), tmp_path / "converted", progress=False)
     assert math.isfinite(summary["final_loss"])
+
+
+def test_a_checkpoint_folder_without_weights_is_a_one_line_error(tmp_path, capsys):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=1).save_pretrained(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the Hugging Face model" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -187,3 +187,11 @@ def test_sharded_checkpoint_refuses_non_finite_weights(tmp_path):
         ]
     finally:
         dist.destroy_process_group()
+
+
+def test_fsdp_refuses_fp16_whose_scaler_would_decide_overflow_per_rank():
+    """torch.amp.GradScaler judges overflow on each rank's own gradient shard, so under fsdp
+    ranks could disagree about skipping a step: refused before anything runs."""
+    with pytest.raises(ConfigError, match="fp16-mixed is not supported with train.strategy fsdp"):
+        from_dict(TrainConfig, {"strategy": "fsdp", "precision": "fp16-mixed"})
+    assert from_dict(TrainConfig, {"strategy": "fsdp", "precision": "bf16-mixed"}).strategy

@@ -510,6 +510,8 @@ def write_report(
             out / "state_laws.json",
             {label: [law.to_dict() for law in task_laws] for label, task_laws in laws.items()},
         )
+    else:  # an earlier report's laws no longer match this one's results
+        (out / "state_laws.json").unlink(missing_ok=True)
     atomic_write_text(out / "results.md", leaderboard_markdown(config, results, rows, laws))
     if plots:
         write_plots(out, results, rows, laws)

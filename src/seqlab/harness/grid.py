@@ -50,23 +50,23 @@ from seqlab.errors import ConfigError, SeqlabError
 from seqlab.harness.slurm import slurm_config
 from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, TASKS
 
-HIGHER_IS_BETTER = {
+HIGHER_IS_BETTER = {  # every metric a task reports, in the order of the leaderboard's columns
+    "nll": False,
     "accuracy": True,
     "exact_match": True,
+    "generated_accuracy": True,
+    "generated_exact_match": True,
+    "infill_nll": False,
+    "infill_accuracy": True,
+    "bits_per_byte": False,
     "dfa_valid": True,
-    "allowed_rate": True,
     "brier": False,
+    "allowed_rate": True,
     "full_hr10": True,
     "full_ndcg10": True,
     "sampled_hr10": True,
     "sampled_ndcg10": True,
-    "generated_accuracy": True,
-    "generated_exact_match": True,
-    "infill_accuracy": True,
-    "infill_nll": False,
-    "nll": False,
     "note_nll": False,
-    "bits_per_byte": False,
     "mase": False,
     "smape": False,
     "crps": False,

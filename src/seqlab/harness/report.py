@@ -142,26 +142,7 @@ def leaderboard_markdown(
         extras = _extra_axes(rows)
         sparse = _has_sparse(rows)
         interval = any(r["seeds"] > 1 for r in rows)
-        others = [
-            m
-            for m in (
-                "nll",
-                "accuracy",
-                "exact_match",
-                "generated_exact_match",
-                "infill_nll",
-                "infill_accuracy",
-                "bits_per_byte",
-                "dfa_valid",
-                "brier",
-                "allowed_rate",
-                "full_hr10",
-                "full_ndcg10",
-                "sampled_hr10",
-                "sampled_ndcg10",
-            )
-            if m != metric and f"test_{m}" in rows[0]
-        ]
+        others = [m for m in HIGHER_IS_BETTER if m != metric and f"test_{m}" in rows[0]]
         header = (
             ["rank", "backbone", "paradigm"]
             + [a[5:] for a in extras]

@@ -105,7 +105,7 @@ def _law(name: str, rows: list[dict[str, Any]], metric: str) -> StateLaw:
 def _sizes_by_backbone(rows: list[dict[str, Any]]) -> dict[str, set[float]]:
     sizes: dict[str, set[float]] = defaultdict(set)
     for row in rows:
-        if not is_failed(row) and row.get("state_size") is not None:
+        if not is_failed(row):
             sizes[backbone_label(row)].add(float(row["state_size"]))
     return sizes
 
@@ -125,8 +125,8 @@ def state_law_markdown(laws: list[StateLaw], metric: str) -> list[str]:
             lines.append(f"| {law.backbone} | not fitted: {law.skipped} | | | | |")
             continue
         check = law.held_out
-        held = "—" if check is None else f"{100 * check.mean_relative_error:.1f}%"
-        if check is not None and not check.predicts:
+        held = f"{100 * check.mean_relative_error:.1f}%"
+        if not check.predicts:
             held += " (does not predict)"
         alpha = fit.alpha
         ci = "no interval" if alpha.ci is None else f"[{alpha.ci.low:.3f}, {alpha.ci.high:.3f}]"

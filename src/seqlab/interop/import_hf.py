@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -68,9 +69,7 @@ def import_hf(hf_dir: PathLike, out: PathLike) -> str:
     refuse_existing(out)
     kind = model_type(hf_dir)
     if kind == SEQLAB_FORMAT:
-        wrapper = SeqlabForCausalLM.from_pretrained(
-            hf_dir, dtype=torch.float32, local_files_only=True
-        )
+        wrapper = _read(SeqlabForCausalLM, hf_dir)
         model, experiment = wrapper.model, wrapper.config.experiment()
     else:
         family = next((f for f in families().values() if kind in f.model_types), None)
@@ -79,9 +78,7 @@ def import_hf(hf_dir: PathLike, out: PathLike) -> str:
                 f"{hf_dir}: model_type {kind!r} cannot be imported; supported model types: "
                 + ", ".join(supported_types())
             )
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            hf_dir, dtype=torch.float32, local_files_only=True
-        )
+        hf_model = _read(AutoModelForCausalLM, hf_dir)
         config, weights = family.from_hf(hf_model)
         model = model_from(config, weights, hf_dir)
         experiment = ExperimentConfig(model=config)
@@ -98,6 +95,16 @@ def import_hf(hf_dir: PathLike, out: PathLike) -> str:
 
     write_new_directory(out, write)
     return kind
+
+
+def _read(model_class: Any, hf_dir: Path) -> Any:
+    """`model_class.from_pretrained(hf_dir)` in float32 from local files; a folder it cannot
+    read (no weights, a broken file) is a CheckpointError naming it."""
+    try:
+        return model_class.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{hf_dir}: cannot read the Hugging Face model: {first}") from None
 
 
 def model_from(config: ModelConfig, weights: dict[str, torch.Tensor], source: Path) -> Model:

@@ -288,9 +288,7 @@ def _train(
     last_good = existing.name if existing is not None else None
     if info.is_main:
         save_config(config, out / "config.yaml")
-        tokenizer = getattr(task, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.save(out)
+        save_tokenizer(task, out)
     logger = MetricsLogger(out, resume_step=start if resume else None, enabled=info.is_main)
 
     forward = precision.wrap(compile_model(net) if tc.compile else net)
@@ -439,6 +437,13 @@ def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
         raise ConfigError(
             "train.init_from does not apply to a baseline (it is fitted, not trained)"
         )
+    ignored = {"precision": "fp32", "compile": False, "strategy": "ddp"}
+    for key, default in ignored.items():
+        if getattr(tc, key) != default:
+            raise ConfigError(
+                f"train.{key} does not apply to a baseline (it is fitted, not trained): "
+                f"leave it at {default!r}"
+            )
     model.to(info.device)
     t0 = time.perf_counter()
     batches = [
@@ -482,5 +487,14 @@ def _fit_baseline(parts: RunParts, out: Path, info: DistInfo) -> dict[str, Any]:
         "param_fingerprints": [param_fingerprint(model)],
     }
     save(model, out, config, overwrite=True)  # this run holds the directory's lock
+    save_tokenizer(task, out)
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def save_tokenizer(task: Task, out: Path) -> None:
+    """The task's tokenizer beside the run's config, so that every command reads the run's
+    text as it was trained (tasks of token ids have none)."""
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save(out)

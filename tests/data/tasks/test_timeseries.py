@@ -78,7 +78,7 @@ def test_splits_are_in_time_without_leakage(tmp_path):
             assert np.allclose(
                 task.binning.decode(row[16:], scale), raw[16:], atol=task.binning.width * scale
             )
-    for step in range(20):  # training windows lie inside the training parts
+    for step in range(20):  # training rows: context + horizon, every position scored
         batch = task.batch("train", step, 8, seed=3)
         assert batch.tokens.shape == (8, 20) and batch.mask.all()
     batch = task.batch("train", 0, 64, seed=0)
@@ -204,6 +204,11 @@ def test_options_and_objectives_are_checked(tmp_path):
         TimeSeriesForecasting(series=["airline"])
     with pytest.raises(ConfigError, match="horizon must be an integer"):
         TimeSeriesForecasting(horizon=0)
+    for limit in (float("inf"), True, 0.0):
+        with pytest.raises(ConfigError, match="limit must be a positive finite number"):
+            TimeSeriesForecasting(limit=limit)
+    with pytest.raises(ConfigError, match="season must be a positive integer"):
+        TimeSeriesForecasting(season=True)
     with pytest.raises(DataError, match="need"):
         task_on(write_series(tmp_path / "s.csv", {"a": np.ones(20)}))
     with pytest.raises(DataError, match="no column 'price'"):

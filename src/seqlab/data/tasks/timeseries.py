@@ -327,10 +327,16 @@ class TimeSeriesForecasting(Task):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"timeseries: {name} must be an integer >= {low}, got {value!r}")
-        if season is not None and (not isinstance(season, int) or season < 1):
+        if season is not None and (
+            isinstance(season, bool) or not isinstance(season, int) or season < 1
+        ):
             raise ConfigError(f"timeseries: season must be a positive integer, got {season!r}")
-        if not isinstance(limit, (int, float)) or not limit > 0:
-            raise ConfigError(f"timeseries: limit must be a positive number, got {limit!r}")
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, (int, float))
+            or not 0 < limit < math.inf
+        ):
+            raise ConfigError(f"timeseries: limit must be a positive finite number, got {limit!r}")
         names = list(DEFAULT_SERIES if series is None and path is None else series or [])
         unknown = [n for n in names if n not in DATASETS]
         if unknown:
