@@ -221,6 +221,11 @@ class ModelConfig:
             popularity, cooccurrence) fitted in closed form or by EM instead of the neural
             model; the other model keys are then ignored (objective: ar only)
         baseline_options: the baseline's options (`seqlab list baselines -v`)
+        value_head: null, or a continuous value beside every token, read as an input and
+            predicted as a distribution (`seqlab list value_heads`: lognormal_mixture,
+            gaussian, student_t); null takes the task's (`events`: lognormal_mixture)
+        value_head_options: the value head's options, over the task's (which sets the
+            standardising shift and scale from its training split)
     """
 
     mixer: str = "attention"
@@ -241,6 +246,8 @@ class ModelConfig:
     deq: dict[str, Any] | None = None
     baseline: str | None = None
     baseline_options: dict[str, Any] = field(default_factory=dict)
+    value_head: str | None = None
+    value_head_options: dict[str, Any] = field(default_factory=dict)
 
     section: ClassVar[str] = "model"
     # mapping keys whose own keys are the fields of a dataclass (listed by `config_keys`)
@@ -320,6 +327,8 @@ class ModelConfig:
             raise ConfigError("model.baseline_options is set but model.baseline names no baseline")
         if self.baseline is not None and not self.baseline.strip():
             raise ConfigError("model.baseline must name a baseline (seqlab list baselines)")
+        if self.value_head is not None and not self.value_head.strip():
+            raise ConfigError("model.value_head must name a value head (seqlab list value_heads)")
         unused = sorted(set(self.mixer_options) - set(self.layer_names()))
         if unused:
             raise ConfigError(

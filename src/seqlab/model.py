@@ -17,11 +17,13 @@ import os
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.feedforward.moe import MoE
 from seqlab.feedforward.swiglu import SwiGLU
+from seqlab.heads.base import build_value_head, check_values
 from seqlab.implicit.deq import DEQ
 from seqlab.layout import Layout
 from seqlab.mixers.base import Mixer
@@ -93,6 +95,7 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i, n) for i, n in enumerate(names))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.value_head = build_value_head(config)
         self.tied = config.tie_embeddings
         if self.tied:
             self.head.weight = self.embed.weight
@@ -107,6 +110,8 @@ class Model(nn.Module):
         nn.init.normal_(self.embed.weight, std=std)
         if not self.tied:
             nn.init.normal_(self.head.weight, std=std)
+        if self.value_head is not None:
+            self.value_head.init_weights(std)
         for block in self.blocks:
             block.mixer.init_weights(std, out_std)
             if block.mlp is not None:
@@ -120,13 +125,51 @@ class Model(nn.Module):
         layout: Layout = Layout.CAUSAL,
         positions: Tensor | None = None,
         input_embeddings: Tensor | None = None,
-    ) -> tuple[Tensor, ModelState | None]:
+        values: Tensor | None = None,
+    ) -> tuple[Tensor, ModelState | None] | tuple[Tensor, ModelState | None, Tensor]:
         """Logits `[B, T, vocab]` and the new state (None when `state` is None).
 
         `positions` `[T]` or `[B, T]` overrides the token positions that position-aware mixers
         (rotary attention) use; `input_embeddings` `[B, T, d_model]` is added to the token
         embeddings (e.g. the target-position encoding of any-order AR).
+
+        `values` `[B, T]` (a model with a value head): the continuous value beside each
+        token, read through `ValueHead.encode`; the output then has a third entry, the value
+        head's parameters `[B, T, P]` of the next value's distribution
+        (`ValueHead.from_parameters`; `marked` returns the distribution itself). Tensors
+        only, so wrappers (DDP, torch.compile, autocast) pass it through.
         """
+        hidden, new_states = self._hidden(
+            tokens, state, layout, positions, input_embeddings, values
+        )
+        if values is None:
+            return self.head(hidden), new_states
+        return self.head(hidden), new_states, self.value_head.projection(hidden)
+
+    def marked(
+        self,
+        tokens: Tensor,
+        values: Tensor,
+        state: ModelState | None = None,
+        *,
+        layout: Layout = Layout.CAUSAL,
+    ) -> tuple[Tensor, Distribution, ModelState | None]:
+        """Tokens `[B, T]` with a value `[B, T]` beside each: the next token's logits
+        `[B, T, vocab]`, the next value's distribution (batch shape `[B, T]`) and the new
+        state (None when `state` is None)."""
+        logits, new_states, parameters = self(tokens, state, layout=layout, values=values)
+        return logits, self.value_head.from_parameters(parameters), new_states
+
+    def _hidden(
+        self,
+        tokens: Tensor,
+        state: ModelState | None,
+        layout: Layout,
+        positions: Tensor | None,
+        input_embeddings: Tensor | None,
+        values: Tensor | None,
+    ) -> tuple[Tensor, ModelState | None]:
+        """The final normalised hidden states `[B, T, d_model]` and the new state."""
         self._check(tokens, state, layout)
         x = self.embed(tokens)
         if input_embeddings is not None:
@@ -136,13 +179,19 @@ class Model(nn.Module):
                     f"{list(input_embeddings.shape)}"
                 )
             x = x + input_embeddings
+        if values is not None:
+            if self.value_head is None:
+                raise SeqlabError(
+                    "values were given but this model has no value head (model.value_head)"
+                )
+            check_values(values, tokens, self.value_head.support)
+            x = x + self.value_head.encode(values.to(x.dtype))
 
         def stack(h: Tensor) -> tuple[Tensor, tuple]:
             return self._stack(h, state, layout, positions)
 
         x, new_states = stack(x) if self.deq is None else self.deq(stack, x)
-        logits = self.head(self.norm(x))
-        return logits, (None if state is None else new_states)
+        return self.norm(x), (None if state is None else new_states)
 
     def _stack(
         self, x: Tensor, state: ModelState | None, layout: Layout, positions: Tensor | None
@@ -242,11 +291,21 @@ class Model(nn.Module):
         blocks = 2.0 * (matmul - self._inactive_params())
         blocks += sum(b.mixer.mixing_flops(seq_len) for b in self.blocks)
         repeats = 1.0 if self.deq is None else self.deq.iterations_used()
-        return 2.0 * self.head.weight.numel() + repeats * blocks
+        values = 0.0 if self.value_head is None else self.value_head.flops_per_token()
+        return 2.0 * self.head.weight.numel() + values + repeats * blocks
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside its training wrappers (autocast, DDP/FSDP, torch.compile)."""
+    for attribute in ("net", "module", "_orig_mod"):
+        inner = getattr(model, attribute, None)
+        if isinstance(inner, nn.Module):
+            return unwrap(inner)
+    return model
 
 
 def state_batch_sizes(state: ModelState) -> set[int]:
@@ -291,6 +350,9 @@ def count_parameters(config: ModelConfig) -> int | None:
     except (RuntimeError, NotImplementedError):
         return None
     head = 0 if config.tie_embeddings else config.vocab_size * config.d_model
+    with torch.device("meta"):
+        value_head = build_value_head(config)
+    head += 0 if value_head is None else sum(p.numel() for p in value_head.parameters())
     norms = config.d_model * (1 if config.deq is None else 2)  # a DEQ's injection norm
     embed_and_norm = config.vocab_size * config.d_model + norms
     return embed_and_norm + head + sum(blocks[n] for n in names)

@@ -1,4 +1,5 @@
-"""Registries that read the code: MIXERS, OBJECTIVES, SAMPLERS, TASKS, BASELINES.
+"""Registries that read the code: MIXERS, OBJECTIVES, SAMPLERS, TASKS, BASELINES,
+VALUE_HEADS.
 
 A component registers itself where it is defined (`@MIXERS.register("gla")` on the class, or
 on the function for samplers); its options are the keyword parameters of its constructor or
@@ -9,7 +10,7 @@ nothing is stated twice.
 Discovery: the first lookup imports every module of the registry's package (a new module in
 `seqlab/mixers/` needs no edit anywhere else) and every installed entry point of its group
 (`seqlab.mixers`, `seqlab.objectives`, `seqlab.samplers`, `seqlab.tasks`,
-`seqlab.baselines`). Any place that
+`seqlab.baselines`, `seqlab.value_heads`). Any place that
 takes a name also takes an import path `package.module:Name`, so a user's component outside
 this repository needs no registration at all.
 
@@ -347,5 +348,13 @@ BASELINES = Registry(
     "seqlab.baselines",
     base="seqlab.baselines.base:Baseline",
     supplied=frozenset({"vocab_size"}),
+    stamps_name=True,
+)
+VALUE_HEADS = Registry(
+    "value head",
+    "seqlab.heads",
+    "seqlab.value_heads",
+    base="seqlab.heads.base:ValueHead",
+    supplied=frozenset({"d_model"}),
     stamps_name=True,
 )

@@ -9,7 +9,7 @@ from typing import Any
 from seqlab.config import list_presets, parse_value
 from seqlab.errors import ConfigError
 from seqlab.harness.grid import list_experiments
-from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, SAMPLERS, TASKS
+from seqlab.registry import BASELINES, MIXERS, OBJECTIVES, SAMPLERS, TASKS, VALUE_HEADS
 from seqlab.testing import check_mixer, check_objective, check_sampler
 
 
@@ -24,6 +24,7 @@ def cmd_list(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         "tasks": TASKS,
         "samplers": SAMPLERS,
         "baselines": BASELINES,
+        "value_heads": VALUE_HEADS,
     }[args.what]
     width = max((len(n) for n in registry.names()), default=0)
     for entry in registry.entries():
@@ -64,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "tasks",
             "samplers",
             "baselines",
+            "value_heads",
             "presets",
             "experiments",
         ],

@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from seqlab.config import ExperimentConfig, apply_overrides, from_dict, read_config_mapping, to_dict
-from seqlab.data.tasks import build_task
+from seqlab.data.tasks import build_task, model_config_for
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.harness.compare import describe_backbone
 from seqlab.harness.grid import CompareConfig, Run, expand, point_labels, resolve_experiment
@@ -194,6 +194,7 @@ class _Probe:
         objective = build_objective(
             experiment.objective.name, task.vocab_size, **experiment.objective.options
         )
+        self.task, self.objective = task, objective
         self.vocab_size = objective.model_vocab_size(task.vocab_size)
         self.seq_len = task.seq_len
         tc = experiment.train
@@ -203,7 +204,7 @@ class _Probe:
 
     def measure(self, shape: dict[str, Any], flops: str) -> _Measured:
         experiment = _with_shape(self.experiment, shape)
-        model_config = dataclasses.replace(experiment.model, vocab_size=self.vocab_size)
+        model_config = model_config_for(experiment.model, self.task, self.objective)
         try:
             with torch.device("meta"):
                 return self._count(build_model(model_config), flops)

@@ -1,4 +1,5 @@
-"""Autoregressive next-token prediction: -Σ_t log p(x_{t+1} | x_{≤t}) over scored positions."""
+"""Autoregressive next-token prediction: -Σ_t log p(x_{t+1} | x_{≤t}) over scored positions
+(and, with values beside the tokens, -Σ_t log p(v_{t+1} | x_{≤t}, v_{≤t}) of the value head)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.errors import ConfigError
 from seqlab.layout import Layout
-from seqlab.model import Model
+from seqlab.model import Model, unwrap
 from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 from seqlab.sampling.ar import fill
@@ -17,14 +19,45 @@ from seqlab.sampling.ar import fill
 class Autoregressive(Objective):
     """Autoregressive next-token cross-entropy (exact NLL).
 
-    Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets."""
+    Causal model on tokens[:, :-1] predicting tokens[:, 1:]; `mask[:, 1:]` selects targets.
+
+    A batch with `values` (a marked sequence: a time or a series value beside each token)
+    trains the model's value head too: the loss is the mean token NLL plus the mean value NLL
+    −log p(v_{t+1} | x_{≤t}, v_{≤t}) over `value_mask[:, 1:]`, and `nll` sums both over the
+    scored values (nats per event: mark and time together, as point-process papers report)."""
 
     bound = False
     layout = Layout.CAUSAL
+    reads_values = True
 
     def token_nll(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
         """Per-target NLL `[B, L-1]` (nats) and the float mask of scored targets."""
-        logits, _ = model(batch.tokens[:, :-1], layout=self.layout)
+        nll, mask, _, _ = self.scored_nll(model, batch)
+        return nll, mask
+
+    def scored_nll(
+        self, model: Model, batch: Batch
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Per-target token NLL `[B, L-1]` and its float mask, then (a batch with values) the
+        per-target value NLL `[B, L-1]` and its float mask (None, None otherwise)."""
+        inputs = batch.tokens[:, :-1]
+        if batch.values is None:
+            logits, _ = model(inputs, layout=self.layout)
+            value_nll = value_mask = None
+        else:
+            head = getattr(unwrap(model), "value_head", None)
+            if head is None:
+                raise ConfigError(
+                    "the task's batches carry values (times or series values) but the model "
+                    "has no value head: set model.value_head (seqlab list value_heads)"
+                )
+            logits, _, parameters = model(inputs, layout=self.layout, values=batch.values[:, :-1])
+            distribution = head.from_parameters(parameters)
+            value_nll = -distribution.log_prob(batch.values[:, 1:].to(parameters.dtype))
+            scored = batch.mask if batch.value_mask is None else batch.value_mask
+            value_mask = (
+                torch.ones_like(value_nll) if scored is None else scored[:, 1:].to(value_nll)
+            )
         targets = batch.tokens[:, 1:]
         logits = logits if logits.dtype == torch.float64 else logits.float()
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
@@ -33,15 +66,24 @@ class Autoregressive(Objective):
             if batch.mask is None
             else (batch.mask[:, 1:].to(nll.dtype))
         )
-        return nll.view_as(targets), mask
+        return nll.view_as(targets), mask, value_nll, value_mask
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        nll, mask = self.token_nll(model, batch)
+        nll, mask, value_nll, value_mask = self.scored_nll(model, batch)
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
-        return loss, {"nll": loss.detach().item()}
+        if value_nll is None:
+            return loss, {"nll": loss.detach().item()}
+        value_loss = (value_nll * value_mask).sum() / value_mask.sum().clamp(min=1)
+        metrics = {"token_nll": loss.detach().item(), "value_nll": value_loss.detach().item()}
+        loss = loss + value_loss
+        return loss, {"nll": loss.detach().item(), **metrics}
 
     def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
-        logits, _ = model(batch.tokens[:, :-1], layout=self.layout)
+        if batch.values is None:
+            logits = model(batch.tokens[:, :-1], layout=self.layout)[0]
+        else:
+            values = batch.values[:, :-1]
+            logits = model(batch.tokens[:, :-1], layout=self.layout, values=values)[0]
         predictions = batch.tokens.clone()
         predictions[:, 1:] = logits.argmax(dim=-1)
         scored = torch.ones_like(batch.tokens, dtype=torch.bool)
@@ -67,6 +109,11 @@ class Autoregressive(Objective):
         return (last if last.dtype == torch.float64 else last.float()).log_softmax(-1)
 
     def nll(self, model: Model, batch: Batch) -> NLL:
-        nll, mask = self.token_nll(model, batch)
+        """Summed token NLL over the scored tokens; with values, plus the summed value NLL,
+        counted per scored value (nats per event)."""
+        nll, mask, value_nll, value_mask = self.scored_nll(model, batch)
         nats = (nll.detach().double() * mask.double()).sum()
-        return NLL(float(nats), int(mask.sum()), bound=False)
+        if value_nll is None:
+            return NLL(float(nats), int(mask.sum()), bound=False)
+        nats = nats + (value_nll.detach().double() * value_mask.double()).sum()
+        return NLL(float(nats), int(value_mask.sum()), bound=False)

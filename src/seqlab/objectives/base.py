@@ -21,24 +21,41 @@ if TYPE_CHECKING:
 @dataclass
 class Batch:
     """Token sequences `[B, L]`; `mask` `[B, L]` marks the positions whose prediction is
-    scored (None: all); `condition` `[B]` holds optional class labels for guidance."""
+    scored (None: all); `condition` `[B]` holds optional class labels for guidance.
+
+    `values` `[B, L]` (float) is a continuous value beside each token (an inter-event time, a
+    series value) for a model with a value head (`seqlab.heads`), scored where `value_mask`
+    `[B, L]` says (None: where `mask` says); objectives that read values declare
+    `reads_values`."""
 
     tokens: Tensor
     mask: Tensor | None = None
     condition: Tensor | None = None
+    values: Tensor | None = None
+    value_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 2:
             raise ShapeError(f"batch tokens must have shape [B, L], got {list(self.tokens.shape)}")
-        if self.mask is not None and self.mask.shape != self.tokens.shape:
-            raise ShapeError(
-                f"batch mask must have the tokens' shape {list(self.tokens.shape)}, "
-                f"got {list(self.mask.shape)}"
-            )
+        for name in ("mask", "values", "value_mask"):
+            part = getattr(self, name)
+            if part is not None and part.shape != self.tokens.shape:
+                raise ShapeError(
+                    f"batch {name} must have the tokens' shape {list(self.tokens.shape)}, "
+                    f"got {list(part.shape)}"
+                )
+        if self.value_mask is not None and self.values is None:
+            raise ShapeError("batch value_mask is set but the batch has no values")
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(move(self.tokens), move(self.mask), move(self.condition))
+        return Batch(
+            move(self.tokens),
+            move(self.mask),
+            move(self.condition),
+            move(self.values),
+            move(self.value_mask),
+        )
 
 
 @dataclass
@@ -74,6 +91,7 @@ class Objective(ABC):
     vocab_size: int | None = None
     step: int | None = None
     stops_early: bool = False  # `generate` may stop before filling every scored position
+    reads_values: bool = False  # trains and scores a model's value head on `Batch.values`
 
     def set_step(self, step: int) -> None:
         """The trainer calls this before each training step (0-based) with the step it is

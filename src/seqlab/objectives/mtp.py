@@ -30,6 +30,8 @@ class MultiTokenPrediction(Autoregressive):
 
     `heads` next-token predictors: head i at position t scores x_{t+1+i}."""
 
+    reads_values = False
+
     def __init__(self, *, heads: int = 2) -> None:
         if not isinstance(heads, int) or heads < 1:
             raise ConfigError(f"mtp heads must be a positive integer, got {heads!r}")

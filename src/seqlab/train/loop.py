@@ -39,7 +39,7 @@ from seqlab.config import (
     save_config,
     to_dict,
 )
-from seqlab.data.tasks import Task, build_task
+from seqlab.data.tasks import Task, build_task, model_config_for
 from seqlab.errors import CheckpointError, ConfigError, SeqlabError
 from seqlab.files import atomic_write_json, non_finite_tensors, read_json
 from seqlab.io import initialize_from, model_state, param_fingerprint, save
@@ -117,10 +117,12 @@ def build_run(config: ExperimentConfig, info: DistInfo | None = None) -> RunPart
         barrier(info)
     objective = build_objective(config.objective.name, task.vocab_size, **config.objective.options)
     task.check_objective(objective)
-    vocab_size = objective.model_vocab_size(task.vocab_size)
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, vocab_size=vocab_size)
-    )
+    if config.model.baseline is not None and task.value_head is not None:
+        raise ConfigError(
+            f"task {task.name!r} has a value beside every token, which a classical baseline "
+            f"(model.baseline) does not model; train a neural model with a value head"
+        )
+    config = dataclasses.replace(config, model=model_config_for(config.model, task, objective))
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
     if objective.layout.kind not in model.layouts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from abc import ABC, abstractmethod
@@ -18,7 +19,7 @@ from seqlab.objectives.base import NLL, Batch
 from seqlab.registry import TASKS
 
 if TYPE_CHECKING:
-    from seqlab.config import ExperimentConfig
+    from seqlab.config import ExperimentConfig, ModelConfig
     from seqlab.model import Model
     from seqlab.objectives.base import Objective
 
@@ -86,6 +87,10 @@ class Task(ABC):
     generate_eval: bool | None = False
     infill_span: int | None = None  # also score random spans of this length given the rest
     metric_of_record: str | None = None  # what `seqlab compare` ranks by when not told
+    # the value head (`seqlab.heads`) a model needs for this task's `Batch.values` (None: the
+    # task has no values), with options such as the standardising shift and scale
+    value_head: str | None = None
+    value_head_options: dict | None = None
 
     def generates(self, objective: Objective) -> bool:
         """Whether evaluation scores `objective.generate` (the `generated_*` metrics)."""
@@ -94,6 +99,12 @@ class Task(ABC):
     def check_objective(self, objective: Objective) -> None:
         """A ConfigError, before any training, when evaluation would need a `generate` that
         the objective does not have."""
+        if self.value_head is not None and not objective.reads_values:
+            raise ConfigError(
+                f"task {self.name!r} has a value beside every token (model value head "
+                f"{self.value_head!r}), which objective {objective.name!r} does not read; "
+                f"use an objective that does (ar)"
+            )
         if (self.generate_eval or self.infill_span is not None) and not objective.generates:
             needs = "generate_eval" if self.generate_eval else "infill_span"
             raise ConfigError(
@@ -187,6 +198,21 @@ class Task(ABC):
             metrics["infill_nll"] = infill.per_token
             metrics["infill_accuracy"] = infilled.accuracy
         return metrics
+
+
+def model_config_for(model: ModelConfig, task: Task, objective: Objective) -> ModelConfig:
+    """The model a run of `task` under `objective` builds: the vocabulary is the task's plus
+    the objective's extra tokens; a task with values gives its value head (and options, under
+    the user's) unless `model.value_head` names another; a baseline takes none."""
+    vocab_size = objective.model_vocab_size(task.vocab_size)
+    if task.value_head is None or model.baseline is not None:
+        return dataclasses.replace(model, vocab_size=vocab_size)
+    head = model.value_head or task.value_head
+    options = dict(task.value_head_options or {}) if head == task.value_head else {}
+    options.update(model.value_head_options)
+    return dataclasses.replace(
+        model, vocab_size=vocab_size, value_head=head, value_head_options=options
+    )
 
 
 def build_task(config: ExperimentConfig) -> Task:
