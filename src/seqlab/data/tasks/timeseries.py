@@ -9,9 +9,14 @@ Tokens (Ansari et al., 2024, Chronos): a window is divided by the mean absolute 
 context (1 when that is 0) and quantised into `num_bins` uniform bins over [−limit, limit]
 (values beyond are clipped into the end bins); a token decodes to its bin centre × scale.
 
-Forecasts: `num_samples` trajectories of `horizon` tokens drawn by the AR sampler (temperature
-1, seeded) from each window's context. MASE and sMAPE of the median, the sample CRPS scaled
-by the mean |y|, and the same for a seasonal-naive forecast beside them.
+Outputs: `bins` predicts the next token (the bins above); `gaussian` and `student_t` keep
+the tokens as inputs and predict the next mean-scaled value with a value head
+(`seqlab.heads`) beside them, the value also read as an input.
+
+Forecasts: `num_samples` trajectories of `horizon` steps drawn from each window's context,
+token by token by the AR sampler (temperature 1, seeded), or value by value from the value
+head (inverse-CDF draws, seeded the same way). MASE and sMAPE of the median, the sample CRPS
+scaled by the mean |y|, and the same for a seasonal-naive forecast beside them.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, Normal, StudentT
 
 from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
+from seqlab.sampling.ar import Draws
+from seqlab.sampling.base import eval_mode
 
 if TYPE_CHECKING:
     from seqlab.model import Model
@@ -41,6 +49,7 @@ PAD = 0
 FIRST_BIN = 1
 SAMPLE_STREAM = 0x7153_E5
 FORECAST_METRICS = ("mase", "smape", "crps")
+OUTPUTS = ("bins", "gaussian", "student_t")
 
 
 def _sunspots() -> np.ndarray:
@@ -274,6 +283,26 @@ def bins_only(num_bins: int) -> Callable[[Tensor, Tensor], Tensor]:
     return process
 
 
+def draw(distribution: Distribution, u: Tensor) -> Tensor:
+    """Inverse-CDF draws `loc + scale · F⁻¹(u)` of a Gaussian or Student-t of batch shape
+    `[B, T]` from uniforms `u` broadcast to it (`[B, 1]`), the standard quantile F⁻¹ in
+    float64 (u kept inside [2⁻⁵³, 1 − 2⁻⁵³], so every draw is finite)."""
+    u = u.double().clamp(2**-53, 1 - 2**-53)
+    if isinstance(distribution, Normal):
+        quantile = torch.special.ndtri(u)
+    elif isinstance(distribution, StudentT):
+        from scipy.special import stdtrit
+
+        df = distribution.df.detach().double().cpu().numpy()
+        quantile = torch.from_numpy(stdtrit(df, u.cpu().numpy())).to(u.device)
+    else:
+        raise ConfigError(
+            f"timeseries forecasts a continuous output by inverse-CDF draws of a gaussian or "
+            f"student_t value head, not a {type(distribution).__name__}"
+        )
+    return distribution.loc + distribution.scale * quantile.to(distribution.loc)
+
+
 @TASKS.register("timeseries")
 class TimeSeriesForecasting(Task):
     """Forecasting `horizon` points from `context` points of real series, values as tokens.
@@ -298,6 +327,18 @@ class TimeSeriesForecasting(Task):
     points before its origin (a window where that is 0 is left out); `crps` is Σ CRPS / Σ |y|
     over a series' windows and steps (the scaled CRPS of Chronos and GIFT-Eval), averaged over
     series. It needs an AR objective (ar, mtp).
+
+    `output` (default `bins`): what the model predicts. `bins` scores the next token as above.
+    `gaussian` or `student_t`: the task declares that value head (`value_head_options` shift 0,
+    scale 1: the values are already mean-scaled) and batches carry `values`, each window's
+    values divided by its context's mean |value| (float32), beside the same bin tokens (still
+    an input); no token is scored (`mask` all False) and the value head's NLL is the loss, on
+    `value_mask` (training: every position; evaluation: the horizon). Forecasts are ancestral:
+    v_{t+1} drawn from the head, its bin token and value fed back. The windows, scaling and
+    metrics are those of `bins`, so MASE, sMAPE and CRPS compare across outputs; `nll` is
+    nats per forecast point of the density of the mean-scaled value v/scale (a bins model's
+    `nll` is nats per bin token; its `nll + log(2·limit/num_bins)` is the same density NLL of
+    a piecewise-uniform forecast inside [−limit, limit]). It needs `ar`, which reads values.
     """
 
     metric_of_record = "mase"
@@ -316,6 +357,7 @@ class TimeSeriesForecasting(Task):
         num_bins: int = 1024,
         limit: float = 5.0,
         num_samples: int = 100,
+        output: str = "bins",
     ) -> None:
         for name, value, low in (
             ("context", context, 1),
@@ -337,6 +379,14 @@ class TimeSeriesForecasting(Task):
             or not 0 < limit < math.inf
         ):
             raise ConfigError(f"timeseries: limit must be a positive finite number, got {limit!r}")
+        if output not in OUTPUTS:
+            raise ConfigError(
+                f"timeseries: output must be one of {', '.join(OUTPUTS)}, got {output!r}"
+            )
+        if output != "bins":
+            self.value_head = output
+            self.value_head_options = {"shift": 0.0, "scale": 1.0}
+            self.scores_answers = False  # no token is scored
         names = list(DEFAULT_SERIES if series is None and path is None else series or [])
         unknown = [n for n in names if n not in DATASETS]
         if unknown:
@@ -369,18 +419,30 @@ class TimeSeriesForecasting(Task):
                 self.windows["validation"].append(Window(s, self.train_end[s] + w * horizon))
             for w in range(test_windows):
                 self.windows["test"].append(Window(s, test_start + w * horizon))
-        self._rows = {split: self._eval_rows(split) for split in ("validation", "test")}
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._scaled: dict[str, np.ndarray] = {}
+        for split in ("validation", "test"):
+            values = np.stack([self.window_values(w) for w in self.windows[split]])
+            mask = np.zeros(values.shape, dtype=bool)
+            mask[:, self.context :] = True
+            tokens, self._scaled[split] = self.encode_windows(values)
+            self._rows[split] = tokens, mask
 
-    def window_tokens(self, values: np.ndarray) -> np.ndarray:
-        """Tokens `[..., context + horizon]` of value windows, each scaled by its context."""
-        return self.binning.encode(values, Binning.scale(values[..., : self.context]))
+    def encode_windows(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and mean-scaled values (float32) `[..., context + horizon]` of value windows,
+        each divided by the mean |value| of its context."""
+        scale = Binning.scale(values[..., : self.context])
+        return self.binning.encode(values, scale), (values / scale).astype(np.float32)
 
-    def _eval_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        windows = self.windows[split]
-        values = np.stack([self.window_values(w) for w in windows])
-        mask = np.zeros(values.shape, dtype=bool)
-        mask[:, self.context :] = True
-        return self.window_tokens(values), mask
+    def as_batch(self, tokens: np.ndarray, scored: np.ndarray, scaled: np.ndarray) -> Batch:
+        """The batch of rows whose `scored` positions are predicted: the tokens (bins) or,
+        with a continuous output, the values beside them."""
+        tokens, scored = torch.from_numpy(tokens), torch.from_numpy(scored)
+        if self.value_head is None:
+            return Batch(tokens, scored)
+        return Batch(
+            tokens, torch.zeros_like(scored), values=torch.from_numpy(scaled), value_mask=scored
+        )
 
     def window_values(self, window: Window) -> np.ndarray:
         """The `context + horizon` values ending at the window's last forecast point."""
@@ -423,13 +485,13 @@ class TimeSeriesForecasting(Task):
                     for s, t in zip(which[rows], starts[rows], strict=True)
                 ]
             )
-            tokens = torch.from_numpy(self.window_tokens(values))
-            return Batch(tokens, torch.ones_like(tokens, dtype=torch.bool))
+            tokens, scaled = self.encode_windows(values)
+            return self.as_batch(tokens, np.ones(tokens.shape, dtype=bool), scaled)
         tokens, mask = self._rows[split]
         picks = rng.integers(0, len(tokens), size=total)[
             rank * batch_size : (rank + 1) * batch_size
         ]
-        return Batch(torch.from_numpy(tokens[picks]), torch.from_numpy(mask[picks]))
+        return self.as_batch(tokens[picks], mask[picks], self._scaled[split][picks])
 
     def eval_count(self, split: str, max_tokens: int | None) -> int:
         if split not in self._rows:
@@ -446,40 +508,73 @@ class TimeSeriesForecasting(Task):
         tokens, mask = self._rows[split]
         for start in range(0, count, batch_size):
             rows = slice(start, min(start + batch_size, count))
-            yield Batch(torch.from_numpy(tokens[rows]), torch.from_numpy(mask[rows]))
+            yield self.as_batch(tokens[rows], mask[rows], self._scaled[split][rows])
 
     def forecast_samples(
         self, model: Model, windows: Sequence[Window], index: Sequence[int], batch_size: int
     ) -> np.ndarray:
-        """`[len(windows), num_samples, horizon]` sampled values: each window's context tokens
-        continued by the AR sampler (temperature 1, bins only), sample j of evaluation row r
-        seeded by (SAMPLE_STREAM, r, j) alone, so batching does not change the draws."""
-        from seqlab.sampling import generate
-
+        """`[len(windows), num_samples, horizon]` sampled values: each window's context
+        continued `horizon` steps in mean-scaled units (`sample_bins`, or `sample_values` with
+        a continuous output), times the window's scale; sample j of evaluation row r seeded by
+        (SAMPLE_STREAM, r, j) alone, so batching does not change the draws."""
         count, draws = len(windows), self.num_samples
         contexts = np.stack([self.window_values(w)[: self.context] for w in windows])
-        scales = Binning.scale(contexts)
-        prompts = np.repeat(self.binning.encode(contexts, scales), draws, axis=0)
+        tokens, scaled = self.encode_windows(contexts)
+        prompts, values = np.repeat(tokens, draws, axis=0), np.repeat(scaled, draws, axis=0)
         seeds = [
             int(np.random.default_rng([SAMPLE_STREAM, r, j]).integers(2**31))
             for r in index
             for j in range(draws)
         ]
+        sample = self.sample_bins if self.value_head is None else self.sample_values
         rows = max(batch_size, 1) * draws
-        out = []
-        for start in range(0, len(prompts), rows):
-            generation = generate(
-                model,
-                torch.from_numpy(prompts[start : start + rows]).to(model.device),
-                max_new_tokens=self.horizon,
-                sampler="sample",
-                temperature=1.0,
-                seed=seeds[start : start + rows],
-                processors=[bins_only(self.binning.num_bins)],
-            )
-            out.append(generation.tokens[:, self.context :].cpu().numpy())
-        tokens = np.concatenate(out).reshape(count, draws, self.horizon)
-        return self.binning.decode(tokens, scales[:, :, None])
+        with eval_mode(model), torch.no_grad():
+            out = [
+                sample(
+                    model, prompts[at : at + rows], values[at : at + rows], seeds[at : at + rows]
+                )
+                for at in range(0, len(prompts), rows)
+            ]
+        forecasts = np.concatenate(out).reshape(count, draws, self.horizon)
+        return forecasts * Binning.scale(contexts)[:, :, None]
+
+    def sample_bins(
+        self, model: Model, tokens: np.ndarray, values: np.ndarray, seeds: list[int]
+    ) -> np.ndarray:
+        """`[B, horizon]` mean-scaled forecasts from context tokens `[B, context]`: the AR
+        sampler's tokens (temperature 1, bins only) decoded to their bin centres."""
+        from seqlab.sampling import generate
+
+        generation = generate(
+            model,
+            torch.from_numpy(tokens).to(model.device),
+            max_new_tokens=self.horizon,
+            sampler="sample",
+            temperature=1.0,
+            seed=seeds,
+            processors=[bins_only(self.binning.num_bins)],
+        )
+        return self.binning.decode(generation.tokens[:, self.context :].cpu().numpy(), 1.0)
+
+    def sample_values(
+        self, model: Model, tokens: np.ndarray, values: np.ndarray, seeds: list[int]
+    ) -> np.ndarray:
+        """`[B, horizon]` mean-scaled forecasts drawn ancestrally from the value head
+        (`Model.marked`, decoding through its state): v_{t+1} ~ p(· | x_≤t, v_≤t) by an
+        inverse-CDF `draw` from uniforms of each row's seed, then v_{t+1} and its bin token
+        are the next input."""
+        device = model.device
+        uniforms = Draws(seeds, len(seeds), device)
+        state = model.init_state(len(seeds))
+        inputs = torch.from_numpy(tokens).to(device), torch.from_numpy(values).to(device)
+        drawn = []
+        for _ in range(self.horizon):
+            _, distribution, state = model.marked(*inputs, state)
+            value = draw(distribution, uniforms.uniform(1))[:, -1].double()
+            drawn.append(value)
+            token = self.binning.encode(value.cpu().numpy(), 1.0)
+            inputs = torch.from_numpy(token).to(device)[:, None], value[:, None]
+        return torch.stack(drawn, dim=1).cpu().numpy()
 
     @torch.no_grad()
     def evaluate(
