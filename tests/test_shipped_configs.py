@@ -51,13 +51,20 @@ def _check_ladder(source: str | Path) -> None:
 def _with_local_data(experiment: ExperimentConfig, scratch: Path) -> ExperimentConfig:
     """A config that reads a file a script writes into the git-ignored data/ folder (the
     Wikipedia sample of `scripts/wikipedia_sample.sh`, MovieLens-100k of
-    `scripts/movielens.sh`) is built on a small file written here when that file is absent,
-    as on a fresh clone; the music task on three chorales."""
+    `scripts/movielens.sh`, the UCR sets of `scripts/ucr.sh`) is built on a small file
+    written here when that file is absent, as on a fresh clone; the music task on three
+    chorales."""
     options = experiment.task.options
     if experiment.task.name == "seqrec" and not Path(options.get("path", "")).is_file():
         from tests.data.tasks.test_seqrec import write_pattern
 
         local = {**options, "path": str(write_pattern(scratch / "interactions.inter"))}
+        task = dataclasses.replace(experiment.task, options=local)
+        return dataclasses.replace(experiment, task=task)
+    if experiment.task.name == "ts_classification" and not Path(options["path"]).is_dir():
+        from tests.data.tasks.test_ts_classification import write_ramps
+
+        local = {**options, "path": str(write_ramps(scratch / "ucr"))}
         task = dataclasses.replace(experiment.task, options=local)
         return dataclasses.replace(experiment, task=task)
     data = experiment.data

@@ -73,6 +73,7 @@ HIGHER_IS_BETTER = {  # every metric a task reports, in the order of the leaderb
     "naive_mase": False,
     "naive_smape": False,
     "naive_crps": False,
+    "knn_accuracy": True,
 }
 
 

@@ -237,6 +237,25 @@ def check_batch_request(step: int, seed: int, batch_size: int, rank: int, world_
         )
 
 
+def epoch_positions(
+    n: int, split: str, step: int, batch_size: int, *, seed: int, rank: int, world_size: int
+) -> np.ndarray:
+    """The example positions `[batch_size]` of rank `rank`'s rows of training batch `step`:
+    rows `(step * world_size + rank) * batch_size ..` of an endless sequence of epochs over
+    `n` examples, each a permutation seeded by `(seed, split, epoch)` (a pure function of
+    seed, split and step)."""
+    check_batch_request(step, seed, batch_size, rank, world_size)
+    first = (step * world_size + rank) * batch_size
+    flat = np.arange(first, first + batch_size)
+    epochs = flat // n
+    positions = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs).tolist():
+        rows = epochs == epoch
+        order = np.random.default_rng([seed, SPLITS.index(split), epoch]).permutation(n)
+        positions[rows] = order[flat[rows] % n]
+    return positions
+
+
 def capped_rows(name: str, split: str, rows: int, width: int, max_tokens: int | None) -> int:
     """How many of a split's `rows` evaluation rows of `width` tokens a budget of `max_tokens`
     allows (all when None). A budget below one row is a DataError; one that leaves rows out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions
 from seqlab.data.tasks.synthetic import check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -164,16 +164,10 @@ class ImageTask(Task):
         rank: int = 0,
         world_size: int = 1,
     ) -> Batch:
-        check_batch_request(step, seed, batch_size, rank, world_size)
         n = len(self.split_indices(split))
-        first = (step * world_size + rank) * batch_size
-        flat = np.arange(first, first + batch_size)
-        epochs = flat // n
-        positions = np.empty(batch_size, dtype=np.int64)
-        for epoch in np.unique(epochs).tolist():
-            rows = epochs == epoch
-            order = np.random.default_rng([seed, SPLITS.index(split), epoch]).permutation(n)
-            positions[rows] = order[flat[rows] % n]
+        positions = epoch_positions(
+            n, split, step, batch_size, seed=seed, rank=rank, world_size=world_size
+        )
         return self.rows(split, positions)
 
     def eval_batches(
