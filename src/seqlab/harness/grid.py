@@ -74,6 +74,14 @@ HIGHER_IS_BETTER = {  # every metric a task reports, in the order of the leaderb
     "naive_smape": False,
     "naive_crps": False,
     "knn_accuracy": True,
+    "mark_nll": False,
+    "time_nll": False,
+    "time_mae": False,
+    "true_nll": False,
+    "nll_gap": False,
+    "hawkes_nll": False,
+    "t_map": True,
+    "otd": False,
 }
 
 

@@ -39,6 +39,6 @@ class LogNormalMixture(ValueHead):
         sigma = log_sigma.clamp(*LOG_SIGMA_RANGE).exp()
         return MixtureSameFamily(
             Categorical(logits=logits),
-            LogNormal(self.shift + self.scale * mu, self.scale * sigma),
+            LogNormal(self.shift + self.scale * mu, self.scale * sigma, validate_args=False),
             validate_args=False,
         )

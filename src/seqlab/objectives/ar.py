@@ -53,8 +53,11 @@ class Autoregressive(Objective):
                 )
             logits, _, parameters = model(inputs, layout=self.layout, values=batch.values[:, :-1])
             distribution = head.from_parameters(parameters)
-            value_nll = -distribution.log_prob(batch.values[:, 1:].to(parameters.dtype))
             scored = batch.mask if batch.value_mask is None else batch.value_mask
+            targets = batch.values[:, 1:]
+            if scored is not None:  # an unscored value may lie outside the support (a PAD's 0)
+                targets = torch.where(scored[:, 1:], targets, torch.ones_like(targets))
+            value_nll = -distribution.log_prob(targets.to(parameters.dtype))
             value_mask = (
                 torch.ones_like(value_nll) if scored is None else scored[:, 1:].to(value_nll)
             )
