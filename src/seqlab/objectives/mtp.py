@@ -61,8 +61,12 @@ class MultiTokenPrediction(Autoregressive):
         )
         return nll.view_as(targets), mask
 
-    def token_nll(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
-        return self._head_nll(self._logits(model, batch), batch, 0)
+    def scored_nll(
+        self, model: Model, batch: Batch
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Head 0's per-target NLL `[B, L-1]` and mask (an mtp model reads no values)."""
+        nll, mask = self._head_nll(self._logits(model, batch), batch, 0)
+        return nll, mask, None, None
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         logits = self._logits(model, batch)
