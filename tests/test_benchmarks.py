@@ -236,3 +236,14 @@ def test_compile_speed_quick_trains_compiled_and_eager_to_the_same_loss():
     row = next(line for line in done.stdout.splitlines() if line.startswith("| attention |"))
     eager, compiled = (float(x) for x in row.rstrip(" |").split(" | ")[-1].split(" / "))
     assert abs(eager - compiled) < 1e-3, row
+
+
+def test_kv_cache_memory_quick_scores_every_policy_at_bounded_memory():
+    rows = load_script("kv_cache_memory").main(["--quick", "--threads", "1"])
+    attention = [r for r in rows if r["run"] == "attention"]
+    exact = next(r for r in attention if r["cache"] == "exact")
+    policies = {r["cache"].split()[0] for r in attention} - {"exact"}
+    assert policies == {"window", "sink", "h2o", "cluster", "infllm"}
+    assert all(r["numbers"] < exact["numbers"] for r in attention if r["cache"] != "exact")
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert any(r["run"] == "gla" and r["cache"] == "state" for r in rows)

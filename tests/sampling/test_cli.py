@@ -142,3 +142,20 @@ def test_sample_help_and_list_show_every_samplers_options(capsys):
     assert main(["list", "samplers", "-v"]) == 0
     out = capsys.readouterr().out
     assert "    strategy: str = 'cap'" in out and "    draft_model: Model (required)" in out
+
+
+def test_cli_kv_cache_policy_bounds_the_cache(runs, capsys):
+    greedy, _ = sample(runs, capsys, "--temperature", "0")
+    unlimited, _ = sample(
+        runs, capsys, "--temperature", "0", "--kv-cache", "{policy: cluster, budget: 64}"
+    )
+    assert unlimited == greedy
+    for args in (
+        ["--kv-cache", "{policy: sink, budget: 3, sinks: 1}"],
+        ["--sampler.kv_cache", "{policy: h2o, budget: 4}", "--top-k", "3"],
+    ):
+        text, err = sample(runs, capsys, *args)
+        assert text.startswith("def f") and "tokens/s" in err
+    code = main(["sample", str(runs / "target"), "--prompt", "x", "--kv-cache", "{policy: lru}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "kv_cache policy must be one of exact" in err

@@ -17,7 +17,7 @@ from seqlab.cli.args import (
     parse_overrides,
     run_config,
 )
-from seqlab.config import ExperimentConfig
+from seqlab.config import ExperimentConfig, parse_value
 from seqlab.data.tokenizers import load_tokenizer
 from seqlab.errors import SeqlabError
 from seqlab.io import load
@@ -50,6 +50,7 @@ SAMPLE_FLAGS = {
     "threshold": "threshold",
     "guidance": "guidance",
     "condition": "condition",
+    "kv_cache": "kv_cache",
 }
 
 
@@ -292,4 +293,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="diffusion: classifier-free guidance scale (needs --condition)",
     )
     p.add_argument("--condition", type=int, default=None, help="diffusion: class label")
+    p.add_argument(
+        "--kv-cache",
+        type=parse_value,
+        default=None,
+        metavar="YAML",
+        help="bounded KV cache of attention, e.g. '{policy: sink, budget: 256, sinks: 4}' "
+        "(policies: exact, window, sink, h2o, cluster, infllm)",
+    )
     p.set_defaults(func=cmd_sample)

@@ -24,6 +24,7 @@ from seqlab.ops.attention import (
     rotary_angles,
     scaled_dot_product_attention,
 )
+from seqlab.ops.kv_cache.base import BoundedKVCache, KVPolicy
 from seqlab.ops.sparse_attention import PATTERNS, block_topk_mask, sparse_transformer_mask
 from seqlab.registry import MIXERS
 
@@ -241,16 +242,21 @@ class Attention(Mixer):
     def forward(
         self,
         x: Tensor,
-        state: KVCache | None = None,
+        state: KVCache | BoundedKVCache | None = None,
         *,
         layout: Layout = Layout.CAUSAL,
         positions: Tensor | None = None,
-    ) -> tuple[Tensor, KVCache | None]:
+    ) -> tuple[Tensor, KVCache | BoundedKVCache | None]:
         check_input(x, self.d_model)
         b, t, _ = x.shape
         q, k, v, positions = self._heads(x, state, positions)
         if state is None:
             return self.out(self._attend(q, k, v, positions, layout).reshape(b, t, -1)), None
+        if isinstance(state, BoundedKVCache):  # a bounded cache policy (`ops/kv_cache`)
+            if layout.kind is not LayoutKind.CAUSAL:
+                raise SeqlabError(f"a bounded kv_cache decodes the causal layout, got {layout}")
+            o, bounded = state.policy.step(q, k, v, positions, state)
+            return self.out(o.reshape(b, t, self.q_dim)), bounded
 
         k_all = torch.cat([state.k, k], dim=1)
         v_all = torch.cat([state.v, v], dim=1)
@@ -475,6 +481,13 @@ class Attention(Mixer):
             torch.zeros(batch_size, dtype=torch.long, device=device),
             queries,
         )
+
+    def bounded_state(self, policy: KVPolicy, state: KVCache) -> BoundedKVCache:
+        """The empty decode state `state` (from `init_state`) bounded by a KV cache policy
+        (`seqlab.ops.kv_cache`): full causal attention only."""
+        if self.window is not None or self.sparsity is not None:
+            raise ConfigError("a kv_cache policy bounds full attention, not a window or sparsity")
+        return policy.init_state(state.k, state.v, state.offset)
 
     @property
     def _keeps_queries(self) -> bool:

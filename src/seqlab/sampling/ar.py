@@ -12,15 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from seqlab.errors import ConfigError, ShapeError
 from seqlab.model import Model
+from seqlab.ops.kv_cache.base import init_bounded_state
 from seqlab.registry import SAMPLERS
 from seqlab.sampling.base import (
     FILTERS,
+    MEMORY,
     OUTPUT,
     PROCESSING,
     SamplingOptions,
@@ -80,21 +83,26 @@ def prompt_rows(prompt: Prompt) -> list[Tensor]:
     return list(prompt.unbind(0)) if isinstance(prompt, Tensor) else list(prompt)
 
 
-def prefill(model: Model, rows: Sequence[Tensor]) -> tuple[Tensor | None, State, int]:
+def prefill(
+    model: Model, rows: Sequence[Tensor], kv_cache: dict[str, Any] | None = None
+) -> tuple[Tensor | None, State, int]:
     """Run each group of equal-length prompts from a fresh state and stack the row states.
 
     Returns (next-token logits `[B, V]`, state, forward passes). Empty prompts start from
     `init_state` without a forward; their logits rows are zeros (None if all are empty).
+    `kv_cache` bounds the attention layers' caches (`seqlab.ops.kv_cache`; the prompt
+    then runs in the policy's chunks inside each attention layer).
     """
     lengths = torch.tensor([r.numel() for r in rows])
     parts, logits, nfe = [], None, 0
     for n in lengths.unique().tolist():
         index = (lengths == n).nonzero().squeeze(1)
+        n_rows = index.numel()
         if n == 0:
-            parts.append((index.to(model.device), model.init_state(index.numel())))
+            parts.append((index.to(model.device), init_bounded_state(model, n_rows, kv_cache)))
             continue
         ids = torch.stack([rows[i] for i in index.tolist()])
-        out, state = model(ids, model.init_state(index.numel()))
+        out, state = model(ids, init_bounded_state(model, index.numel(), kv_cache))
         nfe += 1
         if logits is None:
             logits = out.new_zeros(len(rows), out.shape[-1])
@@ -257,12 +265,13 @@ def decode(
     stop: StopCriteria | None = None,
     stream: Stream | None = None,
     pad_id: int = 0,
+    kv_cache: dict[str, Any] | None = None,
 ) -> Generation:
     start = time.perf_counter()
     rows = prompt_rows(prompt)
     out = Continuations(rows, max_new_tokens, stop or StopCriteria(), stream, pad_id)
     draws = Draws(seed, len(rows), model.device)
-    logits, state, nfe = prefill(model, rows)
+    logits, state, nfe = prefill(model, rows, kv_cache)
     while not out.finished:
         scores = out.process(processors, logits.float())
         nxt = (
@@ -321,7 +330,7 @@ def fill(
 
 
 @SAMPLERS.register("greedy")
-@shares(*PROCESSING, *OUTPUT)
+@shares(*PROCESSING, *OUTPUT, *MEMORY)
 def greedy(
     model: Model, prompt: Prompt, max_new_tokens: int, options: SamplingOptions
 ) -> Generation:
@@ -335,11 +344,12 @@ def greedy(
         stop=options.stop_criteria(),
         stream=options.stream,
         pad_id=options.pad_id,
+        kv_cache=options.kv_cache,
     )
 
 
 @SAMPLERS.register("sample")
-@shares(*FILTERS, *PROCESSING, *OUTPUT)
+@shares(*FILTERS, *PROCESSING, *OUTPUT, *MEMORY)
 def sample(
     model: Model, prompt: Prompt, max_new_tokens: int, options: SamplingOptions
 ) -> Generation:
@@ -357,4 +367,5 @@ def sample(
         stop=options.stop_criteria(),
         stream=options.stream,
         pad_id=options.pad_id,
+        kv_cache=options.kv_cache,
     )

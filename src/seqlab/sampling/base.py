@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from seqlab.config import require, resolve_annotation
 from seqlab.errors import ConfigError
+from seqlab.ops.kv_cache.base import build_policy
 from seqlab.sampling.processors import LogitsProcessor, sampling_processors
 
 if TYPE_CHECKING:
@@ -86,7 +87,9 @@ class SamplingOptions:
     `cache` (finished blocks in the decode state), class `condition` and classifier-free
     `guidance` γ with its `guidance_schedule` over time (constant, linear, increasing) and
     `guidance_rule` (normalized: tilt x̂_0 only; unnormalized: tilt the whole reverse
-    transition); `temperature` and `seed` apply there too.
+    transition); `temperature` and `seed` apply there too. `kv_cache`: a bounded KV cache
+    policy for the attention layers of AR decoding, `{policy: exact | window | sink | h2o |
+    cluster | infllm, budget: entries per key/value head, ...}` (`seqlab.ops.kv_cache`).
     """
 
     temperature: float = 1.0
@@ -111,9 +114,11 @@ class SamplingOptions:
     guidance: float | None = None
     guidance_schedule: str = "constant"
     guidance_rule: str = "normalized"
+    kv_cache: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         """Range-check the options on their way in, naming the valid range."""
+        build_policy(self.kv_cache)
         require(
             [
                 (
@@ -229,6 +234,7 @@ def _stop_strings(values: Any) -> bool:
 FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 PROCESSING = ("repetition_penalty", "processors")
 OUTPUT = ("stop_tokens", "stop_strings", "decode_fn", "stop_when", "stream", "pad_id")
+MEMORY = ("kv_cache",)
 DENOISING = ("objective", "steps", "block_size", "cache", "temperature", "seed")
 GUIDANCE = ("condition", "guidance", "guidance_schedule", "guidance_rule")
 
