@@ -506,6 +506,9 @@ class TrainConfig:
         compile: torch.compile the model's forward (a failure stops the run, never silently)
         peak_flops: one device's peak FLOP/s for model-FLOPs utilisation (null: a known GPU's
             from a table; on CPU MFU is then not reported)
+        sequence_parallel: ranks each sequence is split across (consecutive ranks form a
+            group; processes = data-parallel replicas x this; objective ar, causal
+            linear-recurrent mixers, train.strategy ddp; `seqlab.sequence_parallel`)
     """
 
     steps: int = 200
@@ -533,12 +536,14 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     peak_flops: float | None = None
+    sequence_parallel: int = 1
 
     section: ClassVar[str] = "train"
 
     def __post_init__(self) -> None:
         check_field_types(self)
         positive = ["steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"]
+        positive.append("sequence_parallel")
         for name in positive + ["log_every", "keep_checkpoints", "eval_tokens"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -91,6 +91,8 @@ class Mixer(nn.Module, ABC):
     state_kind: ClassVar[str] = "fixed"
     # The output is linear in the values given the gates: `mixing` returns the matrix.
     linear_in_values: ClassVar[bool] = False
+    # Runs its shard of a sequence split across ranks (`seqlab.sequence_parallel`).
+    sequence_parallel: ClassVar[bool] = False
     # Under the causal layout, positions below this read each other (the whole prefix)
     # non-causally, and a decode starts at or after it (JRT-RNN's prefix; set per instance).
     noncausal_prefix: int = 0

@@ -33,6 +33,7 @@ class DeltaNet(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel = True
     plain_read = True
 
     def __init__(

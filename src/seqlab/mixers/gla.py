@@ -37,6 +37,7 @@ class GLA(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel = True
     plain_read = True
 
     def __init__(

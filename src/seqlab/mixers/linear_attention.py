@@ -35,6 +35,7 @@ class LinearAttention(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel = True
     plain_read = True
 
     def __init__(

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
-from seqlab.errors import ConfigError
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
@@ -29,6 +29,7 @@ from seqlab.mixers.common import check_positive, fan_in_linear
 from seqlab.mixers.memory_cache import MemoryCache
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.linear_attention import gated_linear_attention
+from seqlab.sequence_parallel import current_shard, previous_tail, shard_scan
 
 KERNEL_MODES = (None, "chunk", "recurrent")
 
@@ -62,6 +63,11 @@ class LinearRecurrence(Mixer):
     (q, k, ...) its `_features` returns declares `plain_read = True` and takes the option
     `memory_cache: {segment, mode, top_k}`, which wraps it in `MemoryCache` (causal only, a
     growing state; see `seqlab.mixers.memory_cache`).
+    Sequence parallelism: a subclass whose kernel keeps the value columns independent under a
+    key-side transition (the state maps affinely, S ↦ A S + write) declares
+    `sequence_parallel = True`; under `seqlab.sequence_parallel.sharded` its forward runs its
+    shard through `shard_scan` (conv inputs before the shard from the previous rank, rotary
+    offset at the shard's start).
     Init: the base init, except that an output gate `silu(W_g x)` (made by `output_gate`) gets
     fan-in init N(0, 1/d_model), kept by the model-wide init. With the model-wide std (0.02)
     the gate of a small model starts near 0.05 and scales the whole mixer output down, so the
@@ -100,6 +106,8 @@ class LinearRecurrence(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
         inputs, gate = self._project(x)
+        if current_shard() is not None:
+            return self._output(self._sharded_recur(inputs, state, layout), gate), None
         o, new_state = scan_in_layout(
             self._recur, inputs, state, layout, self.init_state, self._block_forward
         )
@@ -129,6 +137,36 @@ class LinearRecurrence(Mixer):
         if boundaries is not None:
             return o, self._states_entering_blocks(chunk_states[0], inputs[0], boundaries)
         return o, self._new_state(final, conv_state)
+
+    def _sharded_recur(
+        self, inputs: tuple[Tensor, ...], state: LinearState | None, layout: Layout
+    ) -> Tensor:
+        """This rank's kernel output under sequence parallelism (see the class docstring);
+        inputs[0] is the conv's input, as in `_states_entering_blocks`."""
+        shard = current_shard()
+        assert shard is not None
+        if not self.sequence_parallel or state is not None or layout != Layout.CAUSAL:
+            raise SeqlabError(
+                f"{self.name} runs under sequence parallelism only if it declares it, causally "
+                f"and without a carried state (got layout {layout.kind.value!r})"
+            )
+        x = inputs[0]
+        conv = None
+        if self.conv is not None:
+            taps = self.conv.kernel_size - 1
+            if x.shape[1] < taps:
+                raise ShapeError(
+                    f"{self.name}: a sequence-parallel shard of {x.shape[1]} tokens is shorter "
+                    f"than the conv's {taps} tokens of history; use fewer ranks or longer sequences"
+                )
+            conv = previous_tail(shard, x[:, x.shape[1] - taps :])
+        offset = torch.full((x.shape[0],), shard.start, dtype=torch.long, device=x.device)
+        entry = LinearState(x.new_zeros(()), conv, offset)
+        (q, k, v, *gates), _ = self._features(inputs, entry)
+        mode = self.kernel_mode or "chunk"
+        return shard_scan(
+            self._kernel, q, k, v, tuple(gates), self.state_v, mode=mode, chunk_size=self.chunk_size
+        )
 
     @abstractmethod
     def _output(self, o: Tensor, gate: Tensor | None) -> Tensor:

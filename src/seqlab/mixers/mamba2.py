@@ -125,6 +125,7 @@ class Mamba2(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ class RetNet(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel = True
     plain_read = True
 
     def __init__(

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses
 from seqlab.errors import ConfigError
 from seqlab.layout import Layout
 from seqlab.model import Model, unwrap
 from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 from seqlab.sampling.ar import fill
+from seqlab.sequence_parallel import SequenceShard, shard_bounds, sharded
 
 
 @OBJECTIVES.register("ar")
@@ -80,6 +84,38 @@ class Autoregressive(Objective):
         metrics = {"token_nll": loss.detach().item(), "value_nll": value_loss.detach().item()}
         loss = loss + value_loss
         return loss, {"nll": loss.detach().item(), **metrics}
+
+    def sharded_loss(
+        self, model: Model, batch: Batch, shard: SequenceShard
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The training loss of this rank's shard of the input positions (`seqlab.
+        sequence_parallel`), scaled by the group size so that the mean over the group's ranks
+        (what DDP averages) is the whole sequence's loss. Every rank holds the whole batch: the
+        target of its last position is the next rank's first input token."""
+        if batch.values is not None:
+            raise ConfigError("train.sequence_parallel does not support batches with values")
+        length = batch.tokens.shape[1] - 1
+        start, end = shard_bounds(length, shard.size)[shard.rank]
+        positions = torch.arange(start, end, device=batch.tokens.device)
+        clear_auxiliary_losses(model)
+        with sharded(dataclasses.replace(shard, start=start)):
+            logits, _ = model(batch.tokens[:, start:end], layout=self.layout, positions=positions)
+        if auxiliary_losses(model):
+            raise ConfigError(
+                "train.sequence_parallel does not support layers with auxiliary losses "
+                f"({sorted(auxiliary_losses(model))}): they are statistics of the whole sequence"
+            )
+        targets = batch.tokens[:, start + 1 : end + 1]
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        nll = nll.view_as(targets)
+        if batch.mask is None:
+            local, count = nll.sum(), targets.shape[0] * length
+        else:
+            local = (nll * batch.mask[:, start + 1 : end + 1].to(nll.dtype)).sum()
+            count = int(batch.mask[:, 1:].sum())
+        loss = local * shard.size / max(count, 1)
+        return loss, {"nll": loss.detach().item()}
 
     def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.values is None:

@@ -46,6 +46,7 @@ from seqlab.io import initialize_from, model_state, param_fingerprint, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.ops.backend import ops_backend
+from seqlab.sequence_parallel import SequenceShard, check_supported, sequence_groups
 from seqlab.train.checkpoint import latest_checkpoint
 from seqlab.train.dist import (
     DistInfo,
@@ -178,6 +179,28 @@ def train(
         shutdown(info)
 
 
+def sequence_shard(config: ExperimentConfig, info: DistInfo) -> SequenceShard | None:
+    """This rank's sequence-parallel shard (None without `train.sequence_parallel`), after
+    refusing, in one line each, what it does not support."""
+    tc = config.train
+    if tc.sequence_parallel == 1:
+        return None
+    refused = [
+        (config.objective.name != "ar", "objective ar only (a causal next-token loss)"),
+        (tc.strategy != "ddp", "train.strategy ddp only (fsdp is not tested with it)"),
+        (tc.compile, "no train.compile"),
+        (tc.activation_checkpointing, "no train.activation_checkpointing"),
+        (config.model.deq is not None, "no model.deq (its iterations differ per rank)"),
+        (config.model.baseline is not None, "a neural model, not a baseline"),
+    ]
+    for refused_now, what in refused:
+        if refused_now:
+            raise ConfigError(f"train.sequence_parallel supports {what}")
+    check_supported(config.model.layer_names())
+    group, rank, _ = sequence_groups(info.world_size, info.rank, tc.sequence_parallel)
+    return SequenceShard(group, rank, tc.sequence_parallel)
+
+
 def finished_summary(out: Path, steps: int) -> dict[str, Any] | None:
     """The summary of a run in `out` that already ran `steps` steps, or None."""
     path = out / "summary.json"
@@ -243,11 +266,14 @@ def _train(
     config: ExperimentConfig, out: Path, info: DistInfo, resume: bool, progress: bool | None
 ) -> dict[str, Any]:
     tc = config.train
-    micro, remainder = divmod(tc.batch_size, info.world_size * tc.grad_accum)
+    shard = sequence_shard(config, info)
+    replicas = info.world_size // (1 if shard is None else shard.size)
+    data_rank = info.rank if shard is None else info.rank // shard.size
+    micro, remainder = divmod(tc.batch_size, replicas * tc.grad_accum)
     if remainder or micro == 0:
         raise ConfigError(
-            f"train.batch_size ({tc.batch_size}) must be a positive multiple of processes x "
-            f"train.grad_accum ({info.world_size} x {tc.grad_accum})"
+            f"train.batch_size ({tc.batch_size}) must be a positive multiple of data-parallel "
+            f"processes x train.grad_accum ({replicas} x {tc.grad_accum})"
         )
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -323,16 +349,19 @@ def _train(
                 step,
                 micro,
                 seed=tc.seed,
-                rank=info.rank * tc.grad_accum + m,
-                world_size=info.world_size * tc.grad_accum,
+                rank=data_rank * tc.grad_accum + m,
+                world_size=replicas * tc.grad_accum,
             ).to(info.device)
             sync = m == tc.grad_accum - 1 or not info.distributed
             no_sync = contextlib.nullcontext() if sync else strategy.no_sync(net)
             with no_sync, compile_failures(tc.compile):
-                loss, metrics = objective.training_loss(forward, batch)
+                if shard is None:
+                    loss, metrics = objective.training_loss(forward, batch)
+                else:
+                    loss, metrics = objective.sharded_loss(forward, batch, shard)
                 precision.backward(loss / tc.grad_accum)
             loss_value += loss.item() / tc.grad_accum
-            tokens_seen += batch.tokens.numel() * info.world_size
+            tokens_seen += batch.tokens.numel() * replicas
         done = step + 1
         is_last = done == tc.steps
         logging_step = done % tc.log_every == 0 or done % tc.eval_every == 0 or is_last

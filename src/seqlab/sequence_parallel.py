@@ -1,0 +1,176 @@
+"""Sequence parallelism (`train.sequence_parallel: N`): each example's sequence is split into
+N contiguous shards, one per rank of a process group, LASP-2 style for the matrix-state
+recurrences (Sun et al., 2025).
+
+A shard of a linear recurrence S_t = A_t S_{t−1} + (write_t), with S `[K, V]` per head and
+A_t `[K, K]` acting on the key side (a scalar or diagonal decay, or I − β k kᵀ for the delta
+rules), maps the state entering it affinely: S_out = T_r S_in + U_r, with T_r the product of
+the shard's A_t and U_r the state the shard writes from zero. Every rank
+
+1. runs its shard from a zero state with the mixer's own chunked kernel, on values widened by
+   K zero columns and from the start state [I_K | 0]: the value columns evolve independently
+   under the same A_t, so the final state is [T_r | U_r] and the output's first K columns are
+   the read of the identity, R_t = (read of A_t ⋯ A_1 e_j)_j `[T, K]`;
+2. all-gathers (T_r, U_r) (`torch.distributed.nn.functional.all_gather`, whose backward
+   exchanges the state gradients) and combines the prefix S_in(r) = T_{r−1} S_in(r−1) +
+   U_{r−1}, S_in(0) = 0;
+3. corrects its output: o_t = o_t^local + R_t S_in (the read is linear in the state).
+
+Short convolutions take the k − 1 conv inputs before the shard from the previous rank (the
+same all-gather), and rotary positions start at the shard's global offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from seqlab.errors import ConfigError
+from seqlab.mixers.base import state_dtype
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    """This rank's part of every sequence: rank `rank` of `size` in `group`, its first token
+    at global position `start`."""
+
+    group: Any
+    rank: int
+    size: int
+    start: int = 0
+
+
+_CURRENT: ContextVar[SequenceShard | None] = ContextVar("sequence_shard", default=None)
+
+
+def current_shard() -> SequenceShard | None:
+    """The shard the running forward computes (None outside `sharded`)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def sharded(shard: SequenceShard) -> Iterator[SequenceShard]:
+    """Mixers called inside run their part of a sequence split across `shard.group`."""
+    token = _CURRENT.set(shard)
+    try:
+        yield shard
+    finally:
+        _CURRENT.reset(token)
+
+
+def shard_bounds(length: int, size: int) -> list[tuple[int, int]]:
+    """Contiguous near-equal [start, end) of `length` positions over `size` ranks (the first
+    `length % size` ranks one longer)."""
+    base, extra = divmod(length, size)
+    bounds, start = [], 0
+    for r in range(size):
+        end = start + base + (r < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def _gather(shard: SequenceShard, tensor: Tensor) -> tuple[Tensor, ...]:
+    from torch.distributed.nn.functional import all_gather
+
+    return all_gather(tensor.contiguous(), group=shard.group)
+
+
+def _tied(value: Tensor, gathered: tuple[Tensor, ...]) -> Tensor:
+    """`value`, made to depend (with weight 0) on every gathered tensor: the gather's backward
+    is a collective, so it must run on every rank, also where nothing gathered is used."""
+    return value + sum(g.sum() for g in gathered) * 0
+
+
+def previous_tail(shard: SequenceShard, tail: Tensor) -> Tensor:
+    """The previous rank's `tail` (the k − 1 conv inputs before this shard), zeros on rank 0."""
+    gathered = _gather(shard, tail)
+    if shard.rank == 0:
+        return _tied(torch.zeros_like(tail), gathered)
+    return gathered[shard.rank - 1]
+
+
+def incoming_state(shard: SequenceShard, transition: Tensor, local: Tensor) -> Tensor:
+    """The state entering this rank's shard `[B, H, K, V]`, from every rank's transition T_r
+    `[B, H, K, K]` and local final state U_r `[B, H, K, V]`:
+    S_in(r) = T_{r−1} S_in(r−1) + U_{r−1}, S_in(0) = 0."""
+    transitions, locals_ = _gather(shard, transition), _gather(shard, local)
+    state = _tied(torch.zeros_like(local), transitions + locals_)
+    for r in range(shard.rank):
+        state = transitions[r] @ state + locals_[r]
+    return state
+
+
+def widened_scan(
+    kernel: Any, q: Tensor, k: Tensor, v: Tensor, gates: tuple[Tensor, ...], state_v: int, **options
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Step 1 of the module docstring: `kernel(q, k, [0 | v], *gates, initial_state=[I | 0])`.
+    `state_v` is the kernel's own state width (it may add columns to v, as linear attention's
+    normaliser does). Returns o_local `[B, T, H, V']`, R `[B, T, H, K]`, T_r `[B, H, K, K]`
+    and U_r `[B, H, K, state_v]`."""
+    b, _, h, width = k.shape
+    dtype = state_dtype(q.dtype)
+    start = torch.zeros(b, h, width, width + state_v, device=q.device, dtype=dtype)
+    start[..., :width] = torch.eye(width, device=q.device, dtype=dtype)
+    widened = torch.cat([v.new_zeros(*v.shape[:-1], width), v], dim=-1)
+    o, final, *_ = kernel(
+        q, k, widened, *gates, initial_state=start, output_final_state=True, **options
+    )
+    return o[..., width:], o[..., :width], final[..., :width], final[..., width:]
+
+
+def shard_scan(
+    kernel: Any, q: Tensor, k: Tensor, v: Tensor, gates: tuple[Tensor, ...], state_v: int, **options
+) -> Tensor:
+    """The kernel output `[B, T, H, V']` of this rank's shard as if the whole sequence had
+    run in one process (steps 1–3 of the module docstring)."""
+    shard = current_shard()
+    assert shard is not None
+    local, read, transition, written = widened_scan(kernel, q, k, v, gates, state_v, **options)
+    entering = incoming_state(shard, transition, written)
+    return local + torch.einsum("bthj,bhjv->bthv", read, entering.to(read.dtype))
+
+
+def check_supported(layer_names: list[str]) -> None:
+    """A one-line ConfigError for a layer whose mixer lacks sequence parallelism."""
+    from seqlab.registry import MIXERS
+
+    def supports(name: str) -> bool:
+        return bool(getattr(MIXERS.get(name).target, "sequence_parallel", False))
+
+    for name in layer_names:
+        if not supports(name):
+            hint = (
+                "softmax attention needs ring attention, which is not built yet"
+                if name == "attention"
+                else "its state is not a linear recurrence with the shared shard kernel"
+            )
+            supported = [n for n in MIXERS.names() if supports(n)]
+            raise ConfigError(
+                f"train.sequence_parallel does not support mixer {name!r} ({hint}); "
+                f"supported: {supported}"
+            )
+
+
+def sequence_groups(world_size: int, rank: int, size: int) -> tuple[Any, int, int]:
+    """The sequence-parallel groups of `size` consecutive ranks (every rank creates all of
+    them, as `new_group` requires): (this rank's group, its rank in it, its data-parallel
+    index)."""
+    if world_size % size:
+        raise ConfigError(
+            f"train.sequence_parallel ({size}) must divide the number of processes "
+            f"({world_size}): processes = data-parallel replicas x sequence_parallel"
+        )
+    mine = None
+    for first in range(0, world_size, size):
+        group = dist.new_group(list(range(first, first + size)))
+        if first <= rank < first + size:
+            mine = group
+    return mine, rank % size, rank // size
