@@ -224,8 +224,8 @@ class ModelConfig:
         value_head: null, or a continuous value beside every token, read as an input and
             predicted as a distribution (`seqlab list value_heads`: lognormal_mixture,
             gaussian, student_t); null takes the task's (`events`: lognormal_mixture)
-        value_head_options: the value head's options, over the task's (which sets the
-            standardising shift and scale from its training split)
+        value_head_options: the value head's options (needs model.value_head), over the
+            task's (which sets the standardising shift and scale from its training split)
     """
 
     mixer: str = "attention"
@@ -327,6 +327,10 @@ class ModelConfig:
             raise ConfigError("model.baseline_options is set but model.baseline names no baseline")
         if self.baseline is not None and not self.baseline.strip():
             raise ConfigError("model.baseline must name a baseline (seqlab list baselines)")
+        if self.value_head_options and self.value_head is None:
+            raise ConfigError(
+                "model.value_head_options is set but model.value_head names no value head"
+            )
         if self.value_head is not None and not self.value_head.strip():
             raise ConfigError("model.value_head must name a value head (seqlab list value_heads)")
         unused = sorted(set(self.mixer_options) - set(self.layer_names()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,8 @@ def load_model_state(model: Model, weights: dict[str, torch.Tensor], source: Pat
 
 
 VOCABULARY_ROWS = ("embed.weight", "head.weight")
+# the value head's standardisation: the new run's own (config.yaml's, from its task's data)
+STANDARDISATION = ("value_head.shift", "value_head.scale")
 
 
 def initialize_from(model: Model, directory: PathLike) -> None:
@@ -162,6 +165,10 @@ def initialize_from(model: Model, directory: PathLike) -> None:
     whose vocabulary rows may differ: the shared rows are copied and the others keep their
     fresh initialisation. That is how a diffusion model with an extra mask token starts
     from an autoregressive model over the same data vocabulary (Fast-dLLM v2, SDAR).
+
+    A value head keeps its own `shift` and `scale` (those its config, and so the run's
+    config.yaml, names: the new task's standardisation); where the source's differ, a warning
+    names both (set model.value_head_options shift and scale to keep the source's).
     """
     directory = Path(directory)
     if not (directory / WEIGHTS).is_file():
@@ -172,7 +179,15 @@ def initialize_from(model: Model, directory: PathLike) -> None:
     with torch.no_grad():
         for name, tensor in expected.items():
             weights = source[name]
-            if name in VOCABULARY_ROWS and weights.shape[1:] == tensor.shape[1:]:
+            if name in STANDARDISATION:
+                if not torch.equal(weights.to(tensor), tensor):
+                    warnings.warn(
+                        f"{directory}: {name} is {float(weights):g} there and {float(tensor):g} "
+                        f"here (this run's model.value_head_options); this model keeps "
+                        f"{float(tensor):g}",
+                        stacklevel=2,
+                    )
+            elif name in VOCABULARY_ROWS and weights.shape[1:] == tensor.shape[1:]:
                 rows = min(weights.shape[0], tensor.shape[0])
                 tensor[:rows].copy_(weights[:rows])
             elif weights.shape == tensor.shape:

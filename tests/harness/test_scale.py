@@ -189,3 +189,24 @@ def test_bad_ladders_exit_2_with_one_line(tmp_path, capsys, change, message):
 def test_compare_refuses_a_ladder(tmp_path, capsys):
     assert main(["compare", str(_ladder(tmp_path)), "--out", str(tmp_path / "o")]) == 2
     assert "seqlab scale" in capsys.readouterr().err
+
+
+def test_a_target_parameter_count_counts_the_tasks_value_head():
+    """The events task's value head (about 30·d parameters, most of a d = 8 model without an
+    MLP) is part of the count that a `params` size resolves against, as it is of the model."""
+    from seqlab.config import ExperimentConfig, from_dict
+
+    experiment = from_dict(
+        ExperimentConfig,
+        {
+            "task": {
+                "name": "events",
+                "options": {"max_events": 8, "train_sequences": 8, "eval_sequences": 4},
+            },
+            "model": {"n_layers": 1, "n_heads": 1, "mlp_ratio": 0},
+            "objective": {"name": "ar"},
+        },
+    )
+    probe = _Probe(experiment)
+    target = probe.measure({"d_model": 8, "n_layers": 1}, "6nd").params
+    assert probe.resolve({"params": target, "n_layers": 1}, 4) == {"n_layers": 1, "d_model": 8}

@@ -197,6 +197,115 @@ def test_nll_counts_scored_values_and_adds_both_parts() -> None:
     assert result.nats == pytest.approx(float(expected), rel=1e-9)
 
 
+def test_nll_counts_a_position_scored_by_either_mask_once() -> None:
+    model = model_with("gaussian")
+    objective = Autoregressive().bind(5)
+    tokens = torch.randint(0, 5, (2, 9))
+    values = torch.randn(2, 9, dtype=torch.float64)
+    token_mask = torch.zeros(2, 9, dtype=torch.bool)
+    token_mask[:, 3:] = True
+    value_mask = torch.zeros_like(token_mask)
+    value_mask[:, 5:] = True
+    batch = Batch(tokens, token_mask, values=values, value_mask=value_mask)
+    nll, mask, value_nll, scored = objective.scored_nll(model, batch)
+    result = objective.nll(model, batch)
+    assert result.tokens == 12  # targets 2 .. 7 of each row: tokens from 2, values from 4
+    expected = ((nll * mask).sum() + (value_nll * scored).sum()).detach()
+    assert result.nats == pytest.approx(float(expected), rel=1e-9)
+    same = objective.nll(model, Batch(tokens, value_mask, values=values))
+    assert same.tokens == 8  # one count per event where the masks coincide
+
+
+def test_value_targets_are_scored_in_float32_under_bf16_autocast() -> None:
+    """A bf16 target rounds 100.3 to 100.5: with a value std near 0.07 that alone moves the
+    NLL by several nats; the targets must be scored in the distribution's float32."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        d_model=16,
+        n_heads=2,
+        vocab_size=5,
+        value_head="gaussian",
+        value_head_options={"shift": 100.0, "scale": 0.1},
+    )
+    model = build_model(config)
+    objective = Autoregressive().bind(5)
+    tokens = torch.randint(0, 5, (2, 7))
+    values = torch.full((2, 7), 100.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, value_nll, _ = objective.scored_nll(model, Batch(tokens, values=values))
+        _, _, parameters = model(tokens[:, :-1], values=values[:, :-1])
+    assert parameters.dtype == torch.bfloat16
+    head = model.value_head
+    expected = -head.from_parameters(parameters.float()).log_prob(values[:, 1:])
+    torch.testing.assert_close(value_nll, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_lognormal_mixture_mean_is_finite_for_its_widest_components() -> None:
+    """log σ at its clamp 3 with scale 1.4: exp(m + s²/2) is about e^395, past float32."""
+    head = VALUE_HEADS.get("lognormal_mixture").build(
+        supplied={"d_model": 4}, components=2, shift=0.5, scale=1.4
+    )
+    parameters = torch.tensor([[[0.0, 1.0, 0.2, -0.1, 3.0, -1.0]]])
+    mean = head.from_parameters(parameters).mean
+    logits, mu, log_sigma = parameters.double().numpy().reshape(3, 2)
+    weights = np.exp(logits) / np.exp(logits).sum()
+    m = 0.5 + 1.4 * mu
+    s = 1.4 * np.exp(log_sigma)
+    log_mean = np.log(weights) + m + s**2 / 2
+    expected = np.exp(log_mean.max()) * np.exp(log_mean - log_mean.max()).sum()
+    assert torch.isfinite(mean).all()
+    assert float(mean) == pytest.approx(expected, rel=1e-9)
+
+
+def test_shift_and_scale_travel_in_the_saved_weights(tmp_path) -> None:
+    from seqlab.io import initialize_from, load, model_state, save
+
+    model = model_with("gaussian", shift=1.5, scale=2.5).float()
+    assert {"value_head.shift", "value_head.scale"} <= set(model_state(model))
+    save(model, tmp_path / "saved")
+    loaded = load(tmp_path / "saved")
+    assert float(loaded.value_head.shift) == 1.5 and float(loaded.value_head.scale) == 2.5
+    other = model_with("gaussian", shift=-1.0, scale=2.5).float()
+    with pytest.warns(UserWarning, match="value_head.shift"):
+        initialize_from(other, tmp_path / "saved")
+    assert float(other.value_head.shift) == -1.0  # the new run's own, as its config says
+    torch.testing.assert_close(other.value_head.encoder.weight, model.value_head.encoder.weight)
+
+
+def test_token_samplers_refuse_a_model_with_a_value_head() -> None:
+    from seqlab.sampling import generate
+    from seqlab.sampling.ar import fill
+    from seqlab.sampling.beam import beam_search
+    from seqlab.sampling.speculative import speculative_decode
+
+    model = model_with("gaussian", mixer="attention")
+    plain = build_model(ModelConfig(d_model=16, n_heads=2, vocab_size=5)).double()
+    prompt = torch.randint(0, 5, (2, 4))
+    calls = [
+        lambda: generate(model, prompt, max_new_tokens=2),
+        lambda: generate(model, prompt, max_new_tokens=2, sampler="beam", num_beams=2),
+        lambda: generate(plain, prompt, max_new_tokens=2, draft_model=model),
+        lambda: beam_search(model, prompt, 2, num_beams=2),
+        lambda: speculative_decode(
+            plain,
+            AutocastForward(model, precision=None),
+            prompt,
+            2,
+            num_draft_tokens=2,
+            do_sample=False,
+        ),
+        lambda: fill(model, prompt, torch.ones_like(prompt, dtype=torch.bool)),
+        lambda: Autoregressive().bind(5).generate(model, Batch(prompt, values=torch.rand(2, 4))),
+    ]
+    for call in calls:
+        with pytest.raises(ConfigError, match="rollout_events") as error:
+            call()
+        assert "\n" not in str(error.value)
+    assert generate(plain, prompt, max_new_tokens=2).tokens.shape == (2, 6)
+    _, distribution, _ = model.marked(prompt, positive((2, 4)))  # Model.marked still works
+    assert distribution.batch_shape == (2, 4)
+
+
 def test_value_parameters_pass_through_wrappers() -> None:
     model = model_with("student_t")
     assert unwrap(AutocastForward(model, precision=None)) is model
@@ -240,12 +349,49 @@ def test_model_config_takes_the_tasks_head_under_the_users_options() -> None:
     chosen = model_config_for(ModelConfig(), _TaskWithValues(), objective)
     assert chosen.vocab_size == 7 and chosen.value_head == "lognormal_mixture"
     assert chosen.value_head_options == {"shift": -1.0, "scale": 2.0, "components": 4}
-    tuned = ModelConfig(value_head_options={"components": 2})
+    tuned = ModelConfig(value_head="lognormal_mixture", value_head_options={"components": 2})
     assert (
         model_config_for(tuned, _TaskWithValues(), objective).value_head_options["components"] == 2
     )
-    other = model_config_for(ModelConfig(value_head="gaussian"), _TaskWithValues(), objective)
-    assert other.value_head == "gaussian" and other.value_head_options == {}
+
+
+class _RealTask:
+    name = "real"
+    vocab_size = 7
+    value_head = "gaussian"
+    value_head_options = {"shift": 3.0, "scale": 2.0}
+
+
+class _TokensOnly:
+    name = "tokens"
+    vocab_size = 7
+    value_head = None
+    value_head_options = None
+
+
+def test_another_head_keeps_the_tasks_standardisation_and_needs_its_support() -> None:
+    objective = build_objective("ar", 7)
+    other = model_config_for(ModelConfig(value_head="student_t"), _RealTask(), objective)
+    assert other.value_head == "student_t"
+    assert other.value_head_options == {"shift": 3.0, "scale": 2.0}
+    mine = ModelConfig(value_head="student_t", value_head_options={"scale": 5.0})
+    assert model_config_for(mine, _RealTask(), objective).value_head_options == {
+        "shift": 3.0,
+        "scale": 5.0,
+    }
+    for head, task in (("gaussian", _TaskWithValues()), ("lognormal_mixture", _RealTask())):
+        with pytest.raises(ConfigError, match="values, but model.value_head") as error:
+            model_config_for(ModelConfig(value_head=head), task, objective)
+        assert "\n" not in str(error.value)
+
+
+def test_a_value_head_without_values_and_options_without_a_head_are_refused() -> None:
+    objective = build_objective("ar", 7)
+    with pytest.raises(ConfigError, match="never be trained"):
+        model_config_for(ModelConfig(value_head="gaussian"), _TokensOnly(), objective)
+    assert model_config_for(ModelConfig(), _TokensOnly(), objective).value_head is None
+    with pytest.raises(ConfigError, match="value_head_options is set"):
+        ModelConfig(value_head_options={"scale": 2.0})
 
 
 def test_objectives_that_do_not_read_values_are_refused() -> None:

@@ -222,8 +222,8 @@ def test_a_real_llama_checkpoint_imports_through_the_cli(tmp_path, capsys, tied)
         torch.testing.assert_close(model(tokens)[0], hf(tokens).logits, atol=1e-5, rtol=1e-5)
 
 
-def save_tiny(directory, objective="ar"):
-    config = ModelConfig(d_model=16, n_layers=1, n_heads=2, vocab_size=260)
+def save_tiny(directory, objective="ar", **model):
+    config = ModelConfig(d_model=16, n_layers=1, n_heads=2, vocab_size=260, **model)
     experiment = ExperimentConfig(model=config, objective=ObjectiveConfig(name=objective))
     seqlab.save(build_model(config), directory, experiment)
     return directory
@@ -309,3 +309,13 @@ def test_a_checkpoint_folder_without_weights_is_a_one_line_error(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read the Hugging Face model" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_with_a_value_head_is_exported_as_nothing(tmp_path, capsys):
+    run = save_tiny(tmp_path / "run", value_head="gaussian")
+    for format in ("auto", "seqlab", "llama"):
+        out = tmp_path / format
+        assert main(["export", str(run), str(out), "--as", format]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a value head (model.value_head) has no" in err, err
+        assert not out.exists()

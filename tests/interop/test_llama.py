@@ -201,6 +201,7 @@ def test_exported_model_saves_and_reloads(tmp_path) -> None:
         (ModelConfig(mlp={"kind": "moe"}), "moe"),
         (ModelConfig(mlp_ratio=0), "no MLP"),
         (ModelConfig(deq={"max_iter": 3}), "deq"),
+        (ModelConfig(value_head="gaussian"), "value_head"),
         (ModelConfig(mixer_options={"attention": {"out_bias": True}}), "out_bias"),
         (
             ModelConfig(

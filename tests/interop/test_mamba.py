@@ -164,6 +164,12 @@ def test_to_hf_logits_equal_seqlab_and_survive_save_and_load(case, tmp_path):
             ),
             "negative_eigenvalues",
         ),
+        (
+            ModelConfig(
+                mixer="mamba", d_model=32, vocab_size=VOCAB, mlp_ratio=0, value_head="gaussian"
+            ),
+            "a value head (model.value_head) has no mamba counterpart",
+        ),
     ],
 )
 def test_export_reason_refuses_what_hugging_face_mamba_cannot_compute(config, words):

@@ -36,7 +36,6 @@ learning rate is chosen per rung (grid point, size, budget) on final validation,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -237,9 +236,8 @@ class _Probe:
 
         def count(d: int) -> int:
             shape = {**rest, "d_model": d}
-            model = dataclasses.replace(
-                _with_shape(self.experiment, shape).model, vocab_size=self.vocab_size
-            )
+            experiment = _with_shape(self.experiment, shape)
+            model = model_config_for(experiment.model, self.task, self.objective)
             total = count_parameters(model)  # one block per kind: cheaper than a model
             if total is None:
                 return self.measure(shape, "6nd").params

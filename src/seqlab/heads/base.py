@@ -10,7 +10,8 @@ intensity-free learning) and the values of a time series use it.
 Values are standardised before they enter the network: `u = (g(v) − shift) / scale`, with
 `g = log` for positive values (`support = "positive"`) and the identity for real ones; a
 task supplies `shift` and `scale` from its training split (`Task.value_head_options`), so a
-head learns on unit scale whatever the data's units.
+head learns on unit scale whatever the data's units. They are persistent float64 buffers, so
+a saved model or checkpoint carries the standardisation its weights were trained with.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ValueHead(nn.Module):
                 f"value head {self.name!r}: shift must be finite and scale finite and > 0, got "
                 f"shift {shift}, scale {scale}"
             )
-        self.shift, self.scale = float(shift), float(scale)
+        self.register_buffer("shift", torch.tensor(float(shift), dtype=torch.float64))
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
         self.encoder = nn.Linear(1, d_model)
         self.projection = nn.Linear(d_model, self.outputs)
 
@@ -65,16 +67,23 @@ class ValueHead(nn.Module):
         """The input feature of each value: `[B, T]` -> `[B, T, d_model]`."""
         return self.encoder(self.standardise(values).unsqueeze(-1))
 
+    def largest_input(self) -> float:
+        """The largest value the encoder tells apart, `g⁻¹(shift + STANDARD_RANGE · scale)`
+        (a larger one reads the same, clipped), at most the largest float32 (values travel in
+        float32 batches)."""
+        top = self.shift.double() + STANDARD_RANGE * self.scale.double()
+        top = top.exp() if self.support == "positive" else top
+        return min(float(top), torch.finfo(torch.float32).max)
+
     def distribution(self, hidden: Tensor) -> Distribution:
         """p(v_{t+1} | history) with batch shape `[B, T]`, from `hidden` `[B, T, d_model]`."""
         return self.from_parameters(self.projection(hidden))
 
     def from_parameters(self, parameters: Tensor) -> Distribution:
         """The distribution from the projection's `[B, T, outputs]` (`Model.forward`'s third
-        output), in the data's units, computed in float32 at least."""
-        if parameters.dtype not in (torch.float32, torch.float64):
-            parameters = parameters.float()
-        return self.make(parameters)
+        output), in the data's units, computed in `distribution_dtype` (float32 at least:
+        score it at values of that dtype, never at the parameters' bf16 or fp16)."""
+        return self.make(parameters.to(distribution_dtype(parameters.dtype)))
 
     def make(self, parameters: Tensor) -> Distribution:
         """The distribution of each head (float32 or float64 `parameters`)."""
@@ -82,6 +91,12 @@ class ValueHead(nn.Module):
 
     def flops_per_token(self) -> float:
         return 2.0 * (self.encoder.weight.numel() + self.projection.weight.numel())
+
+
+def distribution_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a head's distribution is computed in from parameters of `dtype`: float64
+    stays, anything narrower (bf16 or fp16 under autocast) becomes float32."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def build_value_head(config: ModelConfig) -> ValueHead | None:

@@ -130,6 +130,11 @@ class SeqlabForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: SeqlabConfig, model: Model | None = None) -> None:
         super().__init__(config)
         experiment = config.experiment()
+        if experiment.model.value_head is not None:
+            raise ConfigError(
+                "a value head (model.value_head) has no SeqlabForCausalLM counterpart (its "
+                "forward passes no values)"
+            )
         self.model = model if model is not None else build_model(experiment.model)
         if self.model.tied:
             self._tied_weights_keys = {"model.head.weight": "model.embed.weight"}

@@ -67,6 +67,8 @@ def export_reason(config: ModelConfig) -> str | None:
         return f"layers use mixer(s) {', '.join(others)}; the llama family has attention only"
     if config.deq is not None:
         return "a deep equilibrium model (model.deq) has no llama counterpart"
+    if config.value_head is not None:
+        return "a value head (model.value_head) has no llama counterpart"
     if config.mlp["kind"] != "swiglu":
         return f"model.mlp kind {config.mlp['kind']} (llama blocks have one dense SwiGLU)"
     if config.mlp_hidden() == 0:

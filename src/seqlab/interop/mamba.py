@@ -80,6 +80,8 @@ def _export_reason(config: ModelConfig, name: str) -> str | None:
         )
     if config.deq is not None:
         return "a deep equilibrium model (model.deq) has no Hugging Face counterpart"
+    if config.value_head is not None:
+        return f"a value head (model.value_head) has no {name} counterpart"
     options = _options(config, name)
     if options["negative_eigenvalues"]:
         return f"{name} with negative_eigenvalues has no Hugging Face counterpart"

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from seqlab.auxiliary import auxiliary_losses, clear_auxiliary_losses
 from seqlab.errors import ConfigError
+from seqlab.heads.base import distribution_dtype
 from seqlab.layout import Layout
 from seqlab.model import Model, unwrap
 from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
@@ -28,7 +29,8 @@ class Autoregressive(Objective):
     A batch with `values` (a marked sequence: a time or a series value beside each token)
     trains the model's value head too: the loss is the mean token NLL plus the mean value NLL
     −log p(v_{t+1} | x_{≤t}, v_{≤t}) over `value_mask[:, 1:]`, and `nll` sums both over the
-    scored values (nats per event: mark and time together, as point-process papers report)."""
+    scored values (nats per event: mark and time together, as point-process papers report),
+    counted per position scored by either mask (once where both score it)."""
 
     bound = False
     layout = Layout.CAUSAL
@@ -61,7 +63,7 @@ class Autoregressive(Objective):
             targets = batch.values[:, 1:]
             if scored is not None:  # an unscored value may lie outside the support (a PAD's 0)
                 targets = torch.where(scored[:, 1:], targets, torch.ones_like(targets))
-            value_nll = -distribution.log_prob(targets.to(parameters.dtype))
+            value_nll = -distribution.log_prob(targets.to(distribution_dtype(parameters.dtype)))
             value_mask = (
                 torch.ones_like(value_nll) if scored is None else scored[:, 1:].to(value_nll)
             )
@@ -149,10 +151,12 @@ class Autoregressive(Objective):
 
     def nll(self, model: Model, batch: Batch) -> NLL:
         """Summed token NLL over the scored tokens; with values, plus the summed value NLL,
-        counted per scored value (nats per event)."""
+        counted per position scored by either mask, once where both score it (nats per event
+        where the masks coincide, as in `events`; per value where no token is scored, as in
+        `timeseries`' continuous outputs)."""
         nll, mask, value_nll, value_mask = self.scored_nll(model, batch)
         nats = (nll.detach().double() * mask.double()).sum()
         if value_nll is None:
             return NLL(float(nats), int(mask.sum()), bound=False)
         nats = nats + (value_nll.detach().double() * value_mask.double()).sum()
-        return NLL(float(nats), int(value_mask.sum()), bound=False)
+        return NLL(float(nats), int(((mask > 0) | (value_mask > 0)).sum()), bound=False)

@@ -17,7 +17,7 @@ from seqlab.model import Model
 from seqlab.objectives.base import Objective
 from seqlab.registry import OBJECTIVES, SAMPLERS, Entry
 from seqlab.sampling.ar import Generation, as_prompt
-from seqlab.sampling.base import SamplingOptions, eval_mode
+from seqlab.sampling.base import SamplingOptions, eval_mode, refuse_value_head
 from seqlab.sampling.hf_args import streaming, translate
 
 __all__ = ["Generation", "SamplingOptions", "generate"]
@@ -67,7 +67,8 @@ def generate(
     (`seqlab.sampling.hf_args`); with no `sampler` named, they choose it (default greedy).
 
     The model (and any model among the options, e.g. a draft) samples in eval mode; each
-    gets its own training mode back when sampling returns or raises.
+    gets its own training mode back when sampling returns or raises. A model with a value
+    head is refused (`refuse_value_head`; `seqlab.sampling.marked.rollout_events` rolls it).
     """
     if (
         not isinstance(max_new_tokens, int)
@@ -77,6 +78,7 @@ def generate(
         raise SeqlabError(
             f"max_new_tokens must be an integer in [0, {MAX_NEW_TOKENS}], got {max_new_tokens!r}"
         )
+    refuse_value_head(model)
     prompt = as_prompt(prompt, model.device)
     sampler, options, streamer = translate(sampler, options)
     entry = SAMPLERS.get(sampler)

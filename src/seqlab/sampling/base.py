@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from seqlab.config import require, resolve_annotation
 from seqlab.errors import ConfigError
+from seqlab.model import unwrap
 from seqlab.ops.kv_cache.base import build_policy
 from seqlab.sampling.processors import LogitsProcessor, sampling_processors
 
@@ -307,12 +308,24 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def refuse_value_head(*modules: nn.Module) -> None:
+    """A ConfigError for a model with a value head: a token sampler would ignore its values."""
+    if any(getattr(unwrap(m), "value_head", None) is not None for m in modules):
+        raise ConfigError(
+            "this model has a value head (model.value_head) and token samplers pass no values; "
+            "roll it forward with seqlab.sampling.marked.rollout_events"
+        )
+
+
 def in_eval_mode(fn: F) -> F:
-    """Decorator: run `fn` with the modules among its arguments in eval mode (`eval_mode`)."""
+    """Decorator of every token sampler's decoding function: run `fn` with the modules among
+    its arguments in eval mode (`eval_mode`), refusing a model with a value head
+    (`refuse_value_head`)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         modules = [a for a in (*args, *kwargs.values()) if isinstance(a, nn.Module)]
+        refuse_value_head(*modules)
         with eval_mode(*modules):
             return fn(*args, **kwargs)
 

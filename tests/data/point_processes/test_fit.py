@@ -9,6 +9,7 @@ from scipy.optimize import approx_fprime
 
 from seqlab.data.point_processes import Hawkes, fit_hawkes
 from seqlab.data.point_processes.hawkes import _Batch, _negative_log_likelihood
+from seqlab.errors import ConfigError
 
 TRUE = Hawkes([0.5, 0.3], [[0.3, 0.1], [0.2, 0.4]], 2.0)
 HORIZON = 50.0
@@ -66,3 +67,28 @@ def test_fit_beats_poisson_on_held_out_data(data, fitted):
 def test_fit_without_horizons_runs_and_is_sane(data):
     model = fit_hawkes(data[:20], 2, num_starts=1)
     assert model.num_marks == 2 and model.branching_ratio < 1.5
+
+
+def test_conditioned_events_excite_but_are_not_scored():
+    """With `conditioned=1` the objective is log L less each sequence's first log λ_{k_1}(t_1)
+    (the origin event is history), and its gradient is still exact."""
+    rng = np.random.default_rng(3)
+    sequences = [TRUE.simulate(rng, 6.0, 10_000) for _ in range(3)]
+    sequences = [(t - t[0], m) for t, m in sequences]  # each starts at its origin event
+    horizons = [6.0, 6.0, 6.0]
+    batch = _Batch(sequences, 2, horizons, conditioned=1)
+    theta = rng.normal(0.0, 0.4, 7)
+    value, grad = _negative_log_likelihood(theta, batch, 2)
+    numeric = approx_fprime(theta, lambda x: _negative_log_likelihood(x, batch, 2)[0], 1e-7)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
+    model = Hawkes(
+        np.exp(theta[:2]), np.exp(theta[2:6]).reshape(2, 2), np.exp(theta[6]), stationary=False
+    )
+    total = sum(
+        model.total_log_likelihood(t, m, h) - np.log(model.mu[m[0]])  # λ at the origin is μ
+        for (t, m), h in zip(sequences, horizons, strict=True)
+    )
+    assert batch.num_events == sum(t.size - 1 for t, _ in sequences)
+    assert -value * batch.num_events == pytest.approx(total, rel=1e-10)
+    with pytest.raises(ConfigError, match="conditioned"):
+        fit_hawkes(sequences, 2, conditioned=-1)

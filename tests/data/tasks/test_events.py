@@ -12,7 +12,7 @@ import torch
 
 import seqlab
 from seqlab.config import ModelConfig
-from seqlab.data.point_processes import Renewal
+from seqlab.data.point_processes import Renewal, fit_hawkes
 from seqlab.data.tasks.base import model_config_for
 from seqlab.data.tasks.events import BOS, FIRST_MARK, PAD, MarkedEvents
 from seqlab.errors import ConfigError, DataError
@@ -168,6 +168,8 @@ def test_options_and_objectives_are_checked():
         small(process="hawkes", process_options={"gamma": 1.0})
     with pytest.raises(ConfigError, match="process must be one of"):
         small(process="poisson")
+    with pytest.raises(ConfigError, match="forecast_events .2. must be >= otd_steps .3."):
+        small(forecast_events=2, otd_steps=3)
     task = small()
     for name in ("masked_diffusion", "mtp"):
         with pytest.raises(ConfigError) as error:
@@ -228,3 +230,50 @@ def test_a_tiny_model_learns_a_renewal_process():
     assert before["nll_gap"] > 1.0
     assert after["nll_gap"] < 0.25
     assert after["accuracy"] > 0.85
+
+
+def test_training_batches_walk_each_epoch_once():
+    task = small()
+    n = len(task._rows["train"].tokens)
+    rows = {tuple(r) for r in task._rows["train"].values.tolist()}
+    assert len(rows) == n  # every row distinct, so a row is known by its values
+    seen = torch.cat([task.batch("train", step, 4, seed=2).values for step in range(n // 4)])
+    assert len({tuple(r) for r in seen.double().tolist()}) == n // 4 * 4
+
+
+def test_the_csv_hawkes_fit_conditions_on_each_origin_event(tmp_path, monkeypatch):
+    import seqlab.data.tasks.events as events
+
+    calls = []
+
+    def spy(sequences, num_marks, **options):
+        calls.append((sequences, options))
+        return fit_hawkes(sequences, num_marks, **options)
+
+    monkeypatch.setattr(events, "fit_hawkes", spy)
+    rows = [(f"s{i}", str(t + i), m) for i in range(10) for t, m in ((3.0, "b"), (1.0, "a"))]
+    task = MarkedEvents(
+        path=write_csv(tmp_path / "e.csv", rows),
+        sequence_column="id", time_column="t", mark_column="type",
+    )  # fmt: skip
+    assert task.hawkes is not None and calls[0][1]["conditioned"] == 1
+    times, _ = calls[0][0][0]
+    assert times[0] == 0.0  # the window starts at the origin event
+    assert small().hawkes is not None and calls[1][1]["conditioned"] == 0
+
+
+def test_rollouts_of_a_head_whose_mean_overflows_stay_finite():
+    task = small()
+    model, _ = tiny_model(task)
+    head = model.value_head
+    with torch.no_grad():  # every component at log σ = 3 and a huge scale: E[τ] = inf
+        head.scale.fill_(40.0)
+        head.projection.weight.zero_()
+        head.projection.bias.fill_(3.0)
+    batch = next(task.eval_batches("validation", 3))
+    marks, values = batch.tokens[:, :5], batch.values[:, :5]
+    assert torch.isinf(model.marked(marks, values)[1].mean).all()
+    times, _, _ = rollout_events(model, marks, values, 3)
+    largest = head.largest_input()
+    assert torch.isfinite(times).all() and math.isfinite(largest)
+    torch.testing.assert_close(times[:, -1], torch.full((3,), 3 * largest, dtype=torch.float64))

@@ -146,13 +146,15 @@ def excitation_states(
 
 
 class _Batch:
-    """Sequences right-padded to [B, L] with their mask, counts and horizons T_b."""
+    """Sequences right-padded to [B, L] with their mask, counts and horizons T_b; the first
+    `conditioned` events of each are history only (`scored` False)."""
 
     def __init__(
         self,
         sequences: Sequence[tuple[np.ndarray, np.ndarray]],
         num_marks: int,
         horizons: Sequence[float] | None,
+        conditioned: int = 0,
     ) -> None:
         if horizons is not None and len(horizons) != len(sequences):
             raise DataError(f"expected {len(sequences)} horizons, got {len(horizons)}")
@@ -169,8 +171,10 @@ class _Batch:
             self.times[i, t.size :] = t[-1] if t.size else 0.0
         last = self.times[:, -1]
         self.horizons = last if horizons is None else np.asarray(horizons, dtype=np.float64)
-        self.num_events = int(self.mask.sum())
-        self.counts = np.bincount(self.marks[self.mask], minlength=num_marks)
+        self.scored = self.mask.copy()  # the events whose log-intensity is scored
+        self.scored[:, :conditioned] = False
+        self.num_events = int(self.scored.sum())
+        self.counts = np.bincount(self.marks[self.scored], minlength=num_marks)
 
 
 def _negative_log_likelihood(
@@ -184,12 +188,12 @@ def _negative_log_likelihood(
     rows = alpha[batch.marks]
     excitation = np.einsum("blk,blk->bl", rows, state)
     rates = mu[batch.marks] + beta * excitation
-    weight = np.where(batch.mask, 1.0 / rates, 0.0)
+    weight = np.where(batch.scored, 1.0 / rates, 0.0)
     rest = np.where(batch.mask, batch.horizons[:, None] - batch.times, 0.0)
     fade = np.where(batch.mask, -np.expm1(-beta * rest), 0.0)
     spread = alpha.sum(0)
     log_l = (
-        np.sum(np.log(rates[batch.mask]))
+        np.sum(np.log(rates[batch.scored]))
         - mu.sum() * batch.horizons.sum()
         - np.sum(spread[batch.marks] * fade)
     )
@@ -212,6 +216,7 @@ def fit_hawkes(
     num_starts: int = 3,
     seed: int = 0,
     max_iter: int = 500,
+    conditioned: int = 0,
 ) -> Hawkes:
     """Maximum-likelihood `Hawkes` for i.i.d. `sequences` of (times, marks).
 
@@ -220,14 +225,19 @@ def fit_hawkes(
     with the analytic gradient, from `num_starts` starts (the first a moment guess: μ half the
     observed rate of each mark, α = 0.5/K, β = 1/mean gap; the others it times log-normal
     noise drawn with `seed`); the best optimum wins. The result is built with
-    `stationary=False`: a finite sample may favour ρ(α) >= 1."""
+    `stationary=False`: a finite sample may favour ρ(α) >= 1.
+
+    The first `conditioned` events of each sequence are history: they excite the later ones
+    (and count in the compensator) but their own log λ_{k_i}(t_i) is left out of log L."""
     if isinstance(num_marks, bool) or not isinstance(num_marks, (int, np.integer)):
         raise ConfigError(f"expected an integer num_marks >= 1, got {num_marks!r}")
     if num_marks < 1 or num_starts < 1:
         raise ConfigError(
             f"expected num_marks >= 1 and num_starts >= 1, got {num_marks}, {num_starts}"
         )
-    batch = _Batch(sequences, num_marks, horizons)
+    if isinstance(conditioned, bool) or not isinstance(conditioned, int) or conditioned < 0:
+        raise ConfigError(f"expected an integer conditioned >= 0, got {conditioned!r}")
+    batch = _Batch(sequences, num_marks, horizons, conditioned)
     if batch.num_events == 0 or batch.horizons.sum() <= 0:
         raise DataError("expected at least one event and a positive total duration to fit a hawkes")
     k = num_marks

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import NLL, Batch
-from seqlab.registry import TASKS
+from seqlab.registry import TASKS, VALUE_HEADS
 
 if TYPE_CHECKING:
     from seqlab.config import ExperimentConfig, ModelConfig
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 INFILL_STREAM = 0x1F_111
+STANDARDISATION = ("shift", "scale")  # the value head options another head keeps
 
 
 @dataclass
@@ -202,13 +203,33 @@ class Task(ABC):
 
 def model_config_for(model: ModelConfig, task: Task, objective: Objective) -> ModelConfig:
     """The model a run of `task` under `objective` builds: the vocabulary is the task's plus
-    the objective's extra tokens; a task with values gives its value head (and options, under
-    the user's) unless `model.value_head` names another; a baseline takes none."""
+    the objective's extra tokens; a task with values gives its value head and options unless
+    `model.value_head` names another, which must have the same support (that of the task's
+    own head, `ValueHead.support`) and keeps the task's `shift` and `scale`; the user's
+    `value_head_options` win. A value head for a task without values would never be trained
+    (a ConfigError); a baseline takes none."""
     vocab_size = objective.model_vocab_size(task.vocab_size)
-    if task.value_head is None or model.baseline is not None:
+    if model.baseline is not None:
+        return dataclasses.replace(model, vocab_size=vocab_size)
+    if task.value_head is None:
+        if model.value_head is not None:
+            raise ConfigError(
+                f"task {task.name!r} has no value beside its tokens, so model.value_head "
+                f"{model.value_head!r} would never be trained; remove model.value_head"
+            )
         return dataclasses.replace(model, vocab_size=vocab_size)
     head = model.value_head or task.value_head
-    options = dict(task.value_head_options or {}) if head == task.value_head else {}
+    support = VALUE_HEADS.get(head).target.support
+    needed = VALUE_HEADS.get(task.value_head).target.support
+    if support != needed:
+        fitting = [e.name for e in VALUE_HEADS.entries() if e.target.support == needed]
+        raise ConfigError(
+            f"task {task.name!r} has {needed} values, but model.value_head {head!r} predicts "
+            f"{support} ones; value heads that fit: {', '.join(fitting)}"
+        )
+    options = dict(task.value_head_options or {})
+    if head != task.value_head:
+        options = {k: v for k, v in options.items() if k in STANDARDISATION}
     options.update(model.value_head_options)
     return dataclasses.replace(
         model, vocab_size=vocab_size, value_head=head, value_head_options=options

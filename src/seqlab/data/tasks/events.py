@@ -46,10 +46,9 @@ from seqlab.data.point_processes import (
     mean_otd,
     t_map,
 )
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions
 from seqlab.data.tasks.synthetic import _split_index, check
 from seqlab.errors import ConfigError, DataError
-from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 from seqlab.sampling.base import eval_mode
@@ -175,7 +174,7 @@ class MarkedEvents(Task):
     order; marks are strings, numbered by first appearance in the training split (then in the
     others); sequences are split 80/10/10 by a permutation seeded by `data_seed`.
 
-    Training batches draw rows uniformly with replacement by ``rng([seed, split, step])``; the
+    Training batches walk seeded epoch permutations of the rows (`epoch_positions`); the
     model gets the value head ``lognormal_mixture`` with shift and scale the mean and standard
     deviation of log τ over the training split's scored gaps. `evaluate` (module docstring;
     needs the ar objective) reports nll (of record: nats per event, mark plus time), mark_nll,
@@ -233,6 +232,11 @@ class MarkedEvents(Task):
                 and 0 < value < math.inf,
                 f"events: {name} must be a positive finite number, got {value!r}",
             )
+        check(
+            forecast_events >= otd_steps,
+            f"events: forecast_events ({forecast_events}) must be >= otd_steps ({otd_steps}): "
+            f"OTD compares the first otd_steps forecast events",
+        )
         self.max_events, self.seq_len = max_events, max_events + 1
         self.prediction_step, self.forecast_events = prediction_step, forecast_events
         self.otd_steps = otd_steps
@@ -401,14 +405,6 @@ class MarkedEvents(Task):
             values=torch.from_numpy(rows.values[index]).float(),
         )
 
-    def check_objective(self, objective: Objective) -> None:
-        super().check_objective(objective)
-        if not isinstance(objective, Autoregressive):
-            raise ConfigError(
-                f"task 'events' scores the next event from the history, which needs the ar "
-                f"objective, not {objective.name!r}"
-            )
-
     def batch(
         self,
         split: str,
@@ -419,14 +415,14 @@ class MarkedEvents(Task):
         rank: int = 0,
         world_size: int = 1,
     ) -> Batch:
-        split_index = _split_index(split)
-        check_batch_request(step, seed, batch_size, rank, world_size)
+        _split_index(split)
         rows = self._rows[split]
         if not len(rows.tokens):
             raise DataError(f"events: the {split} split holds no scored event")
-        rng = np.random.default_rng([seed, split_index, step])
-        picks = rng.integers(0, len(rows.tokens), batch_size * world_size)
-        return self._batch(rows, picks[rank * batch_size : (rank + 1) * batch_size])
+        positions = epoch_positions(
+            len(rows.tokens), split, step, batch_size, seed=seed, rank=rank, world_size=world_size
+        )
+        return self._batch(rows, positions)
 
     def eval_count(self, split: str, max_tokens: int | None) -> int:
         _split_index(split)
@@ -447,14 +443,18 @@ class MarkedEvents(Task):
     @property
     def hawkes(self) -> Hawkes:
         """A Hawkes process fitted by maximum likelihood to the training split (times from
-        each sequence's origin, observed up to its window's end), fitted once."""
+        each sequence's origin, observed up to its window's end), fitted once. The events
+        before `first_scored` (a user sequence's origin event) are history only, as
+        everywhere else: they excite the later events but their own likelihood is not fitted."""
         if self._hawkes is None:
             train = self.splits["train"]
             sequences = [
                 (t - o, m) for t, m, o in zip(train.times, train.marks, train.origins, strict=True)
             ]
             horizons = list(train.ends - train.origins)
-            self._hawkes = fit_hawkes(sequences, self.num_marks, horizons=horizons)
+            self._hawkes = fit_hawkes(
+                sequences, self.num_marks, horizons=horizons, conditioned=train.first_scored
+            )
         return self._hawkes
 
     def reference(self, split: str, which: str) -> np.ndarray:
@@ -504,7 +504,7 @@ class MarkedEvents(Task):
                 mark_nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
                 guess = FIRST_MARK + logits[..., FIRST_MARK : self.vocab_size].argmax(-1)
                 safe = torch.where(where, gaps, torch.ones_like(gaps))
-                time_nll = -distribution.log_prob(safe.to(distribution.mean.dtype)).double()
+                time_nll = -distribution.log_prob(safe).double()
                 error = (distribution.mean.double() - gaps).abs()
                 sums["mark_nll"] += float(mark_nll[where].sum())
                 sums["time_nll"] += float(time_nll[where].sum())

@@ -40,6 +40,7 @@ from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
 from seqlab.sampling.ar import Draws
 from seqlab.sampling.base import eval_mode
+from seqlab.sampling.marked import feed_back
 
 if TYPE_CHECKING:
     from seqlab.model import Model
@@ -450,8 +451,8 @@ class TimeSeriesForecasting(Task):
         return self.values[window.series][start : window.origin + self.horizon]
 
     def check_objective(self, objective: Objective) -> None:
-        super().check_objective(objective)
-        if not isinstance(objective, Autoregressive):
+        super().check_objective(objective)  # a continuous output: an objective reading values
+        if self.value_head is None and not isinstance(objective, Autoregressive):
             raise ConfigError(
                 f"task 'timeseries' forecasts by sampling left to right from the context, which "
                 f"needs an AR objective (ar, mtp), not {objective.name!r}"
@@ -560,21 +561,20 @@ class TimeSeriesForecasting(Task):
         self, model: Model, tokens: np.ndarray, values: np.ndarray, seeds: list[int]
     ) -> np.ndarray:
         """`[B, horizon]` mean-scaled forecasts drawn ancestrally from the value head
-        (`Model.marked`, decoding through its state): v_{t+1} ~ p(· | x_≤t, v_≤t) by an
-        inverse-CDF `draw` from uniforms of each row's seed, then v_{t+1} and its bin token
-        are the next input."""
+        (`seqlab.sampling.marked.feed_back`): v_{t+1} ~ p(· | x_≤t, v_≤t) by an inverse-CDF
+        `draw` from uniforms of each row's seed, then v_{t+1} and its bin token are the next
+        input."""
         device = model.device
         uniforms = Draws(seeds, len(seeds), device)
-        state = model.init_state(len(seeds))
-        inputs = torch.from_numpy(tokens).to(device), torch.from_numpy(values).to(device)
-        drawn = []
-        for _ in range(self.horizon):
-            _, distribution, state = model.marked(*inputs, state)
+
+        def pick(logits: Tensor, distribution: Distribution) -> tuple[Tensor, Tensor]:
             value = draw(distribution, uniforms.uniform(1))[:, -1].double()
-            drawn.append(value)
             token = self.binning.encode(value.cpu().numpy(), 1.0)
-            inputs = torch.from_numpy(token).to(device)[:, None], value[:, None]
-        return torch.stack(drawn, dim=1).cpu().numpy()
+            return torch.from_numpy(token).to(device), value
+
+        inputs = torch.from_numpy(tokens).to(device), torch.from_numpy(values).to(device)
+        _, drawn = feed_back(model, *inputs, self.horizon, pick)
+        return drawn.cpu().numpy()
 
     @torch.no_grad()
     def evaluate(

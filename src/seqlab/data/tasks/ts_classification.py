@@ -423,8 +423,6 @@ class TimeSeriesClassification(Task):
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
         correct = self.knn_correct(split)
-        count = (
-            len(correct) if max_tokens is None else min(len(correct), max_tokens // self.seq_len)
-        )
+        count = capped_rows(self.name, split, len(correct), self.seq_len, max_tokens)
         metrics["knn_accuracy"] = float(correct[:count].mean())
         return metrics
