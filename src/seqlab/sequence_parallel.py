@@ -18,12 +18,20 @@ the shard's A_t and U_r the state the shard writes from zero. Every rank
 
 Short convolutions take the k − 1 conv inputs before the shard from the previous rank (the
 same all-gather), and rotary positions start at the shard's global offset.
+
+The diagonal (and S4's dense, time-invariant) scans, h_t = a_t ⊙ h_{t−1} + b_t with an
+output read linearly from h_t (`shard_state_scan`), use the same gather and prefix: widening
+by an identity would cost one copy per state element there, so each rank instead runs its
+scan from zero (output y^local, final state U_r), takes the transition T_r = Π_t a_t from the
+mixer (a closed form where cheap, else the scan's zero-input response from the all-ones
+state), combines S_in(r) = T_{r−1} ⊙ S_in(r−1) + U_{r−1} and adds the scan's zero-input
+response from S_in (o_t += read_t(Π_{s≤t} a_s ⊙ S_in)), a second pass of the same kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from seqlab.errors import ConfigError
+from seqlab.errors import ConfigError, SeqlabError, ShapeError
+from seqlab.layout import Layout
 from seqlab.mixers.base import state_dtype
 
 
@@ -106,6 +115,75 @@ def incoming_state(shard: SequenceShard, transition: Tensor, local: Tensor) -> T
     for r in range(shard.rank):
         state = transitions[r] @ state + locals_[r]
     return state
+
+
+def shard_entry(name: str, state: Any, layout: Layout) -> SequenceShard:
+    """The running shard, for a mixer that runs under sequence parallelism only causally and
+    from no carried state (a one-line SeqlabError otherwise)."""
+    shard = current_shard()
+    assert shard is not None
+    if state is not None or layout != Layout.CAUSAL:
+        raise SeqlabError(
+            f"{name} runs under sequence parallelism only causally and without a carried "
+            f"state (got layout {layout.kind.value!r})"
+        )
+    return shard
+
+
+def conv_history(shard: SequenceShard, x: Tensor, taps: int, name: str) -> Tensor:
+    """The `taps` conv inputs before this shard of x `[B, T, C]` (`previous_tail`)."""
+    if x.shape[1] < taps:
+        raise ShapeError(
+            f"{name}: a sequence-parallel shard of {x.shape[1]} tokens is shorter than the "
+            f"conv's {taps} tokens of history; use fewer ranks or longer sequences"
+        )
+    return previous_tail(shard, x[:, x.shape[1] - taps :])
+
+
+def _gather_any(shard: SequenceShard, tensor: Tensor) -> tuple[Tensor, ...]:
+    """`_gather`, complex tensors as real pairs."""
+    if not tensor.is_complex():
+        return _gather(shard, tensor)
+    return tuple(torch.view_as_complex(g) for g in _gather(shard, torch.view_as_real(tensor)))
+
+
+def entering_state(
+    shard: SequenceShard,
+    transition: Tensor,
+    local: Tensor,
+    advance: Callable[[Tensor, Tensor], Tensor] = torch.mul,
+) -> Tensor:
+    """The state entering this rank's shard of a scan, from every rank's transition T_r and
+    local final state U_r: S_in(r) = advance(T_{r−1}, S_in(r−1)) + U_{r−1}, S_in(0) = 0
+    (`advance` elementwise for a diagonal T_r of U_r's shape; real or complex)."""
+    transitions, locals_ = _gather_any(shard, transition), _gather_any(shard, local)
+    state = _tied(torch.zeros_like(local), transitions + locals_)
+    for r in range(shard.rank):
+        state = advance(transitions[r], state) + locals_[r]
+    return state
+
+
+def shard_state_scan(
+    local: Callable[[], tuple[Tensor, Tensor]],
+    response: Callable[[Tensor], tuple[Tensor, Tensor]],
+    transition: Tensor | None = None,
+    advance: Callable[[Tensor, Tensor], Tensor] = torch.mul,
+) -> Tensor:
+    """This rank's scan output as if the whole sequence had run in one process, for a scan
+    whose output and final state are linear in (its inputs, its start state) given its gates
+    (the module docstring's diagonal form).
+
+    local() -> (y, h_last) of the shard from the zero state; response(h0) -> (y, h_last) of
+    the shard from h0 with zero inputs; transition: T_r (Π_t a_t, or the dense Ā^T that
+    `advance` applies), by default response(1)'s final state (diagonal scans only).
+    Returns y^local + response(S_in)'s y."""
+    shard = current_shard()
+    assert shard is not None
+    output, written = local()
+    if transition is None:
+        transition = response(torch.ones_like(written))[1]
+    entering = entering_state(shard, transition, written, advance)
+    return output + response(entering)[0]
 
 
 def widened_scan(

@@ -75,12 +75,14 @@ def _exactness(rank: int, size: int, layers: list[str]) -> None:
         batch = Batch(tokens=tokens, mask=mask)
 
         reference, _ = objective.loss(model, batch)
-        full_grads = torch.autograd.grad(reference, list(model.parameters()))
+        full_grads = torch.autograd.grad(
+            reference, list(model.parameters()), materialize_grads=True
+        )
         full_logits, _ = model(tokens[:, :-1])
 
         shard = SequenceShard(dist.group.WORLD, rank, size)
         loss, _ = objective.sharded_loss(model, batch, shard)
-        grads = torch.autograd.grad(loss, list(model.parameters()))
+        grads = torch.autograd.grad(loss, list(model.parameters()), materialize_grads=True)
         start, end = shard_bounds(18, size)[rank]
         with sharded(SequenceShard(dist.group.WORLD, rank, size, start)), torch.no_grad():
             logits, _ = model(tokens[:, start:end])

@@ -22,6 +22,7 @@ from seqlab.mixers.base import Mixer, Mixing, check_input, state_dtype
 from seqlab.mixers.common import check_positive, check_range
 from seqlab.ops.fftconv import fft_conv
 from seqlab.ops.scan import diagonal_scan
+from seqlab.sequence_parallel import current_shard, shard_entry, shard_state_scan
 
 
 @dataclass
@@ -72,6 +73,11 @@ class StateSpace(nn.Module):
     def chunk_maps(self, size: int, tail: int) -> ChunkMaps:
         """The maps of a chunk of `size` steps (`tail` steps in the last one)."""
 
+    @abstractmethod
+    def transition(self, length: int) -> Tensor:
+        """Ā^length on the working state: diagonal `[channels, n]` or dense
+        `[channels, n, n]` (as `advance` takes it)."""
+
     def recurrence(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         """The SSM step by step: x_k = Ā x_{k−1} + B̄ u_k, y_k = C̄ x_k from the working state
         `h0 [B, channels, n]` (zero when None), for u `[B, T, channels]`; returns
@@ -104,12 +110,16 @@ class ConvSSM(Mixer):
     anti-causal half comes from a second, separately parameterised SSM (lags 1 … T, so the
     present is counted once).
 
+    Sequence parallelism: SSM(u) is linear in (u, h_0), so a shard runs `shard_state_scan`
+    with T_r = Ā^T (`StateSpace.transition`, diagonal or dense) and `_causal` for both passes.
+
     A subclass builds `self.ssm` and `self.ssm_reverse` (over `d_inner` channels) and its
     stages after calling `__init__` here.
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -159,7 +169,10 @@ class ConvSSM(Mixer):
                 + ("" if state is None else " with a state")
             )
         u, context = self._ssm_input(x)
-        if layout.kind is LayoutKind.BIDIRECTIONAL:
+        if current_shard() is not None:
+            shard_entry(self.name, state, layout)
+            y, new_state = self._sharded_causal(u), None
+        elif layout.kind is LayoutKind.BIDIRECTIONAL:
             steps = u.shape[1]
             kernel = torch.stack([self.ssm.kernel(steps), self.ssm_reverse.kernel(steps + 1)[1:]])
             y, new_state = fft_conv(u, kernel, bidirectional=True)[0], None
@@ -211,6 +224,18 @@ class ConvSSM(Mixer):
             maps.write[..., size - tail :],
         )
         return y, h_last
+
+    def _sharded_causal(self, u: Tensor) -> Tensor:
+        """SSM(u) of this rank's shard under sequence parallelism."""
+        start = self.ssm.load_state(self.init_state(u.shape[0], device=u.device, dtype=u.dtype).h)
+
+        def local() -> tuple[Tensor, Tensor]:
+            return self._causal(u, start)  # type: ignore[return-value]
+
+        def response(h0: Tensor) -> tuple[Tensor, Tensor]:
+            return self._causal(torch.zeros_like(u), h0)  # type: ignore[return-value]
+
+        return shard_state_scan(local, response, self.ssm.transition(u.shape[1]), advance)
 
     def _toeplitz(self, size: int) -> Tensor:
         """The causal convolution as a matrix per channel: K_{t−s} for s ≤ t, else 0,

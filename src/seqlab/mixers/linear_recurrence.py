@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.config import ModelConfig
-from seqlab.errors import ConfigError, SeqlabError, ShapeError
+from seqlab.errors import ConfigError, SeqlabError
 from seqlab.layout import ALL_LAYOUTS, Layout
 from seqlab.mixers.base import (
     Mixer,
@@ -29,7 +29,7 @@ from seqlab.mixers.common import check_positive, fan_in_linear
 from seqlab.mixers.memory_cache import MemoryCache
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.linear_attention import gated_linear_attention
-from seqlab.sequence_parallel import current_shard, previous_tail, shard_scan
+from seqlab.sequence_parallel import conv_history, current_shard, shard_entry, shard_scan
 
 KERNEL_MODES = (None, "chunk", "recurrent")
 
@@ -143,23 +143,13 @@ class LinearRecurrence(Mixer):
     ) -> Tensor:
         """This rank's kernel output under sequence parallelism (see the class docstring);
         inputs[0] is the conv's input, as in `_states_entering_blocks`."""
-        shard = current_shard()
-        assert shard is not None
-        if not self.sequence_parallel or state is not None or layout != Layout.CAUSAL:
-            raise SeqlabError(
-                f"{self.name} runs under sequence parallelism only if it declares it, causally "
-                f"and without a carried state (got layout {layout.kind.value!r})"
-            )
+        if not self.sequence_parallel:
+            raise SeqlabError(f"{self.name} does not declare sequence_parallel")
+        shard = shard_entry(self.name, state, layout)
         x = inputs[0]
         conv = None
         if self.conv is not None:
-            taps = self.conv.kernel_size - 1
-            if x.shape[1] < taps:
-                raise ShapeError(
-                    f"{self.name}: a sequence-parallel shard of {x.shape[1]} tokens is shorter "
-                    f"than the conv's {taps} tokens of history; use fewer ranks or longer sequences"
-                )
-            conv = previous_tail(shard, x[:, x.shape[1] - taps :])
+            conv = conv_history(shard, x, self.conv.kernel_size - 1, self.name)
         offset = torch.full((x.shape[0],), shard.start, dtype=torch.long, device=x.device)
         entry = LinearState(x.new_zeros(()), conv, offset)
         (q, k, v, *gates), _ = self._features(inputs, entry)

@@ -20,6 +20,7 @@ from seqlab.mixers.base import (
 )
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import current_shard, shard_entry, shard_state_scan
 
 
 @dataclass
@@ -44,9 +45,12 @@ class LRU(Mixer):
     log space), B ~ CN(0, 1/d_model), D ~ N(0, 1).
     Other layouts (`scan_in_layout`): the same recurrence also scans the reversed sequence (or
     each block of it); the states are summed before C.
+    Sequence parallelism (`shard_state_scan`): T_r = λ^T and the zero-input response
+    h_t = λ^{t+1} ⊙ S_in in closed form.
     """
 
     layouts = ALL_LAYOUTS
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -79,7 +83,11 @@ class LRU(Mixer):
 
     def eigenvalues(self) -> Tensor:
         """λ `[d_state]`, complex."""
-        return torch.exp(torch.complex(-self.nu_log.exp(), self.theta_log.exp()))
+        return torch.exp(self.log_eigenvalues())
+
+    def log_eigenvalues(self) -> Tensor:
+        """log λ = −exp(ν) + i exp(θ) `[d_state]`."""
+        return torch.complex(-self.nu_log.exp(), self.theta_log.exp())
 
     def forward(
         self,
@@ -95,6 +103,10 @@ class LRU(Mixer):
         re, im = self.in_proj(x).to(dtype).chunk(2, dim=-1)
         inputs = self.gamma_log.exp().to(dtype) * torch.complex(re, im)
         decay = self.eigenvalues().to(inputs.dtype)
+        if current_shard() is not None:
+            shard_entry(self.name, state, layout)
+            h = self._sharded_scan(decay, inputs)
+            return self.out(torch.cat([h.real, h.imag], dim=-1).to(x.dtype)) + self.D * x, None
 
         def recur(parts: tuple[Tensor, ...], s: LRUState | None) -> tuple[Tensor, LRUState | None]:
             h0 = None if s is None else torch.view_as_complex(s.h.to(dtype).contiguous())
@@ -106,6 +118,20 @@ class LRU(Mixer):
         h, new_state = scan_in_layout(recur, (inputs,), state, layout, self.init_state)
         y = self.out(torch.cat([h.real, h.imag], dim=-1).to(x.dtype)) + self.D * x
         return y, new_state
+
+    def _sharded_scan(self, decay: Tensor, inputs: Tensor) -> Tensor:
+        """h `[B, T, d_state]` of this rank's shard under sequence parallelism."""
+        steps = torch.arange(1, inputs.shape[1] + 1, device=inputs.device)
+        powers = torch.exp(steps[:, None] * self.log_eigenvalues().to(inputs.dtype))  # λ^{t+1}
+
+        def local() -> tuple[Tensor, Tensor]:
+            return diagonal_scan(decay, inputs, output_final_state=True)  # type: ignore[return-value]
+
+        def response(start: Tensor) -> tuple[Tensor, Tensor]:
+            h = powers * start[:, None]
+            return h, h[:, -1]
+
+        return shard_state_scan(local, response, powers[-1].expand_as(inputs[:, 0]))
 
     def init_state(
         self,

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from seqlab.mixers.base import (
     keep_init,
     no_weight_decay,
+    state_dtype,
 )
 from seqlab.mixers.common import (
     check_bool,
@@ -113,6 +114,13 @@ class Mamba(SelectiveBlock):
             output_final_state=output_final_state,
             mode="loop" if reference else "auto",
         )
+
+    def _shard_transition(self, delta: Tensor) -> Tensor | None:
+        """Π_t exp(Δ_t A) = exp(A Σ_t Δ_t) (None with negative eigenvalues)."""
+        if self.negative_eigenvalues:
+            return None
+        dt = F.softplus(self.dt_proj(delta)).to(state_dtype(delta.dtype)).sum(1)  # [B, d_inner]
+        return torch.exp(dt[..., None] * -self.A_log.exp().to(dt.dtype))
 
     def mixing_flops(self, seq_len: int) -> float:
         """Per inner channel: the selective scan (~9 per state element: discretise A and B,

@@ -21,6 +21,7 @@ from seqlab.mixers.common import check_conv_size, check_positive
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.scan import diagonal_scan, log_space_scan
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import conv_history, current_shard, shard_entry, shard_state_scan
 
 
 def log_g(x: Tensor) -> Tensor:
@@ -57,10 +58,14 @@ class MinGRU(Mixer):
     in Mamba's and Griffin's recurrent blocks.
     Other layouts (`scan_in_layout`): the same conv and cell also run over the reversed
     sequence (or each block of it); the directions are summed before the output projection.
+    Sequence parallelism (`shard_state_scan`): the conv's history from the previous rank,
+    T_r = Π_t (1 − z_t) and the zero-input response h_t = Π_{s≤t} (1 − z_s) ⊙ S_in from the
+    cumulative log-decays.
     """
 
     layouts = ALL_LAYOUTS
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(self, d_model: int, *, expand: int = 1, conv_size: int = 4) -> None:
         super().__init__()
@@ -81,6 +86,8 @@ class MinGRU(Mixer):
     ) -> tuple[Tensor, MinGRUState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "mingru")
+        if current_shard() is not None:
+            return self.out(self._sharded_recur(x, state, layout).to(x.dtype)), None
         h, new_state = scan_in_layout(
             lambda inputs, s: self._recur(*inputs, s), (x,), state, layout, self.init_state
         )
@@ -98,6 +105,27 @@ class MinGRU(Mixer):
         return h, MinGRUState(
             log_h_last.exp(), None if conv_state is None else conv_state.to(k.dtype)
         )
+
+    def _sharded_recur(self, x: Tensor, state: MinGRUState | None, layout: Layout) -> Tensor:
+        """h `[B, T, hidden]` of this rank's shard under sequence parallelism."""
+        shard = shard_entry(self.name, state, layout)
+        entry = None
+        if self.conv is not None:
+            history = conv_history(shard, x, self.conv.kernel_size - 1, self.name)
+            entry = MinGRUState(history.new_zeros(()), history)
+        k, pre, _ = self._gates(x, entry)
+        log_a, log_b = -F.softplus(k), -F.softplus(-k) + log_g(pre)
+        decays = log_a.cumsum(1).exp()  # Π_{s≤t} (1 − z_s)
+
+        def local() -> tuple[Tensor, Tensor]:
+            h = log_space_scan(log_a, log_b)[0]
+            return h, h[:, -1]
+
+        def response(start: Tensor) -> tuple[Tensor, Tensor]:
+            h = decays * start[:, None]
+            return h, h[:, -1]
+
+        return shard_state_scan(local, response, decays[:, -1])
 
     def _gates(self, x: Tensor, state: MinGRUState | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """The conv (from `state.conv`), then the gate logits k and candidate pre-activations

@@ -253,6 +253,10 @@ class NPLRSSM(StateSpace):
             last=torch.linalg.matrix_power(a_bar, tail),
         )
 
+    def transition(self, length: int) -> Tensor:
+        """Ā^length `[channels, N, N]` on the real state."""
+        return torch.linalg.matrix_power(self.discretize()[0], length)
+
     def recurrence(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         """y `[B, T, channels]` and the final real state s `[B, channels, N]` from s_0 = h0
         (zero when None), u `[B, T, channels]`, one step at a time.

@@ -93,6 +93,10 @@ class DiagonalSSM(StateSpace):
             last=powers[..., tail],
         )
 
+    def transition(self, length: int) -> Tensor:
+        """Ā^length = exp(length ΔA) `[channels, d_state/2]`."""
+        return torch.exp(self.discretize()[0] * length)
+
     def load_state(self, pairs: Tensor) -> Tensor:
         return torch.view_as_complex(pairs.contiguous())
 

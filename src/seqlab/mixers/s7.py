@@ -28,6 +28,7 @@ from seqlab.mixers.common import check_range, dt_bias_init
 from seqlab.mixers.s4 import nplr
 from seqlab.ops.scan import diagonal_scan
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import current_shard, shard_entry, shard_state_scan
 
 # StableSSM's "best" reparameterisation Re Λ = −1 / (a w² + b): Re Λ ∈ [−1/b, 0) for every w.
 STABLE_A, STABLE_B = 1.0, 0.5
@@ -82,6 +83,7 @@ class S7(Mixer):
     """
 
     layouts = ALL_LAYOUTS
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -169,6 +171,9 @@ class S7(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "s7")
         dtype = state_dtype(x.dtype)
+        if current_shard() is not None:
+            shard_entry(self.name, state, layout)
+            return self.finish(self._sharded_scan(*self.selection(x)), x), None
 
         def recur(parts: tuple[Tensor, ...], s: S7State | None) -> tuple[Tensor, S7State | None]:
             decay, drive = parts
@@ -184,6 +189,25 @@ class S7(Mixer):
 
         y, new_state = scan_in_layout(recur, self.selection(x), state, layout, self.init_state)
         return self.finish(y, x), new_state
+
+    def _sharded_scan(self, decay: Tensor, drive: Tensor) -> Tensor:
+        """2 Re(C̃ h_t) of this rank's shard under sequence parallelism (`shard_state_scan`,
+        T_r = Π_t Ā_t)."""
+
+        def scan(inputs: Tensor, start: Tensor | None) -> tuple[Tensor, Tensor]:
+            h, h_last = diagonal_scan(
+                decay,
+                inputs,
+                initial_state=start,
+                output_final_state=True,
+                chunk_size=self.chunk_size,
+            )
+            return self.readout(h), h_last  # type: ignore[return-value]
+
+        def response(start: Tensor) -> tuple[Tensor, Tensor]:
+            return scan(torch.zeros_like(drive), start)
+
+        return shard_state_scan(lambda: scan(drive, None), response, decay.prod(dim=1))
 
     def init_state(
         self,

@@ -11,6 +11,8 @@ scaled by 1/√(2 n_layers) (the residual rescaling, out_std / std of `Model.ini
 all kept by the model-wide init; D = 1, not weight-decayed; the conv bias starts at 0.
 Other layouts (`scan_in_layout`): the same conv and scan also run over the reversed sequence
 (or each block of it), summed before the gate (each with its own D skip).
+Sequence parallelism: the scan is linear in (u, h_0) given (δ, B, C), so a shard runs
+`shard_state_scan` (the conv's history from the previous rank; T_r from `_shard_transition`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from seqlab.mixers.base import (
 )
 from seqlab.mixers.common import check_positive
 from seqlab.mixers.short_conv import ShortConv
+from seqlab.sequence_parallel import conv_history, current_shard, shard_entry, shard_state_scan
 
 
 @dataclass
@@ -56,6 +59,7 @@ class SelectiveBlock(Mixer):
     name = "selective_block"  # the registry names each registered subclass
     layouts = ALL_LAYOUTS
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self, d_model: int, *, expand: int, d_state: int, conv_size: int, dt_rank: int | str
@@ -110,6 +114,8 @@ class SelectiveBlock(Mixer):
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
         u, z = self.in_proj(x).chunk(2, dim=-1)
+        if current_shard() is not None:
+            return self.out(self._sharded_scan(u, state, layout) * F.silu(z)), None
         y, new_state = scan_in_layout(
             lambda inputs, s: self._conv_and_scan(*inputs, s), (u,), state, layout, self.init_state
         )
@@ -131,6 +137,28 @@ class SelectiveBlock(Mixer):
         )
         new_state = None if state is None else SelectiveState(conv_state.to(dtype), h_last)
         return y.to(u.dtype), new_state
+
+    def _sharded_scan(self, u: Tensor, state: SelectiveState | None, layout: Layout) -> Tensor:
+        """SiLU(conv(u)) then the scan of this rank's shard under sequence parallelism."""
+        shard = shard_entry(self.name, state, layout)
+        history = conv_history(shard, u, self.conv.kernel_size - 1, self.name)
+        u, delta, B, C, _ = self._scan_inputs(u, SelectiveState(history, history.new_zeros(())))
+        inputs = u.to(B.dtype)
+
+        def local() -> tuple[Tensor, Tensor]:
+            return self._scan(inputs, delta, B, C, None, True)  # type: ignore[return-value]
+
+        def response(start: Tensor) -> tuple[Tensor, Tensor]:
+            zero = torch.zeros_like(inputs)
+            return self._scan(zero, delta, B, C, start, True)  # type: ignore[return-value]
+
+        y = shard_state_scan(local, response, self._shard_transition(delta))
+        return y.to(u.dtype)
+
+    def _shard_transition(self, delta: Tensor) -> Tensor | None:
+        """Π_t a_t `[B, d_inner, d_state]` over a shard in closed form, or None (the scan's
+        zero-input response from the all-ones state)."""
+        return None
 
     def _scan_inputs(
         self, u: Tensor, state: SelectiveState | None
