@@ -17,6 +17,7 @@ import yaml
 
 from seqlab.errors import ConfigError
 from seqlab.files import atomic_write_text
+from seqlab.ops.ring_attention import MODES as SEQUENCE_PARALLEL_ATTENTION
 
 # The most blocks a model may have: deeper stacks are far outside what this library trains, and
 # a typo (an extra zero or three) would otherwise be found only when memory runs out.
@@ -472,6 +473,7 @@ class DataConfig:
 
 
 STRATEGIES = ("ddp", "fsdp")
+SEQUENCE_SPLITS = ("positions", "tokens")
 
 
 @dataclass
@@ -512,7 +514,13 @@ class TrainConfig:
             from a table; on CPU MFU is then not reported)
         sequence_parallel: ranks each sequence is split across (consecutive ranks form a
             group; processes = data-parallel replicas x this; objective ar, causal
-            linear-recurrent mixers, train.strategy ddp; `seqlab.sequence_parallel`)
+            linear-recurrent mixers and attention, train.strategy ddp;
+            `seqlab.sequence_parallel`)
+        sequence_parallel_attention: how softmax attention layers run under it: ring (K/V
+            blocks around the ring), ring_bidirectional (TokenRing: queries one way, partial
+            outputs back) or ulysses (head-parallel all-to-all; N must divide the heads)
+        sequence_split: how the rank boundaries are placed: positions (near-equal columns)
+            or tokens (each rank an equal share of the batch's non-pad tokens)
     """
 
     steps: int = 200
@@ -541,6 +549,8 @@ class TrainConfig:
     compile: bool = False
     peak_flops: float | None = None
     sequence_parallel: int = 1
+    sequence_parallel_attention: str = "ring"
+    sequence_split: str = "positions"
 
     section: ClassVar[str] = "train"
 
@@ -578,6 +588,17 @@ class TrainConfig:
                     or (math.isfinite(self.spike_guard) and self.spike_guard > 1),
                     f"train.spike_guard must be 0 (off) or a finite factor > 1, got "
                     f"{self.spike_guard}",
+                ),
+                (
+                    self.sequence_parallel_attention in SEQUENCE_PARALLEL_ATTENTION,
+                    "train.sequence_parallel_attention must be one of "
+                    f"{list(SEQUENCE_PARALLEL_ATTENTION)}, got "
+                    f"{self.sequence_parallel_attention!r}",
+                ),
+                (
+                    self.sequence_split in SEQUENCE_SPLITS,
+                    f"train.sequence_split must be one of {list(SEQUENCE_SPLITS)}, got "
+                    f"{self.sequence_split!r}",
                 ),
                 (
                     self.strategy in STRATEGIES,

@@ -26,6 +26,11 @@ scan from zero (output y^local, final state U_r), takes the transition T_r = Π_
 mixer (a closed form where cheap, else the scan's zero-input response from the all-ones
 state), combines S_in(r) = T_{r−1} ⊙ S_in(r−1) + U_{r−1} and adds the scan's zero-input
 response from S_in (o_t += read_t(Π_{s≤t} a_s ⊙ S_in)), a second pass of the same kernel.
+
+Softmax attention layers run `seqlab.ops.ring_attention` (`shard.attention`: ring,
+ring_bidirectional or ulysses) on the same shards, so hybrids mix both per layer. The shard
+columns are near-equal (`shard.split` positions) or balance the non-pad tokens (tokens,
+`split_bounds`).
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ from seqlab.mixers.base import state_dtype
 @dataclass(frozen=True)
 class SequenceShard:
     """This rank's part of every sequence: rank `rank` of `size` in `group`, its first token
-    at global position `start`."""
+    at global position `start`; `bounds` the [start, end) columns of every rank (None: not
+    known, attention gathers the shard lengths); `attention` the softmax attention scheme
+    (`seqlab.ops.ring_attention.MODES`); `split` how the columns are chosen (positions or
+    tokens, `split_bounds`)."""
 
     group: Any
     rank: int
     size: int
     start: int = 0
+    bounds: tuple[tuple[int, int], ...] | None = None
+    attention: str = "ring"
+    split: str = "positions"
 
 
 _CURRENT: ContextVar[SequenceShard | None] = ContextVar("sequence_shard", default=None)
@@ -84,6 +95,39 @@ def shard_bounds(length: int, size: int) -> list[tuple[int, int]]:
         bounds.append((start, end))
         start = end
     return bounds
+
+
+def split_bounds(length: int, size: int, split: str, mask: Tensor | None) -> list[tuple[int, int]]:
+    """The [start, end) columns of each rank for a batch of `length` input columns. positions:
+    `shard_bounds`. tokens (with a `mask` `[B, ≥ length]`, True on non-pad tokens): one
+    boundary set for the whole batch (ranks hold contiguous columns of every row), the end of
+    rank r's columns the column c whose non-pad prefix count Σ_{j<c} n_j (n_j the non-pad
+    tokens of column j over the rows) is nearest to (r + 1)/N of the total, each rank at least
+    one column; so every rank holds about 1/N of the non-pad tokens (within one column)."""
+    if split == "positions" or mask is None:
+        return shard_bounds(length, size)
+    if length < size:
+        raise ConfigError(f"train.sequence_split tokens needs >= {size} columns, got {length}")
+    prefix = mask[:, :length].sum(0).cumsum(0).to(torch.float64)
+    targets = prefix[-1] * torch.arange(1, size, dtype=torch.float64) / size
+    nearest = ((prefix[None] - targets[:, None]).abs().argmin(dim=1) + 1).tolist()
+    ends, last = [], 0
+    for r, end in enumerate(nearest):
+        last = min(max(end, last + 1), length - (size - 1 - r))
+        ends.append(last)
+    ends.append(length)
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def shard_columns(shard: SequenceShard, length: int) -> tuple[tuple[int, int], ...]:
+    """Every rank's [start, end) columns: `shard.bounds`, or gathered from the ranks' shard
+    lengths (this rank's is `length`)."""
+    if shard.bounds is not None:
+        return shard.bounds
+    lengths = [torch.zeros((), dtype=torch.long) for _ in range(shard.size)]
+    dist.all_gather(lengths, torch.tensor(length), group=shard.group)
+    ends = torch.stack(lengths).cumsum(0).tolist()
+    return tuple(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def _gather(shard: SequenceShard, tensor: Tensor) -> tuple[Tensor, ...]:
@@ -225,16 +269,21 @@ def check_supported(layer_names: list[str]) -> None:
 
     for name in layer_names:
         if not supports(name):
-            hint = (
-                "softmax attention needs ring attention, which is not built yet"
-                if name == "attention"
-                else "its state is not a linear recurrence with the shared shard kernel"
-            )
+            hint = "its state is not a linear recurrence nor softmax attention"
             supported = [n for n in MIXERS.names() if supports(n)]
             raise ConfigError(
                 f"train.sequence_parallel does not support mixer {name!r} ({hint}); "
                 f"supported: {supported}"
             )
+
+
+def check_model(model: torch.nn.Module, shard: SequenceShard) -> None:
+    """A one-line ConfigError from the first layer that refuses `shard` (attention under
+    ulysses with heads not divisible by N, a window or a sparsity pattern)."""
+    for module in model.modules():
+        check = getattr(module, "check_sequence_parallel", None)
+        if check is not None:
+            check(shard)
 
 
 def sequence_groups(world_size: int, rank: int, size: int) -> tuple[Any, int, int]:

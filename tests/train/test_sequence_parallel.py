@@ -110,8 +110,8 @@ def test_four_ranks_linear_and_scan():
 
 
 def test_unsupported_mixers_are_refused_in_one_line():
-    with pytest.raises(ConfigError, match="ring attention"):
-        check_supported(["gla", "attention"])
+    with pytest.raises(ConfigError, match="not a linear recurrence nor softmax attention"):
+        check_supported(["gla", "lstm"])
 
 
 def read_losses(run) -> list[float]:
@@ -178,8 +178,10 @@ def test_unsupported_configurations_are_refused(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     config = write_config(
         tmp_path / "c.yaml",
-        tiny_config(corpus, tmp_path / "cache", train={"sequence_parallel": 2}),
+        tiny_config(
+            corpus, tmp_path / "cache", model={"mixer": "lstm"}, train={"sequence_parallel": 2}
+        ),
     )
     result = run_cli("train", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.returncode != 0
-    assert "does not support mixer 'attention' (softmax attention needs ring" in result.stderr
+    assert "does not support mixer 'lstm' (its state is not a linear" in result.stderr

@@ -25,8 +25,10 @@ from seqlab.ops.attention import (
     scaled_dot_product_attention,
 )
 from seqlab.ops.kv_cache.base import BoundedKVCache, KVPolicy
+from seqlab.ops.ring_attention import check_ulysses_heads, sharded_attention
 from seqlab.ops.sparse_attention import PATTERNS, block_topk_mask, sparse_transformer_mask
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import SequenceShard, current_shard, shard_columns
 
 COMBINES = ("union", "heads", "layers")
 
@@ -188,7 +190,9 @@ class Attention(Mixer):
     `sparsity: {pattern: strided|fixed|block_topk, ...}` (`Sparsity`) masks the causal
     softmax to a sparse set of keys: the Sparse Transformer's strided and fixed patterns, or
     permuted block-sparse top-k (`seqlab.ops.sparse_attention`); causal layout only; the
-    decode cache then also keeps the queries for block_topk. `attention_density(T)` is the
+    decode cache then also keeps the queries for block_topk. Under sequence parallelism
+    (`seqlab.sequence_parallel`) the causal, full-context forward runs
+    `seqlab.ops.ring_attention` on this rank's shard. `attention_density(T)` is the
     fraction of causal (query, key) pairs read and `attention_mask(x)` the mask itself.
     `head_dim` sets the width D of each head (null: d_model / n_heads; q has H · D rows);
     `qkv_bias` and `out_bias` add biases to the q/k/v and the output projections (the
@@ -198,6 +202,7 @@ class Attention(Mixer):
     layouts = ALL_LAYOUTS
     state_kind = "kv_cache"
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -249,6 +254,9 @@ class Attention(Mixer):
     ) -> tuple[Tensor, KVCache | BoundedKVCache | None]:
         check_input(x, self.d_model)
         b, t, _ = x.shape
+        shard = current_shard()
+        if shard is not None:
+            return self.out(self._sharded(x, state, layout, positions, shard)), None
         q, k, v, positions = self._heads(x, state, positions)
         if state is None:
             return self.out(self._attend(q, k, v, positions, layout).reshape(b, t, -1)), None
@@ -268,6 +276,39 @@ class Attention(Mixer):
             k_all, v_all, k_pos = (s[:, -self.window :] for s in (k_all, v_all, k_pos))
         new_state = KVCache(k_all, v_all, k_pos, positions[:, -1] + 1, q_all)
         return self.out(o.reshape(b, t, self.q_dim)), new_state
+
+    def check_sequence_parallel(self, shard: SequenceShard) -> None:
+        """A one-line ConfigError if this layer cannot run under `shard`."""
+        if self.window is not None or self.sparsity is not None:
+            raise ConfigError(
+                "train.sequence_parallel supports attention without window or sparsity"
+            )
+        if shard.attention == "ulysses":
+            check_ulysses_heads(self.n_heads, self.n_kv_heads, shard.size)
+
+    def _sharded(
+        self,
+        x: Tensor,
+        state: KVCache | BoundedKVCache | None,
+        layout: Layout,
+        positions: Tensor | None,
+        shard: SequenceShard,
+    ) -> Tensor:
+        """This rank's attention output `[B, T_r, H · D]` of a sequence split across ranks
+        (rotary at the global `positions`; the causal mask by global column)."""
+        if state is not None or layout != Layout.CAUSAL:
+            raise SeqlabError(
+                "attention runs under sequence parallelism causally and without a cache "
+                f"(got layout {layout.kind.value!r})"
+            )
+        self.check_sequence_parallel(shard)
+        b, t, _ = x.shape
+        if positions is None:
+            positions = shard.start + torch.arange(t, device=x.device)
+        q, k, v, _ = self._heads(x, None, positions)
+        bounds = shard_columns(shard, t)
+        o = sharded_attention(q, k, v, bounds, shard.rank, shard.group, shard.attention)
+        return o.reshape(b, t, self.q_dim)
 
     def _heads(
         self, x: Tensor, state: KVCache | None, positions: Tensor | None

@@ -17,7 +17,7 @@ from seqlab.model import Model, unwrap
 from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 from seqlab.sampling.ar import fill
-from seqlab.sequence_parallel import SequenceShard, shard_bounds, sharded
+from seqlab.sequence_parallel import SequenceShard, sharded, split_bounds
 
 
 @OBJECTIVES.register("ar")
@@ -93,14 +93,16 @@ class Autoregressive(Objective):
         """The training loss of this rank's shard of the input positions (`seqlab.
         sequence_parallel`), scaled by the group size so that the mean over the group's ranks
         (what DDP averages) is the whole sequence's loss. Every rank holds the whole batch: the
-        target of its last position is the next rank's first input token."""
+        target of its last position is the next rank's first input token; the shard columns
+        follow `shard.split` (`split_bounds`)."""
         if batch.values is not None:
             raise ConfigError("train.sequence_parallel does not support batches with values")
         length = batch.tokens.shape[1] - 1
-        start, end = shard_bounds(length, shard.size)[shard.rank]
+        bounds = tuple(split_bounds(length, shard.size, shard.split, batch.mask))
+        start, end = bounds[shard.rank]
         positions = torch.arange(start, end, device=batch.tokens.device)
         clear_auxiliary_losses(model)
-        with sharded(dataclasses.replace(shard, start=start)):
+        with sharded(dataclasses.replace(shard, start=start, bounds=bounds)):
             logits, _ = model(batch.tokens[:, start:end], layout=self.layout, positions=positions)
         if auxiliary_losses(model):
             raise ConfigError(

@@ -46,7 +46,12 @@ from seqlab.io import initialize_from, model_state, param_fingerprint, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
 from seqlab.ops.backend import ops_backend
-from seqlab.sequence_parallel import SequenceShard, check_supported, sequence_groups
+from seqlab.sequence_parallel import (
+    SequenceShard,
+    check_model,
+    check_supported,
+    sequence_groups,
+)
 from seqlab.train.checkpoint import latest_checkpoint
 from seqlab.train.dist import (
     DistInfo,
@@ -198,7 +203,8 @@ def sequence_shard(config: ExperimentConfig, info: DistInfo) -> SequenceShard | 
             raise ConfigError(f"train.sequence_parallel supports {what}")
     check_supported(config.model.layer_names())
     group, rank, _ = sequence_groups(info.world_size, info.rank, tc.sequence_parallel)
-    return SequenceShard(group, rank, tc.sequence_parallel)
+    attention, split = tc.sequence_parallel_attention, tc.sequence_split
+    return SequenceShard(group, rank, tc.sequence_parallel, attention=attention, split=split)
 
 
 def finished_summary(out: Path, steps: int) -> dict[str, Any] | None:
@@ -294,6 +300,8 @@ def _train(
             return finished
     if isinstance(model, Baseline):
         return _fit_baseline(parts, out, info)
+    if shard is not None:
+        check_model(model, shard)
     if existing is None and tc.init_from:
         initialize_from(model, tc.init_from)
     model.to(info.device)
