@@ -13,22 +13,25 @@ class Needle(SyntheticTask):
     """Key-value needles in filler tokens; the row ends with one needle's key, and its value
     is the only scored token.
 
-    Ids: 0 PAD, keys ``1 .. vocab_size//4 - 1``, values ``vocab_size//4 .. vocab_size//2 - 1``,
-    filler ``vocab_size//2 .. vocab_size - 1``. A row holds ``seq_len + 1`` tokens: filler
-    with ``needles`` key-value pairs (distinct keys) at uniform, non-overlapping depths in
-    the first ``seq_len - 1`` positions, then a queried needle's key and its value.
+    Ids: 0 PAD, keys ``1 .. vocab_size//4 - 1``, values and filler both ``vocab_size//4 ..
+    vocab_size - 1``: a value looks like filler, so the answer is only found by matching the
+    query key to its planted copy and reading the token after it (with value ids of their own,
+    "the only value-range token" would answer without retrieval). A row holds ``seq_len + 1``
+    tokens: filler with ``needles`` key-value pairs (distinct keys; the other needles are
+    distractors) at uniform, non-overlapping depths in the first ``seq_len - 1`` positions,
+    then a queried needle's key and its value.
 
-    Example (``vocab_size=16, seq_len=11, needles=1``; keys 1-3, values 4-7, filler 8-15;
-    the scored token in brackets)::
+    Example (``vocab_size=16, seq_len=11, needles=2``; keys 1-3, values and filler 4-15; the
+    scored token in brackets)::
 
-        9 12 2 6 15 8 8 11 10 2 [6]
+        9 12 2 6 15 3 8 11 10 2 [6]
     """
 
     def __init__(
         self,
         seq_len: int = 64,
         vocab_size: int = 64,
-        needles: int = 1,
+        needles: int = 2,
         eval_examples: int = 512,
     ) -> None:
         check(
@@ -45,14 +48,14 @@ class Needle(SyntheticTask):
         )
         self.vocab_size, self.needles = vocab_size, needles
         self.seq_len = seq_len + 1
-        self.first_value, self.first_filler = vocab_size // 4, vocab_size // 2
+        self.first_filler = vocab_size // 4
         super().__init__(eval_examples=eval_examples)
 
     def sample(self, rng: np.random.Generator, split: str) -> Example:
         n, length = self.needles, self.seq_len
         tokens = rng.integers(self.first_filler, self.vocab_size, length)
-        keys = 1 + rng.permutation(self.first_value - 1)[:n]
-        values = rng.integers(self.first_value, self.first_filler, n)
+        keys = 1 + rng.permutation(self.first_filler - 1)[:n]
+        values = rng.integers(self.first_filler, self.vocab_size, n)
         # n non-overlapping pairs among the first length - 2 positions: gaps between pairs
         free = length - 2 - 2 * n
         starts = np.sort(rng.choice(free + n, n, replace=False)) + np.arange(n)
