@@ -1,4 +1,5 @@
-"""Shared test utilities: tiny corpora, tiny configs, running the CLI in a subprocess."""
+"""Shared test utilities: tiny corpora, tiny configs, running the CLI in a subprocess, a few
+training steps on a task."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 import yaml
+
+if TYPE_CHECKING:
+    from seqlab.data.tasks.base import Task
+    from seqlab.model import Model
+    from seqlab.objectives.base import Objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +75,16 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"seqlab {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def train_steps(
+    model: Model, objective: Objective, task: Task, steps: int, batch_size: int, lr: float
+) -> None:
+    """`steps` AdamW steps (learning rate `lr`) of `objective.loss` on `task`'s training
+    batches 0 .. steps − 1 of `batch_size` rows, seed 0."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        loss, _ = objective.loss(model, task.batch("train", step, batch_size, seed=0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from seqlab.data.corpora import SPLITS, hash_fraction, list_files, read_text
-from seqlab.data.tasks.base import capped_rows, check_batch_request
+from seqlab.data.tasks.base import capped_rows, check_batch_request, eval_slices
 from seqlab.data.tokenizers import (
     HF_PREFIX,
     TOKENIZER_NAMES,
@@ -197,12 +197,10 @@ class PairData:
         """The split's pairs in file order (as many as `max_tokens` allows), padded to the
         split's longest row."""
         rows = self._split(split)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         width = max(len(tokens) for tokens, _ in rows)
         count = capped_rows("pairs", split, len(rows), width, max_tokens)
-        for start in range(0, count, batch_size):
-            yield self.pad(rows[start : min(start + batch_size, count)], width)
+        for chunk in eval_slices(count, batch_size):
+            yield self.pad(rows[chunk], width)
 
     def bytes_per_token(self, split: str) -> None:
         """Pairs are scored per target token and by accuracy, not in bits per byte."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from seqlab.data.corpora import SPLITS, TokenCorpus
-from seqlab.data.tasks.base import check_batch_request
+from seqlab.data.tasks.base import check_batch_request, eval_slices
 from seqlab.errors import DataError
 
 
@@ -74,8 +74,6 @@ class TextData:
         ``seq_len - 1`` tokens at the end go unscored. The last batch may have fewer rows.
         """
         tokens = self.corpus.tokens(split)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         targets = len(tokens) - 1
         if max_tokens is not None:
             if max_tokens < self.seq_len:
@@ -84,8 +82,8 @@ class TextData:
                 )
             targets = min(targets, max_tokens)
         starts = np.arange(targets // self.seq_len, dtype=np.int64) * self.seq_len
-        for first in range(0, len(starts), batch_size):
-            yield self._windows(tokens, starts[first : first + batch_size])
+        for rows in eval_slices(len(starts), batch_size):
+            yield self._windows(tokens, starts[rows])
 
     def _windows(self, tokens: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
         index = offsets[:, None] + np.arange(self.seq_len + 1, dtype=np.int64)

@@ -15,6 +15,21 @@ TRUE = Hawkes([0.5, 0.3], [[0.3, 0.1], [0.2, 0.4]], 2.0)
 HORIZON = 50.0
 
 
+def checked_objective(sequences, horizons, rng, conditioned=0) -> tuple[_Batch, float, Hawkes]:
+    """The fit's objective at parameters θ ~ N(0, 0.4²) [7] drawn from `rng`, its analytic
+    gradient checked against finite differences: (the batch, the value, the Hawkes model
+    of θ)."""
+    batch = _Batch(sequences, 2, horizons, conditioned=conditioned)
+    theta = rng.normal(0.0, 0.4, 7)
+    value, grad = _negative_log_likelihood(theta, batch, 2)
+    numeric = approx_fprime(theta, lambda x: _negative_log_likelihood(x, batch, 2)[0], 1e-7)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
+    model = Hawkes(
+        np.exp(theta[:2]), np.exp(theta[2:6]).reshape(2, 2), np.exp(theta[6]), stationary=False
+    )
+    return batch, value, model
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(11)
@@ -31,14 +46,7 @@ def test_gradient_matches_finite_differences(horizons):
     rng = np.random.default_rng(0)
     sequences = [TRUE.simulate(rng, 6.0, 10_000) for _ in range(3)]
     sequences[1] = (np.array([]), np.array([], dtype=np.int64))
-    batch = _Batch(sequences, 2, horizons)
-    theta = rng.normal(0.0, 0.4, 7)
-    value, grad = _negative_log_likelihood(theta, batch, 2)
-    numeric = approx_fprime(theta, lambda x: _negative_log_likelihood(x, batch, 2)[0], 1e-7)
-    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
-    model = Hawkes(
-        np.exp(theta[:2]), np.exp(theta[2:6]).reshape(2, 2), np.exp(theta[6]), stationary=False
-    )
+    batch, value, model = checked_objective(sequences, horizons, rng)
     ends = horizons or [t[-1] if t.size else 0.0 for t, _ in sequences]
     pairs = zip(sequences, ends, strict=True)
     total = sum(model.total_log_likelihood(t, m, h) for (t, m), h in pairs)
@@ -76,14 +84,7 @@ def test_conditioned_events_excite_but_are_not_scored():
     sequences = [TRUE.simulate(rng, 6.0, 10_000) for _ in range(3)]
     sequences = [(t - t[0], m) for t, m in sequences]  # each starts at its origin event
     horizons = [6.0, 6.0, 6.0]
-    batch = _Batch(sequences, 2, horizons, conditioned=1)
-    theta = rng.normal(0.0, 0.4, 7)
-    value, grad = _negative_log_likelihood(theta, batch, 2)
-    numeric = approx_fprime(theta, lambda x: _negative_log_likelihood(x, batch, 2)[0], 1e-7)
-    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
-    model = Hawkes(
-        np.exp(theta[:2]), np.exp(theta[2:6]).reshape(2, 2), np.exp(theta[6]), stationary=False
-    )
+    batch, value, model = checked_objective(sequences, horizons, rng, conditioned=1)
     total = sum(
         model.total_log_likelihood(t, m, h) - np.log(model.mu[m[0]])  # λ at the origin is μ
         for (t, m), h in zip(sequences, horizons, strict=True)

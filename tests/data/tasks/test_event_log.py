@@ -31,6 +31,7 @@ from seqlab.data.tasks.event_log import (
 )
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives import build_objective
+from tests.helpers import train_steps
 
 A, B, C, D = (leaf(i) for i in range(4))
 
@@ -317,12 +318,7 @@ def test_a_tiny_model_learns_a_sequential_process(tmp_path):
     model = seqlab.build_model(config)
     objective = build_objective("ar")
     objective.bind(task.vocab_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(60):
-        loss, _ = objective.loss(model, task.batch("train", step, 8, seed=0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, task, steps=60, batch_size=8, lr=1e-2)
     metrics = task.evaluate(model, objective, split="test")
     assert metrics["accuracy"] > 0.9 and metrics["brier"] < 0.2
 

@@ -19,6 +19,7 @@ from seqlab.errors import ConfigError, DataError
 from seqlab.harness.grid import HIGHER_IS_BETTER
 from seqlab.objectives import build_objective
 from seqlab.sampling.marked import rollout_events
+from tests.helpers import train_steps
 
 SMALL = dict(horizon=20.0, max_events=16, train_sequences=60, eval_sequences=12)
 METRICS = ("nll", "mark_nll", "time_nll", "accuracy", "time_mae", "hawkes_nll", "t_map", "otd")
@@ -220,12 +221,7 @@ def test_a_tiny_model_learns_a_renewal_process():
     assert isinstance(task.process, Renewal)
     model, objective = tiny_model(task)
     before = task.evaluate(model, objective, split="test")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(200):
-        loss, _ = objective.loss(model, task.batch("train", step, 16, seed=0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, task, steps=200, batch_size=16, lr=1e-2)
     after = task.evaluate(model, objective, split="test")
     assert before["nll_gap"] > 1.0
     assert after["nll_gap"] < 0.25

@@ -25,6 +25,7 @@ from seqlab.data.tasks.timeseries import (
 from seqlab.errors import ConfigError, DataError
 from seqlab.harness.grid import HIGHER_IS_BETTER
 from seqlab.objectives import build_objective
+from tests.helpers import train_steps
 
 
 def write_series(path, series: dict[str, np.ndarray]):
@@ -148,12 +149,7 @@ def test_a_tiny_model_learns_a_sine(tmp_path):
     model = tiny_model(task, d_model=32)
     objective = build_objective("ar")
     objective.bind(task.vocab_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(150):
-        loss, _ = objective.loss(model, task.batch("train", step, 16, seed=0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, task, steps=150, batch_size=16, lr=1e-2)
     metrics = task.evaluate(model, objective, split="test")
     # the last value repeated 4 steps errs far more than one step in-sample (MASE about 2.6);
     # the trained model about 0.02

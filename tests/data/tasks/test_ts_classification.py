@@ -24,6 +24,7 @@ from seqlab.data.tasks.ts_classification import (
 from seqlab.errors import ConfigError, DataError
 from seqlab.harness.grid import HIGHER_IS_BETTER
 from seqlab.objectives import Batch, build_objective
+from tests.helpers import train_steps
 
 UNIVARIATE = """# a comment
 @problemName Tiny
@@ -255,12 +256,7 @@ def test_a_tiny_model_learns_rising_versus_falling(tmp_path):
             mixer="attention", d_model=32, n_layers=1, n_heads=2, vocab_size=task.vocab_size
         )
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(100):
-        loss, _ = objective.loss(model, task.batch("train", step, 16, seed=0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, objective, task, steps=100, batch_size=16, lr=3e-3)
     metrics = task.evaluate(model, objective, split="test", batch_size=8)
     assert metrics["accuracy"] >= 0.9 and metrics["nll"] < 0.4  # chance: 0.5 and ln 2
     assert metrics["knn_accuracy"] >= 0.9 and metrics["tokens"] == 20

@@ -133,6 +133,11 @@ def categorical(name: str, probs: np.ndarray | list[float]) -> np.ndarray:
     return p
 
 
+def iid_marks(rng: np.random.Generator, probs: np.ndarray, n: int) -> np.ndarray:
+    """Marks int64 [n] drawn i.i.d. from the categorical `probs` [K]."""
+    return rng.choice(probs.size, size=n, p=probs).astype(np.int64)
+
+
 def mark_log_probs(probs: np.ndarray) -> np.ndarray:
     """log p [K] with log 0 = -inf, without a numpy warning."""
     with np.errstate(divide="ignore"):

@@ -23,6 +23,7 @@ from seqlab.data.point_processes.base import (
     categorical,
     check_sequence,
     check_simulation,
+    iid_marks,
     mark_log_probs,
     positive,
 )
@@ -72,8 +73,7 @@ class Renewal(PointProcess):
             last = times[-1] if times.size else 0.0
             times = np.concatenate([times, last + np.cumsum(self.gap.rvs(batch, random_state=rng))])
         times = times[times <= horizon][:max_events]
-        marks = rng.choice(self.num_marks, size=times.size, p=self.mark_probs)
-        return times, marks.astype(np.int64)
+        return times, iid_marks(rng, self.mark_probs, times.size)
 
     def _terms(
         self, times: np.ndarray, marks: np.ndarray, horizon: float | None

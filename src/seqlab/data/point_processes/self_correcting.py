@@ -26,6 +26,7 @@ from seqlab.data.point_processes.base import (
     categorical,
     check_sequence,
     check_simulation,
+    iid_marks,
     mark_log_probs,
     positive,
 )
@@ -60,8 +61,7 @@ class SelfCorrecting(PointProcess):
             if t > horizon:
                 break
             times.append(t)
-        marks = rng.choice(self.num_marks, size=len(times), p=self.mark_probs)
-        return np.asarray(times, dtype=np.float64), marks.astype(np.int64)
+        return np.asarray(times, dtype=np.float64), iid_marks(rng, self.mark_probs, len(times))
 
     def _terms(
         self, times: np.ndarray, marks: np.ndarray, horizon: float | None

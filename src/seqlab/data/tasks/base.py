@@ -201,6 +201,52 @@ class Task(ABC):
         return metrics
 
 
+class IndexedTask(Task):
+    """A task over fixed examples, each split an index array `indices[split]` into them:
+    training batch `step` walks seeded epochs of the split (`epoch_positions`), evaluation
+    takes the split's examples in order, as many as `max_tokens` allows at `seq_len` tokens
+    each. Subclasses set `indices` and give `rows`."""
+
+    indices: dict[str, np.ndarray]
+
+    @abstractmethod
+    def rows(self, split: str, positions: np.ndarray) -> Batch:
+        """The batch of `split`'s examples at `positions` `[B]` (into `split_indices`)."""
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """The example indices `[N]` of `split`; a DataError for an unknown split."""
+        if split not in self.indices:
+            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        return self.indices[split]
+
+    def eval_count(self, split: str, max_tokens: int | None) -> int:
+        """How many of `split`'s examples (in order) `max_tokens` allows (`capped_rows`)."""
+        rows = len(self.split_indices(split))
+        return capped_rows(self.name, split, rows, self.seq_len, max_tokens)
+
+    def batch(
+        self,
+        split: str,
+        step: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Batch:
+        n = len(self.split_indices(split))
+        positions = epoch_positions(
+            n, split, step, batch_size, seed=seed, rank=rank, world_size=world_size
+        )
+        return self.rows(split, positions)
+
+    def eval_batches(
+        self, split: str, batch_size: int, max_tokens: int | None = None
+    ) -> Iterator[Batch]:
+        for rows in eval_slices(self.eval_count(split, max_tokens), batch_size):
+            yield self.rows(split, np.arange(rows.start, rows.stop))
+
+
 def model_config_for(model: ModelConfig, task: Task, objective: Objective) -> ModelConfig:
     """The model a run of `task` under `objective` builds: the vocabulary is the task's plus
     the objective's extra tokens; a task with values gives its value head and options unless
@@ -296,3 +342,12 @@ def capped_rows(name: str, split: str, rows: int, width: int, max_tokens: int | 
             stacklevel=3,
         )
     return count
+
+
+def eval_slices(count: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `batch_size` rows over rows 0 .. count − 1, in order (the
+    last may be shorter); a ValueError for batch_size < 1 (a caller's bug, not a user's)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request, eval_slices
 from seqlab.data.tasks.synthetic import PAD, _split_index, check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.ar import Autoregressive
@@ -639,11 +639,9 @@ class EventLog(Task):
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         tokens, mask = self.eval_rows(split, max_tokens)
-        for start in range(0, len(tokens), batch_size):
-            yield Batch(tokens[start : start + batch_size], mask[start : start + batch_size])
+        for rows in eval_slices(len(tokens), batch_size):
+            yield Batch(tokens[rows], mask[rows])
 
     def allowed(self, split: str) -> Tensor:
         """`[N, W, V]` bool: after the prefix ``row[: t + 1]`` may the process model emit token

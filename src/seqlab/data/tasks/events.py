@@ -46,7 +46,7 @@ from seqlab.data.point_processes import (
     mean_otd,
     t_map,
 )
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions, eval_slices
 from seqlab.data.tasks.synthetic import _split_index, check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -432,11 +432,8 @@ class MarkedEvents(Task):
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        count = self.eval_count(split, max_tokens)
-        for start in range(0, count, batch_size):
-            yield self._batch(self._rows[split], slice(start, min(start + batch_size, count)))
+        for rows in eval_slices(self.eval_count(split, max_tokens), batch_size):
+            yield self._batch(self._rows[split], rows)
 
     # ----------------------------------------------------------------------- references
 

@@ -4,14 +4,13 @@ image task shares (`ImageCodec`: `pathfinder` writes its rows with it too)."""
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions
+from seqlab.data.tasks.base import SPLITS, IndexedTask
 from seqlab.data.tasks.synthetic import check
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -75,7 +74,7 @@ def check_levels(name: str, levels: object) -> int:
 
 
 @TASKS.register("image")
-class ImageTask(Task):
+class ImageTask(IndexedTask):
     """Sequential classification of a user's images, read pixel by pixel.
 
     Sequential image classification (sequential MNIST / the LRA ``image`` task on any data).
@@ -148,37 +147,6 @@ class ImageTask(Task):
         index = self.split_indices(split)[positions]
         tokens, scored = self.codec.encode(self.images[index], self.labels[index])
         return Batch(torch.from_numpy(tokens), torch.from_numpy(scored))
-
-    def split_indices(self, split: str) -> np.ndarray:
-        if split not in self.indices:
-            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return self.indices[split]
-
-    def batch(
-        self,
-        split: str,
-        step: int,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Batch:
-        n = len(self.split_indices(split))
-        positions = epoch_positions(
-            n, split, step, batch_size, seed=seed, rank=rank, world_size=world_size
-        )
-        return self.rows(split, positions)
-
-    def eval_batches(
-        self, split: str, batch_size: int, max_tokens: int | None = None
-    ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        rows = len(self.split_indices(split))
-        count = capped_rows(self.name, split, rows, self.seq_len, max_tokens)
-        for start in range(0, count, batch_size):
-            yield self.rows(split, np.arange(start, min(start + batch_size, count)))
 
 
 def load_images(path: Path, labels_path: str | None) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request, eval_slices
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
 from seqlab.registry import TASKS
@@ -301,12 +301,8 @@ class SequentialRecommendation(Task):
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         tokens, mask = self._tokens(split)
-        count = self.eval_count(split, max_tokens)
-        for start in range(0, count, batch_size):
-            rows = slice(start, min(start + batch_size, count))
+        for rows in eval_slices(self.eval_count(split, max_tokens), batch_size):
             yield Batch(torch.from_numpy(tokens[rows]), torch.from_numpy(mask[rows]))
 
     def sampled_negatives(self, split: str) -> Tensor:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request, eval_slices
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
 
@@ -251,12 +251,9 @@ class SyntheticTask(Task):
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         count = self.eval_count(split, max_tokens)
         data = self.eval_set(split)
-        for start in range(0, count, batch_size):
-            rows = slice(start, min(start + batch_size, count))
+        for rows in eval_slices(count, batch_size):
             yield Batch(data.tokens[rows].clone(), data.mask[rows].clone())
 
     @torch.no_grad()

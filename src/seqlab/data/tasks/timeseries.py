@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Normal, StudentT
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request
+from seqlab.data.tasks.base import SPLITS, Task, capped_rows, check_batch_request, eval_slices
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
@@ -503,12 +503,9 @@ class TimeSeriesForecasting(Task):
     def eval_batches(
         self, split: str, batch_size: int, max_tokens: int | None = None
     ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         count = self.eval_count(split, max_tokens)
         tokens, mask = self._rows[split]
-        for start in range(0, count, batch_size):
-            rows = slice(start, min(start + batch_size, count))
+        for rows in eval_slices(count, batch_size):
             yield self.as_batch(tokens[rows], mask[rows], self._scaled[split][rows])
 
     def forecast_samples(

@@ -15,7 +15,6 @@ dimensions of a multivariate case are interleaved per time step. A row is the se
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from scipy.spatial.distance import cdist
 
-from seqlab.data.tasks.base import SPLITS, Task, capped_rows, epoch_positions
+from seqlab.data.tasks.base import SPLITS, IndexedTask
 from seqlab.data.tasks.timeseries import FIRST_BIN, PAD, Binning
 from seqlab.errors import ConfigError, DataError
 from seqlab.objectives.base import Batch
@@ -235,7 +234,7 @@ def find_pair(folder: Path) -> tuple[Path, Path]:
 
 
 @TASKS.register("ts_classification")
-class TimeSeriesClassification(Task):
+class TimeSeriesClassification(IndexedTask):
     """Classifying UCR/UEA time series read as tokens, the label after the series.
 
     Ids: 0 PAD, bins `1 .. num_bins`, SEP = num_bins + 1, then one label token per class
@@ -356,43 +355,12 @@ class TimeSeriesClassification(Task):
         row[-2], row[-1] = self.sep, self.first_label + label
         return row
 
-    def split_indices(self, split: str) -> np.ndarray:
-        if split not in self.indices:
-            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        return self.indices[split]
-
     def rows(self, split: str, positions: np.ndarray) -> Batch:
         """The rows at `positions` of `split`, only the label scored."""
         tokens = torch.from_numpy(self.tokens[self.split_indices(split)[positions]])
         scored = torch.zeros_like(tokens, dtype=torch.bool)
         scored[:, -1] = True
         return Batch(tokens, scored)
-
-    def batch(
-        self,
-        split: str,
-        step: int,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Batch:
-        n = len(self.split_indices(split))
-        positions = epoch_positions(
-            n, split, step, batch_size, seed=seed, rank=rank, world_size=world_size
-        )
-        return self.rows(split, positions)
-
-    def eval_batches(
-        self, split: str, batch_size: int, max_tokens: int | None = None
-    ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        rows = len(self.split_indices(split))
-        count = capped_rows(self.name, split, rows, self.seq_len, max_tokens)
-        for start in range(0, count, batch_size):
-            yield self.rows(split, np.arange(start, min(start + batch_size, count)))
 
     def knn_correct(self, split: str) -> np.ndarray:
         """Whether the 1-NN classifier (`nearest_neighbour_correct`, the train split as
@@ -423,6 +391,6 @@ class TimeSeriesClassification(Task):
             model, objective, split=split, batch_size=batch_size, max_tokens=max_tokens
         )
         correct = self.knn_correct(split)
-        count = capped_rows(self.name, split, len(correct), self.seq_len, max_tokens)
+        count = self.eval_count(split, max_tokens)
         metrics["knn_accuracy"] = float(correct[:count].mean())
         return metrics
