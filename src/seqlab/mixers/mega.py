@@ -124,6 +124,7 @@ class Mega(Mixer):
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
+    unused_in_causal = ("ema_reverse",)
     state_kind = "kv_cache"
 
     def __init__(
