@@ -66,10 +66,9 @@ def block_positions(
     return q_pos, k_pos.masked_fill(k_pos >= bounds[k_rank][1], bounds[-1][1] + length)
 
 
-def _scores(q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor, scale: float) -> Tensor:
-    """Masked S = q kᵀ · scale `[B, H, T_q, T_k]` (k already repeated to the query heads)."""
-    mask = k_pos[None] <= q_pos[:, None]
-    return torch.einsum("bqhd,bkhd->bhqk", q, k).mul(scale).masked_fill(~mask, -math.inf)
+def _mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """Boolean `[T_q, T_k]`: query i reads key j iff k_pos[j] ≤ q_pos[i]."""
+    return k_pos[None] <= q_pos[:, None]
 
 
 def _finite(lse: Tensor) -> Tensor:
@@ -80,6 +79,26 @@ def _finite(lse: Tensor) -> Tensor:
 def _repeat(x: Tensor, heads: int) -> Tensor:
     """K or V `[B, T, H_kv, D]` repeated to the H query heads."""
     return x.repeat_interleave(heads // x.shape[2], dim=2)
+
+
+def _head_major(x: Tensor, heads: int) -> Tensor:
+    """`[B, T, H_x, D]` -> `[B · H, T, D]` (repeated to `heads`), contiguous, for `bmm`."""
+    x = _repeat(x, heads)
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+
+
+def _token_major(x: Tensor, batch: int) -> Tensor:
+    """`[B · H, T, D]` -> `[B, T, H, D]`."""
+    return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous()
+
+
+def _chunk_scores(
+    q: Tensor, k_t: Tensor, q_pos: Tensor, k_pos: Tensor, scale: float, heads: int
+) -> Tensor:
+    """Masked S = q kᵀ · scale `[B · H, C, T_k]` of one query chunk q `[B · H, C, D]`, with
+    kᵀ `[B · H, D, T_k]`."""
+    s = torch.bmm(q, k_t).mul_(scale).view(-1, heads, q.shape[1], k_t.shape[2])
+    return s.masked_fill_(~_mask(q_pos, k_pos), -math.inf).view(-1, q.shape[1], k_t.shape[2])
 
 
 def block_attention(
@@ -95,16 +114,20 @@ def block_attention(
     `[T_q]`, k_pos `[T_k]`: (o_b `[B, T_q, H, D]`, ℓ_b `[B, H, T_q]`), ℓ_b = −∞ and o_b = 0
     on rows that read no key. Queries run `chunk` at a time, so the scores held are
     `[B, H, chunk, T_k]`, never `[B, H, T_q, T_k]`; `block_attention_reference` is the whole
-    block at once."""
-    k, v = _repeat(k, q.shape[2]), _repeat(v, q.shape[2])
-    outputs, lses = [], []
-    for i in range(0, q.shape[1], chunk):
-        s = _scores(q[:, i : i + chunk], k, q_pos[i : i + chunk], k_pos, scale)
-        lse = torch.logsumexp(s, dim=-1)
-        p = s.sub_(_finite(lse)[..., None]).exp_()
-        outputs.append(torch.einsum("bhqk,bkhd->bqhd", p, v))
-        lses.append(lse)
-    return torch.cat(outputs, dim=1), torch.cat(lses, dim=-1)
+    block at once. Results are written in place: tensors kept between the chunks' temporaries
+    would fragment a CPU heap into a peak near the whole block's."""
+    batch, steps, heads, _ = q.shape
+    qh, vh = _head_major(q, heads), _head_major(v, heads)
+    k_t = _head_major(k, heads).transpose(1, 2)
+    o = qh.new_empty(qh.shape[0], steps, vh.shape[2])
+    lse = qh.new_empty(qh.shape[0], steps)
+    for i in range(0, steps, chunk):
+        rows = slice(i, i + chunk)
+        s = _chunk_scores(qh[:, rows], k_t, q_pos[rows], k_pos, scale, heads)
+        torch.logsumexp(s, dim=-1, out=lse[:, rows])
+        p = s.sub_(_finite(lse[:, rows])[..., None]).exp_()
+        torch.bmm(p, vh, out=o[:, rows])
+    return _token_major(o, batch), lse.view(batch, heads, steps)
 
 
 def block_attention_reference(
@@ -112,10 +135,12 @@ def block_attention_reference(
 ) -> tuple[Tensor, Tensor]:
     """`block_attention` with the whole `[B, H, T_q, T_k]` score block at once (differentiable;
     its autograd gradient is what `block_grads` computes when ℓ is the block's own)."""
-    s = _scores(q, _repeat(k, q.shape[2]), q_pos, k_pos, scale)
+    heads = q.shape[2]
+    s = torch.einsum("bqhd,bkhd->bhqk", q, _repeat(k, heads)) * scale
+    s = s.masked_fill(~_mask(q_pos, k_pos), -math.inf)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - _finite(lse)[..., None])
-    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat(v, q.shape[2])), lse
+    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat(v, heads)), lse
 
 
 def merge(o: Tensor, lse: Tensor, o_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,25 +164,27 @@ def block_grads(
     chunk: int = QUERY_CHUNK,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dQ `[B, T_q, H, D]`, dK and dV `[B, T_k, H_kv, D]` of one block, from the whole row's
-    ℓ and Δ `[B, H, T_q]` (module docstring), recomputed in the forward's query chunks; query
-    heads of a group sum into their K/V head."""
-    heads, group = q.shape[2], q.shape[2] // k.shape[2]
-    kr, vr = _repeat(k, heads), _repeat(v, heads)
-    dq, dk, dv = torch.empty_like(q), torch.zeros_like(kr), torch.zeros_like(vr)
-    for i in range(0, q.shape[1], chunk):
+    ℓ and Δ `[B, H, T_q]` (module docstring), recomputed in the forward's query chunks and
+    accumulated in place; query heads of a group sum into their K/V head."""
+    batch, steps, heads, _ = q.shape
+    group = heads // k.shape[2]
+    qh, doh, kh, vh = (_head_major(x, heads) for x in (q, do, k, v))
+    k_t, v_t = kh.transpose(1, 2), vh.transpose(1, 2)
+    lse, delta = _finite(lse).reshape(-1, steps), delta.reshape(-1, steps)
+    dq, dk, dv = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+    for i in range(0, steps, chunk):
         rows = slice(i, i + chunk)
-        s = _scores(q[:, rows], kr, q_pos[rows], k_pos, scale)
-        p = s.sub_(_finite(lse[..., rows])[..., None]).exp_()
-        dv += torch.einsum("bhqk,bqhd->bkhd", p, do[:, rows])
-        dp = torch.einsum("bqhd,bkhd->bhqk", do[:, rows], vr)
-        ds = dp.sub_(delta[..., rows, None]).mul_(p).mul_(scale)
-        dq[:, rows] = torch.einsum("bhqk,bkhd->bqhd", ds, kr)
-        dk += torch.einsum("bhqk,bqhd->bkhd", ds, q[:, rows])
+        s = _chunk_scores(qh[:, rows], k_t, q_pos[rows], k_pos, scale, heads)
+        p = s.sub_(lse[:, rows, None]).exp_()
+        dv.baddbmm_(p.transpose(1, 2), doh[:, rows])
+        ds = torch.bmm(doh[:, rows], v_t).sub_(delta[:, rows, None]).mul_(p).mul_(scale)
+        torch.bmm(ds, kh, out=dq[:, rows])
+        dk.baddbmm_(ds.transpose(1, 2), qh[:, rows])
 
     def per_kv_head(x: Tensor) -> Tensor:
-        return x.unflatten(2, (k.shape[2], group)).sum(3)
+        return _token_major(x, batch).unflatten(2, (k.shape[2], group)).sum(3)
 
-    return dq, per_kv_head(dk), per_kv_head(dv)
+    return _token_major(dq, batch), per_kv_head(dk), per_kv_head(dv)
 
 
 def _pad(x: Tensor, length: int, dim: int = 1) -> Tensor:
