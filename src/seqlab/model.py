@@ -104,6 +104,18 @@ class Model(nn.Module):
         self.layouts = frozenset.intersection(*(block.mixer.layouts for block in self.blocks))
         self.init_weights()
 
+    def unused_parameters(self, layout: Layout) -> list[str]:
+        """The names of the parameters a forward under `layout` never reads, as the mixers
+        declare them (`Mixer.unused_in_causal`)."""
+        if not layout.is_causal:
+            return []
+        return [
+            f"blocks.{i}.mixer.{part}.{name}"
+            for i, block in enumerate(self.blocks)
+            for part in block.mixer.unused_in_causal
+            for name, _ in getattr(block.mixer, part).named_parameters()
+        ]
+
     def init_weights(self) -> None:
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layers)

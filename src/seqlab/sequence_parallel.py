@@ -161,6 +161,13 @@ def incoming_state(shard: SequenceShard, transition: Tensor, local: Tensor) -> T
     return state
 
 
+def preceding_sum(shard: SequenceShard, total: Tensor) -> Tensor:
+    """Σ_{r' < r} of every rank's `total` (e.g. a running phase's shard sum): what this
+    rank's shard starts from; zeros on rank 0. Its backward exchanges the gradients."""
+    gathered = _gather(shard, total)
+    return _tied(torch.zeros_like(total), gathered) + sum(gathered[: shard.rank], start=0)
+
+
 def shard_entry(name: str, state: Any, layout: Layout) -> SequenceShard:
     """The running shard, for a mixer that runs under sequence parallelism only causally and
     from no carried state (a one-line SeqlabError otherwise)."""
@@ -269,7 +276,7 @@ def check_supported(layer_names: list[str]) -> None:
 
     for name in layer_names:
         if not supports(name):
-            hint = "its state is not a linear recurrence nor softmax attention"
+            hint = MIXERS.get(name).target.sequence_parallel_refusal
             supported = [n for n in MIXERS.names() if supports(n)]
             raise ConfigError(
                 f"train.sequence_parallel does not support mixer {name!r} ({hint}); "

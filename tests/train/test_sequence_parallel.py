@@ -25,8 +25,8 @@ from seqlab.sequence_parallel import SequenceShard, check_supported, shard_bound
 from tests.helpers import ROOT, run_cli, tiny_config, write_config, write_corpus
 
 LAYERS = {
-    "linear": ["linear_attention", "gla"],
-    "delta": ["gated_deltanet", "deltanet"],
+    "linear": ["linear_attention", "gla", "gateloop"],
+    "delta": ["gated_deltanet", "deltanet", "rwkv7"],
     "scan": ["mamba2", "retnet"],
 }
 OPTIONS = {
@@ -36,6 +36,8 @@ OPTIONS = {
     "mamba2": {"chunk_size": 4},
     "deltanet": {"chunk_size": 4},
     "gated_deltanet": {"chunk_size": 4},
+    "rwkv7": {"chunk_size": 4, "decay_rank": 4, "iclr_rank": 4, "gate_rank": 4},
+    "gateloop": {"chunk_size": 4},
 }
 
 
@@ -106,12 +108,22 @@ def test_outputs_and_every_gradient_equal_one_process(family, size):
 
 
 def test_four_ranks_linear_and_scan():
-    spawn(_exactness, 4, ["gla", "mamba2", "retnet"])
+    spawn(_exactness, 4, ["gla", "mamba2", "retnet", "gateloop"])
 
 
 def test_unsupported_mixers_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="not a linear recurrence nor softmax attention"):
         check_supported(["gla", "lstm"])
+    reasons = {
+        "lightnet": "log-sum-exp key normaliser",
+        "mega": "has no sharded kernel",
+        "hydra": "bidirectional only",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(ConfigError, match=reason) as refusal:
+            check_supported(["gla", name])
+        assert "\n" not in str(refusal.value)
+    check_supported(["rwkv7", "gateloop"])
 
 
 def read_losses(run) -> list[float]:

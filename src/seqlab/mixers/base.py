@@ -93,6 +93,13 @@ class Mixer(nn.Module, ABC):
     linear_in_values: ClassVar[bool] = False
     # Runs its shard of a sequence split across ranks (`seqlab.sequence_parallel`).
     sequence_parallel: ClassVar[bool] = False
+    # Without it, why not: the second half of the one-line refusal.
+    sequence_parallel_refusal: ClassVar[str] = (
+        "its state is not a linear recurrence nor softmax attention"
+    )
+    # Submodules (attribute names) whose parameters the causal layout never reads, e.g. the
+    # anti-causal half of a bidirectional kernel: DDP must then look for unused parameters.
+    unused_in_causal: ClassVar[tuple[str, ...]] = ()
     # Under the causal layout, positions below this read each other (the whole prefix)
     # non-causally, and a decode starts at or after it (JRT-RNN's prefix; set per instance).
     noncausal_prefix: int = 0

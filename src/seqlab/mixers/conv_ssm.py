@@ -120,6 +120,7 @@ class ConvSSM(Mixer):
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
     linear_in_values = True
     sequence_parallel = True
+    unused_in_causal = ("ssm_reverse",)
 
     def __init__(
         self,

@@ -30,6 +30,13 @@ from seqlab.mixers.common import check_conv_size, fan_in_linear, group_norm, hea
 from seqlab.mixers.short_conv import ShortConv
 from seqlab.ops.linear_attention import gated_linear_attention
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import (
+    conv_history,
+    current_shard,
+    preceding_sum,
+    shard_entry,
+    shard_state_scan,
+)
 
 __all__ = [
     "GateLoop",
@@ -179,10 +186,15 @@ class GateLoop(Mixer):
     one-token step.
     Decode state: S in the rotated real frame [C; D] `[B, H, 2K, V]`, the running phase
     `[B, H, K]` and the conv's last k − 1 inputs.
+    Sequence parallelism: the running phase of a shard starts from the earlier ranks' phase
+    sums (`preceding_sum`, mod 2π); then the rotated frame is a real diagonal scan, run by
+    `shard_state_scan` with T_r = exp(Σ_t [g_t; g_t]) and the zero-input response from S_in as
+    a second pass of the kernel (v = 0); the conv takes its history from the previous rank.
     """
 
     layouts = ALL_LAYOUTS
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -230,9 +242,11 @@ class GateLoop(Mixer):
     ) -> tuple[Tensor, GateLoopState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, "gateloop")
-        o, new_state = scan_in_layout(
-            self._recur, (self.qkv(x), self.decay(x)), state, layout, self.init_state
-        )
+        parts = (self.qkv(x), self.decay(x))
+        if current_shard() is not None:
+            o, new_state = self._sharded(parts, state, layout), None
+        else:
+            o, new_state = scan_in_layout(self._recur, parts, state, layout, self.init_state)
         o = group_norm(self.norm, o.to(x.dtype))
         return self.out(F.silu(self.gate(x)) * o), new_state
 
@@ -268,6 +282,37 @@ class GateLoop(Mixer):
         if s is None:
             return o, None
         return o, GateLoopState(last, last_phase, conv_state)
+
+    def _sharded(
+        self, parts: tuple[Tensor, Tensor], state: GateLoopState | None, layout: Layout
+    ) -> Tensor:
+        """This rank's o under sequence parallelism (see the class docstring)."""
+        shard = shard_entry(self.name, state, layout)
+        qkv, decay = parts
+        history = None
+        if self.conv is not None:
+            history = conv_history(shard, qkv, self.conv.kernel_size - 1, self.name)
+        entry = GateLoopState(qkv.new_zeros(()), qkv.new_zeros(()), history)
+        q, k, v, magnitude_logit, phase, _ = self._features(qkv, decay, entry)
+        start = torch.remainder(preceding_sum(shard, phase.double().sum(1)), 2 * math.pi)
+        options = {"initial_phase": start, "chunk_size": self.chunk_size}
+
+        def local() -> tuple[Tensor, Tensor]:
+            o, written, _ = gateloop_attention(
+                q, k, v, magnitude_logit, phase, output_final_state=True, **options
+            )
+            return o, written
+
+        def response(entering: Tensor) -> tuple[Tensor, Tensor]:
+            o, final, _ = gateloop_attention(
+                q, k, torch.zeros_like(v), magnitude_logit, phase,
+                initial_state=entering, output_final_state=True, **options,
+            )  # fmt: skip
+            return o, final
+
+        log_magnitude = F.logsigmoid(magnitude_logit).sum(1)  # [B, H, K]
+        transition = torch.cat([log_magnitude, log_magnitude], dim=-1).exp()[..., None]
+        return shard_state_scan(local, response, transition)
 
     def _value_map(self, x: Tensor) -> tuple[Tensor, Tensor, ValueMap]:
         """Values v; the matrix Re(q_tᵀ diag(Π a) k_s) is real, the decays complex; the

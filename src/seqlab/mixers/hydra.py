@@ -94,6 +94,9 @@ class Hydra(Mixer):
     """
 
     layouts = frozenset({LayoutKind.BIDIRECTIONAL})
+    sequence_parallel_refusal = (
+        "it is bidirectional only, and sequence parallelism trains the causal layout (ar)"
+    )
     state_kind = "none"
     linear_in_values = True
 

@@ -168,6 +168,10 @@ class LightNet(LinearRecurrence):
     """
 
     linear_in_values = True
+    sequence_parallel_refusal = (
+        "its log-sum-exp key normaliser makes every step's decay depend on all earlier keys, "
+        "so a shard's gates are not its own"
+    )
 
     def __init__(
         self,

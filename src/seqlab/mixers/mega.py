@@ -124,6 +124,11 @@ class Mega(Mixer):
     """
 
     layouts = frozenset({LayoutKind.CAUSAL, LayoutKind.BIDIRECTIONAL})
+    unused_in_causal = ("ema_reverse",)
+    sequence_parallel_refusal = (
+        "its attention (Laplace or softmax with a relative-position bias, optionally in "
+        "chunks) has no sharded kernel"
+    )
     state_kind = "kv_cache"
 
     def __init__(

@@ -20,6 +20,7 @@ from seqlab.mixers.common import check_positive, group_norm, head_dim, heads_vie
 from seqlab.mixers.linear_recurrence import LinearRecurrence, LinearState
 from seqlab.ops.generalized_delta_rule import generalized_delta_rule
 from seqlab.registry import MIXERS
+from seqlab.sequence_parallel import conv_history, current_shard, shard_entry
 
 # The decay w = exp(-e^{-0.5} σ(z)) lies in (exp(-e^{-0.5}), 1) ≈ (0.545, 1).
 DECAY_SCALE = math.exp(-0.5)
@@ -111,9 +112,13 @@ class RWKV7(LinearRecurrence):
     same r, w, k, v, a, b.
     Mixing matrix (`mixing`): the kernel's map of v; the bonus term is a diagonal one the
     layer adds after the GroupNorm, so it is not part of it.
+    Sequence parallelism: the transition diag(w_t) + a_t b_tᵀ acts on the key side, so the
+    shard runs `LinearRecurrence._sharded_recur` (identity-widened values); the token shift
+    takes the previous rank's last token.
     """
 
     linear_in_values = True
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -175,6 +180,12 @@ class RWKV7(LinearRecurrence):
     ) -> tuple[Tensor, LinearState | None]:
         check_input(x, self.d_model)
         check_scan_layout(layout, state, self.name)
+        shard = current_shard()
+        if shard is not None:
+            shard_entry(self.name, state, layout)
+            previous = torch.cat([conv_history(shard, x, 1, self.name), x[:, :-1]], dim=1)
+            inputs, extras = self._project(x, previous)
+            return self._output(self._sharded_recur(inputs, state, layout), extras), None
         inputs, extras = self._project(x, self._previous_tokens(x, state, layout))
         o, new_state = scan_in_layout(
             self._recur, inputs, state, layout, self.init_state, self._block_forward

@@ -14,6 +14,9 @@ S_b = q kᵀ / √D masked to s ≤ t; two partials merge exactly (online softma
 ℓ = log(e^{ℓ_1} + e^{ℓ_2}), o = e^{ℓ_1 − ℓ} o_1 + e^{ℓ_2 − ℓ} o_2. The backward of a block,
 with P = exp(S_b − ℓ) (ℓ of the whole row) and Δ_t = Σ_d dO_td O_td, is dV = Pᵀ dO,
 dS = P ∘ (dO Vᵀ − Δ), dQ = dS K / √D, dK = dSᵀ Q / √D (FlashAttention-2's identities).
+A block runs its queries `QUERY_CHUNK` at a time, forward and backward recompute alike, so a
+rank holds `[B, H, chunk, T_r]` scores, never `[B, H, T_r, T_r]`: its peak memory grows like
+T_r · chunk.
 
 - `ring_attention` (Ring Attention, Liu et al., 2023): (k, v) blocks travel one hop per step
   r → r + 1 around the ring; after N − 1 steps every rank has merged every earlier block. The
@@ -49,18 +52,23 @@ Bounds = Sequence[tuple[int, int]]
 MODES = ("ring", "ring_bidirectional", "ulysses")
 
 
-def block_mask(bounds: Bounds, q_rank: int, k_rank: int, length: int, device: Any) -> Tensor:
-    """Boolean `[L, L]` over the padded blocks of `length` L: query i of rank `q_rank` reads
-    key j of rank `k_rank` iff the key is a real token at a global position ≤ the query's."""
+QUERY_CHUNK = 128
+
+
+def block_positions(
+    bounds: Bounds, q_rank: int, k_rank: int, length: int, device: Any
+) -> tuple[Tensor, Tensor]:
+    """Global positions `[L]` of the padded query block of `q_rank` and key block of `k_rank`
+    (`length` L); padded keys sit past every query, so query i reads key j iff
+    k_pos[j] ≤ q_pos[i] (the causal mask, built one query chunk at a time)."""
     q_pos = bounds[q_rank][0] + torch.arange(length, device=device)
     k_pos = bounds[k_rank][0] + torch.arange(length, device=device)
-    return (k_pos[None] <= q_pos[:, None]) & (k_pos < bounds[k_rank][1])[None]
+    return q_pos, k_pos.masked_fill(k_pos >= bounds[k_rank][1], bounds[-1][1] + length)
 
 
-def _scores(q: Tensor, k: Tensor, mask: Tensor, scale: float) -> Tensor:
-    """Masked S = q kᵀ · scale `[B, H, T_q, T_k]`, k repeated to the query heads."""
-    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
-    return torch.einsum("bqhd,bkhd->bhqk", q, k).mul(scale).masked_fill(~mask, -math.inf)
+def _mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """Boolean `[T_q, T_k]`: query i reads key j iff k_pos[j] ≤ q_pos[i]."""
+    return k_pos[None] <= q_pos[:, None]
 
 
 def _finite(lse: Tensor) -> Tensor:
@@ -68,16 +76,71 @@ def _finite(lse: Tensor) -> Tensor:
     return torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
 
 
+def _repeat(x: Tensor, heads: int) -> Tensor:
+    """K or V `[B, T, H_kv, D]` repeated to the H query heads."""
+    return x.repeat_interleave(heads // x.shape[2], dim=2)
+
+
+def _head_major(x: Tensor, heads: int) -> Tensor:
+    """`[B, T, H_x, D]` -> `[B · H, T, D]` (repeated to `heads`), contiguous, for `bmm`."""
+    x = _repeat(x, heads)
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+
+
+def _token_major(x: Tensor, batch: int) -> Tensor:
+    """`[B · H, T, D]` -> `[B, T, H, D]`."""
+    return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous()
+
+
+def _chunk_scores(
+    q: Tensor, k_t: Tensor, q_pos: Tensor, k_pos: Tensor, scale: float, heads: int
+) -> Tensor:
+    """Masked S = q kᵀ · scale `[B · H, C, T_k]` of one query chunk q `[B · H, C, D]`, with
+    kᵀ `[B · H, D, T_k]`."""
+    s = torch.bmm(q, k_t).mul_(scale).view(-1, heads, q.shape[1], k_t.shape[2])
+    return s.masked_fill_(~_mask(q_pos, k_pos), -math.inf).view(-1, q.shape[1], k_t.shape[2])
+
+
 def block_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    scale: float,
+    chunk: int = QUERY_CHUNK,
 ) -> tuple[Tensor, Tensor]:
-    """One block: (o_b `[B, T_q, H, D]`, ℓ_b `[B, H, T_q]`), ℓ_b = −∞ and o_b = 0 on rows
-    that read no key of the block."""
-    s = _scores(q, k, mask, scale)
+    """One block, q `[B, T_q, H, D]` against k, v `[B, T_k, H_kv, D]` with positions q_pos
+    `[T_q]`, k_pos `[T_k]`: (o_b `[B, T_q, H, D]`, ℓ_b `[B, H, T_q]`), ℓ_b = −∞ and o_b = 0
+    on rows that read no key. Queries run `chunk` at a time, so the scores held are
+    `[B, H, chunk, T_k]`, never `[B, H, T_q, T_k]`; `block_attention_reference` is the whole
+    block at once. Results are written in place: tensors kept between the chunks' temporaries
+    would fragment a CPU heap into a peak near the whole block's."""
+    batch, steps, heads, _ = q.shape
+    qh, vh = _head_major(q, heads), _head_major(v, heads)
+    k_t = _head_major(k, heads).transpose(1, 2)
+    o = qh.new_empty(qh.shape[0], steps, vh.shape[2])
+    lse = qh.new_empty(qh.shape[0], steps)
+    for i in range(0, steps, chunk):
+        rows = slice(i, i + chunk)
+        s = _chunk_scores(qh[:, rows], k_t, q_pos[rows], k_pos, scale, heads)
+        torch.logsumexp(s, dim=-1, out=lse[:, rows])
+        p = s.sub_(_finite(lse[:, rows])[..., None]).exp_()
+        torch.bmm(p, vh, out=o[:, rows])
+    return _token_major(o, batch), lse.view(batch, heads, steps)
+
+
+def block_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """`block_attention` with the whole `[B, H, T_q, T_k]` score block at once (differentiable;
+    its autograd gradient is what `block_grads` computes when ℓ is the block's own)."""
+    heads = q.shape[2]
+    s = torch.einsum("bqhd,bkhd->bhqk", q, _repeat(k, heads)) * scale
+    s = s.masked_fill(~_mask(q_pos, k_pos), -math.inf)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - _finite(lse)[..., None])
-    v = v.repeat_interleave(q.shape[2] // v.shape[2], dim=2)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v), lse
+    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat(v, heads)), lse
 
 
 def merge(o: Tensor, lse: Tensor, o_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,23 +158,33 @@ def block_grads(
     do: Tensor,
     lse: Tensor,
     delta: Tensor,
-    mask: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
     scale: float,
+    chunk: int = QUERY_CHUNK,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dQ `[B, T_q, H, D]`, dK and dV `[B, T_k, H_kv, D]` of one block, from the whole row's
-    ℓ and Δ `[B, H, T_q]` (module docstring); query heads of a group sum into their K/V head."""
-    group = q.shape[2] // k.shape[2]
-    p = torch.exp(_scores(q, k, mask, scale) - _finite(lse)[..., None])
-    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
-    dp = torch.einsum("bqhd,bkhd->bhqk", do, v.repeat_interleave(group, dim=2))
-    ds = p * (dp - delta[..., None]) * scale
-    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k.repeat_interleave(group, dim=2))
-    dk = torch.einsum("bhqk,bqhd->bkhd", ds, q)
+    ℓ and Δ `[B, H, T_q]` (module docstring), recomputed in the forward's query chunks and
+    accumulated in place; query heads of a group sum into their K/V head."""
+    batch, steps, heads, _ = q.shape
+    group = heads // k.shape[2]
+    qh, doh, kh, vh = (_head_major(x, heads) for x in (q, do, k, v))
+    k_t, v_t = kh.transpose(1, 2), vh.transpose(1, 2)
+    lse, delta = _finite(lse).reshape(-1, steps), delta.reshape(-1, steps)
+    dq, dk, dv = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+    for i in range(0, steps, chunk):
+        rows = slice(i, i + chunk)
+        s = _chunk_scores(qh[:, rows], k_t, q_pos[rows], k_pos, scale, heads)
+        p = s.sub_(lse[:, rows, None]).exp_()
+        dv.baddbmm_(p.transpose(1, 2), doh[:, rows])
+        ds = torch.bmm(doh[:, rows], v_t).sub_(delta[:, rows, None]).mul_(p).mul_(scale)
+        torch.bmm(ds, kh, out=dq[:, rows])
+        dk.baddbmm_(ds.transpose(1, 2), qh[:, rows])
 
-    def heads(x: Tensor) -> Tensor:
-        return x.unflatten(2, (k.shape[2], group)).sum(3)
+    def per_kv_head(x: Tensor) -> Tensor:
+        return _token_major(x, batch).unflatten(2, (k.shape[2], group)).sum(3)
 
-    return dq, heads(dk), heads(dv)
+    return _token_major(dq, batch), per_kv_head(dk), per_kv_head(dv)
 
 
 def _pad(x: Tensor, length: int, dim: int = 1) -> Tensor:
@@ -168,8 +241,8 @@ class RingAttention(torch.autograd.Function):
             source = (rank - step) % size
             incoming, requests = ring.shift(kv) if step < size - 1 else (kv, [])
             if source <= rank:
-                mask = block_mask(bounds, rank, source, length, q.device)
-                o, lse = merge(o, lse, *block_attention(qp, kv[0], kv[1], mask, scale))
+                pos = block_positions(bounds, rank, source, length, q.device)
+                o, lse = merge(o, lse, *block_attention(qp, kv[0], kv[1], *pos, scale))
             _wait(requests)
             kv = incoming
         ctx.save_for_backward(qp, k, v, o, lse)
@@ -191,9 +264,9 @@ class RingAttention(torch.autograd.Function):
         for step in range(size):
             source = (rank - step) % size
             if source <= rank:
-                mask = block_mask(bounds, rank, source, length, qp.device)
+                pos = block_positions(bounds, rank, source, length, qp.device)
                 dq_b, dk_b, dv_b = block_grads(
-                    qp, packet[0], packet[1], do, lse, delta, mask, scale
+                    qp, packet[0], packet[1], do, lse, delta, *pos, scale
                 )
                 dq = dq + dq_b
                 packet = torch.cat([packet[:2], (packet[2:] + torch.stack([dk_b, dv_b]))])
@@ -215,7 +288,7 @@ class TokenRingAttention(torch.autograd.Function):
         qp, kp, vp = (_pad(x, length) for x in (q, k, v))
         b, h, d = q.shape[0], q.shape[2], q.shape[3]
         o, lse = block_attention(
-            qp, kp, vp, block_mask(bounds, rank, rank, length, q.device), scale
+            qp, kp, vp, *block_positions(bounds, rank, rank, length, q.device), scale
         )
         held = qp
         for step in range(1, size):
@@ -224,8 +297,8 @@ class TokenRingAttention(torch.autograd.Function):
             owner, reader = (rank - step) % size, (rank + step) % size
             sends, recvs = [], []
             if owner > rank:  # the held queries read this rank's keys
-                mask = block_mask(bounds, owner, rank, length, q.device)
-                o_b, lse_b = block_attention(held, kp, vp, mask, scale)
+                pos = block_positions(bounds, owner, rank, length, q.device)
+                o_b, lse_b = block_attention(held, kp, vp, *pos, scale)
                 sends.append((torch.cat([o_b.flatten(), lse_b.flatten()]), owner))
             if reader < rank:  # this rank's queries, held by `reader`, read its keys
                 partial = qp.new_empty(b * length * h * d + b * h * length)
@@ -246,8 +319,8 @@ class TokenRingAttention(torch.autograd.Function):
         ring = _Ring(group, rank, size)
         do = _pad(do, length)
         delta = (do * o).sum(-1).transpose(1, 2)
-        mask = block_mask(bounds, rank, rank, length, qp.device)
-        dq, dk, dv = block_grads(qp, kp, vp, do, lse, delta, mask, scale)
+        pos = block_positions(bounds, rank, rank, length, qp.device)
+        dq, dk, dv = block_grads(qp, kp, vp, do, lse, delta, *pos, scale)
         sizes = [qp.numel(), do.numel(), lse.numel(), delta.numel()]
         held = torch.cat([x.flatten() for x in (qp, do, lse, delta)])
         for step in range(1, size):
@@ -257,7 +330,7 @@ class TokenRingAttention(torch.autograd.Function):
             sends, recvs = [], []
             if owner > rank:
                 q_o, do_o, lse_o, delta_o = held.split(sizes)
-                mask = block_mask(bounds, owner, rank, length, qp.device)
+                pos = block_positions(bounds, owner, rank, length, qp.device)
                 dq_b, dk_b, dv_b = block_grads(
                     q_o.view_as(qp),
                     kp,
@@ -265,7 +338,7 @@ class TokenRingAttention(torch.autograd.Function):
                     do_o.view_as(qp),
                     lse_o.view_as(lse),
                     delta_o.view_as(lse),
-                    mask,
+                    *pos,
                     scale,
                 )
                 dk, dv = dk + dk_b, dv + dv_b

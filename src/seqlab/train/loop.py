@@ -306,7 +306,8 @@ def _train(
         initialize_from(model, tc.init_from)
     model.to(info.device)
     strategy = build_strategy(tc, info)
-    net = strategy.wrap(model)  # fsdp shards the parameters here, before the optimizer
+    # fsdp shards the parameters here, before the optimizer
+    net = strategy.wrap(model, objective.layout)
     optimizer = build_optimizer(model, tc)
     precision = MixedPrecision(tc.precision, info.device)
     start, elapsed_before, tokens_seen = 0, 0.0, 0

@@ -37,6 +37,7 @@ from seqlab.config import ExperimentConfig, TrainConfig
 from seqlab.errors import CheckpointError, ConfigError
 from seqlab.files import non_finite_tensors
 from seqlab.io import load_model_state, model_state, param_fingerprint
+from seqlab.layout import Layout
 from seqlab.model import Model, build_model
 from seqlab.train.checkpoint import (
     SHARDED,
@@ -80,14 +81,20 @@ class Replicated:
         self.info = info
         self.activation_checkpointing = activation_checkpointing
 
-    def wrap(self, model: Model) -> nn.Module:
-        """The module the training step calls (call before building the optimizer)."""
+    def wrap(self, model: Model, layout: Layout = Layout.CAUSAL) -> nn.Module:
+        """The module the training step calls (call before building the optimizer), for an
+        objective whose forward runs `layout`. DDP searches the autograd graph for parameters
+        without a gradient only where a mixer declares some for this layout
+        (`Model.unused_parameters`); every other model keeps the fast path."""
         if self.activation_checkpointing:
             checkpoint_activations(model)
         if not self.info.distributed:
             return model
         device_ids = [self.info.device.index] if self.info.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        unused = bool(model.unused_parameters(layout))
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=unused
+        )
 
     def no_sync(self, net: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """Accumulate this micro-batch's gradients without communicating them."""
@@ -135,7 +142,7 @@ class Sharded(Replicated):
 
     sharded = True
 
-    def wrap(self, model: Model) -> nn.Module:
+    def wrap(self, model: Model, layout: Layout = Layout.CAUSAL) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
         if model.deq is not None:
