@@ -93,6 +93,8 @@ class Mixer(nn.Module, ABC):
     linear_in_values: ClassVar[bool] = False
     # Runs its shard of a sequence split across ranks (`seqlab.sequence_parallel`).
     sequence_parallel: ClassVar[bool] = False
+    # Why not, where the generic reason (not a linear recurrence nor attention) is wrong.
+    sequence_parallel_refusal: ClassVar[str] = ""
     # Under the causal layout, positions below this read each other (the whole prefix)
     # non-causally, and a decode starts at or after it (JRT-RNN's prefix; set per instance).
     noncausal_prefix: int = 0
