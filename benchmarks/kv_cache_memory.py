@@ -1,6 +1,7 @@
 """Long-context recall at bounded memory: accuracy against the numbers kept per sequence, for
 each bounded KV cache policy of attention (`seqlab.ops.kv_cache`) beside fixed-state
-recurrent backbones, at contexts `--multipliers` times the training length.
+recurrent backbones, at contexts `--multipliers` times the training length (1: the training
+length itself).
 
 Every run directory (`seqlab train` output) is evaluated on its own task (mqar or needle)
 with `seq_len` multiplied, on the test split's first `--examples` rows. Attention runs are
@@ -8,9 +9,10 @@ scored once with the exact cache and once per (policy, budget): the whole row ru
 the bounded state (the prompt in chunks of `--chunk` tokens inside each attention layer, 1:
 exactly as decoding token by token), and the argmax at every scored position counts. Other
 runs (fixed-state recurrences) are scored with their own state, whose size is their memory.
-Memory is `numbers` per sequence: keys, values and counts of the kept entries, all layers
-(`cache_numbers`; InfLLM: its attended budget, its block memory offloaded, reported apart
-as `offloaded`); a recurrent model's `state_size`.
+Memory is `numbers` per sequence: every number the state keeps, all layers (`cache_numbers`:
+keys, values, positions, counts and scores of the kept entries, and InfLLM's block memory,
+which grows O(T) and is also printed apart as `memory`); a recurrent model's `state_size`.
+`ceiling` is the exact cache's accuracy at the same context (what a bounded cache can reach).
 
     PYTHONPATH=src python benchmarks/kv_cache_memory.py --runs runs/needle-attention \\
         runs/needle-gla runs/needle-mamba2 --multipliers 4 8 16 32 --budgets 16 32 64 128
@@ -29,7 +31,7 @@ from seqlab.cli.args import run_config
 from seqlab.config import ModelConfig
 from seqlab.io import load
 from seqlab.model import Model, build_model
-from seqlab.ops.kv_cache import cache_numbers, init_bounded_state
+from seqlab.ops.kv_cache import cache_numbers, init_bounded_state, memory_numbers
 from seqlab.ops.kv_cache.base import bounded_layers
 from seqlab.registry import TASKS
 
@@ -91,6 +93,7 @@ def evaluate(label: str, model: Model, task_name: str, options: dict, args) -> l
                 for b in args.budgets
                 if (s := policy_spec(p, b, args.chunk)) is not None
             ]
+        ceiling = None
         for name, spec in cells:
             row = {
                 "run": label,
@@ -99,14 +102,17 @@ def evaluate(label: str, model: Model, task_name: str, options: dict, args) -> l
                 "multiplier": multiplier,
                 "cache": name,
                 "numbers": cache_numbers(model, spec, context),
+                "memory": memory_numbers(model, spec, context),
                 "accuracy": accuracy(model, tokens, scored, spec, args.batch),
             }
-            if spec is not None and spec["policy"] == "infllm":
-                row["offloaded"] = cache_numbers(model, None, context) - row["numbers"]
+            if attention:
+                ceiling = row["accuracy"] if ceiling is None else ceiling  # exact comes first
+                row["ceiling"] = ceiling
             rows.append(row)
             print(
                 f"| {label} | {task_name} | {context} ({multiplier}x) | {name} | "
-                f"{row['numbers']} | {row['accuracy']:.3f} |",
+                f"{row['numbers']} | {row['memory']} | {row['accuracy']:.3f} | "
+                f"{'' if ceiling is None else f'{ceiling:.3f}'} |",
                 flush=True,
             )
     return rows
@@ -126,7 +132,7 @@ def quick_models() -> list[tuple[str, Model, str, dict]]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="*", default=[], help="run directories (mqar, needle)")
-    parser.add_argument("--multipliers", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--multipliers", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--policies", nargs="+", default=POLICIES, choices=POLICIES)
     parser.add_argument("--examples", type=int, default=128, help="test rows per context")
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.multipliers, args.budgets, args.examples, args.batch = [2], [8], 4, 4
+        args.multipliers, args.budgets, args.examples, args.batch = [1, 4], [8], 4, 4
         models = quick_models()
     else:
         models = []
@@ -154,7 +160,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     dict(config.task.options),
                 )
             )
-    print("| run | task | context | cache | numbers/seq | accuracy |\n|---|---|---|---|---|---|")
+    print(
+        "| run | task | context | cache | numbers/seq | of which block memory | accuracy | "
+        "exact cache's accuracy |\n|---|---|---|---|---|---|---|---|"
+    )
     rows = [
         row
         for label, model, task, options in models

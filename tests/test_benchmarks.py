@@ -241,9 +241,21 @@ def test_compile_speed_quick_trains_compiled_and_eager_to_the_same_loss():
 def test_kv_cache_memory_quick_scores_every_policy_at_bounded_memory():
     rows = load_script("kv_cache_memory").main(["--quick", "--threads", "1"])
     attention = [r for r in rows if r["run"] == "attention"]
-    exact = next(r for r in attention if r["cache"] == "exact")
     policies = {r["cache"].split()[0] for r in attention} - {"exact"}
     assert policies == {"window", "sink", "h2o", "cluster", "infllm"}
-    assert all(r["numbers"] < exact["numbers"] for r in attention if r["cache"] != "exact")
+    assert {r["multiplier"] for r in rows} == {1, 4}
+    # 2 layers x 2 kv heads x budget 8 x (key 8 + value 8 + position, count, score)
+    windows = [r for r in attention if r["cache"] == "window 8"]
+    assert [r["numbers"] for r in windows] == [2 * 2 * 8 * 19] * 2
+    infllm = [r for r in attention if r["cache"].startswith("infllm")]
+    assert 0 < infllm[0]["memory"] < infllm[1]["memory"] < infllm[1]["numbers"]  # grows O(T)
+    assert all(r["memory"] == 0 for r in attention if not r["cache"].startswith("infllm"))
+    longest = [r for r in attention if r["multiplier"] == 4]
+    exact = next(r for r in longest if r["cache"] == "exact")
+    assert all(r["ceiling"] == exact["accuracy"] for r in longest)
+    # InfLLM keeps every token (in blocks, with positions and representatives): no saving
+    bounded = [r for r in longest if r["cache"] != "exact" and r not in infllm]
+    assert all(r["numbers"] < exact["numbers"] for r in bounded)
+    assert infllm[1]["numbers"] > exact["numbers"]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert any(r["run"] == "gla" and r["cache"] == "state" for r in rows)

@@ -519,8 +519,10 @@ class TrainConfig:
         sequence_parallel_attention: how softmax attention layers run under it: ring (K/V
             blocks around the ring), ring_bidirectional (TokenRing: queries one way, partial
             outputs back) or ulysses (head-parallel all-to-all; N must divide the heads)
-        sequence_split: how the rank boundaries are placed: positions (near-equal columns)
-            or tokens (each rank an equal share of the batch's non-pad tokens)
+        sequence_split: how the rank boundaries are placed: positions (near-equal columns,
+            balanced compute) or tokens (each rank an equal share of the batch's scored
+            targets, i.e. of the loss; not of the compute, which follows the columns: pad
+            columns are computed too and ring attention pads blocks to the longest shard)
     """
 
     steps: int = 200

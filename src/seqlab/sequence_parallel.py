@@ -11,9 +11,8 @@ the shard's A_t and U_r the state the shard writes from zero. Every rank
    K zero columns and from the start state [I_K | 0]: the value columns evolve independently
    under the same A_t, so the final state is [T_r | U_r] and the output's first K columns are
    the read of the identity, R_t = (read of A_t ⋯ A_1 e_j)_j `[T, K]`;
-2. all-gathers (T_r, U_r) (`torch.distributed.nn.functional.all_gather`, whose backward
-   exchanges the state gradients) and combines the prefix S_in(r) = T_{r−1} S_in(r−1) +
-   U_{r−1}, S_in(0) = 0;
+2. all-gathers (T_r, U_r) (`_AllGather`, whose backward exchanges the state gradients)
+   and combines the prefix S_in(r) = T_{r−1} S_in(r−1) + U_{r−1}, S_in(0) = 0;
 3. corrects its output: o_t = o_t^local + R_t S_in (the read is linear in the state).
 
 Short convolutions take the k − 1 conv inputs before the shard from the previous rank (the
@@ -29,8 +28,8 @@ response from S_in (o_t += read_t(Π_{s≤t} a_s ⊙ S_in)), a second pass of th
 
 Softmax attention layers run `seqlab.ops.ring_attention` (`shard.attention`: ring,
 ring_bidirectional or ulysses) on the same shards, so hybrids mix both per layer. The shard
-columns are near-equal (`shard.split` positions) or balance the non-pad tokens (tokens,
-`split_bounds`).
+columns are near-equal (`shard.split` positions) or balance the loss-bearing tokens
+(tokens, `split_bounds`; not the compute).
 """
 
 from __future__ import annotations
@@ -99,16 +98,25 @@ def shard_bounds(length: int, size: int) -> list[tuple[int, int]]:
 
 def split_bounds(length: int, size: int, split: str, mask: Tensor | None) -> list[tuple[int, int]]:
     """The [start, end) columns of each rank for a batch of `length` input columns. positions:
-    `shard_bounds`. tokens (with a `mask` `[B, ≥ length]`, True on non-pad tokens): one
-    boundary set for the whole batch (ranks hold contiguous columns of every row), the end of
-    rank r's columns the column c whose non-pad prefix count Σ_{j<c} n_j (n_j the non-pad
-    tokens of column j over the rows) is nearest to (r + 1)/N of the total, each rank at least
-    one column; so every rank holds about 1/N of the non-pad tokens (within one column)."""
+    `shard_bounds`. tokens (with `mask` `[B, length]`, True where input column c's target,
+    token c + 1, is scored, i.e. the batch mask[:, 1:]): one boundary set for the whole batch
+    (ranks hold contiguous columns of every row), the end of rank r's columns the column c
+    whose scored prefix count Σ_{j<c} n_j (n_j the scored targets of column j over the rows)
+    is nearest to (r + 1)/N of the total, each rank at least one column; so every rank holds
+    about 1/N of the loss-bearing tokens (within one column).
+
+    tokens balances the loss-bearing tokens, NOT the compute: every kernel computes the pad
+    columns of a shard too, and ring attention pads every block to the longest shard, so a
+    rank's work follows its column count (and, for causal attention, how late its columns
+    are); on right-padded batches tokens gives the early ranks fewer, the late ranks more
+    columns. Use positions for balanced compute."""
     if split == "positions" or mask is None:
         return shard_bounds(length, size)
     if length < size:
         raise ConfigError(f"train.sequence_split tokens needs >= {size} columns, got {length}")
-    prefix = mask[:, :length].sum(0).cumsum(0).to(torch.float64)
+    if mask.shape[1] != length:
+        raise ShapeError(f"split_bounds: mask of {mask.shape[1]} columns for {length} inputs")
+    prefix = mask.sum(0).cumsum(0).to(torch.float64)
     targets = prefix[-1] * torch.arange(1, size, dtype=torch.float64) / size
     nearest = ((prefix[None] - targets[:, None]).abs().argmin(dim=1) + 1).tolist()
     ends, last = [], 0
@@ -130,10 +138,32 @@ def shard_columns(shard: SequenceShard, length: int) -> tuple[tuple[int, int], .
     return tuple(zip([0, *ends[:-1]], ends, strict=True))
 
 
-def _gather(shard: SequenceShard, tensor: Tensor) -> tuple[Tensor, ...]:
-    from torch.distributed.nn.functional import all_gather
+class _AllGather(torch.autograd.Function):
+    """Every rank's tensor; the backward sums each rank's gradient over the group (reduce-
+    scatter on NCCL, else an all-reduce: torch's own gloo backward scatters from group ranks
+    taken as global ones, which fails in every group but the first, i.e. with replicas > 1)."""
 
-    return all_gather(tensor.contiguous(), group=shard.group)
+    @staticmethod
+    def forward(ctx: Any, group: Any, tensor: Tensor) -> tuple[Tensor, ...]:
+        ctx.group, ctx.rank = group, dist.get_rank(group)
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, tensor, group=group)
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[None, Tensor]:
+        grads = tuple(g.contiguous() for g in grads)
+        if dist.get_backend(ctx.group) == dist.Backend.NCCL:
+            mine = torch.empty_like(grads[ctx.rank])
+            dist.reduce_scatter(mine, list(grads), group=ctx.group)
+            return None, mine
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked, group=ctx.group)
+        return None, stacked[ctx.rank]
+
+
+def _gather(shard: SequenceShard, tensor: Tensor) -> tuple[Tensor, ...]:
+    return _AllGather.apply(shard.group, tensor.contiguous())
 
 
 def _tied(value: Tensor, gathered: tuple[Tensor, ...]) -> Tensor:
@@ -148,17 +178,6 @@ def previous_tail(shard: SequenceShard, tail: Tensor) -> Tensor:
     if shard.rank == 0:
         return _tied(torch.zeros_like(tail), gathered)
     return gathered[shard.rank - 1]
-
-
-def incoming_state(shard: SequenceShard, transition: Tensor, local: Tensor) -> Tensor:
-    """The state entering this rank's shard `[B, H, K, V]`, from every rank's transition T_r
-    `[B, H, K, K]` and local final state U_r `[B, H, K, V]`:
-    S_in(r) = T_{r−1} S_in(r−1) + U_{r−1}, S_in(0) = 0."""
-    transitions, locals_ = _gather(shard, transition), _gather(shard, local)
-    state = _tied(torch.zeros_like(local), transitions + locals_)
-    for r in range(shard.rank):
-        state = transitions[r] @ state + locals_[r]
-    return state
 
 
 def preceding_sum(shard: SequenceShard, total: Tensor) -> Tensor:
@@ -204,9 +223,10 @@ def entering_state(
     local: Tensor,
     advance: Callable[[Tensor, Tensor], Tensor] = torch.mul,
 ) -> Tensor:
-    """The state entering this rank's shard of a scan, from every rank's transition T_r and
-    local final state U_r: S_in(r) = advance(T_{r−1}, S_in(r−1)) + U_{r−1}, S_in(0) = 0
-    (`advance` elementwise for a diagonal T_r of U_r's shape; real or complex)."""
+    """The state entering this rank's shard, from every rank's transition T_r and local final
+    state U_r: S_in(r) = advance(T_{r−1}, S_in(r−1)) + U_{r−1}, S_in(0) = 0. `advance`:
+    elementwise for a scan's diagonal T_r of U_r's shape (real or complex), `torch.matmul`
+    for a matrix-state recurrence (T_r `[B, H, K, K]`, U_r `[B, H, K, V]`)."""
     transitions, locals_ = _gather_any(shard, transition), _gather_any(shard, local)
     state = _tied(torch.zeros_like(local), transitions + locals_)
     for r in range(shard.rank):
@@ -263,8 +283,16 @@ def shard_scan(
     shard = current_shard()
     assert shard is not None
     local, read, transition, written = widened_scan(kernel, q, k, v, gates, state_v, **options)
-    entering = incoming_state(shard, transition, written)
+    entering = entering_state(shard, transition, written, torch.matmul)
     return local + torch.einsum("bthj,bhjv->bthv", read, entering.to(read.dtype))
+
+
+UNSUPPORTED = "its state is not a linear recurrence nor softmax attention"
+
+
+def refusal(cls: type) -> str:
+    """Why a mixer class lacks sequence parallelism (its `sequence_parallel_refusal`)."""
+    return getattr(cls, "sequence_parallel_refusal", "") or UNSUPPORTED
 
 
 def check_supported(layer_names: list[str]) -> None:
@@ -276,18 +304,31 @@ def check_supported(layer_names: list[str]) -> None:
 
     for name in layer_names:
         if not supports(name):
-            hint = MIXERS.get(name).target.sequence_parallel_refusal
             supported = [n for n in MIXERS.names() if supports(n)]
             raise ConfigError(
-                f"train.sequence_parallel does not support mixer {name!r} ({hint}); "
-                f"supported: {supported}"
+                f"train.sequence_parallel does not support mixer {name!r} "
+                f"({refusal(MIXERS.get(name).target)}); supported: {supported}"
             )
 
 
 def check_model(model: torch.nn.Module, shard: SequenceShard) -> None:
-    """A one-line ConfigError from the first layer that refuses `shard` (attention under
-    ulysses with heads not divisible by N, a window or a sparsity pattern)."""
+    """A one-line ConfigError from the first module that refuses `shard`: a mixer whose class
+    declares `sequence_parallel = False` inside a supported layer (a `memory_cache` wrapper),
+    a module recording an auxiliary loss (`records_auxiliary_loss`: a statistic of the whole
+    sequence), attention under ulysses with heads not divisible by N, a window or a sparsity
+    pattern (`check_sequence_parallel`)."""
+    from seqlab.mixers.base import Mixer
+
     for module in model.modules():
+        if isinstance(module, Mixer) and not module.sequence_parallel:
+            raise ConfigError(
+                f"train.sequence_parallel does not support {module.name} ({refusal(type(module))})"
+            )
+        if getattr(module, "records_auxiliary_loss", False):
+            raise ConfigError(
+                f"train.sequence_parallel does not support {type(module).__name__}'s "
+                f"auxiliary loss (a statistic of the whole sequence); set its weight to 0"
+            )
         check = getattr(module, "check_sequence_parallel", None)
         if check is not None:
             check(shard)

@@ -11,7 +11,13 @@ import torch
 import seqlab
 from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.ops.kv_cache import POLICIES, build_policy, cache_numbers, init_bounded_state
+from seqlab.ops.kv_cache import (
+    POLICIES,
+    build_policy,
+    cache_numbers,
+    init_bounded_state,
+    memory_numbers,
+)
 from seqlab.ops.kv_cache.base import KVPolicy
 
 T = 23
@@ -257,8 +263,24 @@ def test_generate_with_ragged_prompts_and_an_unlimited_budget_is_greedy_decoding
 def test_policies_are_registered_and_the_memory_is_counted():
     assert set(POLICIES) == {"window", "sink", "h2o", "cluster", "infllm"}
     model = model64()
-    # 2 layers x 2 kv heads x (key 4 + value 4 + count 1) numbers per entry
-    assert cache_numbers(model, {"policy": "window", "budget": 8}, 100) == 2 * 2 * 9 * 8
+    # 2 layers x 2 kv heads x (key 4 + value 4 + position, count, score) numbers per entry
+    assert cache_numbers(model, {"policy": "window", "budget": 8}, 100) == 2 * 2 * 11 * 8
     assert cache_numbers(model, None, 100) == model.state_size(100)
     with pytest.raises(ConfigError, match="not a window or sparsity"):
         init_bounded_state(model64(window=4), 1, {"policy": "window", "budget": 8})
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_cache_numbers_count_every_number_the_state_keeps(name):
+    """Every tensor of every bounded layer's state after T tokens (InfLLM's block memory
+    apart), per row, is what `cache_numbers` and `memory_numbers` report."""
+    model, kv_cache = model64(), spec(name, SMALL[name])
+    tokens = torch.randint(0, 13, (3, T), generator=torch.Generator().manual_seed(0))
+    _, state = model(tokens, init_bounded_state(model, 3, kv_cache))
+    fields = ("k", "v", "positions", "count", "score")
+    kept = sum(getattr(cache, f).numel() for cache in state for f in fields) // 3
+    memory = [cache.memory for cache in state if cache.memory is not None]
+    stored = sum(t.numel() for m in memory for t in vars(m).values()) // 3
+    assert stored == memory_numbers(model, kv_cache, T)
+    assert kept + stored == cache_numbers(model, kv_cache, T)
+    assert (stored > 0) == (name == "infllm")

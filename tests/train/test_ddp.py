@@ -15,7 +15,7 @@ from seqlab.layout import Layout, LayoutKind
 from seqlab.model import build_model
 from seqlab.registry import MIXERS
 from tests.helpers import ROOT, run_cli, tiny_config, write_config, write_corpus
-from tests.train.test_sequence_parallel import read_losses
+from tests.train.sp_helpers import read_losses
 
 
 def test_two_process_ddp_keeps_ranks_identical_and_matches_one_process(tmp_path):

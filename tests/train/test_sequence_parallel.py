@@ -1,28 +1,24 @@
 """train.sequence_parallel: each sequence split across 2 or 4 CPU processes (gloo) gives the
-single-process outputs, gradients, loss curve and checkpoints."""
+single-process outputs, gradients, evaluation NLL, loss curve and checkpoints; what it does
+not support is refused before step 1."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch import nn
 
-from seqlab.config import ModelConfig
 from seqlab.errors import ConfigError
-from seqlab.model import build_model
 from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
-from seqlab.sequence_parallel import SequenceShard, check_supported, shard_bounds, sharded
-from tests.helpers import ROOT, run_cli, tiny_config, write_config, write_corpus
+from seqlab.sequence_parallel import SequenceShard, check_model, check_supported
+from seqlab.train.loop import check_sequence_parallel_run
+from tests.helpers import run_cli, tiny_config, write_config, write_corpus
+from tests.train.sp_helpers import exactness, read_losses, spawn, tiny_model, torchrun
 
 LAYERS = {
     "linear": ["linear_attention", "gla", "gateloop"],
@@ -41,74 +37,13 @@ OPTIONS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(fn, size: int, *args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    mp.spawn(fn, args=(size, *args), nprocs=size, join=True)
-
-
-def tiny_model(layers: list[str]):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        layers=layers,
-        d_model=16,
-        n_heads=2,
-        vocab_size=11,
-        mixer_options={name: OPTIONS[name] for name in layers},
-    )
-    return build_model(config).double()
-
-
-def _exactness(rank: int, size: int, layers: list[str]) -> None:
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
-        model = tiny_model(layers)
-        objective = Autoregressive()
-        generator = torch.Generator().manual_seed(1)
-        tokens = torch.randint(0, 11, (2, 19), generator=generator)  # 18 inputs, uneven shards
-        mask = torch.rand(2, 19, generator=generator) < 0.8
-        batch = Batch(tokens=tokens, mask=mask)
-
-        reference, _ = objective.loss(model, batch)
-        full_grads = torch.autograd.grad(
-            reference, list(model.parameters()), materialize_grads=True
-        )
-        full_logits, _ = model(tokens[:, :-1])
-
-        shard = SequenceShard(dist.group.WORLD, rank, size)
-        loss, _ = objective.sharded_loss(model, batch, shard)
-        grads = torch.autograd.grad(loss, list(model.parameters()), materialize_grads=True)
-        start, end = shard_bounds(18, size)[rank]
-        with sharded(SequenceShard(dist.group.WORLD, rank, size, start)), torch.no_grad():
-            logits, _ = model(tokens[:, start:end])
-        torch.testing.assert_close(logits, full_logits[:, start:end], rtol=1e-9, atol=1e-10)
-
-        total = loss.detach().clone()
-        dist.all_reduce(total)
-        torch.testing.assert_close(total / size, reference.detach(), rtol=1e-10, atol=1e-12)
-        names = [name for name, _ in model.named_parameters()]
-        for name, grad, full in zip(names, grads, full_grads, strict=True):
-            summed = grad.clone()
-            dist.all_reduce(summed)
-            torch.testing.assert_close(summed / size, full, rtol=1e-8, atol=1e-10, msg=name)
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize(("family", "size"), [("linear", 2), ("delta", 4), ("scan", 2)])
 def test_outputs_and_every_gradient_equal_one_process(family, size):
-    spawn(_exactness, size, LAYERS[family])
+    spawn(exactness, size, LAYERS[family], OPTIONS)
 
 
 def test_four_ranks_linear_and_scan():
-    spawn(_exactness, 4, ["gla", "mamba2", "retnet", "gateloop"])
+    spawn(exactness, 4, ["gla", "mamba2", "retnet", "gateloop"], OPTIONS)
 
 
 def test_unsupported_mixers_are_refused_in_one_line():
@@ -124,19 +59,57 @@ def test_unsupported_mixers_are_refused_in_one_line():
             check_supported(["gla", name])
         assert "\n" not in str(refusal.value)
     check_supported(["rwkv7", "gateloop"])
+    with pytest.raises(ConfigError, match="mixer 'mom' .its memories run over each") as error:
+        check_supported(["mom"])
+    assert "\n" not in str(error.value)
 
 
-def read_losses(run) -> list[float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines]
+def test_a_memory_cache_wrapper_and_auxiliary_losses_are_refused_before_step_1():
+    shard = SequenceShard(None, 0, 2)
+    cached = tiny_model(["gla"], {"gla": {"memory_cache": {"segment": 4}}})
+    check_supported(["gla"])  # the layer's registered class supports it; the wrapper does not
+    with pytest.raises(ConfigError, match="support gla.memory_cache .its cached segment"):
+        check_model(cached, shard)
+    moe = tiny_model(["gla"], mlp={"kind": "moe", "experts": 2, "top_k": 1})
+    task = SimpleNamespace(value_head=None, name="text", seq_len=18)
+    with pytest.raises(ConfigError, match="MoE's auxiliary loss .a statistic of the whole"):
+        check_sequence_parallel_run(moe, task, Autoregressive(), shard)
+    valued = SimpleNamespace(value_head="gaussian", name="events", seq_len=18)
+    with pytest.raises(ConfigError, match="task 'events': it has a value beside every token"):
+        check_sequence_parallel_run(tiny_model(["gla"]), valued, Autoregressive(), shard)
+
+
+class Columns(nn.Module):
+    """A stand-in model recording the input positions it is given."""
+
+    def forward(self, tokens, layout, positions):
+        self.positions = positions
+        return torch.zeros(*tokens.shape, 11, dtype=torch.float64), None
+
+
+def test_token_split_balances_the_scored_targets():
+    """Input column c is scored by its target c + 1 (mask[:, 1:]): 3 scored targets, in
+    columns 3, 4, 5, put rank 0's end after column 3 (mask[:, :6] would put it after 4)."""
+    mask = torch.tensor([[False] * 4 + [True] * 3])
+    model = Columns()
+    batch = Batch(tokens=torch.zeros(1, 7, dtype=torch.long), mask=mask)
+    Autoregressive().shard_nll(model, batch, SequenceShard(None, 0, 2, split="tokens"))
+    assert model.positions.tolist() == [0, 1, 2, 3]
+
+
+def test_value_batches_are_refused():
+    batch = Batch(tokens=torch.zeros(1, 5, dtype=torch.long), values=torch.zeros(1, 5))
+    with pytest.raises(ConfigError, match="does not support batches with values"):
+        Autoregressive().shard_nll(Columns(), batch, SequenceShard(None, 0, 2))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 6-step run in one process and the same run with sequence_parallel 2 (torchrun)."""
+    """A 6-step run in one process, the same run with sequence_parallel 2 (torchrun) and with
+    2 data-parallel replicas x sequence_parallel 2 (4 processes), one global batch."""
     root = tmp_path_factory.mktemp("sp")
     corpus = write_corpus(root / "corpus")
-    train = {"steps": 6, "checkpoint_every": 3, "eval_every": 6, "log_every": 1}
+    train = {"steps": 6, "checkpoint_every": 3, "eval_every": 3, "log_every": 1}
     model = {
         "layers": ["gla", "gated_deltanet"],
         "mixer_options": {"gla": {"chunk_size": 8}, "gated_deltanet": {"chunk_size": 8}},
@@ -145,32 +118,30 @@ def runs(tmp_path_factory):
         root / "single.yaml", tiny_config(corpus, root / "cache", model=model, train=train)
     )
     run_cli("train", "--config", str(single), "--out", str(root / "single"), check=True)
-    parallel = write_config(
-        root / "sp.yaml",
-        tiny_config(corpus, root / "cache", model=model, train={**train, "sequence_parallel": 2}),
+    parallel = tiny_config(
+        corpus, root / "cache", model=model, train={**train, "sequence_parallel": 2}
     )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command = [*torchrun, "--nproc_per_node", "2", "-m", "seqlab", "train"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*command, "--config", str(parallel), "--out", str(root / "sp")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    config = write_config(root / "sp.yaml", parallel)
+    torchrun(2, "--config", str(config), "--out", str(root / "sp"))
+    torchrun(4, "--config", str(config), "--out", str(root / "replicas"))
     return root
 
 
-def test_training_loss_curve_equals_one_process(runs):
-    summary = json.loads((runs / "sp" / "summary.json").read_text())
-    assert summary["world_size"] == 2
-    first, second = summary["param_fingerprints"]
-    assert first == second
+def validation(run) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [row["val_nll"] for row in rows if "val_nll" in row]
+
+
+@pytest.mark.parametrize("run", ["sp", "replicas"])
+def test_training_loss_curve_and_validation_equal_one_process(runs, run):
+    summary = json.loads((runs / run / "summary.json").read_text())
+    assert summary["world_size"] == {"sp": 2, "replicas": 4}[run]
+    assert len(set(summary["param_fingerprints"])) == 1
     expected = read_losses(runs / "single")
     assert len(expected) == 6
-    assert read_losses(runs / "sp") == pytest.approx(expected, rel=1e-4)
+    assert read_losses(runs / run) == pytest.approx(expected, rel=1e-4)
+    assert len(validation(runs / "single")) == 2
+    assert validation(runs / run) == pytest.approx(validation(runs / "single"), rel=1e-4)
 
 
 def test_checkpoint_written_under_sequence_parallel_resumes(runs, tmp_path):

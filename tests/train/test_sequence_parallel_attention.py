@@ -5,19 +5,13 @@ outputs, every gradient and the loss curve; token-balanced splits balance the to
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from seqlab.config import ModelConfig, TrainConfig
+from seqlab.config import TrainConfig
 from seqlab.errors import ConfigError
-from seqlab.model import build_model
-from seqlab.objectives.ar import Autoregressive
 from seqlab.objectives.base import Batch
 from seqlab.ops.attention import attention_reference, causal_mask
 from seqlab.ops.ring_attention import sharded_attention
@@ -26,23 +20,23 @@ from seqlab.sequence_parallel import (
     check_model,
     check_supported,
     shard_bounds,
-    sharded,
     split_bounds,
 )
-from tests.helpers import ROOT, run_cli, tiny_config, write_config, write_corpus
-from tests.train.test_sequence_parallel import read_losses, spawn
-
-
-def _setup(rank: int, size: int) -> None:
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+from tests.helpers import run_cli, tiny_config, write_config, write_corpus
+from tests.train.sp_helpers import (
+    assert_exact,
+    read_losses,
+    setup,
+    spawn,
+    tiny_model,
+    torchrun,
+)
 
 
 def _kernels(rank: int, size: int, mode: str, bounds: list[tuple[int, int]]) -> None:
     """Each scheme's shard output and q/k/v gradients equal the plain attention's rows, GQA
     (4 query heads, 2 key/value heads), on uneven shards (one of a single token)."""
-    _setup(rank, size)
+    setup(rank, size)
     try:
         generator = torch.Generator().manual_seed(3)
         t = bounds[-1][1]
@@ -76,19 +70,9 @@ def test_every_scheme_equals_plain_attention_forward_and_backward(mode, bounds):
     spawn(_kernels, len(bounds), mode, bounds)
 
 
-def tiny_model(layers: list[str], n_kv_heads: int | None = None, window: int | None = None):
-    torch.manual_seed(0)
-    options = {"gla": {"chunk_size": 4}, "attention": {}}
-    config = ModelConfig(
-        layers=layers,
-        d_model=16,
-        n_heads=4,
-        n_kv_heads=n_kv_heads,
-        window=window,
-        vocab_size=11,
-        mixer_options={name: options[name] for name in layers},
-    )
-    return build_model(config).double()
+def attention_model(layers: list[str], n_kv_heads: int | None = None, window: int | None = None):
+    options = {"gla": {"chunk_size": 4}}
+    return tiny_model(layers, options, n_heads=4, n_kv_heads=n_kv_heads, window=window)
 
 
 def padded_batch() -> Batch:
@@ -100,32 +84,12 @@ def padded_batch() -> Batch:
 
 
 def _model(rank: int, size: int, layers: list[str], kv: int | None, mode: str, split: str):
-    _setup(rank, size)
+    setup(rank, size)
     try:
-        model, objective, batch = tiny_model(layers, kv), Autoregressive(), padded_batch()
-        reference, _ = objective.loss(model, batch)
-        full_grads = torch.autograd.grad(reference, list(model.parameters()))
-        full_logits, _ = model(batch.tokens[:, :-1])
-
+        model = attention_model(layers, kv)
         shard = SequenceShard(dist.group.WORLD, rank, size, attention=mode, split=split)
         check_model(model, shard)
-        loss, _ = objective.sharded_loss(model, batch, shard)
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-        bounds = tuple(split_bounds(18, size, split, batch.mask))
-        start, end = bounds[rank]
-        shard = dataclasses.replace(shard, start=start, bounds=bounds)
-        with sharded(shard), torch.no_grad():
-            logits, _ = model(batch.tokens[:, start:end], positions=torch.arange(start, end))
-        torch.testing.assert_close(logits, full_logits[:, start:end], rtol=1e-9, atol=1e-10)
-
-        total = loss.detach().clone()
-        dist.all_reduce(total)
-        torch.testing.assert_close(total / size, reference.detach(), rtol=1e-10, atol=1e-12)
-        names = [name for name, _ in model.named_parameters()]
-        for name, grad, full in zip(names, grads, full_grads, strict=True):
-            summed = grad.clone()
-            dist.all_reduce(summed)
-            torch.testing.assert_close(summed / size, full, rtol=1e-8, atol=1e-10, msg=name)
+        assert_exact(model, padded_batch(), shard)
     finally:
         dist.destroy_process_group()
 
@@ -145,8 +109,8 @@ def test_model_outputs_and_every_gradient_equal_one_process(layers, kv, mode, sp
     spawn(_model, size, layers, kv, mode, split)
 
 
-def test_token_split_balances_non_pad_tokens():
-    mask = torch.zeros(3, 25, dtype=torch.bool)  # 24 inputs; rows of 24, 8 and 4 tokens
+def test_token_split_balances_scored_targets():
+    mask = torch.zeros(3, 24, dtype=torch.bool)  # 24 inputs; rows of 24, 8 and 4 targets
     for row, length in enumerate([24, 8, 4]):
         mask[row, :length] = True
 
@@ -161,7 +125,7 @@ def test_token_split_balances_non_pad_tokens():
     assert counts(split_bounds(24, 4, "positions", mask)) == [16, 8, 6, 6]
     assert split_bounds(24, 4, "tokens", None) == shard_bounds(24, 4)
     # every rank keeps at least one column, even where the tokens sit in the first columns
-    one = torch.zeros(1, 9, dtype=torch.bool)
+    one = torch.zeros(1, 8, dtype=torch.bool)
     one[0, 0] = True
     assert split_bounds(8, 4, "tokens", one) == [(0, 1), (1, 2), (2, 3), (3, 8)]
 
@@ -169,9 +133,9 @@ def test_token_split_balances_non_pad_tokens():
 def test_refusals_are_one_line():
     shard = SequenceShard(None, 0, 4, attention="ulysses")
     with pytest.raises(ConfigError, match="heads .4 query, 2 key/value. divisible by"):
-        check_model(tiny_model(["attention"], 2), shard)
-    check_model(tiny_model(["attention"], 2), dataclasses.replace(shard, size=2))
-    windowed = tiny_model(["attention"], window=4)
+        check_model(attention_model(["attention"], 2), shard)
+    check_model(attention_model(["attention"], 2), dataclasses.replace(shard, size=2))
+    windowed = attention_model(["attention"], window=4)
     with pytest.raises(ConfigError, match="attention without window or sparsity"):
         check_model(windowed, dataclasses.replace(shard, attention="ring"))
     with pytest.raises(ConfigError, match="sequence_parallel_attention must be one of"):
@@ -196,23 +160,8 @@ def test_hybrid_training_loss_curve_equals_one_process(tmp_path):
     )
     options = {"sequence_parallel": 2, "sequence_parallel_attention": "ring_bidirectional"}
     parallel = tiny_config(corpus, tmp_path / "cache", model=model, train={**train, **options})
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command = [*torchrun, "--nproc_per_node", "2", "-m", "seqlab", "train"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            *command,
-            "--config",
-            str(write_config(tmp_path / "2.yaml", parallel)),
-            "--out",
-            str(tmp_path / "sp"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    config = write_config(tmp_path / "2.yaml", parallel)
+    torchrun(2, "--config", str(config), "--out", str(tmp_path / "sp"))
     expected = read_losses(tmp_path / "single")
     assert len(expected) == 4
     assert read_losses(tmp_path / "sp") == pytest.approx(expected, rel=1e-4)

@@ -5,18 +5,15 @@ longhorn, s4d, s4, gss, lru, mingru and s7 give the single-process outputs and g
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-import tests.train.test_sequence_parallel as sp
 from seqlab.mixers.s4 import NPLRSSM
 from seqlab.registry import MIXERS
 from seqlab.sequence_parallel import check_supported
-from tests.helpers import ROOT, run_cli, tiny_config, write_config, write_corpus
+from tests.helpers import run_cli, tiny_config, write_config, write_corpus
+from tests.train.sp_helpers import exactness, read_losses, spawn, torchrun
 
 SCANS = ["mamba", "longhorn", "s4d", "s4", "gss", "lru", "mingru", "s7"]
 OPTIONS = {
@@ -32,19 +29,19 @@ OPTIONS = {
 
 
 def _exactness(rank: int, size: int, variant: bool) -> None:
-    """The shared check of `test_sequence_parallel` (18 positions, a mask, uneven shards) on
-    a model of every scan. `variant`: Mamba's negative eigenvalues (T_r from the zero-input
+    """The shared check (`sp_helpers.exactness`: 18 positions, a mask, uneven shards) on a
+    model of every scan. `variant`: Mamba's negative eigenvalues (T_r from the zero-input
     response instead of the closed form) and S4's chunked rather than step-by-step form."""
-    sp.OPTIONS.update(OPTIONS)
+    options = dict(OPTIONS)
     if variant:
-        sp.OPTIONS["mamba"] = {**OPTIONS["mamba"], "negative_eigenvalues": True}
+        options["mamba"] = {**OPTIONS["mamba"], "negative_eigenvalues": True}
         NPLRSSM.recurrent_steps = 0
-    sp._exactness(rank, size, SCANS)
+    exactness(rank, size, SCANS, options)
 
 
 @pytest.mark.parametrize(("size", "variant"), [(2, False), (4, True)])
 def test_outputs_and_every_gradient_equal_one_process(size, variant):
-    sp.spawn(_exactness, size, variant)
+    spawn(_exactness, size, variant)
 
 
 def test_every_scan_declares_sequence_parallel():
@@ -75,29 +72,14 @@ def runs(tmp_path_factory):
     )
     config["train"]["sequence_parallel"] = 2
     parallel = write_config(root / "sp.yaml", config)
-    assert torchrun("--config", str(parallel), "--out", str(root / "sp")).returncode == 0
+    torchrun(2, "--config", str(parallel), "--out", str(root / "sp"))
     return root
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """`seqlab train` on 2 processes."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*command, "2", "-m", "seqlab", "train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_training_loss_curve_equals_one_process(runs):
-    expected = sp.read_losses(runs / "one")
+    expected = read_losses(runs / "one")
     assert len(expected) == 6
-    assert sp.read_losses(runs / "sp") == pytest.approx(expected, rel=1e-4)
+    assert read_losses(runs / "sp") == pytest.approx(expected, rel=1e-4)
 
 
 def test_resume_under_sequence_parallel_continues_the_same_curve(runs, tmp_path):
@@ -112,7 +94,7 @@ def test_resume_under_sequence_parallel_continues_the_same_curve(runs, tmp_path)
     kept = [{**row, "kept": True} for row in rows if row["step"] <= 3]
     metrics.write_text("".join(json.dumps(row) + "\n" for row in kept))
     assert "sequence_parallel: 2" in (run / "config.yaml").read_text()
-    torchrun("--out", str(run), "--resume")
-    assert sp.read_losses(run) == pytest.approx(sp.read_losses(runs / "sp"), rel=1e-6)
+    torchrun(2, "--out", str(run), "--resume")
+    assert read_losses(run) == pytest.approx(read_losses(runs / "sp"), rel=1e-6)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [row.get("kept", False) for row in rows] == [True] * len(kept) + [False] * 3

@@ -49,6 +49,10 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(d_model, hidden) for _ in range(experts))
         self.shared = SwiGLU(d_model, shared * hidden) if shared else None
 
+    @property
+    def records_auxiliary_loss(self) -> bool:
+        return self.balance_weight > 0
+
     def forward(self, x: Tensor) -> Tensor:
         tokens = x.reshape(-1, x.shape[-1])  # (N, d)
         probs, experts, gates = route(self.router(tokens), self.top_k)

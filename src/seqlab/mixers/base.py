@@ -93,10 +93,8 @@ class Mixer(nn.Module, ABC):
     linear_in_values: ClassVar[bool] = False
     # Runs its shard of a sequence split across ranks (`seqlab.sequence_parallel`).
     sequence_parallel: ClassVar[bool] = False
-    # Without it, why not: the second half of the one-line refusal.
-    sequence_parallel_refusal: ClassVar[str] = (
-        "its state is not a linear recurrence nor softmax attention"
-    )
+    # Why not, where the generic reason (not a linear recurrence nor attention) is wrong.
+    sequence_parallel_refusal: ClassVar[str] = ""
     # Submodules (attribute names) whose parameters the causal layout never reads, e.g. the
     # anti-causal half of a bidirectional kernel: DDP must then look for unused parameters.
     unused_in_causal: ClassVar[tuple[str, ...]] = ()

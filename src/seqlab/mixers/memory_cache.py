@@ -126,6 +126,10 @@ class MemoryCache(Mixer):
 
     layouts = CAUSAL_ONLY
     state_kind = "kv_cache"
+    sequence_parallel = False  # its forward would recur from zero on every shard
+    sequence_parallel_refusal = (
+        "its cached segment memories are not exchanged between the ranks' shards"
+    )
 
     def __init__(
         self, inner: Mixer, *, segment: int = 64, mode: str = "residual", top_k: int | None = None

@@ -62,6 +62,15 @@ class MoM(GatedDeltaNet):
     """
 
     plain_read = False  # routed reads of M memories: memory caching does not apply
+    sequence_parallel = False
+    sequence_parallel_refusal = (
+        "its memories run over each memory's own routed tokens, with a routed conv history "
+        "and a balance loss over the whole sequence, which the shard exchange does not carry"
+    )
+
+    @property
+    def records_auxiliary_loss(self) -> bool:
+        return self.balance_weight > 0
 
     def __init__(
         self,

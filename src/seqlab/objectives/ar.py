@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,6 +19,15 @@ from seqlab.objectives.base import NLL, Batch, Objective, scored_mask
 from seqlab.registry import OBJECTIVES
 from seqlab.sampling.ar import fill
 from seqlab.sequence_parallel import SequenceShard, sharded, split_bounds
+
+
+def target_nll(logits: Tensor, targets: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-target cross-entropy `[B, n]` of logits `[B, n, V]` (float32 at least) against
+    targets `[B, n]`, and the float mask of the scored ones (`mask` bool `[B, n]`; None: all)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    nll = nll.view_as(targets)
+    return nll, torch.ones_like(nll) if mask is None else mask.to(nll.dtype)
 
 
 @OBJECTIVES.register("ar")
@@ -67,15 +77,9 @@ class Autoregressive(Objective):
             value_mask = (
                 torch.ones_like(value_nll) if scored is None else scored[:, 1:].to(value_nll)
             )
-        targets = batch.tokens[:, 1:]
-        logits = logits if logits.dtype == torch.float64 else logits.float()
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        mask = (
-            torch.ones_like(targets, dtype=nll.dtype)
-            if batch.mask is None
-            else (batch.mask[:, 1:].to(nll.dtype))
-        )
-        return nll.view_as(targets), mask, value_nll, value_mask
+        scored = None if batch.mask is None else batch.mask[:, 1:]
+        nll, mask = target_nll(logits, batch.tokens[:, 1:], scored)
+        return nll, mask, value_nll, value_mask
 
     def loss(self, model: Model, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         nll, mask, value_nll, value_mask = self.scored_nll(model, batch)
@@ -87,18 +91,16 @@ class Autoregressive(Objective):
         loss = loss + value_loss
         return loss, {"nll": loss.detach().item(), **metrics}
 
-    def sharded_loss(
-        self, model: Model, batch: Batch, shard: SequenceShard
-    ) -> tuple[Tensor, dict[str, float]]:
-        """The training loss of this rank's shard of the input positions (`seqlab.
-        sequence_parallel`), scaled by the group size so that the mean over the group's ranks
-        (what DDP averages) is the whole sequence's loss. Every rank holds the whole batch: the
-        target of its last position is the next rank's first input token; the shard columns
-        follow `shard.split` (`split_bounds`)."""
+    def shard_nll(self, model: Model, batch: Batch, shard: SequenceShard) -> tuple[Tensor, int]:
+        """This rank's summed token NLL over the scored targets of its shard of the input
+        positions (`seqlab.sequence_parallel`; the columns follow `shard.split`,
+        `split_bounds`), and the whole batch's count of scored targets. Every rank holds the
+        whole batch: the target of its last position is the next rank's first input token."""
         if batch.values is not None:
             raise ConfigError("train.sequence_parallel does not support batches with values")
         length = batch.tokens.shape[1] - 1
-        bounds = tuple(split_bounds(length, shard.size, shard.split, batch.mask))
+        scored = None if batch.mask is None else batch.mask[:, 1:]
+        bounds = tuple(split_bounds(length, shard.size, shard.split, scored))
         start, end = bounds[shard.rank]
         positions = torch.arange(start, end, device=batch.tokens.device)
         clear_auxiliary_losses(model)
@@ -110,16 +112,26 @@ class Autoregressive(Objective):
                 f"({sorted(auxiliary_losses(model))}): they are statistics of the whole sequence"
             )
         targets = batch.tokens[:, start + 1 : end + 1]
-        logits = logits if logits.dtype == torch.float64 else logits.float()
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        nll = nll.view_as(targets)
-        if batch.mask is None:
-            local, count = nll.sum(), targets.shape[0] * length
-        else:
-            local = (nll * batch.mask[:, start + 1 : end + 1].to(nll.dtype)).sum()
-            count = int(batch.mask[:, 1:].sum())
+        nll, mask = target_nll(logits, targets, None if scored is None else scored[:, start:end])
+        count = targets.shape[0] * length if scored is None else int(scored.sum())
+        return (nll * mask).sum(), count
+
+    def sharded_loss(
+        self, model: Model, batch: Batch, shard: SequenceShard
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The training loss of this rank's shard (`shard_nll`), scaled by the group size so
+        that the mean over the group's ranks (what DDP averages) is the whole sequence's."""
+        local, count = self.shard_nll(model, batch, shard)
         loss = local * shard.size / max(count, 1)
         return loss, {"nll": loss.detach().item()}
+
+    def sharded_nll(self, model: Model, batch: Batch, shard: SequenceShard) -> NLL:
+        """`nll` of the whole batch, each rank of `shard.group` computing its shard
+        (`shard_nll`; the nats summed over the group, a collective)."""
+        local, count = self.shard_nll(model, batch, shard)
+        nats = local.detach().double()
+        dist.all_reduce(nats, group=shard.group)
+        return NLL(float(nats), count, bound=False)
 
     def predict(self, model: Model, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.values is None:

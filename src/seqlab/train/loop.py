@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from seqlab.files import atomic_write_json, non_finite_tensors, read_json
 from seqlab.io import initialize_from, model_state, param_fingerprint, save
 from seqlab.model import Model, build_model
 from seqlab.objectives import Objective, build_objective
+from seqlab.objectives.base import NLL
 from seqlab.ops.backend import ops_backend
 from seqlab.sequence_parallel import (
     SequenceShard,
@@ -207,6 +209,65 @@ def sequence_shard(config: ExperimentConfig, info: DistInfo) -> SequenceShard | 
     return SequenceShard(group, rank, tc.sequence_parallel, attention=attention, split=split)
 
 
+# From this length on, the metrics that validation computes on rank 0 over whole sequences
+# (beside the sharded NLL) draw a warning.
+WHOLE_EVALUATION_WARNING = 8192
+
+
+def check_sequence_parallel_run(
+    model: Model, task: Task, objective: Objective, shard: SequenceShard
+) -> None:
+    """Before step 1, a one-line ConfigError for what the sharded loss does not support (a
+    task with values beside its tokens, a layer with an auxiliary loss, `check_model`), and a
+    one-line warning where validation computes more than the NLL, on rank 0 over whole
+    sequences (`sharded_validation`), at long sequences."""
+    if task.value_head is not None:
+        raise ConfigError(
+            f"train.sequence_parallel does not support task {task.name!r}: it has a value "
+            f"beside every token (a value head), which the sharded loss does not model"
+        )
+    check_model(model, shard)
+    if (
+        shard.rank == 0
+        and whole_metrics(task, objective)
+        and task.seq_len >= WHOLE_EVALUATION_WARNING
+    ):
+        warnings.warn(
+            f"train.sequence_parallel: validation computes task {task.name!r}'s metrics "
+            f"beyond nll on rank 0 over whole sequences of {task.seq_len} tokens",
+            stacklevel=2,
+        )
+
+
+def whole_metrics(task: Task, objective: Objective) -> bool:
+    """Whether validation has metrics beyond the NLL (answers, generation, infilling or a
+    task's own `evaluate`), which run on whole sequences."""
+    own = type(task).evaluate is not Task.evaluate
+    return own or task.scores_answers or task.infill_span is not None or task.generates(objective)
+
+
+@torch.no_grad()
+def sharded_validation(
+    task: Task, model: Model, objective: Objective, shard: SequenceShard, max_tokens: int | None
+) -> dict[str, Any]:
+    """Validation under sequence parallelism: the NLL metrics with every rank computing its
+    shard of each evaluation batch (`Objective.sharded_nll`, nats summed over the group), so
+    no rank holds a whole sequence; the metrics beyond it (`whole_metrics`: predict,
+    generate, infilling, a task's own metrics) run on rank 0 over whole sequences
+    (`Task.evaluate`, its NLL replaced by the sharded one); other ranks return the NLL only."""
+    was_training = model.training
+    model.eval()
+    total = NLL(0.0, 0, objective.bound)
+    for batch in task.eval_batches("validation", 16, max_tokens):
+        total = total + objective.sharded_nll(model, batch.to(model.device), shard)
+    metrics = task.nll_metrics(total, "validation")
+    if shard.rank == 0 and whole_metrics(task, objective):
+        whole = task.evaluate(model, objective, split="validation", max_tokens=max_tokens)
+        metrics = {**whole, **metrics}
+    model.train(was_training)
+    return metrics
+
+
 def finished_summary(out: Path, steps: int) -> dict[str, Any] | None:
     """The summary of a run in `out` that already ran `steps` steps, or None."""
     path = out / "summary.json"
@@ -301,7 +362,7 @@ def _train(
     if isinstance(model, Baseline):
         return _fit_baseline(parts, out, info)
     if shard is not None:
-        check_model(model, shard)
+        check_sequence_parallel_run(model, task, objective, shard)
     if existing is None and tc.init_from:
         initialize_from(model, tc.init_from)
     model.to(info.device)
@@ -405,8 +466,11 @@ def _train(
             # read after the backward, so the adjoint solves' reports are in (last micro-batch)
             record.update(recorded_metrics(net))
             if done % tc.eval_every == 0 or is_last:
+                if shard is not None:
+                    evaluation = sharded_validation(task, model, objective, shard, tc.eval_tokens)
+                    record.update({f"val_{k}": v for k, v in evaluation.items()})
                 with strategy.evaluating() as evaluates:
-                    if evaluates:
+                    if evaluates and shard is None:
                         evaluation = task.evaluate(
                             model, objective, split="validation", max_tokens=tc.eval_tokens
                         )

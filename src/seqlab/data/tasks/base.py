@@ -136,6 +136,14 @@ class Task(ABC):
         """UTF-8 bytes per token for bits-per-byte; None for tasks that are not text."""
         return None
 
+    def nll_metrics(self, total: NLL, split: str) -> dict[str, float]:
+        """nll (nats per scored token), tokens and bound of `total`; bits_per_byte for text."""
+        metrics = {"nll": total.per_token, "tokens": total.tokens, "bound": total.bound}
+        bytes_per_token = self.bytes_per_token(split)
+        if bytes_per_token is not None:
+            metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
+        return metrics
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -181,14 +189,7 @@ class Task(ABC):
                 infilled.add(*objective.generate(model, spanned), batch.tokens)
             row += batch.tokens.shape[0]
         model.train(was_training)
-        metrics: dict[str, float] = {
-            "nll": total.per_token,
-            "tokens": total.tokens,
-            "bound": total.bound,
-        }
-        bytes_per_token = self.bytes_per_token(split)
-        if bytes_per_token is not None:
-            metrics["bits_per_byte"] = total.bits_per_byte(bytes_per_token)
+        metrics = self.nll_metrics(total, split)
         if self.scores_answers:
             metrics["accuracy"] = answers.accuracy
             metrics["exact_match"] = answers.exact_match

@@ -16,6 +16,7 @@ from seqlab.ops.kv_cache.base import (
     build_policy,
     cache_numbers,
     init_bounded_state,
+    memory_numbers,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "h2o",
     "infllm",
     "init_bounded_state",
+    "memory_numbers",
     "window",
 ]

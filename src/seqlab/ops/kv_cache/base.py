@@ -222,6 +222,10 @@ class KVPolicy:
     def empty_memory(self, k: Tensor, v: Tensor) -> BlockMemory | None:
         return None
 
+    def memory_numbers(self, seq_len: int, k_dim: int, v_dim: int) -> int:
+        """Numbers of the block memory per key/value head after `seq_len` tokens (InfLLM)."""
+        return 0
+
     def readable(self, cache: BoundedKVCache, q: Tensor) -> Entries:
         """The entries a step with queries q `[B, T, H_q, D]` reads besides its own tokens;
         the cache's own entries come first."""
@@ -316,20 +320,40 @@ def init_bounded_state(model: Model, batch_size: int, spec: dict[str, Any] | Non
     return tuple(state)
 
 
+# Per kept entry: its key and value, and its position, count and score (`Entries`).
+ENTRY_EXTRAS = 3
+
+
 def cache_numbers(model: Model, spec: dict[str, Any] | None, seq_len: int) -> int:
     """Numbers kept per sequence to decode after `seq_len` tokens under the policy `spec`:
-    keys, values and counts of the bounded attention layers (InfLLM: its attended budget;
-    its block memory is offloaded), the other layers' `state_size`."""
+    every number of the bounded attention layers' state, whatever device holds it (each kept
+    entry's key, value, position, count and score, min(slots, seq_len) entries per key/value
+    head, plus InfLLM's block memory, `memory_numbers`), the other layers' `state_size`."""
     policy = build_policy(spec)
     if policy is None:
         return model.state_size(seq_len)
     bounded = set(bounded_layers(model))
-    total = 0
+    total = memory_numbers(model, spec, seq_len)
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
         if i in bounded:
-            entries = min(policy.budget, seq_len)
-            total += (2 * mixer.head_dim + 1) * mixer.n_kv_heads * entries
+            entries = min(policy.slots, seq_len)
+            total += (2 * mixer.head_dim + ENTRY_EXTRAS) * mixer.n_kv_heads * entries
         else:
             total += mixer.state_size(seq_len)
     return total
+
+
+def memory_numbers(model: Model, spec: dict[str, Any] | None, seq_len: int) -> int:
+    """The part of `cache_numbers` in InfLLM's block memory (O(seq_len); 0 for the other
+    policies): each stored block's keys, values and positions and its representative keys."""
+    policy = build_policy(spec)
+    if policy is None:
+        return 0
+    return sum(
+        model.blocks[i].mixer.n_kv_heads
+        * policy.memory_numbers(
+            seq_len, model.blocks[i].mixer.head_dim, model.blocks[i].mixer.head_dim
+        )
+        for i in bounded_layers(model)
+    )

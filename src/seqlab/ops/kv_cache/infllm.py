@@ -79,6 +79,13 @@ class InfLLM(KVPolicy):
             k.new_zeros(b, 0, h, r, d),
         )
 
+    def memory_numbers(self, seq_len: int, k_dim: int, v_dim: int) -> int:
+        """The tokens past the sinks that left the window, (T − sinks − window)⁺, move in whole
+        blocks; each keeps block_size keys, values and positions and its representatives."""
+        blocks = max(0, seq_len - self.sinks - self.window) // self.block_size
+        per_block = self.block_size * (k_dim + v_dim + 1) + self.representatives * k_dim
+        return blocks * per_block
+
     def retrieve(self, memory: BlockMemory, q: Tensor) -> Tensor:
         """The blocks each row and key/value head reads `[B, k, H]` (an empty block where
         fewer hold tokens), by relevance mean_r q̄·r, ties to the earlier block."""
