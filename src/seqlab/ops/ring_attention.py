@@ -30,6 +30,13 @@ T_r · chunk.
   sequence shards of all heads into the whole sequence of H/N heads, plain causal attention
   runs, a second all-to-all returns the sequence shards (needs N | H and N | H_kv).
 
+Under mixed precision (`torch.autocast`, bf16 or fp16 projections) ring and ring_bidirectional
+compute in float32: the inputs are upcast (float64 stays), the blocks, ℓ, the merges, the
+gradients and every message are float32 with autocast off inside, and the output is cast back
+to the inputs' dtype; an 8-bit mantissa would lose the merges, and half-precision o_b sent
+beside a float32 ℓ would not fit the receiver's buffer. Ulysses' SDPA follows autocast as
+single-process attention does.
+
 Shards may differ in length (uneven or token-balanced splits): blocks are padded to the
 longest shard and padded keys are masked. `attention_reference` in `seqlab.ops.attention` is
 the single-process reference the tests compare against.
@@ -37,6 +44,7 @@ the single-process reference the tests compare against.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +55,7 @@ from torch import Tensor
 
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.ops.attention import scaled_dot_product_attention
+from seqlab.ops.float32 import float32_kernel
 
 Bounds = Sequence[tuple[int, int]]
 MODES = ("ring", "ring_bidirectional", "ulysses")
@@ -101,6 +110,7 @@ def _chunk_scores(
     return s.masked_fill_(~_mask(q_pos, k_pos), -math.inf).view(-1, q.shape[1], k_t.shape[2])
 
 
+@float32_kernel
 def block_attention(
     q: Tensor,
     k: Tensor,
@@ -143,6 +153,7 @@ def block_attention_reference(
     return torch.einsum("bhqk,bkhd->bqhd", p, _repeat(v, heads)), lse
 
 
+@float32_kernel
 def merge(o: Tensor, lse: Tensor, o_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
     """The online-softmax merge of two partials (module docstring)."""
     new = torch.logaddexp(lse, lse_b)
@@ -151,6 +162,7 @@ def merge(o: Tensor, lse: Tensor, o_b: Tensor, lse_b: Tensor) -> tuple[Tensor, T
     return o * w.transpose(1, 2)[..., None] + o_b * w_b.transpose(1, 2)[..., None], new
 
 
+@float32_kernel
 def block_grads(
     q: Tensor,
     k: Tensor,
@@ -250,6 +262,7 @@ class RingAttention(torch.autograd.Function):
         return o[:, : q.shape[1]]
 
     @staticmethod
+    @float32_kernel
     def backward(ctx, do):  # type: ignore[override]
         qp, k, v, o, lse = ctx.saved_tensors
         bounds, rank, group, scale = ctx.setup
@@ -312,6 +325,7 @@ class TokenRingAttention(torch.autograd.Function):
         return o[:, : q.shape[1]]
 
     @staticmethod
+    @float32_kernel
     def backward(ctx, do):  # type: ignore[override]
         qp, kp, vp, o, lse = ctx.saved_tensors
         bounds, rank, group, scale = ctx.setup
@@ -352,6 +366,26 @@ class TokenRingAttention(torch.autograd.Function):
         return dq[:, :t], dk[:, :t], dv[:, :t], None, None, None, None
 
 
+def _in_float32(
+    function: type[torch.autograd.Function],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bounds: Bounds,
+    rank: int,
+    group: Any,
+    scale: float | None,
+) -> Tensor:
+    """`function` applied to q, k, v upcast to float32 (float64 stays) with autocast off (its
+    backward turns it off with `float32_kernel`); the output in the inputs' dtype."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = functools.reduce(torch.promote_types, (q.dtype, k.dtype, v.dtype))
+    compute = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        o = function.apply(*(x.to(compute) for x in (q, k, v)), tuple(bounds), rank, group, scale)
+    return o.to(dtype)
+
+
 def ring_attention(
     q: Tensor,
     k: Tensor,
@@ -362,8 +396,7 @@ def ring_attention(
     scale: float | None = None,
 ) -> Tensor:
     """This rank's causal attention output `[B, T_r, H, D]`, K/V passed around the ring."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return RingAttention.apply(q, k, v, tuple(bounds), rank, group, scale)
+    return _in_float32(RingAttention, q, k, v, bounds, rank, group, scale)
 
 
 def token_ring_attention(
@@ -377,8 +410,7 @@ def token_ring_attention(
 ) -> Tensor:
     """This rank's causal attention output `[B, T_r, H, D]`, queries passed around the ring
     and partial outputs sent back (TokenRing's bidirectional scheme)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return TokenRingAttention.apply(q, k, v, tuple(bounds), rank, group, scale)
+    return _in_float32(TokenRingAttention, q, k, v, bounds, rank, group, scale)
 
 
 def check_ulysses_heads(n_heads: int, n_kv_heads: int, size: int) -> None:
