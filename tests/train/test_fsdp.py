@@ -185,6 +185,7 @@ def test_sharded_checkpoint_refuses_non_finite_weights(tmp_path):
             "latest",
             "step-00000001",
         ]
+        dist.barrier()  # no rank tears down while another still exchanges
     finally:
         dist.destroy_process_group()
 

@@ -54,6 +54,7 @@ def _kernels(rank: int, size: int, mode: str, bounds: list[tuple[int, int]]) -> 
         grads = torch.autograd.grad((o * weights[:, start:end]).sum(), local)
         for grad, whole in zip(grads, full_grads, strict=True):
             torch.testing.assert_close(grad, whole[:, start:end], rtol=1e-9, atol=1e-11)
+        dist.barrier()  # no rank tears down while another still exchanges
     finally:
         dist.destroy_process_group()
 
@@ -95,6 +96,7 @@ def _autocast(rank: int, size: int, modes: list[str]) -> None:
                 want = want[:, start:end].detach()
                 error = (got.float() - want).abs().max()
                 assert error < 0.03 * want.abs().max(), (mode, error)
+        dist.barrier()  # no rank tears down while another still exchanges
     finally:
         dist.destroy_process_group()
 
@@ -123,6 +125,7 @@ def _model(rank: int, size: int, layers: list[str], kv: int | None, mode: str, s
         shard = SequenceShard(dist.group.WORLD, rank, size, attention=mode, split=split)
         check_model(model, shard)
         assert_exact(model, padded_batch(), shard)
+        dist.barrier()  # no rank tears down while another still exchanges
     finally:
         dist.destroy_process_group()
 
