@@ -29,6 +29,7 @@ import torch
 
 from seqlab.cli.args import run_config
 from seqlab.config import ModelConfig
+from seqlab.files import atomic_write_text
 from seqlab.io import load
 from seqlab.model import Model, build_model
 from seqlab.ops.kv_cache import cache_numbers, init_bounded_state, memory_numbers
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON lines")
     parser.add_argument("--quick", action="store_true", help="untrained tiny models, tiny sizes")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists():
+        parser.error(f"--out {args.out} exists; choose a new file (nothing is overwritten)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for row in evaluate(label, model, task, options, args)
     ]
     if args.out is not None:
-        args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
     return rows
 
 

@@ -238,6 +238,15 @@ def test_compile_speed_quick_trains_compiled_and_eager_to_the_same_loss():
     assert abs(eager - compiled) < 1e-3, row
 
 
+def test_kv_cache_memory_never_overwrites_its_output(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    out.write_text("kept\n")
+    with pytest.raises(SystemExit) as exit_:
+        load_script("kv_cache_memory").main(["--quick", "--out", str(out)])
+    assert exit_.value.code == 2 and "exists" in capsys.readouterr().err
+    assert out.read_text() == "kept\n"
+
+
 def test_kv_cache_memory_quick_scores_every_policy_at_bounded_memory():
     rows = load_script("kv_cache_memory").main(["--quick", "--threads", "1"])
     attention = [r for r in rows if r["run"] == "attention"]
